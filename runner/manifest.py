@@ -1,0 +1,577 @@
+"""Load and validate an experiment manifest (YAML) into a typed Manifest."""
+
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import json
+import re
+import shlex
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import jsonschema
+import yaml
+
+from runner import hardware
+from runner.errors import ManifestError, UsageError
+from runner.resources import resource_dir
+
+DIGEST_ALGORITHMS = ("sha256", "sha512", "md5")
+
+
+@dataclass(frozen=True)
+class DataItem:
+    """One `data` entry: where to fetch it, its expected digests, where the run sees it."""
+
+    name: str
+    uri: str
+    digests: dict[str, str]  # algorithm -> lowercase hex; at least one
+    path: str  # relative to /data in the container
+    unpack: bool = False
+
+    @property
+    def primary_digest(self) -> tuple[str, str]:
+        """The strongest digest given: sha256, else sha512, else md5."""
+        for algo in DIGEST_ALGORITHMS:
+            if algo in self.digests:
+                return algo, self.digests[algo]
+        raise AssertionError("validated manifests always carry a digest")
+
+
+@dataclass(frozen=True)
+class BootstrapSpec:
+    """`image.bootstrap`: a base image built from pinned Debian packages with mmdebstrap."""
+
+    suite: str
+    packages: tuple[str, ...]
+    variant: str = "minbase"
+    architecture: str | None = None
+    sources: str | None = None  # apt sources file (deb822 or one-line); default: the host's
+    image_id: str | None = None  # expected image ID; a different result is exit 3
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """`image`: exactly one of `base` (REPO@sha256:…) or `bootstrap`, and an optional lockfile."""
+
+    base: str | None
+    bootstrap: BootstrapSpec | None
+    lockfile: Path | None  # absolute
+    lockfile_format: str | None  # "requirements" | "pylock" | "uv"; None = by file name
+
+
+@dataclass(frozen=True)
+class CodeSpec:
+    path: Path  # absolute
+    exclude: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    command: tuple[str, ...]
+    env: dict[str, str]
+    timeout_s: int | None
+    workdir: str = "/workspace"
+
+
+@dataclass(frozen=True)
+class OutputSpec:
+    path: str  # relative to /outputs
+    metrics: bool = False
+    tolerance: dict[str, float] = field(default_factory=dict)  # per metric key: {"rtol":…, "atol":…}
+
+
+@dataclass(frozen=True)
+class Seeds:
+    global_seed: int
+    apply: bool = True
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """A validated manifest; `raw` is the parsed YAML exactly as the user wrote it."""
+
+    file: Path  # absolute path of the manifest
+    text: bytes  # the file's bytes, for the digest and the run directory copy
+    sha256: str
+    raw: dict[str, Any]
+    name: str
+    description: str | None
+    image: ImageSpec
+    code: CodeSpec
+    data: tuple[DataItem, ...]
+    seeds: Seeds
+    hardware_class: str
+    run: RunSpec
+    outputs: tuple[OutputSpec, ...]
+
+    @property
+    def root(self) -> Path:
+        """The manifest's folder, against which relative paths resolve."""
+        return self.file.parent
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+
+
+# A manifest is a few hundred nodes; this bound stops alias expansion ("billion laughs") early.
+MAX_EXPANDED_NODES = 100_000
+MAX_MANIFEST_BYTES = 4 * 2**20
+SUPPORTED_SCHEMES = ("https", "http", "file", "s3")
+RESERVED_ENV = ("XRUN_SEED", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
+# Query parameters that carry credentials in pre-signed URLs; they would end up in the attestation.
+CREDENTIAL_PARAMS = ("x-amz-signature", "x-amz-credential", "x-amz-security-token", "sig", "signature",
+                     "token", "access_token", "x-goog-signature", "x-goog-credential")
+DEFAULT_EXCLUDES = (".git", ".xrun", "__pycache__", "*.pyc")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with a manifest, printed as one line."""
+
+    path: str  # field path such as data[1].sha256 ("" for the document)
+    message: str
+    line: int | None = None
+
+    def render(self, file: str) -> str:
+        """`file:line: field: message` (line and field omitted when unknown)."""
+        where = f"{file}:{self.line}" if self.line else file
+        return f"{where}: {self.path}: {self.message}" if self.path else f"{where}: {self.message}"
+
+
+@functools.lru_cache(maxsize=4)
+def load_schema(name: str = "experiment.schema.json") -> dict[str, Any]:
+    """A JSON Schema shipped in schemas/."""
+    return json.loads((resource_dir("schemas") / name).read_text(encoding="utf-8"))
+
+
+def load_manifest(path: str | Path) -> Manifest:
+    """Read, parse and validate a manifest; raise ManifestError listing every problem."""
+    file = Path(path).expanduser().absolute()
+    text = _read(file)
+    shown = str(Path(path))
+    raw, lines = parse_yaml(text, shown)
+    problems = validate_document(raw, lines, file.parent)
+    if problems:
+        raise ManifestError(
+            f"{shown}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found",
+            lines=[p.render(shown) for p in problems],
+        )
+    return _to_manifest(file, text, raw)
+
+
+def _read(file: Path) -> bytes:
+    try:
+        if file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(f"{file}: larger than {MAX_MANIFEST_BYTES // 2**20} MiB; is this a manifest?")
+        return file.read_bytes()
+    except FileNotFoundError:
+        raise UsageError(f"{file}: no such file; give the path of an experiment manifest (.yaml)") from None
+    except IsADirectoryError:
+        raise UsageError(f"{file}: is a folder; give the manifest file inside it (e.g. experiment.yaml)") from None
+    except OSError as exc:
+        raise UsageError(f"{file}: cannot read: {exc.strerror}") from None
+
+
+# --- YAML: duplicate keys, bombs and line numbers ---------------------------------------------------
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that keeps nodes so we can map field paths to lines before constructing."""
+
+
+class _YamlAbort(Exception):
+    """Stops the node walk at once (bomb, recursion); parse_yaml adds the file name."""
+
+    def __init__(self, line: int, message: str) -> None:
+        super().__init__(message)
+        self.line, self.message = line, message
+
+
+def parse_yaml(text: bytes, shown: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML safely: duplicate keys and alias bombs are errors; returns (data, path → line)."""
+    try:
+        loader = _Loader(text)
+        try:
+            node = loader.get_single_node()
+            if node is None:
+                raise ManifestError(f"{shown}: the file is empty; start from `xrun schema` or examples/")
+            lines: dict[str, int] = {}
+            problems: list[Problem] = []
+            try:
+                _walk(node, "", lines, problems, {}, set())
+            except _YamlAbort as abort:
+                raise ManifestError(f"{shown}:{abort.line}: {abort.message}") from None
+            if problems:
+                raise ManifestError(f"{shown}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found",
+                                    lines=[p.render(shown) for p in problems])
+            data = loader.construct_document(node)
+        finally:
+            loader.dispose()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{shown}:{mark.line + 1}:{mark.column + 1}" if mark else shown
+        raise ManifestError(f"{where}: YAML syntax error: {exc.problem or exc.context}; fix the YAML at that spot") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{shown}: YAML error: {exc}") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{shown}: not UTF-8 text; save the manifest as UTF-8") from None
+    return data, lines
+
+
+def _walk(node: yaml.Node, path: str, lines: dict[str, int], problems: list[Problem],
+          sizes: dict[int, int], stack: set[int]) -> int:
+    """Record lines, find duplicate keys, and return the node's expanded size (memoised per node)."""
+    if id(node) in stack:
+        raise _YamlAbort(node.start_mark.line + 1, f"{path or 'document'}: a YAML alias refers to "
+                            "itself (recursive structure); remove the recursive alias")
+    if id(node) in sizes:
+        return sizes[id(node)]
+    lines.setdefault(path, node.start_mark.line + 1)
+    stack.add(id(node))
+    size = 1
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[Any, int] = {}
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else repr(key_node)
+            child = f"{path}.{key}" if path else str(key)
+            if key == "<<":
+                size += _walk(value_node, path, lines, problems, sizes, stack)
+                continue
+            if key in seen:
+                problems.append(Problem(child, f"duplicate key {key!r} (first at line {seen[key]}); "
+                                        "keep one of them", key_node.start_mark.line + 1))
+            else:
+                seen[key] = key_node.start_mark.line + 1
+            size += _walk(value_node, child, lines, problems, sizes, stack)
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            size += _walk(item, f"{path}[{index}]", lines, problems, sizes, stack)
+    stack.discard(id(node))
+    sizes[id(node)] = size
+    if size > MAX_EXPANDED_NODES:
+        raise _YamlAbort(node.start_mark.line + 1, f"{path or 'document'}: YAML aliases expand to more "
+                            f"than {MAX_EXPANDED_NODES} nodes (a YAML bomb?); write the values out instead")
+    return size
+
+
+# --- validation ------------------------------------------------------------------------------------
+
+
+def validate_document(raw: Any, lines: dict[str, int], root: Path) -> list[Problem]:
+    """Every problem of a parsed manifest: the JSON Schema's, then what a schema cannot check."""
+    if not isinstance(raw, dict):
+        return [Problem("", "the manifest must be a YAML mapping (apiVersion, kind, name, …); see `xrun schema`", 1)]
+    semantic = _semantic_problems(raw, lines, root)
+    # A rule of ours that names a field says more than the schema's generic complaint about it.
+    explained = {p.path for p in semantic}
+    problems = [p for p in schema_problems(raw, load_schema(), lines) if p.path not in explained] + semantic
+    # One line per problem, in file order; the same complaint twice helps no one.
+    unique = {(p.line or 0, p.path, p.message): p for p in problems}
+    return [unique[k] for k in sorted(unique, key=lambda k: (k[0], k[1]))]
+
+
+def schema_problems(raw: Any, schema: dict[str, Any], lines: dict[str, int]) -> list[Problem]:
+    """Translate JSON Schema errors into one-line problems with a field path, line and fix."""
+    validator = jsonschema.Draft202012Validator(schema)
+    problems = []
+    for error in validator.iter_errors(raw):
+        problems.extend(_describe(error, lines))
+    return problems
+
+
+def field_path(parts: Any) -> str:
+    """('data', 1, 'sha256') → 'data[1].sha256'."""
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _line_for(path: str, lines: dict[str, int]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = re.sub(r"(\[\d+\]|\.[^.\[]+|^[^.\[]+)$", "", path)
+    return lines.get("")
+
+
+def _describe(error: jsonschema.ValidationError, lines: dict[str, int]) -> list[Problem]:
+    path = field_path(error.absolute_path)
+    hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
+    fix = f"; {hint}" if hint else ""
+    kind = error.validator
+    if kind == "additionalProperties" and isinstance(error.instance, dict):
+        known = list(error.schema.get("properties", {}))
+        extra = [k for k in error.instance if k not in known]
+        out = []
+        for key in extra:
+            child = f"{path}.{key}" if path else str(key)
+            close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.6)
+            suggestion = f"did you mean {close[0]!r}?" if close else f"known keys: {', '.join(known)}"
+            out.append(Problem(child, f"unknown key {key!r}; {suggestion}", _line_for(child, lines)))
+        return out
+    if kind == "required":
+        missing = re.findall(r"'([^']+)' is a required property", error.message)
+        key = missing[0] if missing else error.message
+        child = f"{path}.{key}" if path else key
+        return [Problem(child, f"missing required key {key!r}{_required_hint(child)}", _line_for(path, lines))]
+    if kind == "anyOf" and hint:
+        return [Problem(path, f"{hint}", _line_for(path, lines))]
+    if kind == "pattern":
+        return [Problem(path, f"{_short(error.instance)} is not valid{fix}", _line_for(path, lines))]
+    if kind == "type":
+        quote = ""
+        if error.validator_value == "string" and isinstance(error.instance, (int, float)) and "quote" not in fix:
+            # YAML reads an all-digit value (a digest, a version) as a number: quoting keeps it text.
+            quote = "; quote the value so YAML keeps it as text"
+        return [Problem(path, f"expected {_types(error.validator_value)}, got {_type_name(error.instance)}"
+                        f"{quote}{fix}", _line_for(path, lines))]
+    if kind in ("enum", "const"):
+        allowed = error.validator_value if kind == "enum" else [error.validator_value]
+        return [Problem(path, f"{_short(error.instance)} is not allowed; use one of: "
+                        f"{', '.join(map(str, allowed))}", _line_for(path, lines))]
+    if kind in ("minimum", "maximum"):
+        bound = "≥" if kind == "minimum" else "≤"
+        return [Problem(path, f"{_short(error.instance)} is out of range; it must be {bound} "
+                        f"{error.validator_value}{fix}", _line_for(path, lines))]
+    if kind in ("minItems", "minLength"):
+        what = "an empty list" if kind == "minItems" else "an empty string"
+        return [Problem(path, f"{what} is not allowed{fix or '; give a value'}", _line_for(path, lines))]
+    if kind == "oneOf" and hint:
+        return [Problem(path, f"{_short(error.instance)} is not valid; {hint}", _line_for(path, lines))]
+    if kind == "propertyNames":
+        return [Problem(path, f"{_short(error.instance)} is not a valid name{fix}", _line_for(path, lines))]
+    return [Problem(path, f"{error.message}{fix}", _line_for(path, lines))]
+
+
+def _required_hint(path: str) -> str:
+    hints = {
+        "apiVersion": "; add `apiVersion: xrun/v1`", "kind": "; add `kind: Experiment`",
+        "seeds": "; add `seeds: {global: 42}`", "hardware": "; add `hardware: {class: cpu-2}` (see `xrun hardware`)",
+        "run": "; add `run: {command: [python, train.py]}`", "outputs": "; add `outputs: [{path: model.pkl}]`",
+        "image": "; add `image: {base: NAME@sha256:…}` or `image: {bootstrap: …}`",
+    }
+    return hints.get(path, "")
+
+
+def _types(value: Any) -> str:
+    names = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
+             "array": "a list", "object": "a mapping"}
+    values = value if isinstance(value, list) else [value]
+    return " or ".join(names.get(v, v) for v in values)
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+            dict: "a mapping", type(None): "nothing (null)"}.get(type(value), type(value).__name__)
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _semantic_problems(raw: dict[str, Any], lines: dict[str, int], root: Path) -> list[Problem]:
+    """What a JSON Schema cannot say: files exist, uniqueness, escapes, catalog names, credentials."""
+    problems: list[Problem] = []
+
+    def add(path: str, message: str) -> None:
+        problems.append(Problem(path, message, _line_for(path, lines)))
+
+    image = raw.get("image") if isinstance(raw.get("image"), dict) else {}
+    if isinstance(raw.get("image"), dict):
+        _check_image(image, add)
+    _check_relative_file(image.get("lockfile"), "image.lockfile", root, add, want_dir=False)
+    bootstrap = image.get("bootstrap") if isinstance(image.get("bootstrap"), dict) else {}
+    _check_relative_file(bootstrap.get("sources"), "image.bootstrap.sources", root, add, want_dir=False)
+    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
+    _check_relative_file(code.get("path", "."), "code.path", root, add, want_dir=True)
+
+    data = raw.get("data") if isinstance(raw.get("data"), list) else []
+    names: dict[str, int] = {}
+    mounts: dict[str, int] = {}
+    for i, item in enumerate(data):
+        if not isinstance(item, dict):
+            continue
+        name = item.get("name")
+        if isinstance(name, str):
+            if name in names:
+                add(f"data[{i}].name", f"{name!r} is used by data[{names[name]}] too; give each item its own name")
+            names.setdefault(name, i)
+        if isinstance(item.get("uri"), str):
+            _check_uri(item["uri"], f"data[{i}].uri", add)
+        mount = item.get("path", name)
+        if isinstance(mount, str):
+            where = f"data[{i}].path" if "path" in item else f"data[{i}].name"
+            if _check_inside(mount, where, "/data", add):
+                _check_overlap(mount, i, mounts, where, "data", add)
+        if item.get("unpack") and isinstance(item.get("uri"), str) and not _archive_suffix(item["uri"]):
+            add(f"data[{i}].unpack", "unpack works for .tar, .tar.gz, .tgz and .zip; the URI names none of those")
+
+    outputs = raw.get("outputs") if isinstance(raw.get("outputs"), list) else []
+    seen_outputs: dict[str, int] = {}
+    for i, item in enumerate(outputs):
+        if isinstance(item, dict) and isinstance(item.get("path"), str):
+            if _check_inside(item["path"], f"outputs[{i}].path", "/outputs", add):
+                _check_overlap(item["path"], i, seen_outputs, f"outputs[{i}].path", "outputs", add)
+
+    hw = raw.get("hardware") if isinstance(raw.get("hardware"), dict) else {}
+    cls = hw.get("class")
+    if isinstance(cls, str) and cls not in hardware.catalog():
+        close = difflib.get_close_matches(cls, list(hardware.catalog()), n=1, cutoff=0.5)
+        add("hardware.class", f"unknown hardware class {cls!r}; "
+            + (f"did you mean {close[0]!r}? " if close else "") + "`xrun hardware` lists the classes")
+
+    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
+    env = run.get("env") if isinstance(run.get("env"), dict) else {}
+    for key in env:
+        if key in RESERVED_ENV or str(key).startswith("XRUN_"):
+            add(f"run.env.{key}", f"{key} is set by xrun from seeds.global; remove it from run.env "
+                "and set seeds.global (or seeds.apply: false) instead")
+    if isinstance(run.get("command"), str):
+        try:
+            shlex.split(run["command"])
+        except ValueError as exc:
+            add("run.command", f"cannot split the command string: {exc}; write it as a list instead")
+    return problems
+
+
+def _check_image(image: dict[str, Any], add: Any) -> None:
+    has_base, has_boot = "base" in image, "bootstrap" in image
+    if has_base and has_boot:
+        add("image", "give either image.base (a pinned image) or image.bootstrap (Debian packages), not both")
+    elif not has_base and not has_boot:
+        add("image", "give image.base as NAME@sha256:<digest>, or image.bootstrap with a suite and packages")
+    base = image.get("base")
+    if isinstance(base, str) and "@" not in base:
+        add("image.base", f"{base!r} is a tag, not a digest: tags move, so it cannot be reproduced; pin it as "
+            f"{base.split(':')[0] if ':' in base.rsplit('/', 1)[-1] else base}@sha256:<digest> (find the digest with "
+            f"`docker buildx imagetools inspect {base}` or `docker inspect --format '{{{{json .RepoDigests}}}}' {base}`)")
+
+
+def _check_relative_file(value: Any, path: str, root: Path, add: Any, *, want_dir: bool) -> None:
+    if not isinstance(value, str) or not value:
+        return
+    if not _check_inside(value, path, "the manifest's folder", add):
+        return
+    target = root / value
+    if want_dir and not target.is_dir():
+        add(path, f"{value!r}: no such folder next to the manifest ({target}); fix the path")
+    elif not want_dir and not target.is_file():
+        add(path, f"{value!r}: no such file next to the manifest ({target}); fix the path or create the file")
+
+
+def _check_inside(value: str, path: str, root_name: str, add: Any) -> bool:
+    """A relative path that stays under its root: no absolute paths, no '..' components."""
+    parts = value.replace("\\", "/").split("/")
+    if value.startswith("/") or re.match(r"^[A-Za-z]:", value):
+        add(path, f"{value!r} is absolute; give a path relative to {root_name}")
+        return False
+    if ".." in parts:
+        add(path, f"{value!r} escapes {root_name} with '..'; give a path inside it")
+        return False
+    return True
+
+
+def _check_overlap(value: str, index: int, seen: dict[str, int], path: str, section: str, add: Any) -> None:
+    norm = "/".join(p for p in value.split("/") if p not in ("", "."))
+    if not norm:
+        add(path, f"{value!r} names the {section} root itself; give a file or folder under it")
+        return
+    for other, j in seen.items():
+        if other == norm or other.startswith(norm + "/") or norm.startswith(other + "/"):
+            add(path, f"{value!r} collides with {section}[{j}] ({other!r}); give each a path of its own")
+            return
+    seen[norm] = index
+
+
+def _check_uri(uri: str, path: str, add: Any) -> None:
+    parts = urlsplit(uri)
+    scheme = parts.scheme.lower()
+    if scheme and len(scheme) > 1 and scheme not in SUPPORTED_SCHEMES:
+        add(path, f"{uri!r}: scheme {scheme!r} is not supported; use https, http, file or s3")
+        return
+    if parts.username or parts.password:
+        add(path, "the URI embeds credentials (user:password@), which would be recorded in the attestation; "
+            "remove them and use the environment (netrc, AWS_* variables) instead")
+    query_keys = {k.lower() for k in parse_qs(parts.query, keep_blank_values=True)}
+    leaked = sorted(query_keys & set(CREDENTIAL_PARAMS))
+    if leaked:
+        add(path, f"the URI carries credentials in its query ({', '.join(leaked)}), which would be recorded in the "
+            "attestation; use an unsigned URI and credentials from the environment")
+    if scheme in ("http", "https", "s3") and not parts.netloc:
+        add(path, f"{uri!r} has no host (or bucket); write it as {scheme}://HOST/PATH")
+
+
+def _archive_suffix(uri: str) -> str | None:
+    name = urlsplit(uri).path.lower()
+    for suffix in (".tar.gz", ".tgz", ".tar", ".zip"):
+        if name.endswith(suffix):
+            return suffix
+    return None
+
+
+# --- construction ----------------------------------------------------------------------------------
+
+
+def parse_duration(value: str | int | None) -> int | None:
+    """'90s' / '30m' / '2h' / 120 → seconds."""
+    if value is None:
+        return None
+    if isinstance(value, int):
+        return value
+    number, unit = float(value[:-1]), value[-1]
+    return max(1, int(round(number * {"s": 1, "m": 60, "h": 3600}[unit])))
+
+
+def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
+    root = file.parent
+    image = raw["image"]
+    boot = image.get("bootstrap")
+    bootstrap = None
+    if boot:
+        bootstrap = BootstrapSpec(
+            suite=boot["suite"], packages=tuple(boot["packages"]), variant=boot.get("variant", "minbase"),
+            architecture=boot.get("architecture"),
+            sources=str(root / boot["sources"]) if boot.get("sources") else None,
+            image_id=boot.get("imageId"),
+        )
+    code = raw.get("code") or {}
+    command = raw["run"]["command"]
+    if isinstance(command, str):
+        command = shlex.split(command)
+    return Manifest(
+        file=file, text=text, sha256=hashlib.sha256(text).hexdigest(), raw=raw,
+        name=raw["name"], description=raw.get("description"),
+        image=ImageSpec(
+            base=image.get("base"), bootstrap=bootstrap,
+            lockfile=(root / image["lockfile"]) if image.get("lockfile") else None,
+            lockfile_format=image.get("lockfileFormat"),
+        ),
+        code=CodeSpec(path=(root / code.get("path", ".")).resolve(),
+                      exclude=tuple(code.get("exclude", ())) ),
+        data=tuple(
+            DataItem(name=d["name"], uri=d["uri"],
+                     digests={a: d[a].lower() for a in DIGEST_ALGORITHMS if a in d},
+                     path=_norm(d.get("path", d["name"])), unpack=bool(d.get("unpack", False)))
+            for d in raw.get("data") or ()
+        ),
+        seeds=Seeds(global_seed=raw["seeds"]["global"], apply=raw["seeds"].get("apply", True)),
+        hardware_class=raw["hardware"]["class"],
+        run=RunSpec(command=tuple(command), env=dict(raw["run"].get("env") or {}),
+                    timeout_s=parse_duration(raw["run"].get("timeout"))),
+        outputs=tuple(OutputSpec(path=_norm(o["path"]), metrics=bool(o.get("metrics", False)),
+                                 tolerance=dict(o.get("tolerance") or {}))
+                      for o in raw["outputs"]),
+    )
+
+
+def _norm(path: str) -> str:
+    return "/".join(p for p in path.replace("\\", "/").split("/") if p not in ("", "."))

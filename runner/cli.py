@@ -79,7 +79,7 @@ def _print_json(value: Any) -> None:
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join([fmt.format(*header), *(fmt.format(*map(str, r)) for r in rows)]).rstrip()
+    return "\n".join(fmt.format(*map(str, r)).rstrip() for r in [header, *rows])
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -125,6 +125,82 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("hardware", "list the built-in hardware classes and what this host has",
                 "xrun hardware --json", _cmd_hardware)
     p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = command("reproduce", "re-run what an attestation records and compare the outputs (CI)",
+                "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub --rtol 1e-6", _cmd_reproduce)
+    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
+    p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
+    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
+                   help="trusted public key: verify the attestation before re-running (repeatable)")
+    p.add_argument("--signing-key", type=Path, help="key that signs the new run's attestation")
+    p.add_argument("--rtol", type=float, help="relative tolerance for metrics files")
+    p.add_argument("--atol", type=float, help="absolute tolerance for metrics files")
+    p.add_argument("--tolerance", choices=["metrics"], help="accepted for clarity: tolerances apply to metrics only")
+    p.add_argument("--runs-dir", type=Path, help="where the new run directory goes")
+    p.add_argument("--allow-hardware-mismatch", action="store_true", help="re-run even on a host outside the class")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="do not stream the training log")
+
+    p = command("fetch", "fetch and verify every data item into the content-addressed cache",
+                "xrun fetch experiment.yaml --json", _cmd_fetch)
+    _manifest_arg(p)
+    p.add_argument("--json", action="store_true", help="print the fetched items as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
+    p.add_argument("--retries", type=int, default=5, help="retries per item on transient faults (default 5)")
+    p.add_argument("--parallel", type=int, default=4, help="downloads at once (default 4)")
+
+    cache = command("cache", "inspect and maintain the content-addressed cache", "xrun cache verify",
+                    lambda a: (cache.print_help(), 2)[1])
+    cache_sub = cache.add_subparsers(title="cache commands", metavar="SUBCOMMAND")
+    q = cache_sub.add_parser("ls", help="list cache entries, most recently used first")
+    q.set_defaults(handler=_cmd_cache_ls)
+    q.add_argument("--json", action="store_true", help="print as JSON")
+    q = cache_sub.add_parser("verify", help="re-hash every entry (auditors); exit 3 when one is corrupt")
+    q.set_defaults(handler=_cmd_cache_verify)
+    q.add_argument("--remove-bad", action="store_true", help="delete corrupt entries")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+    q = cache_sub.add_parser("gc", help="remove entries no run used recently; keep what given manifests need")
+    q.set_defaults(handler=_cmd_cache_gc)
+    q.add_argument("--keep", type=Path, action="append", default=[], metavar="MANIFEST",
+                   help="keep everything this manifest needs (repeatable)")
+    q.add_argument("--older-than", default="30d", help="remove entries unused for this long (default 30d; s/m/h/d)")
+    q.add_argument("--dry-run", action="store_true", help="list what would be removed")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = command("keygen", "create a signing key pair (xrun.key, mode 0600, and xrun.pub)",
+                "XRUN_KEY_PASSWORD=… xrun keygen --type ecdsa-p256 --out keys/", _cmd_keygen)
+    p.add_argument("--type", dest="kind", choices=["ecdsa-p256", "ed25519"], default="ecdsa-p256",
+                   help="key type (default ecdsa-p256: what cosign expects)")
+    p.add_argument("--out", type=Path, default=Path("."), help="folder for xrun.key and xrun.pub")
+    p.add_argument("--json", action="store_true", help="print the paths and keyid as JSON")
+
+    p = command("verify", "verify an attestation offline: signature, structure, artifacts, policy",
+                "xrun verify run/provenance.intoto.jsonl --key xrun.pub --artifact model.npy --policy policy.yaml",
+                _cmd_verify)
+    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
+    p.add_argument("--key", dest="keys", type=Path, action="append", default=[], help="trusted public key (repeatable)")
+    p.add_argument("--artifact", dest="artifacts", type=Path, action="append", default=[],
+                   help="a file whose sha256 must be among the subjects (repeatable)")
+    p.add_argument("--policy", type=Path, help="policy file (YAML or JSON; `xrun schema policy`)")
+    p.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned attestation (SLSA L1)")
+    p.add_argument("--json", action="store_true", help="print the checks as JSON")
+
+    runs = command("runs", "list, show and compare past runs", "xrun runs ls --manifest experiment.yaml",
+                   lambda a: (runs.print_help(), 2)[1])
+    runs_sub = runs.add_subparsers(title="runs commands", metavar="SUBCOMMAND")
+    for name, help_text, handler, nargs in (
+        ("ls", "list runs (newest last)", _cmd_runs_ls, 0),
+        ("show", "show one run (id, id prefix, path or 'latest')", _cmd_runs_show, 1),
+        ("diff", "compare two runs side by side", _cmd_runs_diff, 2),
+    ):
+        q = runs_sub.add_parser(name, help=help_text, description=help_text)
+        q.set_defaults(handler=handler)
+        if nargs:
+            q.add_argument("run", nargs=nargs, metavar="RUN")
+        q.add_argument("--manifest", type=Path, default=Path("experiment.yaml"),
+                       help="the experiment whose runs to use (default: ./experiment.yaml)")
+        q.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
+        q.add_argument("--json", action="store_true", help="print as JSON")
     return parser
 
 
@@ -135,6 +211,33 @@ def _manifest_arg(p: argparse.ArgumentParser, many: bool = False) -> None:
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object describing the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or streamed logs")
+    p.add_argument("--key", type=Path, help="signing key (PEM; default: $XRUN_SIGNING_KEY; none: unsigned)")
+    p.add_argument("--runs-dir", type=Path, help="where run directories go (default: <manifest folder>/.xrun/runs)")
+    p.add_argument("--allow-hardware-mismatch", action="store_true",
+                   help="run even if this host cannot satisfy the hardware class, and record that")
+
+
+def _run_options_from(args: argparse.Namespace) -> Any:
+    from runner.fetch import FetchOptions
+    from runner.pipeline import RunOptions
+
+    password = os.environ.get("XRUN_KEY_PASSWORD")
+    return RunOptions(runs_dir=args.runs_dir, key=args.key, key_password=password.encode() if password else None,
+                      allow_hardware_mismatch=args.allow_hardware_mismatch, quiet=args.quiet or args.json,
+                      fetch=FetchOptions(quiet=args.quiet or args.json))
+
+
+def _print_summary(summary: Any) -> None:
+    print(f"run {summary.run_id}: {summary.status}")
+    print(f"  run dir     {summary.run_dir}")
+    print(f"  image       {summary.image_id}")
+    for path, digest in summary.outputs.items():
+        print(f"  output      {path}  sha256:{digest[:16]}")
+    for path, values in summary.metrics.items():
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in list(values.items())[:6])
+        print(f"  metrics     {path}: {shown}")
+    signed = f"signed, keyid {summary.keyid}" if summary.signed else "UNSIGNED"
+    print(f"  attestation {summary.attestation} ({signed})")
 
 
 # --- handlers --------------------------------------------------------------------------------------
@@ -231,12 +334,225 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
+    from runner.pipeline import run_experiment
+
+    summary = run_experiment(Path(args.manifest), _run_options_from(args))
+    if args.json:
+        _print_json(summary.to_json())
+    else:
+        _print_summary(summary)
+    return 0
+
+
+def _cmd_fetch(args: argparse.Namespace) -> int:
+    from runner.fetch import Cache, FetchOptions, fetch_data
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
 
     plan = resolve_plan(load_manifest(args.manifest))
-    print(f"plan {plan.digest[:12]} resolved; the run stage is not built yet: stopping after planning",
-          file=sys.stderr)
+    options = FetchOptions(retries=args.retries, parallel=args.parallel, quiet=args.quiet or args.json)
+    items = fetch_data(plan, Cache.default(), options)
+    if args.json:
+        _print_json([i.to_json() for i in items])
+        return 0
+    rows = [[i.name, f"{i.algorithm}:{i.hexdigest[:12]}", i.size, "hit" if i.cache_hit else "fetched",
+             i.container_path] for i in items]
+    print(_table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items")
+    return 0
+
+
+def _cmd_cache_ls(args: argparse.Namespace) -> int:
+    from runner.fetch import Cache, list_cache
+
+    cache = Cache.default()
+    entries = list_cache(cache)
+    if args.json:
+        _print_json({"root": str(cache.root), "entries": [e.to_json() for e in entries]})
+        return 0
+    rows = [[e.kind, e.digest[:23], e.size, e.files if e.files is not None else "-", _ago(e.last_used)]
+            for e in entries]
+    print(_table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {cache.root} is empty")
+    return 0
+
+
+def _ago(epoch: float) -> str:
+    import time
+
+    seconds = max(0, time.time() - epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def _cmd_cache_verify(args: argparse.Namespace) -> int:
+    from runner.errors import EXIT_INTEGRITY
+    from runner.fetch import Cache, verify_cache
+
+    results = verify_cache(Cache.default(), remove_bad=args.remove_bad)
+    bad = [r for r in results if not r.ok]
+    if args.json:
+        _print_json({"ok": not bad, "entries": [r.to_json() for r in results]})
+    else:
+        for r in results:
+            print(f"{'OK  ' if r.ok else 'BAD '} {r.entry.digest}" + (f"  {'; '.join(r.problems)}" if r.problems else "")
+                  + ("  (removed)" if r.removed else ""))
+        print(f"{len(results) - len(bad)} of {len(results)} entries intact")
+    return EXIT_INTEGRITY if bad else 0
+
+
+def _cmd_cache_gc(args: argparse.Namespace) -> int:
+    from runner.fetch import Cache, gc_cache, keep_for_manifest
+    from runner.manifest import load_manifest, parse_duration
+
+    keep: set[tuple[str, str]] = set()
+    for path in args.keep:
+        keep |= keep_for_manifest(load_manifest(path))
+    older = args.older_than
+    seconds = int(older[:-1]) * 86400 if older.endswith("d") else parse_duration(older)
+    removed = gc_cache(Cache.default(), keep=keep, older_than_s=float(seconds), dry_run=args.dry_run)
+    if args.json:
+        _print_json({"dryRun": args.dry_run, "removed": [r.to_json() for r in removed]})
+        return 0
+    for r in removed:
+        print(f"{'would remove' if args.dry_run else 'removed'} {r.kind} {r.digest or r.path} ({r.size} bytes)")
+    print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if args.dry_run else 'removed'}, "
+          f"{sum(r.size for r in removed)} bytes")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from runner.attest import generate_keypair, keyid, load_verifier
+
+    password = os.environ.get("XRUN_KEY_PASSWORD")
+    key_path, pub_path = generate_keypair(args.kind, args.out, password.encode() if password else None)
+    kid = load_verifier(pub_path).keyid
+    if args.json:
+        _print_json({"key": str(key_path), "pub": str(pub_path), "keyid": kid, "type": args.kind,
+                     "encrypted": bool(password)})
+    else:
+        print(f"wrote {key_path} (private, mode 0600{', encrypted' if password else ''}) and {pub_path}")
+        print(f"keyid {kid}")
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from runner.attest import load_policy, verify_attestation
+
+    if not args.keys and not args.allow_unsigned:
+        raise XrunError("give at least one trusted public key with --key xrun.pub (or --allow-unsigned)")
+    policy = load_policy(args.policy) if args.policy else None
+    verdict = verify_attestation(args.attestation, args.keys, args.artifacts, policy,
+                                 allow_unsigned=args.allow_unsigned)
+    if args.json:
+        _print_json(verdict.to_json())
+    else:
+        print("\n".join(verdict.lines()))
+    return verdict.exit_code
+
+
+def _cmd_reproduce(args: argparse.Namespace) -> int:
+    from runner.errors import EXIT_MISMATCH
+    from runner.reproduce import reproduce
+
+    args.key = args.signing_key  # --key here names trusted public keys; the new run signs with --signing-key
+    report = reproduce(args.attestation, manifest=args.manifest, keys=args.keys, rtol=args.rtol, atol=args.atol,
+                       options=_run_options_from(args))
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(format_report(report))
+    return 0 if report.reproduced else EXIT_MISMATCH
+
+
+def format_report(report: Any) -> str:
+    """The reproduction report: one row per output, metric tables, changed inputs, the verdict."""
+    rows = [[r.path, r.state.upper(), (r.recorded or "-")[:16], (r.now or "-")[:16]] for r in report.outputs]
+    lines = [_table(rows, ["OUTPUT", "STATE", "RECORDED", "NOW"])]
+    for r in report.outputs:
+        if r.metrics:
+            lines.append(f"\nmetrics {r.path}:")
+            mrows = [[m.key, _num(m.recorded), _num(m.now), _num(m.abs_diff), _num(m.rel_diff), "ok" if m.ok else "DIFF"]
+                     for m in r.metrics]
+            lines.append(_table(mrows, ["KEY", "RECORDED", "NOW", "ABS DIFF", "REL DIFF", ""]))
+    if report.changes and not report.reproduced:
+        lines.append("\nrecorded inputs that changed:")
+        for c in report.changes:
+            detail = f": {json.dumps(c.recorded, default=str)} → {json.dumps(c.now, default=str)}" if (
+                c.recorded is not None or c.now is not None) else ""
+            lines.append(f"  {c.name}{detail}")
+    verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
+    lines.append(f"\n{verdict} (new run {report.run_id} in {report.run_dir})")
+    return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "-" if value is None else f"{value:.6g}"
+
+
+def _runs_dir(args: argparse.Namespace) -> Path:
+    from runner.rundir import default_runs_dir
+
+    return args.runs_dir or default_runs_dir(args.manifest.absolute().parent)
+
+
+def _cmd_runs_ls(args: argparse.Namespace) -> int:
+    from runner.runs import list_runs
+
+    runs = list_runs(_runs_dir(args))
+    if args.json:
+        _print_json([r.to_json() for r in runs])
+        return 0
+    rows = []
+    for r in runs:
+        j = r.to_json()
+        metrics = "; ".join(f"{k}={v:.4g}" for values in j["metrics"].values() for k, v in list(values.items())[:2])
+        digests = " ".join(f"{p}:{d[:8]}" for p, d in list(j["outputs"].items())[:2])
+        rows.append([r.run_id, j["name"], j["status"], j["startedOn"] or "-",
+                     f"{j['durationSeconds']:.0f}s" if j["durationSeconds"] is not None else "-", metrics or "-",
+                     digests or "-"])
+    print(_table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
+          else f"no runs under {_runs_dir(args)}")
+    return 0
+
+
+def _cmd_runs_show(args: argparse.Namespace) -> int:
+    from runner.runs import find_run
+
+    run = find_run(_runs_dir(args), args.run[0])
+    if args.json:
+        _print_json({"run_dir": str(run.path), "record": run.record, "plan": run.plan})
+        return 0
+    print(f"run {run.run_id} ({run.path})")
+    for key in ("name", "status", "startedOn", "finishedOn", "exitCode", "imageId", "planDigest", "hardwareClass"):
+        print(f"  {key:<12} {run.record.get(key, '-')}")
+    for path, digest in run.record.get("outputs", {}).items():
+        print(f"  output       {path} sha256:{digest}")
+    for path, values in run.record.get("metrics", {}).items():
+        print(f"  metrics      {path}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    if run.record.get("error"):
+        print(f"  error        {run.record['error']}")
+    return 0
+
+
+def _cmd_runs_diff(args: argparse.Namespace) -> int:
+    from runner.runs import diff_runs, find_run
+
+    a, b = (find_run(_runs_dir(args), ref) for ref in args.run)
+    diff = diff_runs(a, b)
+    if args.json:
+        _print_json(diff)
+        return 0
+    print(f"a = {a.run_id}\nb = {b.run_id}")
+    for section in ("manifest", "plan", "host"):
+        if diff[section]:
+            print(f"{section} fields that differ: {', '.join(diff[section])}")
+    for path, d in diff["outputs"].items():
+        print(f"output {path}: {str(d['a'])[:16]} → {str(d['b'])[:16]}")
+    for key, d in diff["metrics"].items():
+        print(f"metric {key}: {d['a']} → {d['b']}")
+    if not any(diff[k] for k in ("manifest", "plan", "host", "outputs", "metrics")):
+        print("no differences")
     return 0
 
 

@@ -9,10 +9,12 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.errors import UsageError
 
 CHUNK = 1 << 20
+BIG_FILE = 4 << 20
 
 
 @dataclass(frozen=True)
@@ -52,49 +54,87 @@ def is_excluded(rel: str, is_dir: bool, patterns: tuple[str, ...]) -> bool:
     return False
 
 
-def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links: bool = True) -> list[tuple[str, Path]]:
-    """Sorted (relative path, absolute path) of the regular files under root, excludes applied.
+def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links: bool = True) -> list[tuple[str, str]]:
+    """Sorted (relative posix path, absolute path) of the regular files under root, excludes applied.
 
     Symlinks are followed only when they stay inside root; one pointing outside is an error,
     because its target would silently become part of the tree.
     """
     root = root.resolve()
-    found: list[tuple[str, Path]] = []
-    stack = [(root, "")]
+    found: list[tuple[str, str]] = []
+    stack = [(str(root), "")]
     while stack:
         folder, prefix = stack.pop()
         with os.scandir(folder) as entries:
             for entry in entries:
-                rel = f"{prefix}{entry.name}"
-                is_dir = entry.is_dir(follow_symlinks=True)
-                if is_excluded(rel, is_dir, exclude):
-                    continue
-                if entry.is_symlink():
+                rel = prefix + entry.name
+                link = entry.is_symlink()
+                if link:
                     target = Path(entry.path).resolve()
-                    if not (target == root or root in target.parents) or not follow_inside_links:
+                    if not follow_inside_links or not (target == root or root in target.parents):
                         raise UsageError(f"{entry.path}: symlink points outside {root} (to {target}); "
                                          "copy the file in or exclude the link")
+                is_dir = entry.is_dir()
+                if exclude and is_excluded(rel, is_dir, exclude):
+                    continue
                 if is_dir:
-                    stack.append((Path(entry.path), rel + "/"))
-                elif entry.is_file(follow_symlinks=True):
-                    found.append((rel, Path(entry.path)))
+                    stack.append((entry.path, rel + "/"))
+                elif entry.is_file():
+                    found.append((rel, entry.path))
     found.sort()
     return found
 
 
-def hash_files(files: list[tuple[str, Path]], workers: int | None = None) -> list[FileDigest]:
-    """Hash many files in parallel threads (hashlib releases the GIL), keeping the input order."""
-    def one(item: tuple[str, Path]) -> FileDigest:
-        rel, path = item
-        st = os.stat(path)
-        mode = 0o755 if st.st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) else 0o644
-        return FileDigest(rel, sha256_file(path), st.st_size, mode)
+def hash_files(files: list[tuple[str, str]] | list[tuple[str, Path]], workers: int | None = None) -> list[FileDigest]:
+    """Hash many files, keeping the input order.
 
-    if len(files) < 8:
-        return [one(f) for f in files]
-    workers = workers or min(8, (os.cpu_count() or 1) * 2)
+    Small files are hashed in this thread: per-file thread hand-offs cost more than the hashing.
+    Files over BIG_FILE go to a pool, where hashlib releases the GIL and cores work in parallel.
+    """
+    results: list[FileDigest | None] = [None] * len(files)
+    workers = workers or max(2, os.cpu_count() or 1)
+    pending: list[Any] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(one, files, chunksize=64))
+        for index, (rel, path) in enumerate(files):
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                st = os.fstat(fd)
+                if st.st_size > BIG_FILE:
+                    pending.append((index, rel, st, pool.submit(_digest_fd, fd)))
+                    fd = -1  # the pool task owns and closes it
+                    if len(pending) >= 2 * workers:
+                        _collect(pending, results)
+                else:
+                    results[index] = FileDigest(rel, _digest_fd(fd, close=False), st.st_size, _mode(st.st_mode))
+            finally:
+                if fd >= 0:
+                    os.close(fd)
+        _collect(pending, results)
+    return results  # type: ignore[return-value]
+
+
+def _collect(pending: list[Any], results: list[FileDigest | None]) -> None:
+    for index, rel, st, future in pending:
+        results[index] = FileDigest(rel, future.result(), st.st_size, _mode(st.st_mode))
+    pending.clear()
+
+
+def _digest_fd(fd: int, close: bool = True) -> str:
+    try:
+        h = hashlib.sha256()
+        while True:
+            chunk = os.read(fd, CHUNK)
+            if not chunk:
+                break
+            h.update(chunk)
+        return h.hexdigest()
+    finally:
+        if close:
+            os.close(fd)
+
+
+def _mode(st_mode: int) -> int:
+    return 0o755 if st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) else 0o644
 
 
 def hash_tree(root: Path, exclude: tuple[str, ...] = ()) -> list[FileDigest]:

@@ -143,9 +143,13 @@ def parse_image_ref(reference: str) -> ImageRef:
     return ImageRef(registry=registry, repository=repository, tag=match["tag"], digest=match["digest"])
 
 
-def resolve_code(spec: CodeSpec) -> CodeTree:
+def resolve_code(spec: CodeSpec, manifest_file: Path | None = None) -> CodeTree:
     """Hash the code tree (excludes applied, mtimes ignored) and read its git commit if any."""
-    exclude = tuple(dict.fromkeys(DEFAULT_EXCLUDES + spec.exclude))
+    exclude = DEFAULT_EXCLUDES + spec.exclude
+    if manifest_file is not None and spec.path in manifest_file.resolve().parents:
+        # The manifest is recorded on its own; inside the image it would make every seed change a rebuild.
+        exclude += ("/" + manifest_file.resolve().relative_to(spec.path).as_posix(),)
+    exclude = tuple(dict.fromkeys(exclude))
     files = hash_tree(spec.path, exclude)
     commit, dirty = git_state(spec.path)
     return CodeTree(root=spec.path, digest=tree_digest(files), files=tuple(files), git_commit=commit, git_dirty=dirty)
@@ -190,7 +194,7 @@ def resolve_plan(manifest: Manifest) -> Plan:
         bootstrap=manifest.image.bootstrap,
         lockfile=lockfile,
         data=tuple(PlannedData(item, f"/data/{item.path}") for item in manifest.data),
-        code=resolve_code(manifest.code),
+        code=resolve_code(manifest.code, manifest.file),
         hardware=lookup_class(manifest.hardware_class),
         seed=manifest.seeds.global_seed,
         apply_seeds=manifest.seeds.apply,

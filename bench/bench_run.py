@@ -1,0 +1,64 @@
+"""Row 1: warm re-run of the quickstart (image and data cached) vs a bare `docker run` of the same
+image and command with the same mounts and isolation flags. Goal ≤ 1.15.
+
+Run by hand: `python bench/bench_run.py [--quick]`. The first (cold) run bootstraps the image.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from bench.common import machine, markdown, median_s, row  # noqa: E402
+
+QUICKSTART = REPO / "examples" / "quickstart" / "experiment.yaml"
+
+
+def _xrun(runs_dir: Path) -> dict[str, Any]:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "run", str(QUICKSTART), "--json",
+                           "--runs-dir", str(runs_dir)], capture_output=True, text=True, env=env, check=True)
+    return json.loads(proc.stdout)
+
+
+def _bare(image: str, data: Path, out: Path) -> None:
+    out.mkdir(exist_ok=True)
+    os.chmod(out, 0o777)
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--read-only", "--tmpfs", "/tmp",
+                    "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--user", "65534:65534",
+                    "--cpus", "1", "--memory", "2g", "--pids-limit", "4096", "-w", "/workspace",
+                    "-e", "XRUN_SEED=42", "-e", "PYTHONHASHSEED=42",
+                    "--mount", f"type=bind,source={data},target=/data/iris.csv,readonly",
+                    "--mount", f"type=bind,source={out},target=/outputs",
+                    image, "python3", "train.py", "--epochs", "300"],
+                   check=True, capture_output=True)
+
+
+def run(quick: bool = False) -> list[dict[str, Any]]:
+    """Warm xrun run vs bare docker run."""
+    runs = 3 if quick else 5
+    with tempfile.TemporaryDirectory() as work:
+        runs_dir = Path(work) / "runs"
+        first = _xrun(runs_dir)  # cold: builds the image and fills the cache
+        data = REPO / "examples" / "quickstart" / "data" / "iris.csv"
+        ours = median_s(lambda: _xrun(runs_dir), runs)
+        counter = iter(range(1000))
+        base = median_s(lambda: _bare(first["image_id"], data, Path(work) / f"out{next(counter)}"), runs)
+    return [row("warm `xrun run` of the quickstart vs bare `docker run`", ours, base, 1.15,
+                note=f"xrun overhead {(ours - base) * 1000:.0f} ms", baseline="docker run")]
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--quick", action="store_true")
+    print(machine())
+    print(markdown(run(parser.parse_args().quick)))

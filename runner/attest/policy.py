@@ -1,0 +1,421 @@
+"""Verification policies: a YAML/JSON file → small rules, each checking one thing of a statement."""
+
+from __future__ import annotations
+
+import difflib
+import fnmatch
+import functools
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any, Protocol
+
+import jsonschema
+import yaml
+
+from runner.attest.models import Check
+from runner.attest.statement import parse_rfc3339
+from runner.errors import ManifestError, UsageError
+from runner.resources import resource_dir
+
+SCHEMA_FILE = "policy.schema.json"
+# Clocks disagree a little; a statement from further in the future than this is suspect.
+CLOCK_SKEW = timedelta(minutes=5)
+_UNITS = {"w": timedelta(weeks=1), "d": timedelta(days=1), "h": timedelta(hours=1),
+          "m": timedelta(minutes=1), "s": timedelta(seconds=1)}
+MAX_POLICY_FILE = 1 << 20
+
+
+class Rule(Protocol):
+    """One policy rule: it looks at a (verified) statement and says PASS or FAIL."""
+
+    @property
+    def name(self) -> str: ...
+
+    def check(self, statement: dict[str, Any]) -> Check: ...
+
+
+# --- reading the statement -------------------------------------------------------------------
+
+def _dig(value: Any, *keys: str) -> Any:
+    for key in keys:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def dependencies_named(statement: dict[str, Any], name: str) -> list[dict[str, Any]]:
+    """resolvedDependencies entries with this exact name (see docs/buildtype.md for the names)."""
+    deps = _dig(statement, "predicate", "buildDefinition", "resolvedDependencies") or []
+    return [d for d in deps if isinstance(d, dict) and d.get("name") == name]
+
+
+def split_digest(text: str) -> tuple[str, str]:
+    """`sha256:abc…` → ("sha256", "abc…")."""
+    algorithm, _, value = text.partition(":")
+    return algorithm, value.lower()
+
+
+# --- the rules -------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AllowedBuilders:
+    """runDetails.builder.id equals one of the ids or matches one of the globs (`*`, `?`, `[…]`)."""
+
+    patterns: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return "policy: builder"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        builder = _dig(statement, "predicate", "runDetails", "builder", "id")
+        if not isinstance(builder, str):
+            return Check(self.name, False, "the statement names no builder id")
+        for pattern in self.patterns:
+            if builder == pattern or (_is_glob(pattern) and fnmatch.fnmatchcase(builder, pattern)):
+                return Check(self.name, True, f"{builder} is allowed by {pattern}")
+        return Check(self.name, False, f"{builder} is not among the allowed builders ({', '.join(self.patterns)})")
+
+
+def _is_glob(pattern: str) -> bool:
+    return any(c in pattern for c in "*?[")
+
+
+@dataclass(frozen=True)
+class AllowedBaseImages:
+    """The `base-image` dependency's sha256 is one of the allowed digests."""
+
+    digests: tuple[str, ...]  # "sha256:<hex>"
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return "policy: base image"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        found = dependencies_named(statement, "base-image")
+        if len(found) != 1:
+            return Check(self.name, False, f"expected one resolvedDependency named base-image, found {len(found)}")
+        value = _dig(found[0], "digest", "sha256")
+        shown = found[0].get("uri") or "base-image"
+        if not isinstance(value, str):
+            return Check(self.name, False, f"{shown} has no sha256 digest")
+        if f"sha256:{value}" in self.digests:
+            return Check(self.name, True, f"{shown} has an allowed digest")
+        return Check(self.name, False, f"{shown}: sha256:{value} is not an allowed base image digest")
+
+
+@dataclass(frozen=True)
+class RequiredData:
+    """The data item `data/<item>` was verified with exactly this digest."""
+
+    item: str
+    digest: str  # "<algorithm>:<hex>"
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return f"policy: data {self.item}"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        found = dependencies_named(statement, f"data/{self.item}")
+        if len(found) != 1:
+            what = "no data item" if not found else f"{len(found)} data items"
+            return Check(self.name, False, f"{what} named {self.item!r} recorded; the policy requires {self.digest}")
+        algorithm, expected = split_digest(self.digest)
+        field = found[0].get("digest")
+        recorded: dict[str, Any] = field if isinstance(field, dict) else {}
+        actual = recorded.get(algorithm)
+        if not isinstance(actual, str):
+            have = ", ".join(sorted(recorded)) or "none"
+            return Check(self.name, False,
+                         f"recorded without a {algorithm} digest (has: {have}); the policy requires {self.digest}")
+        if actual.lower() == expected:
+            return Check(self.name, True, f"{algorithm}:{actual} as required")
+        return Check(self.name, False, f"recorded {algorithm}:{actual}, the policy requires {self.digest}")
+
+
+@dataclass(frozen=True)
+class ManifestDigest:
+    """externalParameters.manifestDigest.sha256 is exactly this digest."""
+
+    digest: str  # "sha256:<hex>"
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return "policy: manifest digest"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        value = _dig(statement, "predicate", "buildDefinition", "externalParameters", "manifestDigest", "sha256")
+        if not isinstance(value, str):
+            return Check(self.name, False, "the statement records no manifest sha256")
+        if f"sha256:{value}" == self.digest:
+            return Check(self.name, True, f"sha256:{value} as required")
+        return Check(self.name, False, f"the run used manifest sha256:{value}, the policy requires {self.digest}")
+
+
+@dataclass(frozen=True)
+class AllowedHardwareClasses:
+    """The manifest's hardware class (and xrun_hardware_class, when present) is an allowed one."""
+
+    classes: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return "policy: hardware class"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        manifest = _dig(statement, "predicate", "buildDefinition", "externalParameters", "manifest")
+        declared = _dig(manifest, "hardware", "class")
+        applied = _dig(statement, "predicate", "runDetails", "xrun_hardware_class")
+        if not isinstance(declared, str):
+            return Check(self.name, False, "the manifest in the statement names no hardware class")
+        if applied is not None and applied != declared:
+            return Check(self.name, False, f"the manifest asks for {declared} but the run applied {applied}")
+        if declared in self.classes:
+            return Check(self.name, True, f"{declared} is allowed")
+        return Check(self.name, False, f"{declared} is not among the allowed classes ({', '.join(self.classes)})")
+
+
+@dataclass(frozen=True)
+class HardwareMatched:
+    """The host met the hardware class: runDetails.xrun_hardware_mismatch is recorded and empty."""
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return "policy: hardware match"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        mismatch = _dig(statement, "predicate", "runDetails", "xrun_hardware_mismatch")
+        if mismatch is None:
+            # Fail closed: a statement without the field cannot show the class was met.
+            return Check(self.name, False, "the statement does not record whether the host met its hardware class")
+        if not mismatch:
+            return Check(self.name, True, "the host met the hardware class")
+        shown = "; ".join(map(str, mismatch)) if isinstance(mismatch, list) else str(mismatch)
+        return Check(self.name, False, f"the run was allowed despite a hardware mismatch: {shown}")
+
+
+@dataclass(frozen=True)
+class MaxAge:
+    """runDetails.metadata.finishedOn is at most `limit` before `now` (and not in the future)."""
+
+    limit: timedelta
+    now: datetime
+    text: str  # the limit as written, for messages
+
+    @property
+    def name(self) -> str:
+        """The check's name in the verdict."""
+        return "policy: max age"
+
+    def check(self, statement: dict[str, Any]) -> Check:
+        finished = _dig(statement, "predicate", "runDetails", "metadata", "finishedOn")
+        try:
+            moment = parse_rfc3339(finished)
+        except ValueError:
+            return Check(self.name, False, "the statement records no valid finishedOn time")
+        age = self.now - moment
+        if age < -CLOCK_SKEW:
+            return Check(self.name, False, f"finished {finished}, which is {format_duration(-age)} in the future")
+        if age > self.limit:
+            return Check(self.name, False, f"finished {finished}, {format_duration(age)} ago: older than {self.text}")
+        shown = format_duration(max(age, timedelta(0)))
+        return Check(self.name, True, f"finished {finished}, {shown} ago (limit {self.text})")
+
+
+# --- the policy ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Policy:
+    """A parsed policy file; `rules(now)` turns it into rules."""
+
+    source: str
+    allowed_builders: tuple[str, ...] = ()
+    allowed_base_images: tuple[str, ...] = ()
+    required_data: tuple[tuple[str, str], ...] = ()
+    manifest_digest: str | None = None
+    allowed_hardware_classes: tuple[str, ...] = ()
+    allow_hardware_mismatch: bool | None = None  # None: not said
+    max_age: str | None = None
+
+    def rules(self, now: datetime) -> list[Rule]:
+        """The rules this policy asks for, in a stable order."""
+        rules: list[Rule] = []
+        if self.allowed_builders:
+            rules.append(AllowedBuilders(self.allowed_builders))
+        if self.allowed_base_images:
+            rules.append(AllowedBaseImages(self.allowed_base_images))
+        rules += [RequiredData(item, digest) for item, digest in self.required_data]
+        if self.manifest_digest:
+            rules.append(ManifestDigest(self.manifest_digest))
+        if self.allowed_hardware_classes:
+            rules.append(AllowedHardwareClasses(self.allowed_hardware_classes))
+        strict = self.allow_hardware_mismatch is False
+        if strict or (self.allowed_hardware_classes and not self.allow_hardware_mismatch):
+            rules.append(HardwareMatched())
+        if self.max_age:
+            rules.append(MaxAge(parse_duration(self.max_age), now, self.max_age))
+        return rules
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], source: str = "<policy>") -> Policy:
+        """A Policy from an already validated document."""
+        return cls(
+            source=source,
+            allowed_builders=tuple(data.get("allowedBuilders", ())),
+            allowed_base_images=tuple(data.get("allowedBaseImages", ())),
+            required_data=tuple(sorted(data.get("requiredData", {}).items())),
+            manifest_digest=data.get("manifestDigest"),
+            allowed_hardware_classes=tuple(data.get("allowedHardwareClasses", ())),
+            allow_hardware_mismatch=data.get("allowHardwareMismatch"),
+            max_age=data.get("maxAge"),
+        )
+
+
+def parse_duration(text: str) -> timedelta:
+    """`7d`, `12h`, `1d12h`, `90m`, `2w`, `30s` → timedelta; ValueError otherwise."""
+    if not re.fullmatch(r"([0-9]+[wdhms])+", text or ""):
+        raise ValueError(f"not a duration: {text!r} (use e.g. 7d, 12h, 1d12h)")
+    total = sum((int(n) * _UNITS[u] for n, u in re.findall(r"([0-9]+)([wdhms])", text)), timedelta(0))
+    if total <= timedelta(0):
+        raise ValueError(f"the duration {text!r} is zero")
+    return total
+
+
+def format_duration(delta: timedelta) -> str:
+    """A short human duration: 3d 4h, 5h 2m, 40s."""
+    seconds = int(delta.total_seconds())
+    days, rest = divmod(seconds, 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{v}{u}" for v, u in ((days, "d"), (hours, "h"), (minutes, "m")) if v]
+    return " ".join(parts[:2]) if parts else f"{secs}s"
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=1)
+def _validator() -> jsonschema.Draft202012Validator:
+    schema = json.loads((resource_dir("schemas") / SCHEMA_FILE).read_text(encoding="utf-8"))
+    return jsonschema.Draft202012Validator(schema)
+
+
+def load_policy(path: Path | str) -> Policy:
+    """Read and validate a policy (YAML or JSON); ManifestError lists `file:line: field: problem`."""
+    path = Path(path)
+    shown = str(path)
+    try:
+        if path.stat().st_size > MAX_POLICY_FILE:
+            raise UsageError(f"{shown}: too large for a policy file")
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"{shown}: no such policy file") from None
+    except IsADirectoryError:
+        raise UsageError(f"{shown}: is a directory, not a policy file") from None
+    except UnicodeDecodeError:
+        raise ManifestError(f"{shown}: not UTF-8 text") from None
+    data, lines = _parse_yaml(text, shown)
+    problems = policy_problems(data, lines)
+    if problems:
+        count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
+        raise ManifestError(f"{shown}: invalid policy ({count})", lines=[f"{shown}{p}" for p in problems])
+    return Policy.from_json(data, shown)
+
+
+def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]:
+    """Every problem of a parsed policy as `:line: field: message` (line omitted when unknown)."""
+    lines = lines or {}
+    if not isinstance(data, dict):
+        return [": the policy must be a mapping (apiVersion: xrun/v1, kind: Policy, rules…)"]
+    problems = []
+    for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
+        path = _path(error.absolute_path)
+        hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
+        if error.validator == "additionalProperties" and not error.absolute_path:
+            extra = sorted(set(data) - set(_validator().schema["properties"]))
+            known = ", ".join(_validator().schema["properties"])
+            for key in extra:
+                close = difflib.get_close_matches(key, list(_validator().schema["properties"]), n=1)
+                fix = f"did you mean {close[0]}?" if close else f"known fields: {known}"
+                problems.append(f"{_where(lines, key)}: {key}: unknown field; {fix}")
+            continue
+        if error.validator == "required":
+            message = error.message
+        else:
+            message = f"{error.message}; {hint}" if hint else error.message
+        problems.append(f"{_where(lines, path)}: {path or '(policy)'}: {message}")
+    if not problems and "maxAge" in data:
+        try:
+            parse_duration(data["maxAge"])
+        except ValueError as exc:
+            problems.append(f"{_where(lines, 'maxAge')}: maxAge: {exc}")
+    return problems
+
+
+def _where(lines: dict[str, int], path: str) -> str:
+    line = lines.get(path)
+    return f":{line}" if line else ""
+
+
+def _path(parts: Any) -> str:
+    out = ""
+    for part in parts:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (two readers could keep different values)."""
+
+
+def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[str, int]]:
+    """Parse YAML (JSON is YAML) safely; returns (data, field path → line)."""
+    loader = _Loader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ManifestError(f"{shown}: the policy file is empty; start from examples/policy.yaml")
+        lines: dict[str, int] = {}
+        _walk(node, "", lines, shown, set())
+        return loader.construct_document(node), lines
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        where = f"{shown}:{mark.line + 1}" if mark else shown
+        raise ManifestError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:
+        raise ManifestError(f"{shown}: YAML error: {exc}") from None
+    finally:
+        loader.dispose()
+
+
+def _walk(node: yaml.Node, path: str, lines: dict[str, int], shown: str, visited: set[int]) -> None:
+    if id(node) in visited:
+        # An alias: policies are short, and aliases are how YAML "billion laughs" bombs are built.
+        raise ManifestError(f"{shown}:{node.start_mark.line + 1}: {path or '(policy)'}: "
+                            "YAML anchors/aliases are not allowed in a policy")
+    visited.add(id(node))
+    lines.setdefault(path, node.start_mark.line + 1)
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                raise ManifestError(f"{shown}:{key_node.start_mark.line + 1}: {_join(path, key)}: duplicate key")
+            seen.add(key)
+            _walk(value_node, _join(path, key), lines, shown, visited)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            _walk(item, f"{path}[{i}]", lines, shown, visited)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key

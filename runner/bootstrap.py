@@ -1,0 +1,345 @@
+"""`image.bootstrap`: a base image built from Debian packages with mmdebstrap, bit for bit reproducible.
+
+mmdebstrap with SOURCE_DATE_EPOCH fixed writes the same root filesystem tarball for the same package
+set. We wrap it, uncompressed, as the single layer of a `docker load` archive whose config holds
+nothing that varies (fixed `created`, no host names), so the image ID, the sha256 of that config,
+is a function of the packages alone. `docker import` would stamp the current time instead.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import quote
+
+from runner.docker_client import cached_probe, run_offline
+from runner.errors import BuildError, EnvironmentProblem, IntegrityError, ManifestError
+from runner.manifest import BootstrapSpec
+
+# 2024-01-01T00:00:00Z. Part of the recipe: changing it changes every bootstrapped image ID.
+SOURCE_DATE_EPOCH = 1704067200
+RECIPE_VERSION = 1  # bump when the mmdebstrap options or the archive layout change
+HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+IMAGE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+TAG_REPO = "xrun-bootstrap"
+LOG_TAIL = 25
+CHUNK = 1 << 20
+# Debian architecture → (OCI architecture, variant).
+ARCHES = {"amd64": ("amd64", None), "arm64": ("arm64", "v8"), "armhf": ("arm", "v7"), "armel": ("arm", "v5"),
+          "i386": ("386", None), "ppc64el": ("ppc64le", None), "s390x": ("s390x", None),
+          "riscv64": ("riscv64", None), "mips64el": ("mips64le", None)}
+_MACHINE_TO_DEB = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "armhf",
+                   "i686": "i386", "i386": "i386", "ppc64le": "ppc64el", "s390x": "s390x", "riscv64": "riscv64"}
+
+
+@dataclass(frozen=True)
+class DebPackage:
+    """One installed Debian package, as dpkg-query reports it."""
+
+    name: str
+    version: str
+    arch: str
+
+    @property
+    def purl(self) -> str:
+        """pkg:deb/debian/NAME@VERSION?arch=ARCH (the version percent-encoded as the purl spec asks)."""
+        return f"pkg:deb/debian/{self.name}@{quote(self.version, safe=':~')}?arch={self.arch}"
+
+    def to_json(self) -> dict[str, str]:
+        """Plain data (labels, attestation)."""
+        return {"name": self.name, "version": self.version, "arch": self.arch}
+
+
+@dataclass(frozen=True)
+class BootstrapArchive:
+    """A `docker load` archive of one bootstrapped root filesystem."""
+
+    path: Path
+    image_id: str  # "sha256:…" = sha256 of the config inside
+    diff_id: str  # "sha256:…" of the uncompressed layer
+    size: int
+
+
+@dataclass(frozen=True)
+class BootstrapImage:
+    """A bootstrapped base image present in the engine."""
+
+    image_id: str
+    platform: str  # "linux/amd64"
+    built: bool  # False when an existing image was reused
+
+
+# --- the recipe ------------------------------------------------------------------------------------
+
+
+def debian_arch(spec: BootstrapSpec) -> str:
+    """The spec's architecture, else the host's (dpkg's name for it)."""
+    if spec.architecture:
+        return spec.architecture
+    return _MACHINE_TO_DEB.get(platform.machine().lower(), platform.machine().lower())
+
+
+def oci_platform(deb_arch: str) -> str:
+    """linux/amd64, linux/arm/v7… for a Debian architecture."""
+    arch, variant = ARCHES.get(deb_arch, (deb_arch, None))
+    return f"linux/{arch}" + (f"/{variant}" if variant and arch == "arm" else "")
+
+
+def sources_file(spec: BootstrapSpec) -> Path | None:
+    """The apt sources mmdebstrap uses: the spec's file, else the host's when it serves the suite, else None."""
+    if spec.sources:
+        path = Path(spec.sources)
+        if not path.is_file():
+            raise ManifestError(f"image.bootstrap.sources: {path}: no such file; fix the path")
+        return path
+    for path in HOST_SOURCES:
+        try:
+            text = path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            continue
+        if re.search(rf"(^|\s){re.escape(spec.suite)}(\s|$)", text, re.MULTILINE):
+            return path
+    return None  # mmdebstrap's default mirror for the suite
+
+
+def spec_digest(spec: BootstrapSpec) -> str:
+    """sha256 hex over everything that decides the root filesystem (the sources' content included)."""
+    sources = sources_file(spec)
+    recipe = {
+        "recipe": RECIPE_VERSION, "epoch": SOURCE_DATE_EPOCH, "suite": spec.suite, "variant": spec.variant,
+        "packages": sorted(spec.packages), "architecture": debian_arch(spec),
+        "sources": hashlib.sha256(sources.read_bytes()).hexdigest() if sources else None,
+    }
+    return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def mmdebstrap_command(spec: BootstrapSpec, output: Path) -> list[str]:
+    """The mmdebstrap argv writing the root filesystem tarball to `output`."""
+    cmd = ["mmdebstrap", f"--variant={spec.variant}", f"--architectures={debian_arch(spec)}", "--format=tar",
+           # Docker supplies /dev, /etc/hostname and /etc/resolv.conf; the host's copies would make the
+           # tarball differ from one machine to the next.
+           "--skip=output/dev",
+           "--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\""]
+    if spec.packages:
+        cmd.append("--include=" + ",".join(spec.packages))
+    cmd += [spec.suite, str(output)]
+    sources = sources_file(spec)
+    if sources is not None:
+        cmd.append(str(sources))
+    return cmd
+
+
+def check_host() -> None:
+    """Bootstrapping needs Linux and mmdebstrap; EnvironmentProblem (exit 4) says what to install."""
+    if not sys.platform.startswith("linux"):
+        raise EnvironmentProblem(f"image.bootstrap needs a Linux host (this is {sys.platform}); pin a base image "
+                                 "with image.base instead, or run xrun on Linux")
+    if shutil.which("mmdebstrap") is None:
+        raise EnvironmentProblem("image.bootstrap needs mmdebstrap; install it (sudo apt-get install mmdebstrap) "
+                                 "or pin a base image with image.base instead")
+
+
+def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False) -> None:
+    """Write the root filesystem tarball; BuildError (exit 1) with mmdebstrap's log tail when it fails."""
+    check_host()
+    env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "LC_ALL": "C.UTF-8"}
+    cmd = mmdebstrap_command(spec, output)
+    tail: deque[str] = deque(maxlen=LOG_TAIL)
+    if not quiet:
+        print(f"xrun: bootstrapping {spec.suite} ({', '.join(spec.packages) or 'no extra packages'}) with "
+              "mmdebstrap; this takes about a minute", file=sys.stderr)
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
+                            errors="replace")
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        tail.append(line.rstrip())
+        if not quiet and line.startswith(("I: ", "E: ", "W: ")):
+            print(f"  {line.rstrip()}", file=sys.stderr)
+    code = proc.wait()
+    if code != 0:
+        raise BuildError(f"mmdebstrap failed (exit {code}) bootstrapping {spec.suite} with "
+                         f"{', '.join(spec.packages)}; the log tail is below (a missing package version? an "
+                         "unreachable mirror?)", lines=list(tail))
+
+
+# --- the docker load archive -----------------------------------------------------------------------
+
+
+def image_config(diff_id: str, deb_arch: str) -> bytes:
+    """The image config: nothing in it varies between runs or machines."""
+    arch, variant = ARCHES.get(deb_arch, (deb_arch, None))
+    created = datetime.fromtimestamp(SOURCE_DATE_EPOCH, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    config: dict[str, Any] = {
+        "architecture": arch, "os": "linux", "created": created,
+        "config": {"Env": [IMAGE_PATH], "Cmd": ["bash"]},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+        "history": [{"created": created, "created_by": "xrun bootstrap (mmdebstrap)"}],
+    }
+    if variant and arch == "arm":
+        config["variant"] = variant
+    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+
+
+def write_docker_archive(rootfs: Path, out: Path, deb_arch: str) -> BootstrapArchive:
+    """Wrap a root filesystem tarball as a one-layer `docker load` archive, deterministically."""
+    hasher = hashlib.sha256()
+    with open(rootfs, "rb") as f:
+        for chunk in iter(lambda: f.read(CHUNK), b""):
+            hasher.update(chunk)
+    diff_hex = hasher.hexdigest()
+    config = image_config(f"sha256:{diff_hex}", deb_arch)
+    config_hex = hashlib.sha256(config).hexdigest()
+    manifest = json.dumps([{"Config": f"{config_hex}.json", "RepoTags": None,
+                            "Layers": [f"{diff_hex}/layer.tar"]}], separators=(",", ":")).encode()
+    partial = out.with_name(f".{out.name}.partial")
+    with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
+        _add_dir(tar, diff_hex)
+        _add_file(tar, f"{diff_hex}/layer.tar", rootfs.stat().st_size, rootfs.open("rb"))
+        _add_bytes(tar, f"{config_hex}.json", config)
+        _add_bytes(tar, "manifest.json", manifest)
+    os.replace(partial, out)
+    return BootstrapArchive(out, f"sha256:{config_hex}", f"sha256:{diff_hex}", out.stat().st_size)
+
+
+def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, mode: int = 0o644) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size, info.type, info.mode = size, kind, mode
+    info.mtime, info.uid, info.gid, info.uname, info.gname = SOURCE_DATE_EPOCH, 0, 0, "", ""
+    return info
+
+
+def _add_dir(tar: tarfile.TarFile, name: str) -> None:
+    tar.addfile(_info(name, kind=tarfile.DIRTYPE, mode=0o755))
+
+
+def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    import io
+
+    tar.addfile(_info(name, len(data)), io.BytesIO(data))
+
+
+def _add_file(tar: tarfile.TarFile, name: str, size: int, stream: IO[bytes]) -> None:
+    with stream:
+        tar.addfile(_info(name, size), stream)
+
+
+def read_archive_id(path: Path) -> str:
+    """The image ID a `docker load` archive will produce (its config's sha256), without loading it."""
+    with tarfile.open(path, "r:") as tar:
+        member = tar.extractfile("manifest.json")
+        if member is None:
+            raise IntegrityError(f"{path}: not a docker load archive (no manifest.json); delete it and rebuild")
+        manifest = json.loads(member.read())
+        config = tar.extractfile(manifest[0]["Config"])
+        if config is None:
+            raise IntegrityError(f"{path}: the archive's config is missing; delete it and rebuild")
+        return "sha256:" + hashlib.sha256(config.read()).hexdigest()
+
+
+def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False,
+                      workdir: Path | None = None) -> BootstrapArchive:
+    """mmdebstrap → `docker load` archive at `out` (written atomically)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="xrun-bootstrap-", dir=workdir or out.parent) as tmp:
+        rootfs = Path(tmp) / "rootfs.tar"
+        run_mmdebstrap(spec, rootfs, quiet=quiet)
+        return write_docker_archive(rootfs, out, debian_arch(spec))
+
+
+def load_archive(client: Any, archive: Path, expected_id: str | None = None) -> str:
+    """`docker load` the archive and return the image ID; it must be the ID the archive's config implies."""
+    import docker.errors
+
+    expected = expected_id or read_archive_id(archive)
+    try:
+        with open(archive, "rb") as f:
+            images = client.images.load(f)
+    except docker.errors.APIError as exc:
+        raise EnvironmentProblem(f"docker load of {archive} failed: {exc.explanation or exc}; check the engine's "
+                                 "disk space (docker system df)") from None
+    loaded = {img.id for img in images}
+    if expected not in loaded:
+        raise IntegrityError(f"docker load of {archive} gave {', '.join(sorted(loaded)) or 'no image'}, expected "
+                             f"{expected}; the archive is damaged: delete it and bootstrap again")
+    return expected
+
+
+# --- in the engine ---------------------------------------------------------------------------------
+
+
+def bootstrap_tag(spec: BootstrapSpec) -> str:
+    """xrun-bootstrap/<suite>:<first 12 hex of the spec digest>: the cache key of a bootstrapped image."""
+    suite = re.sub(r"[^a-z0-9._-]", "-", spec.suite.lower()) or "suite"
+    return f"{TAG_REPO}/{suite}:{spec_digest(spec)[:12]}"
+
+
+def ensure_bootstrap_image(spec: BootstrapSpec, client: Any, cache: Any, *, quiet: bool = False) -> BootstrapImage:
+    """The bootstrapped base in the engine: by pinned ID or cached tag when present, else built now."""
+    import docker.errors
+
+    plat = oci_platform(debian_arch(spec))
+    if spec.image_id and _exists(client, spec.image_id):
+        return BootstrapImage(spec.image_id, plat, built=False)
+    tag = bootstrap_tag(spec)
+    digest = spec_digest(spec)
+    with cache.lock("sha256", digest, purpose="bootstrap"):
+        if not spec.image_id:
+            try:
+                return BootstrapImage(client.images.get(tag).id, plat, built=False)
+            except docker.errors.ImageNotFound:
+                pass
+        work = cache.root / "tmp"
+        work.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="xrun-bootstrap-", dir=work) as tmp:
+            archive = bootstrap_archive(spec, Path(tmp) / "image.tar", quiet=quiet, workdir=Path(tmp))
+            if spec.image_id and archive.image_id != spec.image_id:
+                raise IntegrityError(
+                    f"image.bootstrap: the packages gave image {archive.image_id}, but the manifest pins "
+                    f"imageId {spec.image_id}; the mirror's packages changed (a security update?): pin exact "
+                    "versions (python3=3.11.2-1+b1) or, if you trust the new packages, update imageId")
+            image_id = load_archive(client, archive.path, archive.image_id)
+        client.api.tag(image_id, *tag.split(":", 1))
+    return BootstrapImage(image_id, plat, built=True)
+
+
+def _exists(client: Any, image_id: str) -> bool:
+    import docker.errors
+
+    try:
+        client.images.get(image_id)
+        return True
+    except docker.errors.ImageNotFound:
+        return False
+
+
+DPKG_QUERY = ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"]
+
+
+def installed_debs(client: Any, image_id: str, cache: Any) -> tuple[DebPackage, ...]:
+    """The Debian packages installed in an image (dpkg-query inside it, network off), cached by image ID."""
+    def probe() -> Any:
+        return run_offline(client, image_id, DPKG_QUERY)
+
+    output = cached_probe(cache, image_id, "dpkg", probe)
+    return tuple(sorted(_parse_dpkg(output), key=lambda d: (d.name, d.arch)))
+
+
+def _parse_dpkg(output: str) -> Iterator[DebPackage]:
+    for line in output.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[0].strip() == "ii":
+            yield DebPackage(parts[1], parts[2], parts[3])

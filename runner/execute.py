@@ -1,0 +1,240 @@
+"""Run the training container: no network, read-only root, no capabilities, limits, logs, clean-up."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import sys
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import IO, Any, Iterator
+
+from runner.errors import Interrupted, TrainingFailed
+from runner.hardware import HardwareClass, Host
+from runner.rundir import utc_now
+
+NOBODY = "65534:65534"
+PIDS_LIMIT = 4096
+TMPFS_SIZE = "2g"
+LOG_TAIL_LINES = 20
+MANAGED_LABEL = "org.xrun.managed"
+
+
+@dataclass(frozen=True)
+class Mount:
+    host: str
+    container: str
+    read_only: bool
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything decided about the container before it starts; recorded as internalParameters."""
+
+    image: str
+    command: tuple[str, ...]
+    env: dict[str, str]
+    workdir: str
+    user: str
+    mounts: tuple[Mount, ...]
+    nano_cpus: int
+    mem_limit_bytes: int
+    pids_limit: int
+    gpus: int
+    timeout_s: int | None
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def isolation(self) -> dict[str, Any]:
+        """The isolation and limits applied, as plain data for the attestation."""
+        return {
+            "network": "none", "readOnlyRootfs": True, "capDrop": ["ALL"], "noNewPrivileges": True,
+            "user": self.user, "tmpfs": {"/tmp": TMPFS_SIZE}, "pidsLimit": self.pids_limit,
+            "nanoCpus": self.nano_cpus, "memoryBytes": self.mem_limit_bytes, "gpus": self.gpus,
+            "mounts": [{"container": m.container, "readOnly": m.read_only} for m in self.mounts],
+            "workdir": self.workdir, "timeoutSeconds": self.timeout_s,
+        }
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """How the container ended."""
+
+    status: str  # "succeeded" | "failed" | "timed-out" | "interrupted"
+    exit_code: int | None
+    started_on: datetime
+    finished_on: datetime
+    container_id: str
+    log_sha256: str
+    log_tail: tuple[str, ...]
+
+
+def container_user(uid: int | None = None, gid: int | None = None) -> str:
+    """The invoking user's uid:gid, or nobody when xrun itself runs as root (the run is never root)."""
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
+    return NOBODY if uid == 0 else f"{uid}:{gid}"
+
+
+def container_spec(*, image_id: str, command: tuple[str, ...], env: dict[str, str], workdir: str,
+                   hardware: HardwareClass, host: Host, data_mounts: list[tuple[Path, str]],
+                   outputs_dir: Path, timeout_s: int | None, labels: dict[str, str]) -> ContainerSpec:
+    """Turn the plan's run section and the class's limits into a container spec."""
+    # Docker refuses more CPUs than the host has; with --allow-hardware-mismatch we clamp and record.
+    cpus = max(1, min(hardware.cpus, host.cpu_count))
+    mounts = [Mount(str(host_path), container_path, True) for host_path, container_path in data_mounts]
+    mounts.append(Mount(str(outputs_dir), "/outputs", False))
+    return ContainerSpec(
+        image=image_id, command=command, env={**env, "HOME": "/tmp"}, workdir=workdir,
+        user=container_user(), mounts=tuple(mounts), nano_cpus=cpus * 10**9,
+        mem_limit_bytes=hardware.memory_gib * 2**30, pids_limit=PIDS_LIMIT, gpus=hardware.gpus,
+        timeout_s=timeout_s, labels={MANAGED_LABEL: "true", **labels},
+    )
+
+
+def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: bool, prefix: str) -> RunResult:
+    """Create, start, stream logs, wait (with the timeout), and always remove the container."""
+    import docker.types
+    import requests
+
+    uid, _, gid = spec.user.partition(":")
+    outputs = next(m.host for m in spec.mounts if m.container == "/outputs")
+    if os.getuid() == 0 and spec.user == NOBODY:
+        os.chown(outputs, int(uid), int(gid))
+    kwargs: dict[str, Any] = dict(
+        image=spec.image, command=list(spec.command), environment=spec.env, working_dir=spec.workdir,
+        user=spec.user, network_mode="none", read_only=True, cap_drop=["ALL"],
+        security_opt=["no-new-privileges"], tmpfs={"/tmp": f"rw,nosuid,nodev,size={TMPFS_SIZE}"},
+        mounts=[docker.types.Mount(m.container, m.host, type="bind", read_only=m.read_only) for m in spec.mounts],
+        nano_cpus=spec.nano_cpus, mem_limit=spec.mem_limit_bytes, memswap_limit=spec.mem_limit_bytes,
+        pids_limit=spec.pids_limit, labels=spec.labels, hostname="xrun", detach=True,
+    )
+    if spec.gpus:
+        kwargs["device_requests"] = [docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
+
+    container = None
+    tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
+    started = utc_now()
+    status, code = "failed", None
+    with _sigterm_as_interrupt():
+        try:
+            container = client.containers.create(**kwargs)
+            with open(log_path, "wb") as log:
+                container.start()
+                pump = threading.Thread(target=_pump_logs, args=(container, log, tail, stream, prefix), daemon=True)
+                pump.start()
+                try:
+                    result = container.wait(timeout=spec.timeout_s) if spec.timeout_s else container.wait()
+                    code = int(result.get("StatusCode", -1))
+                    status = "succeeded" if code == 0 else "failed"
+                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+                    status = "timed-out"
+                    _stop(container)
+                except KeyboardInterrupt:
+                    status = "interrupted"
+                    _stop(container)
+                pump.join(timeout=10)
+        finally:
+            if container is not None:
+                _remove(container)
+            if os.getuid() == 0 and spec.user == NOBODY:
+                _chown_tree(Path(outputs), 0, 0)
+    finished = utc_now()
+    result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
+                       container_id=container.id if container is not None else "",
+                       log_sha256=_sha256(log_path), log_tail=tuple(tail))
+    return result
+
+
+def raise_for_status(result: RunResult, timeout_s: int | None) -> None:
+    """Turn a failed, timed-out or interrupted run into the matching XrunError."""
+    if result.status == "interrupted":
+        raise Interrupted("interrupted: the container was stopped and removed; no attestation was written")
+    if result.status == "timed-out":
+        raise TrainingFailed(f"timed out after {timeout_s}s (run.timeout): the container was stopped and removed; "
+                             "raise run.timeout or make the job faster", lines=list(result.log_tail))
+    if result.status != "succeeded":
+        raise TrainingFailed(f"the training command exited with code {result.exit_code}; last log lines:",
+                             lines=list(result.log_tail))
+
+
+def _pump_logs(container: Any, log: IO[bytes], tail: deque[str], stream: bool, prefix: str) -> None:
+    colour = stream and sys.stderr.isatty()
+    head = f"\x1b[36m[{prefix}]\x1b[0m " if colour else f"[{prefix}] "
+    pending = b""
+    try:
+        for chunk in container.logs(stream=True, follow=True):
+            log.write(chunk)
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                _emit(line, tail, stream, head)
+        if pending:
+            _emit(pending, tail, stream, head)
+        log.flush()
+    except Exception:  # the container vanished mid-stream (timeout/interrupt): the log so far is kept
+        log.flush()
+
+
+def _emit(line: bytes, tail: deque[str], stream: bool, head: str) -> None:
+    text = line.decode("utf-8", errors="replace").rstrip("\r")
+    tail.append(text)
+    if stream:
+        print(head + text, file=sys.stderr, flush=True)
+
+
+def _stop(container: Any) -> None:
+    try:
+        container.kill()
+    except Exception:  # already gone
+        pass
+
+
+def _remove(container: Any) -> None:
+    try:
+        container.remove(force=True)
+    except Exception:  # already removed (e.g. by a concurrent clean-up)
+        pass
+
+
+def _chown_tree(root: Path, uid: int, gid: int) -> None:
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in [*dirnames, *filenames]:
+            try:
+                os.lchown(os.path.join(dirpath, name), uid, gid)
+            except OSError:
+                pass
+    os.chown(root, uid, gid)
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+class _sigterm_as_interrupt:
+    """While a container runs, SIGTERM behaves like Ctrl-C so the same clean-up path runs."""
+
+    def __enter__(self) -> None:
+        self._previous = None
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def managed_containers(client: Any) -> Iterator[Any]:
+    """Containers xrun created that still exist (there should be none after any run)."""
+    yield from client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=true"})

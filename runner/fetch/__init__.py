@@ -1,0 +1,24 @@
+"""Fetch data and wheels into the content-addressed cache, verified while streaming.
+
+The public API (the CLI, the pipeline and the image stage code against these names only):
+
+- `fetch_blob(cache, uri, digests, *, name, base_dir=None, options=FetchOptions()) -> Blob`
+- `fetch_blobs(cache, requests: list[BlobRequest], *, base_dir=None, options=FetchOptions()) -> list[Blob]`
+  (the same for many blobs in the bounded pool, e.g. wheels)
+- `fetch_data(plan, cache, options=FetchOptions()) -> list[FetchedData]`
+- `list_cache(cache) -> list[CacheEntry]`, `verify_cache(cache, *, remove_bad=False) -> list[VerifyResult]`,
+  `gc_cache(cache, *, keep, older_than_s, dry_run=False) -> list[Removed]`
+- `keep_for_manifest(manifest)` / `keep_for_plan(plan)`: the cache keys gc must keep
+- `Cancelled`: raised by fetch_blob(cancel=event) once the event is set (the partial file is kept)
+"""
+
+from runner.fetch.cache import Blob, Cache, CacheEntry
+from runner.fetch.download import Cancelled, fetch_blob
+from runner.fetch.interface import FetchOptions
+from runner.fetch.maintenance import (Removed, VerifyResult, gc_cache, keep_for_manifest, keep_for_plan, list_cache,
+                                      verify_cache)
+from runner.fetch.stage import BlobRequest, FetchedData, fetch_blobs, fetch_data
+
+__all__ = ["Blob", "BlobRequest", "Cache", "CacheEntry", "Cancelled", "FetchOptions", "FetchedData", "Removed",
+           "VerifyResult", "fetch_blob", "fetch_blobs", "fetch_data", "gc_cache", "keep_for_manifest", "keep_for_plan",
+           "list_cache", "verify_cache"]

@@ -1,0 +1,379 @@
+"""The content-addressed cache: verified blobs, unpacked trees, per-blob locks and usage markers.
+
+Layout under the root (`XRUN_CACHE_DIR`, else `$XDG_CACHE_HOME/xrun`, else `~/.cache/xrun`):
+
+    blobs/<algo>/<ab>/<hex>             a verified entry, read-only (0444)
+    blobs/<algo>/<ab>/.<hex>.partial    a download in progress (resumable); never an entry
+    trees/<algo>/<ab>/<hex>/            an unpacked archive (files 0444, folders 0555)
+    trees/<algo>/<ab>/<hex>.json        its listing (what `verify` checks the tree against)
+    trees/<algo>/<ab>/.tmp-<hex>-*      an unpack in progress
+    locks/entries.lock                  one file of byte-range locks: one writer per blob or tree
+                                        (Linux OFD locks; elsewhere one flock(2) file per entry:
+    locks/<algo>/<ab>/<hex>.<purpose>    these), so a cold fetch creates no lock file per blob
+    used/<algo>/<ab>/<hex>              usage marker: its mtime is the last run that used the entry
+
+An entry exists if and only if its final path exists: everything is written elsewhere in the same
+folder and renamed into place after verification, so a hit needs one stat and never a read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import functools
+import hashlib
+import json
+import os
+import stat
+import struct
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.fetch.digests import ALGORITHMS
+
+READ_ONLY_FILE = 0o444
+READ_ONLY_EXEC = 0o555
+READ_ONLY_DIR = 0o555
+# Open-file-description locks (Linux ≥ 3.15): per open file, so threads exclude each other too,
+# and closing another descriptor of the file does not drop them (unlike POSIX record locks).
+HAS_OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
+
+
+@dataclass(frozen=True)
+class Blob:
+    """One verified cache entry; `fetched` is False for a cache hit."""
+
+    algorithm: str
+    hexdigest: str
+    path: Path
+    size: int
+    fetched: bool
+
+    @property
+    def digest(self) -> str:
+        """'algo:hex'."""
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for `--json`."""
+        return {"digest": self.digest, "path": str(self.path), "size": self.size, "fetched": self.fetched}
+
+
+@dataclass(frozen=True)
+class CacheEntry:
+    """One blob or unpacked tree in the cache, for `xrun cache ls` and `gc`."""
+
+    kind: str  # "blob" | "tree"
+    algorithm: str
+    hexdigest: str
+    path: Path
+    size: int  # bytes (a tree: the sum of its files, from the listing)
+    files: int | None  # a tree's file count
+    created: float  # epoch seconds when the entry was committed
+    last_used: float  # epoch seconds of the last run that used it (created when never used)
+
+    @property
+    def digest(self) -> str:
+        """'algo:hex'."""
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for `--json`."""
+        return {"kind": self.kind, "digest": self.digest, "path": str(self.path), "size": self.size,
+                "files": self.files, "created": self.created, "lastUsed": self.last_used}
+
+
+class LockHandle:
+    """A held per-entry lock; `unlink()` removes a per-entry lock file safely while held (gc)."""
+
+    def __init__(self, path: Path, fd: int, per_entry_file: bool) -> None:
+        self.path = path
+        self.fd = fd
+        self._per_entry_file = per_entry_file
+
+    def unlink(self) -> None:
+        """Remove a per-entry lock file (waiters notice the inode changed); the shared file stays."""
+        if self._per_entry_file:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(self.path)
+
+
+@dataclass(frozen=True)
+class Cache:
+    """A content-addressed store rooted at `root`; safe for concurrent processes and threads."""
+
+    root: Path
+    byte_range_locks: bool = field(default=HAS_OFD_LOCKS, compare=False)
+
+    @classmethod
+    def default(cls, environ: Mapping[str, str] = os.environ) -> "Cache":
+        """XRUN_CACHE_DIR, else $XDG_CACHE_HOME/xrun, else ~/.cache/xrun."""
+        if environ.get("XRUN_CACHE_DIR"):
+            return cls(Path(environ["XRUN_CACHE_DIR"]).expanduser().absolute())
+        xdg = environ.get("XDG_CACHE_HOME", "")
+        # The XDG spec says relative values are invalid and must be ignored.
+        if xdg and os.path.isabs(xdg):
+            return cls(Path(xdg) / "xrun")
+        home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
+        return cls(home / ".cache" / "xrun")
+
+    # --- paths -------------------------------------------------------------------------------------
+
+    def blob_path(self, algorithm: str, hexdigest: str) -> Path:
+        """root/blobs/<algo>/<ab>/<hex>."""
+        return self.root / "blobs" / algorithm / hexdigest[:2] / hexdigest
+
+    def partial_path(self, algorithm: str, hexdigest: str) -> Path:
+        """The resumable download next to the entry (same folder, so the rename is atomic)."""
+        return self.root / "blobs" / algorithm / hexdigest[:2] / f".{hexdigest}.partial"
+
+    def tree_path(self, algorithm: str, hexdigest: str) -> Path:
+        """root/trees/<algo>/<ab>/<hex>/: the archive with this digest, unpacked."""
+        return self.root / "trees" / algorithm / hexdigest[:2] / hexdigest
+
+    def tree_listing_path(self, algorithm: str, hexdigest: str) -> Path:
+        """The JSON listing of a tree's files, written before the tree is renamed into place."""
+        return self.root / "trees" / algorithm / hexdigest[:2] / f"{hexdigest}.json"
+
+    def marker_path(self, algorithm: str, hexdigest: str) -> Path:
+        """The usage marker whose mtime says when a run last used the entry."""
+        return self.root / "used" / algorithm / hexdigest[:2] / hexdigest
+
+    def lock_path(self, algorithm: str, hexdigest: str, purpose: str = "blob") -> Path:
+        """The flock file guarding one blob (purpose 'blob') or its tree ('tree')."""
+        return self.root / "locks" / algorithm / hexdigest[:2] / f"{hexdigest}.{purpose}"
+
+    # --- lookups (stat only) -----------------------------------------------------------------------
+
+    def lookup(self, algorithm: str, hexdigest: str) -> Blob | None:
+        """The entry when present: one stat of its content-addressed path, no open, no read."""
+        path = self.blob_path(algorithm, hexdigest)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        return Blob(algorithm, hexdigest, path, st.st_size, fetched=False)
+
+    def lookup_tree(self, algorithm: str, hexdigest: str) -> Path | None:
+        """The unpacked tree when present: one stat."""
+        path = self.tree_path(algorithm, hexdigest)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return path if stat.S_ISDIR(st.st_mode) else None
+
+    # --- usage -------------------------------------------------------------------------------------
+
+    def mark_used(self, algorithm: str, hexdigest: str, when: float | None = None) -> None:
+        """Record that a run used the entry (touch its marker; the entry itself is not touched)."""
+        marker = self.marker_path(algorithm, hexdigest)
+        times = None if when is None else (when, when)
+        try:
+            os.utime(marker, times)
+        except FileNotFoundError:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644))
+            if times is not None:
+                os.utime(marker, times)
+
+    def last_used(self, algorithm: str, hexdigest: str) -> float | None:
+        """When a run last used the entry (None when no run recorded a use)."""
+        try:
+            return os.stat(self.marker_path(algorithm, hexdigest)).st_mtime
+        except FileNotFoundError:
+            return None
+
+    # --- locking -----------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def lock(self, algorithm: str, hexdigest: str, purpose: str = "blob",
+             on_wait: Callable[[], None] | None = None) -> Iterator[LockHandle]:
+        """Hold an exclusive lock for one entry; `on_wait` is called once if another holder blocks us."""
+        if self.byte_range_locks:
+            path = self.root / "locks" / "entries.lock"
+            fd = _open_creating_parents(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC)
+            try:
+                _lock_range(fd, _lock_offset(algorithm, hexdigest, purpose), on_wait)
+            except BaseException:
+                os.close(fd)
+                raise
+        else:
+            path = self.lock_path(algorithm, hexdigest, purpose)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = _acquire(path, on_wait)
+        try:
+            yield LockHandle(path, fd, per_entry_file=not self.byte_range_locks)
+        finally:
+            os.close(fd)  # releases either kind of lock
+
+    # --- writing -----------------------------------------------------------------------------------
+
+    def commit_blob(self, partial: Path, algorithm: str, hexdigest: str) -> Path:
+        """Make a verified, read-only, fsynced partial file the entry: renamed into place."""
+        final = self.blob_path(algorithm, hexdigest)
+        # The data was fsynced before the rename, so after a crash the entry is either complete or
+        # absent (then fetched again); fsyncing the folder too would only make "absent" rarer.
+        os.replace(partial, final)
+        return final
+
+    # --- enumeration -------------------------------------------------------------------------------
+
+    def entries(self) -> Iterator[CacheEntry]:
+        """Every blob and tree (partials, temporary folders and listings are not entries)."""
+        for kind in ("blob", "tree"):
+            base = self.root / ("blobs" if kind == "blob" else "trees")
+            for algorithm, hexdigest, path, st in _scan(base, want_dir=kind == "tree"):
+                size, files = st.st_size, None
+                if kind == "tree":
+                    size, files = self._tree_size(algorithm, hexdigest)
+                used = self.last_used(algorithm, hexdigest)
+                yield CacheEntry(kind, algorithm, hexdigest, path, size, files, st.st_mtime,
+                                 max(used, st.st_mtime) if used is not None else st.st_mtime)
+
+    def _tree_size(self, algorithm: str, hexdigest: str) -> tuple[int, int | None]:
+        try:
+            listing = json.loads(self.tree_listing_path(algorithm, hexdigest).read_text())
+        except (OSError, ValueError):
+            return 0, None
+        files = listing.get("files", [])
+        return sum(int(f.get("size", 0)) for f in files), len(files)
+
+    def leftovers(self) -> Iterator[Path]:
+        """Partial downloads and unfinished unpacks (gc removes the stale ones)."""
+        for base in (self.root / "blobs", self.root / "trees"):
+            if not base.is_dir():
+                continue
+            for algo_dir in _subdirs(base):
+                for fan in _subdirs(algo_dir):
+                    with os.scandir(fan) as it:
+                        for entry in it:
+                            if entry.name.endswith(".partial") or entry.name.startswith(".tmp-"):
+                                yield Path(entry.path)
+
+
+def _open_creating_parents(path: Path, flags: int) -> int:
+    try:
+        return os.open(path, flags, 0o644)
+    except FileNotFoundError:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return os.open(path, flags, 0o644)
+
+
+def _lock_offset(algorithm: str, hexdigest: str, purpose: str) -> int:
+    """A byte of the shared lock file that stands for one entry (56 bits: collisions are negligible)."""
+    return int.from_bytes(hashlib.sha256(f"{purpose}:{algorithm}:{hexdigest}".encode()).digest()[:7], "big")
+
+
+def _lock_range(fd: int, offset: int, on_wait: Callable[[], None] | None) -> None:
+    """Exclusive OFD lock on one byte at offset; blocks, calling on_wait first if it has to."""
+    # struct flock: l_type, l_whence, l_start, l_len, l_pid (must be 0 for OFD locks), padding.
+    request = struct.pack("hhqqi4x", fcntl.F_WRLCK, os.SEEK_SET, offset, 1, 0)
+    try:
+        fcntl.fcntl(fd, fcntl.F_OFD_SETLK, request)
+        return
+    except OSError as exc:
+        if exc.errno not in (errno.EAGAIN, errno.EACCES):
+            raise
+    if on_wait is not None:
+        on_wait()
+    fcntl.fcntl(fd, fcntl.F_OFD_SETLKW, request)
+
+
+def _acquire(path: Path, on_wait: Callable[[], None] | None) -> int:
+    """flock the file at path, retrying when gc unlinked it between our open and our lock."""
+    waited = False
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None and not waited:
+                    on_wait()
+                waited = True
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                current = os.stat(path)
+            except FileNotFoundError:
+                current = None
+        except BaseException:
+            os.close(fd)
+            raise
+        if current is not None and (current.st_ino, current.st_dev) == (held.st_ino, held.st_dev):
+            return fd
+        os.close(fd)
+
+
+def _subdirs(path: Path) -> list[Path]:
+    try:
+        with os.scandir(path) as it:
+            return sorted(Path(e.path) for e in it if e.is_dir(follow_symlinks=False))
+    except FileNotFoundError:
+        return []
+
+
+def _scan(base: Path, *, want_dir: bool) -> Iterator[tuple[str, str, Path, os.stat_result]]:
+    """(algo, hex, path, stat) of every well-named entry under blobs/ or trees/."""
+    for algo_dir in _subdirs(base):
+        algorithm = algo_dir.name
+        length = ALGORITHMS.get(algorithm)
+        if length is None:
+            continue
+        for fan in _subdirs(algo_dir):
+            with os.scandir(fan) as it:
+                names = sorted(it, key=lambda e: e.name)
+            for entry in names:
+                name = entry.name
+                if len(name) != length or not name.startswith(fan.name) or not _is_hex(name):
+                    continue
+                is_dir = entry.is_dir(follow_symlinks=False)
+                if is_dir != want_dir or (not want_dir and not entry.is_file(follow_symlinks=False)):
+                    continue
+                yield algorithm, name, Path(entry.path), entry.stat(follow_symlinks=False)
+
+
+def _is_hex(name: str) -> bool:
+    return all(c in "0123456789abcdef" for c in name)
+
+
+SYNC_FILE_RANGE_WRITE = 2
+
+
+@functools.lru_cache(maxsize=1)
+def _sync_file_range() -> Callable[..., int] | None:
+    """libc's sync_file_range(2) (Linux), or None; looked up once."""
+    name = ctypes.util.find_library("c")
+    func = getattr(ctypes.CDLL(name, use_errno=True), "sync_file_range", None) if name else None
+    if func is not None:
+        func.argtypes = [ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint]
+        func.restype = ctypes.c_int
+    return func
+
+
+def start_writeback(fd: int, offset: int, length: int) -> None:
+    """Ask the kernel to start writing a range to disk now, without waiting.
+
+    A large download then reaches the disk while it streams, and the fsync before the rename
+    waits only for the tail instead of the whole file (best effort; a no-op off Linux).
+    """
+    func = _sync_file_range()
+    if func is not None:
+        func(fd, offset, length, SYNC_FILE_RANGE_WRITE)
+
+
+def fsync_dir(path: Path) -> None:
+    """fsync a folder so a rename into it survives a crash."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

@@ -1,0 +1,119 @@
+"""The fetcher interface: one implementation per URI scheme, driven by one download loop.
+
+A fetcher only knows how to open a byte stream at an offset; retries, resume, hashing, the cache
+and error messages live in `runner.fetch.download`, so every scheme behaves the same way.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.errors import UsageError
+
+CHUNK = 1 << 20  # 1 MiB: large enough that per-chunk Python overhead vanishes next to hashing
+
+
+@dataclass(frozen=True)
+class FetchOptions:
+    """How to fetch: retries, timeouts, parallelism and progress display."""
+
+    retries: int = 5  # transient retries per item (attempts that made progress do not count)
+    backoff_s: float = 0.5  # base of the exponential backoff (with jitter)
+    timeout_s: float = 60.0  # connect and read timeout
+    parallel: int = 4  # bounded pool for several items
+    progress: bool | None = None  # None: auto (a TTY on stderr and not quiet)
+    quiet: bool = False
+    max_backoff_s: float = 30.0  # cap of one backoff sleep, Retry-After included
+
+    def __post_init__(self) -> None:
+        for name, low in (("retries", 0), ("parallel", 1)):
+            if getattr(self, name) < low:
+                raise UsageError(f"fetch {name} must be ≥ {low}, not {getattr(self, name)}")
+        for name in ("backoff_s", "max_backoff_s"):
+            if getattr(self, name) < 0:
+                raise UsageError(f"fetch {name} must be ≥ 0, not {getattr(self, name)}")
+        if self.timeout_s <= 0:
+            raise UsageError(f"fetch timeout must be > 0 seconds, not {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """A parsed data location: the URI as written plus what a fetcher needs to open it."""
+
+    uri: str  # as given (recorded in the attestation)
+    scheme: str  # "http", "https", "file" or "s3"
+    location: str  # URL for http(s), absolute path for file, "bucket/key" for s3
+    path: Path | None = None  # file: the resolved absolute path
+    bucket: str | None = None  # s3
+    key: str | None = None  # s3
+    version_id: str | None = None  # s3 ?versionId=
+
+    @property
+    def display_name(self) -> str:
+        """The last path component, for progress bars."""
+        tail = self.location.rstrip("/").rsplit("/", 1)[-1]
+        return tail or self.location
+
+
+class TransientError(Exception):
+    """A fault worth retrying (reset, timeout, 429, 5xx); `retry_after` is the server's hint."""
+
+    def __init__(self, reason: str, retry_after: float | None = None) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+class PermanentError(Exception):
+    """A fault no retry fixes (404, 403, a folder instead of a file); `hint` says what to do."""
+
+    def __init__(self, reason: str, hint: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+class RestartNeeded(Exception):
+    """The resume point is unusable (the object changed, an odd range): start again from byte 0."""
+
+
+class RangeNotSatisfiable(RestartNeeded):
+    """The resume point is at or past the end (HTTP 416): maybe we already have every byte."""
+
+
+class Stream(abc.ABC):
+    """An open byte stream of one object, starting at `offset`."""
+
+    offset: int = 0  # the first byte this stream delivers; 0 when the source ignored the resume point
+    total: int | None = None  # the object's full size when the source says it
+    validator: str | None = None  # ETag / Last-Modified: resume only while it stays the same
+
+    @abc.abstractmethod
+    def chunks(self) -> Iterator[bytes]:
+        """The bytes from `offset` on; raises TransientError when the stream breaks."""
+
+    def close(self) -> None:
+        """Release the connection or file."""
+
+    def __enter__(self) -> "Stream":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+class Fetcher(abc.ABC):
+    """Opens sources of one or more schemes; holds its own connection state (a Session, a client)."""
+
+    schemes: tuple[str, ...] = ()
+    resumable: bool = False  # whether open() honours offset > 0 (it may still fall back to 0)
+
+    @abc.abstractmethod
+    def open(self, source: Source, *, offset: int = 0, validator: str | None = None) -> Stream:
+        """Open the source at `offset` (a resume when > 0, valid only while `validator` matches)."""
+
+    def close(self) -> None:
+        """Release pooled connections."""

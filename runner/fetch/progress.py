@@ -1,0 +1,183 @@
+"""Progress display: a bar per download (bytes, rate, ETA) on a terminal, nothing otherwise."""
+
+from __future__ import annotations
+
+import sys
+import threading
+from typing import IO, Any, Protocol
+
+from runner.fetch.interface import FetchOptions
+
+
+class Task(Protocol):
+    """The progress of one download."""
+
+    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
+        """Set the expected size and/or the bytes done (a restart sets completed=0)."""
+
+    def advance(self, n: int) -> None:
+        """n more bytes arrived."""
+
+    def finish(self) -> None:
+        """The download ended (success or not): remove its bar."""
+
+
+class Reporter(Protocol):
+    """Creates tasks; used as a context manager around a batch of downloads."""
+
+    def task(self, name: str) -> Task:
+        """A bar for one download named `name`."""
+
+    def note(self, message: str) -> None:
+        """A line for the user (waiting for a lock, a retry), shown above the bars."""
+
+    def __enter__(self) -> "Reporter": ...
+
+    def __exit__(self, *exc: object) -> None: ...
+
+
+class _NullTask:
+    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
+        pass
+
+    def advance(self, n: int) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+
+class NullReporter:
+    """Shows nothing (not a TTY, --quiet, --json)."""
+
+    def task(self, name: str) -> Task:
+        """A task that records nothing."""
+        return _NullTask()
+
+    def note(self, message: str) -> None:
+        """Dropped."""
+
+    def __enter__(self) -> "NullReporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _RichTask:
+    def __init__(self, progress: Any, task_id: Any) -> None:
+        self._progress = progress
+        self._id = task_id
+
+    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
+        kwargs: dict[str, Any] = {}
+        if total is not None:
+            kwargs["total"] = total
+        if completed is not None:
+            kwargs["completed"] = completed
+        if kwargs:
+            self._progress.update(self._id, **kwargs)
+
+    def advance(self, n: int) -> None:
+        self._progress.advance(self._id, n)
+
+    def finish(self) -> None:
+        self._progress.remove_task(self._id)
+
+
+class RichReporter:
+    """rich bars on stderr; rich refreshes from its own thread, so advancing is cheap."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        from rich.console import Console
+        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                                   TransferSpeedColumn)
+
+        self._progress = Progress(TextColumn("{task.description}", style="bold"), BarColumn(),
+                                  DownloadColumn(binary_units=True), TransferSpeedColumn(), TimeRemainingColumn(),
+                                  console=Console(file=stream), transient=True)
+        self._lock = threading.Lock()
+
+    def task(self, name: str) -> Task:
+        """A new bar (no total until the source says it)."""
+        return _RichTask(self._progress, self._progress.add_task(name, total=None))
+
+    def note(self, message: str) -> None:
+        """Printed above the bars."""
+        self._progress.console.print(f"xrun: {message}", highlight=False, markup=False)
+
+    def __enter__(self) -> "RichReporter":
+        with self._lock:
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._progress.stop()
+
+
+class LineReporter:
+    """Without rich: one line per finished download and per note."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    def task(self, name: str) -> Task:
+        """A task that prints one line when it finishes."""
+        return _LineTask(self._stream, name)
+
+    def note(self, message: str) -> None:
+        """One line on stderr."""
+        print(f"xrun: {message}", file=self._stream, flush=True)
+
+    def __enter__(self) -> "LineReporter":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _LineTask:
+    def __init__(self, stream: IO[str], name: str) -> None:
+        self._stream, self._name, self._done = stream, name, 0
+
+    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
+        if completed is not None:
+            self._done = completed
+
+    def advance(self, n: int) -> None:
+        self._done += n
+
+    def finish(self) -> None:
+        if self._done:
+            print(f"xrun: fetched {self._name} ({human_bytes(self._done)})", file=self._stream, flush=True)
+
+
+def wants_progress(options: FetchOptions, stream: IO[str] | None = None) -> bool:
+    """progress=True/False wins; None means: stderr is a terminal and not quiet."""
+    if options.quiet:
+        return False
+    if options.progress is not None:
+        return options.progress
+    stream = stream if stream is not None else sys.stderr
+    return bool(getattr(stream, "isatty", lambda: False)())
+
+
+def make_reporter(options: FetchOptions, stream: IO[str] | None = None) -> Reporter:
+    """The reporter the options ask for."""
+    stream = stream if stream is not None else sys.stderr
+    if not wants_progress(options, stream):
+        return NullReporter()
+    try:
+        return RichReporter(stream)
+    except ImportError:
+        return LineReporter(stream)
+
+
+def human_bytes(n: float) -> str:
+    """1536 → '1.5 KiB'."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"

@@ -1,0 +1,118 @@
+"""The data stage: every data item of a plan fetched, verified and (when asked) unpacked, in parallel.
+
+`fetch_blobs` is the same machinery without the plan, for the image stage's wheels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from runner.fetch.archive import read_listing, unpack_tree
+from runner.fetch.cache import Blob, Cache
+from runner.fetch.digests import primary
+from runner.fetch.download import check_request, fetch_blob
+from runner.fetch.interface import FetchOptions
+from runner.fetch.pool import JobContext, run_jobs
+
+if TYPE_CHECKING:  # the plan module does not need us; keep the import one-way at runtime too
+    from runner.plan import Plan, PlannedData
+
+
+@dataclass(frozen=True)
+class FetchedData:
+    """One data item ready for the run: what was verified, where it is, where the run sees it."""
+
+    name: str
+    uri: str
+    algorithm: str  # the digest actually verified (and the cache key)
+    hexdigest: str
+    host_path: Path  # the cache file, or the unpacked tree folder when unpack
+    container_path: str  # "/data/<path>"
+    size: int  # bytes of the fetched object (the archive when unpacked)
+    unpacked: bool
+    cache_hit: bool  # True when nothing was downloaded
+
+    @property
+    def digest(self) -> str:
+        """'algo:hex'."""
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for `xrun fetch --json`."""
+        return {"name": self.name, "uri": self.uri, "digest": {self.algorithm: self.hexdigest},
+                "hostPath": str(self.host_path), "containerPath": self.container_path, "size": self.size,
+                "unpacked": self.unpacked, "cacheHit": self.cache_hit}
+
+
+@dataclass(frozen=True)
+class BlobRequest:
+    """One thing to fetch with fetch_blobs: a name for messages, where, and its digests."""
+
+    name: str
+    uri: str
+    digests: dict[str, str] = field(hash=False)
+
+
+def fetch_blobs(cache: Cache, requests: Sequence[BlobRequest], *, base_dir: Path | None = None,
+                options: FetchOptions = FetchOptions()) -> list[Blob]:
+    """fetch_blob for many requests in the bounded pool; results in request order."""
+    def job(request: BlobRequest) -> Any:
+        return lambda ctx: _blob(cache, request.uri, request.digests, request.name, base_dir, options, ctx)
+
+    return run_jobs([job(r) for r in requests], options)
+
+
+def fetch_data(plan: Plan, cache: Cache, options: FetchOptions = FetchOptions()) -> list[FetchedData]:
+    """Fetch every data item of the plan (bounded parallelism); results in manifest order."""
+    root = plan.manifest.root
+
+    def job(planned: PlannedData) -> Any:
+        return lambda ctx: _fetch_item(planned, root, cache, options, ctx)
+
+    return run_jobs([job(p) for p in plan.data], options)
+
+
+def _blob(cache: Cache, uri: str, digests: dict[str, str], name: str, base_dir: Path | None,
+          options: FetchOptions, ctx: JobContext) -> Blob:
+    return fetch_blob(cache, uri, digests, name=name, base_dir=base_dir, options=options, fetchers=ctx.fetchers,
+                      reporter=ctx.reporter, cancel=ctx.cancel)
+
+
+def _fetch_item(planned: PlannedData, root: Path, cache: Cache, options: FetchOptions,
+                ctx: JobContext) -> FetchedData:
+    item = planned.item
+    if item.unpack:
+        ready = _ready_tree(planned, root, cache)
+        if ready is not None:
+            return ready
+    blob = _blob(cache, item.uri, item.digests, item.name, root, options, ctx)
+    host_path, cache_hit = blob.path, not blob.fetched
+    if item.unpack:
+        tree = unpack_tree(cache, blob, name=item.name, uri=item.uri)
+        host_path = tree.path
+        cache_hit = cache_hit and not tree.unpacked
+    return FetchedData(name=item.name, uri=item.uri, algorithm=blob.algorithm, hexdigest=blob.hexdigest,
+                       host_path=host_path, container_path=planned.container_path, size=blob.size,
+                       unpacked=item.unpack, cache_hit=cache_hit)
+
+
+def _ready_tree(planned: PlannedData, root: Path, cache: Cache) -> FetchedData | None:
+    """An archive already unpacked needs no blob: the tree alone serves the run (gc may drop the blob)."""
+    item = planned.item
+    expected, _ = check_request(item.uri, item.digests, name=item.name, base_dir=root)
+    algorithm, hexdigest = primary(expected)
+    tree = cache.lookup_tree(algorithm, hexdigest)
+    if tree is None:
+        return None
+    blob = cache.lookup(algorithm, hexdigest)
+    if blob is not None:
+        size = blob.size
+    else:
+        listing = read_listing(cache, algorithm, hexdigest) or {}
+        size = int(listing.get("archiveSize", 0))
+    cache.mark_used(algorithm, hexdigest)
+    return FetchedData(name=item.name, uri=item.uri, algorithm=algorithm, hexdigest=hexdigest, host_path=tree,
+                       container_path=planned.container_path, size=size, unpacked=True, cache_hit=True)

@@ -1,0 +1,160 @@
+"""Session fixtures shared by every integration test: the Docker engine, a local registry, the base image.
+
+The base image is bootstrapped from Debian packages by runner.bootstrap (mmdebstrap with a fixed
+SOURCE_DATE_EPOCH, wrapped as a `docker load` archive with a fixed config), so its image ID is the
+same on every machine and run. The archive is cached per machine (XRUN_TEST_CACHE, default
+~/.cache/xrun-test/): the first session takes about a minute, later ones seconds. It is loaded,
+pushed to Debian's `docker-registry` on 127.0.0.1 (the engine trusts 127.0.0.0/8 over plain HTTP),
+and handed to tests as a pinned `127.0.0.1:PORT/xrun-base@sha256:…` reference.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from runner.manifest import BootstrapSpec
+
+TEST_BASE = BootstrapSpec(suite="bookworm", packages=("python3", "python3-numpy"), variant="minbase")
+BASE_REPO = "xrun-base"
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A running local registry."""
+
+    host: str  # "127.0.0.1:PORT"
+    root: Path  # its storage folder
+
+
+def _test_cache() -> Path:
+    return Path(os.environ.get("XRUN_TEST_CACHE") or Path.home() / ".cache" / "xrun-test")
+
+
+@pytest.fixture(scope="session")
+def docker_client():
+    """The real engine; the whole session fails loudly (not skips) when `docker info` does not answer."""
+    from runner.docker_client import docker_client as connect
+    from runner.errors import EnvironmentProblem
+
+    try:
+        return connect()
+    except EnvironmentProblem as exc:
+        pytest.fail(f"the integration tests need a running Docker engine: {exc.message}", pytrace=False)
+
+
+def _free_port(preferred: int = 5000) -> int:
+    for port in (preferred, 0):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return s.getsockname()[1]
+    raise RuntimeError("no free TCP port on 127.0.0.1")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory) -> Iterator[Registry]:
+    """Debian's docker-registry serving 127.0.0.1:PORT from a temporary folder, stopped at the end."""
+    import requests
+
+    exe = shutil.which("docker-registry")
+    if exe is None:
+        pytest.fail("docker-registry is not installed (apt-get install docker-registry); scripts/setup does it",
+                    pytrace=False)
+    root = tmp_path_factory.mktemp("registry")
+    port = _free_port()
+    config = root / "config.yml"
+    config.write_text(
+        "version: 0.1\n"
+        "log: {level: error, accesslog: {disabled: true}}\n"
+        f"storage: {{filesystem: {{rootdirectory: {root / 'data'}}}, delete: {{enabled: true}}}}\n"
+        f"http: {{addr: '127.0.0.1:{port}'}}\n")
+    log = open(root / "registry.log", "wb")
+    proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    host = f"127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            if requests.get(f"http://{host}/v2/", timeout=1).status_code == 200:
+                break
+        except requests.RequestException:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"docker-registry did not start on {host}: {(root / 'registry.log').read_text()[-2000:]}",
+                        pytrace=False)
+        time.sleep(0.1)
+    try:
+        yield Registry(host, root)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def base_archive() -> Path:
+    """The bootstrapped test base as a `docker load` archive, built once per machine and spec."""
+    from filelock import FileLock
+
+    from runner.bootstrap import bootstrap_archive, spec_digest
+
+    cache = _test_cache()
+    cache.mkdir(parents=True, exist_ok=True)
+    archive = cache / f"base-{spec_digest(TEST_BASE)[:16]}.tar"
+    with FileLock(str(archive) + ".lock"):
+        if not archive.exists():
+            bootstrap_archive(TEST_BASE, archive, quiet=True)
+    return archive
+
+
+@pytest.fixture(scope="session")
+def base_image_id(docker_client) -> str:
+    """The test base loaded into the engine; its ID is fixed by its packages."""
+    import docker.errors
+
+    from runner.bootstrap import load_archive, read_archive_id
+
+    archive = base_archive()
+    image_id = read_archive_id(archive)
+    try:
+        docker_client.images.get(image_id)
+    except docker.errors.ImageNotFound:
+        load_archive(docker_client, archive, image_id)
+    return image_id
+
+
+@pytest.fixture(scope="session")
+def base_image(docker_client, registry, base_image_id) -> str:
+    """A pinned `127.0.0.1:PORT/xrun-base@sha256:…` of the test base, pushed to the local registry."""
+    return push_image(docker_client, registry, base_image_id, BASE_REPO)
+
+
+def push_image(client, registry: Registry, image_id: str, repo: str, tag: str = "test") -> str:
+    """Tag image_id as registry/repo:tag, push it, and return registry/repo@<the pushed digest>."""
+    name = f"{registry.host}/{repo}"
+    client.api.tag(image_id, name, tag, force=True)
+    digest = None
+    for event in client.api.push(name, tag=tag, stream=True, decode=True):
+        if "error" in event:
+            pytest.fail(f"push of {name}:{tag} failed: {event['error']}", pytrace=False)
+        aux = event.get("aux") or {}
+        digest = aux.get("Digest") or digest
+    if digest is None:
+        pytest.fail(f"push of {name}:{tag} reported no digest", pytrace=False)
+    pinned = f"{name}@{digest}"
+    # The engine records the RepoDigest on push; resolve_base relies on finding the image by it.
+    assert pinned in (client.images.get(image_id).attrs.get("RepoDigests") or []), pinned
+    return pinned

@@ -1,0 +1,250 @@
+"""The build stage against the real engine: offline builds, wheels from each lock format, the image cache."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.errors import BuildError, IntegrityError, ManifestError
+from runner.fetch import Cache
+from runner.image import BuiltImage, build_image, docker_build, image_tag
+from runner.manifest import load_manifest
+from runner.plan import resolve_plan
+
+pytestmark = pytest.mark.docker
+
+FIXTURES = Path(__file__).parent / "fixtures" / "lockfiles"
+SIX_WHEEL = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
+SIX_SDIST = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926"
+NOBODY = "65534:65534"
+PROBE = ("import json, os, sys, six, numpy, sitecustomize; print(json.dumps({'six': six.__version__, "
+         "'six_file': six.__file__, 'numpy': numpy.__version__, 'site': sitecustomize.__file__, "
+         "'files': sorted(os.listdir('.')), 'exe': sys.executable}))")
+
+
+def write_experiment(root: Path, image: dict, *, name: str = "imgtest", lock: tuple[str, str] | None = None,
+                     code: dict[str, str] | None = None) -> Path:
+    """An experiment folder: code files, an optional lockfile (name, text), a manifest (JSON is YAML)."""
+    root.mkdir(parents=True, exist_ok=True)
+    for rel, text in (code or {"train.py": "print('hi')\n", "pkg/util.py": "X = 1\n"}).items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_text(text)
+    image = dict(image)
+    if lock is not None:
+        (root / lock[0]).write_text(lock[1])
+        image["lockfile"] = lock[0]
+    manifest = {
+        "apiVersion": "xrun/v1", "kind": "Experiment", "name": name, "image": image,
+        "code": {"path": ".", "exclude": [lock[0]] if lock else []},
+        "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
+        "run": {"command": ["python3", "train.py"]}, "outputs": [{"path": "out.txt"}],
+    }
+    path = root / "experiment.yaml"
+    path.write_text(json.dumps(manifest, indent=2))
+    return path
+
+
+def plan_for(manifest: Path):
+    return resolve_plan(load_manifest(manifest))
+
+
+def run_in(client, image_id: str, code: str) -> str:
+    """Run python3 -c code as nobody, network off, read-only root: as the run stage will."""
+    out = client.containers.run(image_id, ["python3", "-c", code], network_mode="none", user=NOBODY, read_only=True,
+                                remove=True, working_dir="/workspace")
+    return out.decode()
+
+
+def requirements_lock(wheel_hash: str = SIX_WHEEL) -> tuple[str, str]:
+    return ("requirements.txt", "# pip-compile --generate-hashes\n"
+            f"six==1.16.0 \\\n    --hash=sha256:{SIX_SDIST} \\\n    --hash=sha256:{wheel_hash}\n")
+
+
+@pytest.fixture()
+def cache(tmp_path_factory, monkeypatch) -> Cache:
+    root = tmp_path_factory.mktemp("xrun-cache")
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(root))
+    return Cache(root)
+
+
+def _tags(client, name: str) -> list[str]:
+    return [t for img in client.images.list(name=f"xrun/{name}") for t in img.tags]
+
+
+def test_requirements_lock_wheel_installed_offline_and_cached(tmp_path, base_image, docker_client, cache):
+    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-req",
+                                     lock=requirements_lock()))
+    built = build_image(plan, cache, docker_client, quiet=True)
+    assert isinstance(built, BuiltImage) and not built.cached
+    assert built.tag == f"xrun/img-req:{plan.build_digest[:12]}" == image_tag(plan)
+    assert built.base_ref == base_image and built.base_repo_digest == base_image
+    assert built.platform == "linux/amd64"
+    assert built.python is not None and built.python.version.startswith("3.11.")
+    assert built.python.tags[0].startswith("cp311-cp311-")
+    assert [(w.name, w.version, w.filename, w.sha256) for w in built.wheels] == [
+        ("six", "1.16.0", "six-1.16.0-py2.py3-none-any.whl", SIX_WHEEL)]
+    assert built.wheels[0].url.startswith("https://files.pythonhosted.org/")
+
+    report = json.loads(run_in(docker_client, built.id, PROBE))
+    assert report["six"] == "1.16.0" and report["six_file"].startswith("/opt/xrun/venv/lib/python3.11/site-packages/")
+    assert report["numpy"]  # Debian's python3-numpy stays visible through the venv
+    assert report["site"] == "/opt/xrun/site/sitecustomize.py"
+    assert report["files"] == ["experiment.yaml", "pkg", "train.py"] or report["files"] == ["pkg", "train.py"]
+    assert report["exe"] == "/opt/xrun/venv/bin/python3"
+
+    labels = docker_client.images.get(built.id).labels
+    assert labels["org.xrun.build-digest"] == plan.build_digest
+    assert labels["org.xrun.plan-digest"] == plan.digest
+    assert labels["org.xrun.name"] == "img-req"
+
+    # The same plan again: no build at all, the same image, no new image in the engine.
+    before = {img.id for img in docker_client.images.list(all=True)}
+    start = time.perf_counter()
+    again = build_image(plan_for(tmp_path / "exp" / "experiment.yaml"), cache, docker_client, quiet=True)
+    elapsed = time.perf_counter() - start
+    assert again.cached and again.id == built.id
+    assert again.wheels == built.wheels and again.python == built.python
+    assert {img.id for img in docker_client.images.list(all=True)} == before
+    assert elapsed < 2.0, f"a cached build took {elapsed:.2f}s"
+
+
+def test_code_tree_is_exactly_the_planned_files_readable_by_any_uid(tmp_path, base_image, docker_client, cache):
+    code = {"train.py": "print('x')\n", "run.sh": "#!/bin/sh\necho hi\n", "deep/a/b.txt": "b\n",
+            "ignored.pyc": "junk"}
+    root = tmp_path / "exp"
+    manifest = write_experiment(root, {"base": base_image}, name="img-code", code=code)
+    (root / "run.sh").chmod(0o700)
+    (root / "train.py").chmod(0o600)
+    plan = plan_for(manifest)
+    built = build_image(plan, cache, docker_client, quiet=True)
+    listing = run_in(docker_client, built.id, (
+        "import os, json; out = {}\n"
+        "for d, _, fs in os.walk('/workspace'):\n"
+        "    for f in fs:\n"
+        "        p = os.path.join(d, f); st = os.stat(p); out[p] = [oct(st.st_mode & 0o777), st.st_uid, "
+        "open(p).read()]\n"
+        "print(json.dumps(out))"))
+    files = json.loads(listing)
+    assert sorted(files) == sorted(f"/workspace/{f.path}" for f in plan.code.files)
+    assert "/workspace/ignored.pyc" not in files
+    assert files["/workspace/run.sh"][:2] == ["0o755", 0] and files["/workspace/train.py"][:2] == ["0o644", 0]
+    assert files["/workspace/deep/a/b.txt"][2] == "b\n"
+
+
+@pytest.mark.parametrize("fmt", ["pylock", "uv"])
+def test_pylock_and_uv_lock_install_their_wheels(tmp_path, base_image, docker_client, cache, fmt):
+    src = FIXTURES / ("pylock.toml" if fmt == "pylock" else "uv/uv.lock")
+    lock = (src.name, src.read_text())
+    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name=f"img-{fmt}", lock=lock))
+    built = build_image(plan, cache, docker_client, quiet=True)
+    # Markers evaluated for the image's Python 3.11 on Linux: no colorama (win32), no tomli (< 3.11).
+    assert sorted(w.name for w in built.wheels) == ["attrs", "six"]
+    out = run_in(docker_client, built.id, "import attrs, six; print(attrs.__version__, six.__version__)")
+    assert out.split() == ["23.2.0", "1.16.0"]
+
+
+def test_tampered_requirements_hash_is_exit_3_and_nothing_tagged(tmp_path, base_image, docker_client, cache):
+    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-tampered",
+                                     lock=requirements_lock("0" * 64)))
+    with pytest.raises(IntegrityError) as info:
+        build_image(plan, cache, docker_client, quiet=True)
+    assert info.value.exit_code == 3
+    assert "requirements.txt:2" in info.value.message and "six" in info.value.message
+    assert _tags(docker_client, "img-tampered") == []
+
+
+def test_tampered_pylock_wheel_hash_is_exit_3_nothing_cached_nothing_tagged(tmp_path, base_image, docker_client,
+                                                                            cache):
+    text = (FIXTURES / "pylock.toml").read_text().replace(SIX_WHEEL, "f" * 64)
+    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-tampered2",
+                                     lock=("pylock.toml", text)))
+    with pytest.raises(IntegrityError) as info:
+        build_image(plan, cache, docker_client, quiet=True)
+    assert info.value.exit_code == 3 and "sha256 mismatch" in info.value.message
+    assert cache.lookup("sha256", "f" * 64) is None
+    assert _tags(docker_client, "img-tampered2") == []
+
+
+def test_unpinned_lock_is_exit_2_naming_the_line(tmp_path, base_image):
+    manifest = write_experiment(tmp_path / "exp", {"base": base_image}, name="img-unpinned",
+                                lock=("requirements.txt", f"# x\nsix>=1.16 --hash=sha256:{SIX_WHEEL}\n"))
+    with pytest.raises(ManifestError) as info:
+        plan_for(manifest)
+    assert info.value.exit_code == 2 and "requirements.txt:2" in info.value.message
+
+
+def _context(dockerfile: str) -> io.BytesIO:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        data = dockerfile.encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    buf.seek(0)
+    return buf
+
+
+def test_a_build_step_reaching_the_network_fails(base_image, docker_client):
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    dockerfile = (f"FROM {base_image}\n"
+                  "RUN [\"python3\", \"-c\", \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=5); "
+                  "print('NETWORK' + ' REACHED')\"]\n")
+    with pytest.raises(BuildError) as info:
+        docker_build(docker_client, _context(dockerfile), quiet=True)
+    assert info.value.exit_code == 1
+    tail = "\n".join(info.value.lines)
+    assert "Network is unreachable" in tail or "OSError" in tail, tail
+    assert "NETWORK REACHED" not in tail
+    # forcerm: the failed step's container is gone too.
+    assert {c.id for c in docker_client.containers.list(all=True)} == before
+
+
+def test_the_same_step_builds_with_network_work_in_docker_itself(base_image, docker_client):
+    """Control for the test above: a RUN step that stays offline builds fine with the same options."""
+    dockerfile = f"FROM {base_image}\nRUN [\"python3\", \"-c\", \"print('offline is fine')\"]\n"
+    image_id = docker_build(docker_client, _context(dockerfile), quiet=True)
+    assert image_id.startswith("sha256:")
+    docker_client.images.remove(image_id, force=True)
+
+
+def test_bootstrap_base_pinned_by_image_id_builds_with_debs_recorded(tmp_path, base_image_id, docker_client, cache):
+    image = {"bootstrap": {"suite": "bookworm", "packages": ["python3", "python3-numpy"], "variant": "minbase",
+                           "imageId": base_image_id}}
+    plan = plan_for(write_experiment(tmp_path / "exp", image, name="img-boot", lock=requirements_lock()))
+    built = build_image(plan, cache, docker_client, quiet=True)
+    assert built.base_ref == built.base_image_id == base_image_id and built.base_repo_digest is None
+    names = {d.name: d for d in built.debs}
+    assert {"python3", "python3-numpy", "libc6"} <= set(names)
+    assert names["python3"].purl.startswith("pkg:deb/debian/python3@3.11") and names["python3"].arch == "amd64"
+    assert "%2B" in names["python3-numpy"].purl or "+" not in names["python3-numpy"].version
+    assert run_in(docker_client, built.id, "import six; print(six.__version__)").strip() == "1.16.0"
+    again = build_image(plan, cache, docker_client, quiet=True)
+    assert again.cached and again.debs == built.debs
+
+
+def test_changed_code_file_after_planning_is_refused(tmp_path, base_image, docker_client, cache):
+    manifest = write_experiment(tmp_path / "exp", {"base": base_image}, name="img-race")
+    plan = plan_for(manifest)
+    (tmp_path / "exp" / "train.py").write_text("print('changed after planning')\n")
+    with pytest.raises(IntegrityError) as info:
+        build_image(plan, cache, docker_client, quiet=True)
+    assert "changed since the plan" in info.value.message
+    assert _tags(docker_client, "img-race") == []
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _cleanup(docker_client):
+    yield
+    for img in docker_client.images.list(name="xrun/img-*"):
+        for tag in img.tags:
+            if tag.startswith("xrun/img-"):
+                try:
+                    docker_client.images.remove(tag, force=True)
+                except Exception:  # noqa: BLE001
+                    pass
+

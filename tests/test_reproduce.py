@@ -1,0 +1,112 @@
+"""`xrun reproduce` end to end on the real engine: identical → 0; a changed input → 5 naming it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner.attest import generate_keypair
+from runner.pipeline import RunOptions, run_experiment
+from runner.reproduce import read_statement, reproduce
+from tests.test_run import write_experiment
+
+pytestmark = pytest.mark.docker
+REPO = Path(__file__).resolve().parent.parent
+METRICS = ["python3", "-c", "import json; json.dump({'loss': 0.5}, open('/outputs/m.json', 'w'))"]
+
+
+@pytest.fixture()
+def recorded(tmp_path, base_image, monkeypatch):
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
+    key, pub = generate_keypair("ed25519", tmp_path / "keys")
+    manifest = write_experiment(tmp_path / "exp", base_image, seed=11)
+    summary = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", key=key, quiet=True))
+    return summary, key, pub, manifest
+
+
+def _options(tmp_path: Path, key: Path) -> RunOptions:
+    return RunOptions(runs_dir=tmp_path / "runs", key=key, quiet=True)
+
+
+def test_identical_rerun_reproduces_and_links_the_record(recorded, tmp_path):
+    summary, key, pub, _ = recorded
+    report = reproduce(summary.attestation, manifest=None, keys=[pub], rtol=None, atol=None,
+                       options=_options(tmp_path, key))
+    assert report.reproduced, report.to_json()
+    assert {r.state for r in report.outputs} == {"identical"}
+    fresh = read_statement(Path(report.run_dir) / "provenance.intoto.jsonl")
+    deps = {d["name"]: d for d in fresh["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert deps["attestation/reproduced"]["digest"]["sha256"] == hashlib.sha256(
+        summary.attestation.read_bytes()).hexdigest()
+
+
+def test_changed_data_is_named(recorded, tmp_path):
+    summary, key, pub, manifest = recorded
+    (manifest.parent / "input.txt").write_text("hellp\n")  # one byte changed, checksum updated below
+    data = json.loads(manifest.read_text())
+    data["data"][0]["sha256"] = hashlib.sha256(b"hellp\n").hexdigest()
+    manifest.write_text(json.dumps(data))
+    report = reproduce(summary.attestation, manifest=manifest, keys=[pub], rtol=None, atol=None,
+                       options=_options(tmp_path, key))
+    assert not report.reproduced
+    assert "data/input" in [c.name for c in report.changes]
+
+
+def test_changed_seed_is_named(recorded, tmp_path):
+    summary, key, pub, manifest = recorded
+    manifest.write_text(manifest.read_text().replace('"global": 11', '"global": 12'))
+    report = reproduce(summary.attestation, manifest=manifest, keys=[pub], rtol=None, atol=None,
+                       options=_options(tmp_path, key))
+    assert not report.reproduced
+    assert "manifest seeds.global" in [c.name for c in report.changes]
+
+
+def test_changed_code_is_named_and_cli_exits_5(recorded, tmp_path):
+    summary, key, pub, manifest = recorded
+    probe = manifest.parent / "probe.py"
+    probe.write_text(probe.read_text().replace('"b"', '"c"'))
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(summary.attestation),
+                           "--manifest", str(manifest), "--key", str(pub), "--quiet", "--json",
+                           "--runs-dir", str(tmp_path / "runs")], capture_output=True, text=True, env=env)
+    assert proc.returncode == 5, proc.stderr
+    body = json.loads(proc.stdout)
+    assert "code" in [c["name"] for c in body["changedInputs"]]
+    states = {o["path"]: o["state"] for o in body["outputs"]}
+    assert states["more/b.txt"] == "different" and states["probe.json"] == "identical"
+
+
+def test_tampered_attestation_is_exit_3_and_nothing_runs(recorded, tmp_path):
+    summary, key, pub, _ = recorded
+    other_key, other_pub = generate_keypair("ecdsa-p256", tmp_path / "other")
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(summary.attestation),
+                           "--key", str(other_pub), "--runs-dir", str(tmp_path / "never")],
+                          capture_output=True, text=True, env=env)
+    assert proc.returncode == 3, proc.stderr
+    assert not (tmp_path / "never").exists()
+
+
+def test_metrics_tolerance(tmp_path, base_image, monkeypatch):
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
+    key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
+    manifest = write_experiment(tmp_path / "exp", base_image, command=METRICS,
+                                outputs=[{"path": "m.json", "metrics": True}])
+    first = run_experiment(manifest, _options(tmp_path, key))
+    data = json.loads(manifest.read_text())
+    data["run"]["command"] = [c.replace("0.5", "0.5 + 1e-9") for c in METRICS]
+    manifest.write_text(json.dumps(data))
+    strict = reproduce(first.attestation, manifest=manifest, keys=[pub], rtol=None, atol=None,
+                       options=_options(tmp_path, key))
+    assert not strict.reproduced
+    loose = reproduce(first.attestation, manifest=manifest, keys=[pub], rtol=1e-6, atol=None,
+                      options=_options(tmp_path, key))
+    assert loose.reproduced
+    (row,) = loose.outputs
+    assert row.state == "within-tolerance" and row.metrics[0].abs_diff == pytest.approx(1e-9)

@@ -1,0 +1,91 @@
+"""Comparison logic of `xrun reproduce` (pure functions; the end-to-end path is in test_reproduce.py)."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pytest
+
+from runner.errors import IntegrityError
+from runner.reproduce import (
+    Tolerance,
+    changed_inputs,
+    compare_metrics,
+    compare_outputs,
+    diff_fields,
+    read_statement,
+    tolerance_for,
+)
+
+
+def test_tolerance_semantics():
+    assert Tolerance(rtol=1e-6).accepts(1.0, 1.0 + 1e-9)
+    assert not Tolerance().accepts(1.0, 1.0 + 1e-9)
+    assert Tolerance(atol=0.1).accepts(0.0, 0.05)
+
+
+def test_tolerance_precedence():
+    spec = {"rtol": 1e-3, "keys": {"loss": {"atol": 1e-9}}}
+    assert tolerance_for("loss", spec, None, None) == Tolerance(0.0, 1e-9)
+    assert tolerance_for("acc", spec, None, None) == Tolerance(1e-3, 0.0)
+    assert tolerance_for("acc", spec, 1e-6, None) == Tolerance(1e-6, 0.0)
+    assert tolerance_for("acc", {}, None, None) is None
+
+
+def test_metrics_within_tolerance_only_with_rtol():
+    rec, now = {"loss": 0.5, "acc": 0.9}, {"loss": 0.5 + 1e-9, "acc": 0.9}
+    assert not all(m.ok for m in compare_metrics(rec, now, {}, None, None))
+    rows = compare_metrics(rec, now, {}, 1e-6, None)
+    assert all(m.ok for m in rows)
+    loss = next(m for m in rows if m.key == "loss")
+    assert loss.abs_diff == pytest.approx(1e-9) and loss.rel_diff == pytest.approx(2e-9)
+
+
+def test_output_states():
+    rows = compare_outputs(
+        {"same": "a", "diff": "b", "gone": "c", "m.json": "d"},
+        {"same": "a", "diff": "x", "new": "y", "m.json": "e"},
+        metrics_recorded={"m.json": {"v": 1.0}}, metrics_now={"m.json": {"v": 1.0 + 1e-12}},
+        tolerances={}, rtol=1e-9, atol=None,
+    )
+    states = {r.path: r.state for r in rows}
+    assert states == {"same": "identical", "diff": "different", "gone": "missing", "new": "new",
+                      "m.json": "within-tolerance"}
+
+
+def test_diff_fields_paths():
+    a = {"seeds": {"global": 1}, "data": [{"sha256": "a"}], "name": "x"}
+    b = {"seeds": {"global": 2}, "data": [{"sha256": "b"}], "name": "x"}
+    assert diff_fields(a, b) == ["data[0].sha256", "seeds.global"]
+
+
+def _statement(deps, cls="cpu-1"):
+    return {"predicate": {"buildDefinition": {"resolvedDependencies": deps,
+                                              "externalParameters": {"manifest": {}, "manifestDigest": {"sha256": "m"}}},
+                          "runDetails": {"builder": {"builderDependencies": []}, "byproducts": []},
+                          "xrun_hardware_class": cls}}
+
+
+def test_changed_inputs_names_each_dependency():
+    old = _statement([{"name": "data/iris", "uri": "u", "digest": {"sha256": "1"}},
+                      {"name": "code", "digest": {"sha256": "c"}}])
+    new = _statement([{"name": "data/iris", "uri": "u", "digest": {"sha256": "2"}},
+                      {"name": "code", "digest": {"sha256": "c"}}], cls="cpu-2")
+    names = [c.name for c in changed_inputs(old, new)]
+    assert names == ["data/iris", "hardware class"]
+
+
+def test_read_statement_accepts_both_base64_alphabets(tmp_path: Path):
+    statement = {"_type": "https://in-toto.io/Statement/v1", "predicate": {"x": "?>?>"}}
+    raw = json.dumps(statement).encode()
+    for encode in (base64.b64encode, base64.urlsafe_b64encode):
+        env = {"payloadType": "application/vnd.in-toto+json", "payload": encode(raw).decode().rstrip("="),
+               "signatures": []}
+        f = tmp_path / "a.jsonl"
+        f.write_text(json.dumps(env) + "\n")
+        assert read_statement(f) == statement
+    (tmp_path / "b.jsonl").write_text("not json\n")
+    with pytest.raises(IntegrityError):
+        read_statement(tmp_path / "b.jsonl")

@@ -1,0 +1,194 @@
+"""The run stage against the real engine: isolation, seeds, timeouts, Ctrl-C, outputs, run directory."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.errors import EnvironmentProblem, TrainingFailed
+from runner.execute import managed_containers
+from runner.pipeline import RunOptions, run_experiment
+
+pytestmark = pytest.mark.docker
+REPO = Path(__file__).resolve().parent.parent
+
+PROBE = r'''
+import json, os, random, socket, sys
+import numpy as np
+
+def attempt(fn):
+    try:
+        fn()
+        return "succeeded"
+    except Exception as exc:
+        return f"failed: {type(exc).__name__}"
+
+def tcp():
+    s = socket.create_connection(("1.1.1.1", 53), timeout=3)
+    s.close()
+
+def write_data():
+    open("/data/input.txt", "a").write("x")
+
+def write_root():
+    open("/evil", "w").write("x")
+
+caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
+report = {
+    "tcp": attempt(tcp),
+    "write_data": attempt(write_data),
+    "write_root": attempt(write_root),
+    "cap_eff": caps,
+    "uid": os.getuid(),
+    "no_new_privs": [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0],
+    "seed_env": os.environ.get("XRUN_SEED"),
+    "hashseed": os.environ.get("PYTHONHASHSEED"),
+    "random": random.random(),
+    "numpy": float(np.random.rand()),
+    "data": open("/data/input.txt").read(),
+    "cwd": os.getcwd(),
+}
+os.makedirs("/outputs/more", exist_ok=True)
+open("/outputs/more/b.txt", "w").write("b")
+json.dump(report, open("/outputs/probe.json", "w"), sort_keys=True)
+json.dump({"value": report["numpy"], "nested": {"x": 1}}, open("/outputs/metrics.json", "w"))
+print("probe done")
+'''
+
+
+def write_experiment(root: Path, base_image: str, *, seed: int = 1, command: list[str] | None = None,
+                     timeout: str = "5m", cls: str = "cpu-1", outputs: list[dict] | None = None) -> Path:
+    """A small experiment in root: the probe script, one data file, a manifest."""
+    import hashlib
+
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "probe.py").write_text(PROBE)
+    (root / "input.txt").write_text("hello\n")
+    digest = hashlib.sha256(b"hello\n").hexdigest()
+    manifest = {
+        "apiVersion": "xrun/v1", "kind": "Experiment", "name": "probe",
+        "image": {"base": base_image},
+        "code": {"path": ".", "exclude": ["input.txt"]},
+        "data": [{"name": "input", "uri": "input.txt", "sha256": digest, "path": "input.txt"}],
+        "seeds": {"global": seed},
+        "hardware": {"class": cls},
+        "run": {"command": command or ["python3", "probe.py"], "timeout": timeout},
+        "outputs": outputs or [{"path": "probe.json"}, {"path": "more"}, {"path": "metrics.json", "metrics": True}],
+    }
+    path = root / "experiment.yaml"
+    path.write_text(json.dumps(manifest, indent=2))  # JSON is YAML
+    return path
+
+
+@pytest.fixture()
+def cache_env(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))
+
+
+def _options(tmp_path: Path, **kw) -> RunOptions:
+    return RunOptions(runs_dir=tmp_path / "runs", quiet=True, **kw)
+
+
+def test_isolation_every_escape_fails(tmp_path, base_image, cache_env, docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    summary = run_experiment(manifest, _options(tmp_path))
+    report = json.loads((summary.run_dir / "outputs" / "probe.json").read_text())
+    assert report["tcp"].startswith("failed"), report
+    assert report["write_data"].startswith("failed"), report
+    assert report["write_root"].startswith("failed"), report
+    assert int(report["cap_eff"], 16) == 0, report
+    assert report["uid"] != 0
+    assert report["no_new_privs"] == "1"
+    assert report["seed_env"] == "1" and report["hashseed"] == "1"
+    assert report["data"] == "hello\n" and report["cwd"] == "/workspace"
+    # Outputs: declared files and the files of a declared folder, hashed by the runner.
+    assert set(summary.outputs) == {"probe.json", "more/b.txt", "metrics.json"}
+    assert summary.metrics["metrics.json"]["nested.x"] == 1
+    # The run directory.
+    record = json.loads((summary.run_dir / "run.json").read_text())
+    assert record["status"] == "succeeded" and record["exitCode"] == 0
+    assert (summary.run_dir / "manifest.yaml").read_bytes() == manifest.read_bytes()
+    assert json.loads((summary.run_dir / "plan.json").read_text())["name"] == "probe"
+    assert "probe done" in (summary.run_dir / "logs" / "run.log").read_text()
+    # Outputs belong to the invoking user.
+    assert (summary.run_dir / "outputs" / "probe.json").stat().st_uid == os.getuid()
+    assert not list(managed_containers(docker_client))
+
+
+def test_same_seed_same_outputs_different_seed_differs(tmp_path, base_image, cache_env):
+    a = run_experiment(write_experiment(tmp_path / "a", base_image, seed=7), _options(tmp_path))
+    b = run_experiment(write_experiment(tmp_path / "b", base_image, seed=7), _options(tmp_path))
+    c = run_experiment(write_experiment(tmp_path / "c", base_image, seed=8), _options(tmp_path))
+    assert a.outputs == b.outputs
+    assert a.outputs["probe.json"] != c.outputs["probe.json"]
+
+
+def test_timeout_stops_and_removes_the_container(tmp_path, base_image, cache_env, docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "60"], timeout="3s")
+    start = time.monotonic()
+    with pytest.raises(TrainingFailed, match="timed out after 3s") as info:
+        run_experiment(manifest, _options(tmp_path))
+    assert info.value.exit_code == 1
+    assert time.monotonic() - start < 40
+    assert not list(managed_containers(docker_client))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "provenance.intoto.jsonl").exists()
+
+
+def test_failing_command_is_exit_1_with_log_tail(tmp_path, base_image, cache_env):
+    cmd = ["python3", "-c", "import sys; print('about to fail'); sys.exit(3)"]
+    manifest = write_experiment(tmp_path / "exp", base_image, command=cmd)
+    with pytest.raises(TrainingFailed, match="exited with code 3") as info:
+        run_experiment(manifest, _options(tmp_path))
+    assert "about to fail" in "\n".join(info.value.lines)
+
+
+def test_missing_output_is_named(tmp_path, base_image, cache_env):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["true"], outputs=[{"path": "model.pkl"}])
+    with pytest.raises(TrainingFailed, match="model.pkl"):
+        run_experiment(manifest, _options(tmp_path))
+
+
+def test_output_symlink_outside_is_refused(tmp_path, base_image, cache_env):
+    cmd = ["python3", "-c", "import os; os.symlink('/etc/passwd', '/outputs/leak')"]
+    manifest = write_experiment(tmp_path / "exp", base_image, command=cmd, outputs=[{"path": "leak"}])
+    with pytest.raises(TrainingFailed, match="outside /outputs"):
+        run_experiment(manifest, _options(tmp_path))
+
+
+def test_hardware_class_bigger_than_host_is_refused(tmp_path):
+    if (os.cpu_count() or 1) >= 64:
+        pytest.skip("this host has 64 CPUs")
+    manifest = write_experiment(tmp_path / "exp", "127.0.0.1:5000/x@sha256:" + "0" * 64, cls="gpu-8x-h100-80gb")
+    with pytest.raises(EnvironmentProblem, match="64 CPUs needed") as info:
+        run_experiment(manifest, _options(tmp_path))
+    assert info.value.exit_code == 4
+
+
+def test_ctrl_c_removes_container_and_writes_no_attestation(tmp_path, base_image, cache_env, docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(manifest), "--quiet",
+                             "--runs-dir", str(tmp_path / "runs")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not docker_client.containers.list(filters={"label": "org.xrun.name=probe"}):
+        time.sleep(0.2)
+    assert docker_client.containers.list(filters={"label": "org.xrun.name=probe"}), "container never started"
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert not list(managed_containers(docker_client))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
+    assert not (run_dir / "provenance.intoto.jsonl").exists()

@@ -38,6 +38,7 @@ import yaml  # noqa: E402
 from runner.fetch import Cache, FetchOptions, fetch_blob, fetch_data  # noqa: E402
 from runner.manifest import load_manifest  # noqa: E402
 from runner.plan import resolve_plan  # noqa: E402
+from bench.common import row  # noqa: E402
 
 GIB = 1 << 30
 OPTIONS = FetchOptions(progress=False, quiet=True)
@@ -67,14 +68,6 @@ def median_time(fn: Callable[[], Any], runs: int, warmup: int = 1, setup: Callab
         if i >= warmup:
             times.append(elapsed)
     return statistics.median(times)
-
-
-def row(what: str, xrun_s: float, baseline_s: float, goal: float | None, note: str = "",
-        baseline: str = "") -> dict[str, Any]:
-    """One result row; pass is None where the issue sets no goal."""
-    ratio = xrun_s / baseline_s if baseline_s else float("inf")
-    return {"what": what, "xrun_s": xrun_s, "baseline_s": baseline_s, "baseline": baseline, "ratio": ratio,
-            "goal": goal, "pass": None if goal is None else ratio <= goal, "note": note}
 
 
 def bench_http(work: Path, size: int, runs: int) -> list[dict[str, Any]]:

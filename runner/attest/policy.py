@@ -13,12 +13,12 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import jsonschema
-import yaml
 
 from runner.attest.models import Check
 from runner.attest.statement import parse_rfc3339
 from runner.errors import ManifestError, UsageError
 from runner.resources import resource_dir
+from runner.yamlfile import field_path, parse_yaml
 
 SCHEMA_FILE = "policy.schema.json"
 # Clocks disagree a little; a statement from further in the future than this is suspect.
@@ -316,14 +316,15 @@ def load_policy(path: Path | str) -> Policy:
     try:
         if path.stat().st_size > MAX_POLICY_FILE:
             raise UsageError(f"{shown}: too large for a policy file")
-        text = path.read_bytes().decode("utf-8")
+        text = path.read_bytes()
     except FileNotFoundError:
         raise UsageError(f"{shown}: no such policy file") from None
     except IsADirectoryError:
         raise UsageError(f"{shown}: is a directory, not a policy file") from None
-    except UnicodeDecodeError:
-        raise ManifestError(f"{shown}: not UTF-8 text") from None
-    data, lines = _parse_yaml(text, shown)
+    if not text.strip():
+        raise ManifestError(f"{shown}: the policy file is empty; start from examples/policy.yaml")
+    # Policies are short: anchors/aliases are refused outright (they are how YAML bombs are built).
+    data, lines = parse_yaml(text, shown, allow_aliases=False)
     problems = policy_problems(data, lines)
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
@@ -338,7 +339,7 @@ def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]
         return [": the policy must be a mapping (apiVersion: xrun/v1, kind: Policy, rules…)"]
     problems = []
     for error in sorted(_validator().iter_errors(data), key=lambda e: list(map(str, e.absolute_path))):
-        path = _path(error.absolute_path)
+        path = field_path(error.absolute_path)
         hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
         if error.validator == "additionalProperties" and not error.absolute_path:
             extra = sorted(set(data) - set(_validator().schema["properties"]))
@@ -364,58 +365,3 @@ def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]
 def _where(lines: dict[str, int], path: str) -> str:
     line = lines.get(path)
     return f":{line}" if line else ""
-
-
-def _path(parts: Any) -> str:
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
-
-
-class _Loader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (two readers could keep different values)."""
-
-
-def _parse_yaml(text: str, shown: str) -> tuple[Any, dict[str, int]]:
-    """Parse YAML (JSON is YAML) safely; returns (data, field path → line)."""
-    loader = _Loader(text)
-    try:
-        node = loader.get_single_node()
-        if node is None:
-            raise ManifestError(f"{shown}: the policy file is empty; start from examples/policy.yaml")
-        lines: dict[str, int] = {}
-        _walk(node, "", lines, shown, set())
-        return loader.construct_document(node), lines
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{shown}:{mark.line + 1}" if mark else shown
-        raise ManifestError(f"{where}: YAML syntax error: {exc.problem or exc.context}") from None
-    except yaml.YAMLError as exc:
-        raise ManifestError(f"{shown}: YAML error: {exc}") from None
-    finally:
-        loader.dispose()
-
-
-def _walk(node: yaml.Node, path: str, lines: dict[str, int], shown: str, visited: set[int]) -> None:
-    if id(node) in visited:
-        # An alias: policies are short, and aliases are how YAML "billion laughs" bombs are built.
-        raise ManifestError(f"{shown}:{node.start_mark.line + 1}: {path or '(policy)'}: "
-                            "YAML anchors/aliases are not allowed in a policy")
-    visited.add(id(node))
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        seen: set[str] = set()
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            if key in seen:
-                raise ManifestError(f"{shown}:{key_node.start_mark.line + 1}: {_join(path, key)}: duplicate key")
-            seen.add(key)
-            _walk(value_node, _join(path, key), lines, shown, visited)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            _walk(item, f"{path}[{i}]", lines, shown, visited)
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key

@@ -19,6 +19,7 @@ from urllib.parse import quote
 import jsonschema
 
 from runner.resources import resource_dir
+from runner.yamlfile import field_path
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -300,10 +301,10 @@ def statement_problems(statement: Any) -> list[str]:
             if not _is_plain_subject(subject):
                 for error in _subject_validator().iter_errors(subject):
                     path = ["subject", index, *error.absolute_path]
-                    found.append((list(map(str, path)), f"{json_path(path)}: {_short(error)}"))
+                    found.append((list(map(str, path)), f"{field_path(path)}: {_short(error)}"))
     for error in _validator().iter_errors(main):
         path = list(error.absolute_path)
-        found.append((list(map(str, path)), f"{json_path(path) or '(statement)'}: {_short(error)}"))
+        found.append((list(map(str, path)), f"{field_path(path) or '(statement)'}: {_short(error)}"))
     problems = [text for _, text in sorted(found, key=lambda item: item[0])]
     if not problems:
         definition = statement["predicate"]["buildDefinition"]
@@ -312,14 +313,6 @@ def statement_problems(statement: Any) -> list[str]:
             problems.append(f"predicate.buildDefinition: {', '.join(sorted(shared))} "
                             "in both external and internal parameters")
     return problems
-
-
-def json_path(parts: Any) -> str:
-    """a.b[2].c from a jsonschema path."""
-    out = ""
-    for part in parts:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
 
 
 def _short(error: jsonschema.ValidationError) -> str:

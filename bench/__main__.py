@@ -47,8 +47,7 @@ def main() -> int:
     (out / "latest.json").write_text(json.dumps(result, indent=2, default=str))
     print(f"{result['date']} · {facts['cores']} cores · {facts['memory_gib']} GiB · {facts['cpu']} · "
           f"Docker {facts['docker']} · Python {facts['python']}\n")
-    print(markdown([r for r in rows if r.get("xrun_s") is not None] +
-                   [r for r in rows if r.get("xrun_s") is None]))
+    print(markdown(rows))
     return 0
 
 

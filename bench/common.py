@@ -32,11 +32,20 @@ def row(what: str, xrun_s: float, baseline_s: float | None, goal: float | None, 
             "goal": goal, "pass": passed, "note": note}
 
 
+def normalise(r: dict[str, Any]) -> dict[str, Any]:
+    """Rows that report a bare timing (operation, median_ms) as result rows without a baseline."""
+    if "what" in r:
+        return r
+    what = f"{r.get('operation', '?')} ({r.get('key', '-')}, {r.get('subjects', '?')} subjects)"
+    return row(what, r.get("median_ms", 0) / 1000, None, None,
+               note=f"min {r.get('min_ms')} ms, {r.get('runs')} runs, payload {r.get('payload_kib')} KiB")
+
+
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The results as a Markdown table."""
     out = ["| what | xrun (median) | baseline (median) | ratio | goal | pass | note |",
            "|---|---|---|---|---|---|---|"]
-    for r in rows:
+    for r in map(normalise, rows):
         base = f"{_fmt_s(r['baseline_s'])} {r.get('baseline', '')}".strip() if r.get("baseline_s") else "–"
         ratio = f"{r['ratio']:.3f}" if r.get("ratio") is not None else "–"
         goal = f"≤ {r['goal']}" if r.get("goal") is not None else "–"

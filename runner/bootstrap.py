@@ -9,6 +9,7 @@ is a function of the packages alone. `docker import` would stamp the current tim
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import platform
@@ -227,8 +228,6 @@ def _add_dir(tar: tarfile.TarFile, name: str) -> None:
 
 
 def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    import io
-
     tar.addfile(_info(name, len(data)), io.BytesIO(data))
 
 

@@ -141,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="do not stream the training log")
 
+    p = command("build", "build (or find in the image cache) the hermetic image of an experiment",
+                "xrun build experiment.yaml --json", _cmd_build)
+    _manifest_arg(p)
+    p.add_argument("--json", action="store_true", help="print the image as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no build log")
+
     p = command("fetch", "fetch and verify every data item into the content-addressed cache",
                 "xrun fetch experiment.yaml --json", _cmd_fetch)
     _manifest_arg(p)
@@ -341,6 +347,24 @@ def _cmd_run(args: argparse.Namespace) -> int:
         _print_json(summary.to_json())
     else:
         _print_summary(summary)
+    return 0
+
+
+def _cmd_build(args: argparse.Namespace) -> int:
+    from runner.docker_client import docker_client
+    from runner.fetch import Cache
+    from runner.image import build_image
+    from runner.manifest import load_manifest
+    from runner.plan import resolve_plan
+
+    plan = resolve_plan(load_manifest(args.manifest))
+    image = build_image(plan, Cache.default(), docker_client(), quiet=args.quiet or args.json)
+    if args.json:
+        _print_json(image.to_json())
+    else:
+        print(image.id)
+        print(f"{image.tag} ({'cached: nothing built' if image.cached else 'built'}, {len(image.wheels)} wheels)",
+              file=sys.stderr)
     return 0
 
 

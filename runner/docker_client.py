@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 from collections.abc import Mapping
 from typing import Any
 
@@ -91,9 +93,6 @@ def run_offline(client: Any, image: str, argv: list[str], *, timeout_s: int = 12
 
 def cached_probe(cache: Any, image_id: str, kind: str, compute: Any) -> Any:
     """compute() once per image ID and kind, kept as JSON under <cache>/images/ (an image never changes)."""
-    import json
-    import tempfile
-
     hexdigest = image_id.split(":", 1)[-1]
     path = cache.root / "images" / hexdigest[:2] / f"{hexdigest}.{kind}.json"
     try:

@@ -137,7 +137,8 @@ def _local_by_digest(client: Any, ref: ImageRef) -> Any:
     except docker.errors.ImageNotFound:
         return None
     except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"the Docker engine could not look up {ref.pinned}: {exc.explanation or exc}") from None
+        raise EnvironmentProblem(f"the Docker engine could not look up {ref.pinned}: "
+                                 f"{exc.explanation or exc}") from None
 
 
 def _pull(client: Any, ref: ImageRef, quiet: bool) -> None:
@@ -323,15 +324,20 @@ class _HashingReader(io.RawIOBase):
 
 
 def build_context(plan: Plan, dockerfile: str, venv_root: Path | None) -> ContextBuilder:
-    """Dockerfile, sitecustomize, the venv (when any) and exactly the plan's code files."""
+    """Dockerfile, deps/ (sitecustomize, the venv when any) and code/ (exactly the plan's files), rooted at /.
+
+    Both trees are copied onto / so every folder in a layer comes from the context with its fixed
+    mtime; a COPY into a folder that does not exist yet would stamp it with the build's time.
+    """
     ctx = ContextBuilder()
     ctx.add_bytes("Dockerfile", dockerfile.encode())
-    ctx.add_file("xrun/site/sitecustomize.py", resource_dir("templates") / "sitecustomize.py", 0o644)
+    ctx.add_file("deps/opt/xrun/site/sitecustomize.py", resource_dir("templates") / "sitecustomize.py", 0o644)
     if venv_root is not None:
-        ctx.add_tree("xrun/venv", venv_root)
-    ctx.add_dir("workspace")
+        ctx.add_tree("deps" + VENV, venv_root)
+    ctx.add_dir("code/workspace")
     for f in plan.code.files:
-        ctx.add_file(f"workspace/{f.path}", plan.code.root / f.path, 0o755 if f.mode & 0o111 else 0o644, f.sha256)
+        ctx.add_file(f"code/workspace/{f.path}", plan.code.root / f.path, 0o755 if f.mode & 0o111 else 0o644,
+                     f.sha256)
     return ctx
 
 
@@ -435,8 +441,10 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool) -> BuiltI
     _check_built(client, image_id, base, labels)
     repo, _, version = tag.partition(":")
     client.api.tag(image_id, repo, version, force=True)
+    # The same record whether built now or found cached: what the labels keep.
+    recorded = target_from_facts(_portable(python.facts)) if python else None
     return BuiltImage(id=image_id, tag=tag, base_ref=base.ref, base_image_id=base.image_id,
-                      base_repo_digest=base.repo_digest, platform=base.platform, python=python,
+                      base_repo_digest=base.repo_digest, platform=base.platform, python=recorded,
                       wheels=tuple(w for w, _ in wheels), debs=base.debs, cached=False)
 
 
@@ -457,10 +465,20 @@ def _check_built(client: Any, image_id: str, base: ResolvedBase, labels: dict[st
         raise IntegrityError(f"the built image {image_id} is not what was asked for: {problem}; run again")
 
 
+# The labels are part of the image config, so of its ID: anything host-specific in them (the kernel
+# the probe ran under) would give the same inputs a different image ID on another machine.
+_HOST_SPECIFIC = ("platform_release", "platform_version")
+
+
+def _portable(facts: Any) -> dict[str, Any]:
+    out = dict(facts)
+    out["environment"] = {k: v for k, v in dict(out.get("environment", {})).items() if k not in _HOST_SPECIFIC}
+    return out
+
+
 def _labels(plan: Plan, base: ResolvedBase, python: PythonTarget | None, wheels: list[ResolvedWheel]) -> dict[str, str]:
     compact = {"separators": (",", ":"), "sort_keys": True}
     return {
-        LABEL_PREFIX + "plan-digest": plan.digest,
         LABEL_PREFIX + "build-digest": plan.build_digest,
         LABEL_PREFIX + "name": plan.manifest.name,
         LABEL_PREFIX + "version": __version__,
@@ -468,7 +486,7 @@ def _labels(plan: Plan, base: ResolvedBase, python: PythonTarget | None, wheels:
         LABEL_PREFIX + "base-image-id": base.image_id,
         LABEL_PREFIX + "base-repo-digest": base.repo_digest or "",
         LABEL_PREFIX + "platform": base.platform,
-        LABEL_PREFIX + "python": json.dumps(dict(python.facts) if python else None, **compact),  # type: ignore[arg-type]
+        LABEL_PREFIX + "python": json.dumps(_portable(python.facts) if python else None, **compact),  # type: ignore[arg-type]
         LABEL_PREFIX + "wheels": json.dumps([w.to_json() for w in wheels], **compact),  # type: ignore[arg-type]
         LABEL_PREFIX + "debs": json.dumps([[d.name, d.version, d.arch] for d in base.debs], **compact),  # type: ignore[arg-type]
     }

@@ -393,7 +393,7 @@ def choose_wheels(lockfile: Lockfile, target: PythonTarget, cache: Any) -> list[
             found = list(pool.map(lambda e: candidates_for(e, session, cache, shown), entries))
     finally:
         session.close()
-    return [Chosen(e, best_wheel(e, cands, target, shown)) for e, cands in zip(entries, found)]
+    return [Chosen(e, best_wheel(e, cands, target, shown)) for e, cands in zip(entries, found, strict=True)]
 
 
 # --- fetching --------------------------------------------------------------------------------------
@@ -413,8 +413,8 @@ def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path, quiet: boo
     def one(item: Chosen) -> tuple[ResolvedWheel, Path]:
         digests = verifiable(f"{a}:{h}" for a, h in item.candidate.hashes.items())
         if not digests:
-            raise lock_error(str(base_dir), item.entry.line, f"{item.entry.name}: {item.candidate.filename} has no "
-                             "sha256/sha512 hash xrun can verify; regenerate the lock with sha256")
+            raise ManifestError(f"{item.entry.source}: {item.entry.name}: {item.candidate.filename} has no "
+                                "sha256/sha512 hash xrun can verify; regenerate the lock with sha256")
         blob = fetch_blob(cache, item.candidate.url, digests, name=item.candidate.filename, base_dir=base_dir,
                           options=options, reporter=reporter, cancel=cancel)
         sha256 = digests.get("sha256") or _sha256_file(blob.path)

@@ -107,14 +107,16 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
 
 def base_archive() -> Path:
     """The bootstrapped test base as a `docker load` archive, built once per machine and spec."""
-    from filelock import FileLock
+    import fcntl
 
     from runner.bootstrap import bootstrap_archive, spec_digest
 
     cache = _test_cache()
     cache.mkdir(parents=True, exist_ok=True)
     archive = cache / f"base-{spec_digest(TEST_BASE)[:16]}.tar"
-    with FileLock(str(archive) + ".lock"):
+    # Parallel sessions on one machine bootstrap once: the others wait on the lock.
+    with open(str(archive) + ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
         if not archive.exists():
             bootstrap_archive(TEST_BASE, archive, quiet=True)
     return archive
@@ -133,13 +135,31 @@ def base_image_id(docker_client) -> str:
         docker_client.images.get(image_id)
     except docker.errors.ImageNotFound:
         load_archive(docker_client, archive, image_id)
+    # A stable local name keeps it loaded when a session's registry names are removed.
+    docker_client.api.tag(image_id, "xrun-test/base", image_id.split(":", 1)[1][:12], force=True)
     return image_id
 
 
 @pytest.fixture(scope="session")
-def base_image(docker_client, registry, base_image_id) -> str:
+def base_image(docker_client, registry, base_image_id) -> Iterator[str]:
     """A pinned `127.0.0.1:PORT/xrun-base@sha256:…` of the test base, pushed to the local registry."""
-    return push_image(docker_client, registry, base_image_id, BASE_REPO)
+    pinned = push_image(docker_client, registry, base_image_id, BASE_REPO)
+    yield pinned
+    forget_names(docker_client, registry)
+
+
+def forget_names(client, registry: Registry) -> None:
+    """Remove this session's registry names (tags and repo digests) so sessions leave no trail in the engine."""
+    import docker.errors
+
+    prefix = registry.host + "/"
+    for image in client.images.list(all=True):
+        for ref in [*image.tags, *(image.attrs.get("RepoDigests") or [])]:
+            if ref.startswith(prefix):
+                try:
+                    client.images.remove(ref, noprune=True)
+                except docker.errors.APIError:
+                    pass  # already gone with its last tag, or still used by a container
 
 
 def push_image(client, registry: Registry, image_id: str, repo: str, tag: str = "test") -> str:

@@ -47,7 +47,8 @@ GRAPH = ('version = 1\nrevision = 3\nrequires-python = ">=3.9"\n\n'
          + pkg("pysocks", "1.7.1")
          + pkg("pytest", "8.0.0", deps='    { name = "pluggy" },\n')
          + pkg("pluggy", "1.4.0")
-         + pkg("requests", "2.31.0", deps='    { name = "urllib3" },\n    { name = "win-only", marker = "sys_platform == \'win32\'" },\n',
+         + pkg("requests", "2.31.0",
+               deps='    { name = "urllib3" },\n    { name = "win-only", marker = "sys_platform == \'win32\'" },\n',
                extra='[package.optional-dependencies]\nsocks = [{ name = "pysocks" }]\n')
          + pkg("urllib3", "2.2.0")
          + pkg("win-only", "1.0"))

@@ -69,7 +69,8 @@ class UvLockFormat(LockfileFormat):
               packages: list[Any], incoming: dict[int, list[Edge]], shown: str, line: int | None) -> None:
         name = canonicalize_name(str(dep.get("name", "")))
         version = str(dep["version"]) if dep.get("version") else None
-        targets = [j for j in by_name.get(name, ()) if version is None or _version_eq(packages[j].get("version"), version)]
+        targets = [j for j in by_name.get(name, ())
+                   if version is None or _version_eq(packages[j].get("version"), version)]
         if not targets:
             raise lock_error(shown, line, f"dependency {dep.get('name')!r}{' ' + version if version else ''} is not "
                              "in the lock; regenerate it with `uv lock`")

@@ -446,7 +446,7 @@ def _cmd_cache_gc(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from runner.attest import generate_keypair, keyid, load_verifier
+    from runner.attest import generate_keypair, load_verifier
 
     password = os.environ.get("XRUN_KEY_PASSWORD")
     key_path, pub_path = generate_keypair(args.kind, args.out, password.encode() if password else None)

@@ -16,8 +16,9 @@ from urllib.parse import parse_qs, urlsplit
 import jsonschema
 
 from runner import hardware
-from runner.errors import ManifestError, UsageError
+from runner.errors import ManifestError
 from runner.resources import resource_dir
+from runner.userfiles import read_user_file
 from runner.yamlfile import Problem, field_path, parse_yaml
 
 DIGEST_ALGORITHMS = ("sha256", "sha512", "md5")
@@ -154,16 +155,8 @@ def load_manifest(path: str | Path) -> Manifest:
 
 
 def _read(file: Path) -> bytes:
-    try:
-        if file.stat().st_size > MAX_MANIFEST_BYTES:
-            raise ManifestError(f"{file}: larger than {MAX_MANIFEST_BYTES // 2**20} MiB; is this a manifest?")
-        return file.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{file}: no such file; give the path of an experiment manifest (.yaml)") from None
-    except IsADirectoryError:
-        raise UsageError(f"{file}: is a folder; give the manifest file inside it (e.g. experiment.yaml)") from None
-    except OSError as exc:
-        raise UsageError(f"{file}: cannot read: {exc.strerror}") from None
+    return read_user_file(file, "file", max_bytes=MAX_MANIFEST_BYTES,
+                          hint="; give the path of an experiment manifest (.yaml)")
 
 
 # --- validation ------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from runner.attest.files import create_exclusive
 from runner.errors import UsageError
+from runner.userfiles import read_user_file
 
 KeyKind = Literal["ecdsa-p256", "ed25519"]
 KEY_KINDS: tuple[str, ...] = ("ecdsa-p256", "ed25519")
@@ -169,16 +170,7 @@ def _create_pair(key_path: Path, key_pem: bytes, pub_path: Path, pub_pem: bytes)
 
 def _read_key_file(path: Path) -> bytes:
     """The bytes of a key file, or a one-line UsageError."""
-    try:
-        if path.stat().st_size > MAX_KEY_FILE:
-            raise UsageError(f"{path}: too large to be a PEM key ({path.stat().st_size} bytes)")
-        return path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such key file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory, not a key file") from None
-    except PermissionError:
-        raise UsageError(f"{path}: permission denied reading the key") from None
+    return read_user_file(path, "key file", max_bytes=MAX_KEY_FILE)
 
 
 def load_signer(path: Path | str, password: bytes | None = None) -> Signer:

@@ -16,7 +16,8 @@ import jsonschema
 
 from runner.attest.models import Check
 from runner.attest.statement import parse_rfc3339
-from runner.errors import ManifestError, UsageError
+from runner.errors import ManifestError
+from runner.userfiles import read_user_file
 from runner.resources import resource_dir
 from runner.yamlfile import field_path, parse_yaml
 
@@ -313,14 +314,7 @@ def load_policy(path: Path | str) -> Policy:
     """Read and validate a policy (YAML or JSON); ManifestError lists `file:line: field: problem`."""
     path = Path(path)
     shown = str(path)
-    try:
-        if path.stat().st_size > MAX_POLICY_FILE:
-            raise UsageError(f"{shown}: too large for a policy file")
-        text = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{shown}: no such policy file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{shown}: is a directory, not a policy file") from None
+    text = read_user_file(path, "policy file", max_bytes=MAX_POLICY_FILE)
     if not text.strip():
         raise ManifestError(f"{shown}: the policy file is empty; start from examples/policy.yaml")
     # Policies are short: anchors/aliases are refused outright (they are how YAML bombs are built).

@@ -15,6 +15,7 @@ from runner.attest.models import Check, Verdict
 from runner.attest.policy import Policy
 from runner.attest.statement import loads_strict, parse_statement, statement_problems
 from runner.errors import UsageError
+from runner.userfiles import read_user_file
 from runner.hashing import sha256_file
 
 MAX_ATTESTATION_FILE = 64 << 20
@@ -42,16 +43,8 @@ class EnvelopeResult:
 def read_attestation(path: Path | str) -> Attestation:
     """Read the attestation file; UsageError when unreadable, ValueError when malformed."""
     path = Path(path)
-    try:
-        if path.stat().st_size > MAX_ATTESTATION_FILE:
-            raise ValueError(f"too large for an attestation ({path.stat().st_size} bytes)")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such attestation file") from None
-    except IsADirectoryError:
-        raise UsageError(f"{path}: is a directory; give provenance.intoto.jsonl or provenance.sigstore.json") from None
-    except PermissionError:
-        raise UsageError(f"{path}: permission denied") from None
+    data = read_user_file(path, "attestation file", max_bytes=MAX_ATTESTATION_FILE,
+                          hint="; give provenance.intoto.jsonl or provenance.sigstore.json")
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError:

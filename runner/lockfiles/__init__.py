@@ -16,6 +16,7 @@ from packaging.specifiers import SpecifierSet
 from packaging.version import Version
 
 from runner.errors import ManifestError
+from runner.userfiles import read_user_file
 from runner.lockfiles.interface import Edge, LockEntry, LockfileFormat, lock_error
 from runner.lockfiles.pylock import PylockFormat
 from runner.lockfiles.requirements import RequirementsFormat
@@ -44,14 +45,7 @@ def load_lockfile(path: Path, fmt: str | None = None) -> Lockfile:
     fmt = fmt or detect_format(path)
     if fmt not in FORMATS:
         raise ManifestError(f"{shown}: unknown lockfile format {fmt!r}; use one of {', '.join(FORMATS)}")
-    try:
-        if path.stat().st_size > MAX_LOCK_BYTES:
-            raise ManifestError(f"{shown}: larger than {MAX_LOCK_BYTES // 2**20} MiB; is this a lockfile?")
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ManifestError(f"{shown}: no such lockfile; fix image.lockfile") from None
-    except OSError as exc:
-        raise ManifestError(f"{shown}: cannot read the lockfile: {exc.strerror or exc}") from None
+    data = read_user_file(path, "lockfile", max_bytes=MAX_LOCK_BYTES, hint="; fix image.lockfile", error=ManifestError)
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:

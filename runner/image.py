@@ -360,7 +360,8 @@ def docker_build(client: Any, context: IO[bytes], *, quiet: bool = False) -> str
                     if line.strip():
                         tail.append(line)
                         if not quiet and line.startswith("Step "):
-                            print(f"  {line}", file=sys.stderr)
+                            # LABEL steps carry the whole package list: show the start of each step only.
+                            print(f"  {line[:117]}..." if len(line) > 120 else f"  {line}", file=sys.stderr)
                         found = re.match(r"^Successfully built ([0-9a-f]{12,64})$", line.strip())
                         if found and image_id is None:
                             image_id = found.group(1)

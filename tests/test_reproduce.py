@@ -110,3 +110,23 @@ def test_metrics_tolerance(tmp_path, base_image, monkeypatch):
     assert loose.reproduced
     (row,) = loose.outputs
     assert row.state == "within-tolerance" and row.metrics[0].abs_diff == pytest.approx(1e-9)
+
+
+def test_the_ci_workflow_commands(recorded, tmp_path):
+    """The commands of examples/ci/github-actions.yml: signing key from the environment, --rtol, --json."""
+    summary, key, pub, manifest = recorded
+    workflow = (REPO / "examples" / "ci" / "github-actions.yml").read_text()
+    for flag in ("--manifest", "--key", "--signing-key", "--rtol 1e-6", "--json"):
+        assert flag in workflow
+    env = dict(os.environ, PYTHONPATH=str(REPO), XRUN_SIGNING_KEY=str(key))
+    proc = subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(summary.attestation),
+                           "--manifest", str(manifest), "--key", str(pub), "--signing-key", env["XRUN_SIGNING_KEY"],
+                           "--rtol", "1e-6", "--json", "--runs-dir", str(tmp_path / "ci-runs")],
+                          capture_output=True, text=True, env=env, cwd=manifest.parent)
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["reproduced"] is True
+    fresh = Path(report["run_dir"]) / "provenance.intoto.jsonl"
+    verify = subprocess.run([sys.executable, "-m", "runner.cli", "verify", str(fresh), "--key", str(pub)],
+                            capture_output=True, text=True, env=env)
+    assert verify.returncode == 0, verify.stdout

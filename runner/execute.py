@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import signal
 import sys
@@ -15,6 +14,7 @@ from typing import IO, Any, Iterator
 
 from runner.errors import Interrupted, TrainingFailed
 from runner.hardware import HardwareClass, Host
+from runner.hashing import sha256_file
 from runner.rundir import utc_now
 
 NOBODY = "65534:65534"
@@ -145,7 +145,7 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
     finished = utc_now()
     result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
                        container_id=container.id if container is not None else "",
-                       log_sha256=_sha256(log_path), log_tail=tuple(tail))
+                       log_sha256=sha256_file(log_path), log_tail=tuple(tail))
     return result
 
 
@@ -208,14 +208,6 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
             except OSError:
                 pass
     os.chown(root, uid, gid)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class _sigterm_as_interrupt:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -98,15 +99,20 @@ class Plan:
     outputs: tuple[OutputSpec, ...]
 
     def to_json(self) -> dict[str, Any]:
-        """The plan as plain JSON-able data (stable, used for the digest and `xrun plan`)."""
+        """The plan as plain JSON-able data (stable, used for the digest and `xrun plan`); do not mutate."""
+        return self._json
+
+    @functools.cached_property
+    def _json(self) -> dict[str, Any]:
+        # Computed once: it reads the bootstrap sources file and is asked for by several stages.
         return plan_to_json(self)
 
-    @property
+    @functools.cached_property
     def digest(self) -> str:
         """sha256 hex of the canonical JSON of the plan."""
         return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
 
-    @property
+    @functools.cached_property
     def build_digest(self) -> str:
         """sha256 hex over only what goes into the image (base, lock, code): keys the image cache."""
         j = self.to_json()

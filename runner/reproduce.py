@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -313,30 +314,20 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
     link = ResourceDescriptor(name="attestation/reproduced", uri=f"file:{attestation.name}",
                               digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()})
     try:
-        summary = run_experiment(path, _with_reproduces(options, link))
+        summary = run_experiment(path, dataclasses.replace(options, reproduces=link))
     finally:
         if temporary:
             path.unlink(missing_ok=True)
     fresh = read_statement(summary.attestation)
-    tolerances = {o["path"]: o.get("tolerance", {}) for o in fresh["predicate"]["buildDefinition"]
-                  ["externalParameters"]["manifest"].get("outputs", [])}
+    tolerances = {o["path"]: o["tolerance"] for o in fresh["predicate"]["buildDefinition"]
+                  ["externalParameters"]["manifest"].get("outputs", []) if o.get("tolerance")}
     rows = compare_outputs(
         recorded_outputs(statement), summary.outputs,
         metrics_recorded=_recorded_metrics(statement, attestation), metrics_now=summary.metrics,
-        tolerances=_expand_dirs(tolerances), rtol=rtol, atol=atol,
+        tolerances=tolerances, rtol=rtol, atol=atol,
     )
     return Report(attestation=str(attestation), run_id=summary.run_id, run_dir=str(summary.run_dir),
                   outputs=rows, changes=changed_inputs(statement, fresh))
-
-
-def _with_reproduces(options: Any, link: Any) -> Any:
-    from dataclasses import replace
-
-    return replace(options, reproduces=link)
-
-
-def _expand_dirs(tolerances: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
-    return {path: spec for path, spec in tolerances.items() if spec}
 
 
 def _recorded_metrics(statement: dict[str, Any], attestation: Path) -> dict[str, dict[str, float]]:

@@ -31,6 +31,7 @@ from packaging.version import Version
 
 from runner.docker_client import ProbeFailed, cached_probe, run_offline
 from runner.errors import FetchError, IntegrityError, ManifestError, XrunError
+from runner.hashing import sha256_file
 from runner.lockfiles import LockEntry, select_for_environment
 from runner.lockfiles.interface import lock_error, verifiable
 from runner.plan import Lockfile
@@ -417,7 +418,7 @@ def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path, quiet: boo
                                 "sha256/sha512 hash xrun can verify; regenerate the lock with sha256")
         blob = fetch_blob(cache, item.candidate.url, digests, name=item.candidate.filename, base_dir=base_dir,
                           options=options, reporter=reporter, cancel=cancel)
-        sha256 = digests.get("sha256") or _sha256_file(blob.path)
+        sha256 = digests.get("sha256") or sha256_file(blob.path)
         wheel = ResolvedWheel(item.entry.name, item.entry.version, item.candidate.filename, item.candidate.url, sha256)
         return wheel, blob.path
 
@@ -444,14 +445,6 @@ def _results(futures: list[Future[tuple[ResolvedWheel, Path]]]) -> list[tuple[Re
         errors.sort(key=lambda e: 0 if isinstance(e, IntegrityError) else 1 if isinstance(e, XrunError) else 2)
         raise errors[0]
     return [f.result() for f in futures]
-
-
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # --- laying out the venv ---------------------------------------------------------------------------

@@ -204,17 +204,10 @@ def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str
                     reporter.note(f"{name}: {exc.reason}; retry {failures}/{options.retries} in {delay:.1f}s")
                 _sleep(delay, cancel)
                 continue
-            except RangeNotSatisfiable as exc:
+            except (RangeNotSatisfiable, RestartNeeded) as exc:
                 # A server that promised more bytes than it has: what we hold may already be it all.
-                if partial.size and hasher.mismatch() is None:
+                if isinstance(exc, RangeNotSatisfiable) and partial.size and hasher.mismatch() is None:
                     break
-                failures += 1
-                if failures > options.retries:
-                    raise FetchError(f"{name}: {source.uri}: cannot get a consistent copy ({exc}); "
-                                     "the source keeps changing: run again later") from None
-                _restart(partial, hasher, state, task)
-                continue
-            except RestartNeeded as exc:
                 failures += 1
                 if failures > options.retries:
                     raise FetchError(f"{name}: {source.uri}: cannot get a consistent copy ({exc}); "

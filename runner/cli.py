@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 from runner import __version__
 from runner.errors import EXIT_INTERRUPTED, XrunError
+from runner.interrupts import interrupts_raise
 
 EXIT_INTERNAL = 70
 EPILOG = """exit codes: 0 success · 1 training command or build failed · 2 bad usage or invalid manifest/policy ·
@@ -29,22 +30,25 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "handler", None):
         parser.print_help()
         return 2
-    try:
-        return args.handler(args)
-    except XrunError as exc:
-        _error(exc.message, exc.lines)
-        return exc.exit_code
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
-    except BrokenPipeError:
-        return 0
-    except Exception as exc:  # a bug of ours: say so plainly; the traceback only on request
-        if os.environ.get("XRUN_DEBUG"):
-            traceback.print_exc()
-        _error(f"internal error: {type(exc).__name__}: {exc} (a bug in xrun; rerun with XRUN_DEBUG=1 "
-               "for the traceback and report it)")
-        return EXIT_INTERNAL
+    # SIGTERM and SIGHUP end a command like Ctrl-C, in every phase; the handlers below run with
+    # further signals held, so a second Ctrl-C cannot break the clean-up half-way.
+    with interrupts_raise():
+        try:
+            return args.handler(args)
+        except XrunError as exc:
+            _error(exc.message, exc.lines)
+            return exc.exit_code
+        except KeyboardInterrupt:
+            _error("interrupted: stopped; nothing was left half-written")
+            return EXIT_INTERRUPTED
+        except BrokenPipeError:
+            return 0
+        except Exception as exc:  # a bug of ours: say so plainly; the traceback only on request
+            if os.environ.get("XRUN_DEBUG"):
+                traceback.print_exc()
+            _error(f"internal error: {type(exc).__name__}: {exc} (a bug in xrun; rerun with XRUN_DEBUG=1 "
+                   "for the traceback and report it)")
+            return EXIT_INTERNAL
 
 
 def _shorthand(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:

@@ -65,10 +65,13 @@ def run_offline(client: Any, image: str, argv: list[str], *, timeout_s: int = 12
     import docker.errors
     import requests
 
+    from runner.watchdog import RUNNER_LABEL, runner_identity
+
     container = None
     try:
         container = client.containers.create(image, command=argv[1:], entrypoint=[argv[0]], network_mode="none",
-                                             user="0:0", labels={PROBE_LABEL: "true"}, detach=True)
+                                             user="0:0", labels={PROBE_LABEL: "true", RUNNER_LABEL: runner_identity()},
+                                             detach=True)
         container.start()
         status = container.wait(timeout=timeout_s)
         out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import signal
 import sys
 import threading
 from collections import deque
@@ -70,6 +69,8 @@ class RunResult:
     container_id: str
     log_sha256: str
     log_tail: tuple[str, ...]
+    oom_killed: bool = False  # the kernel killed it at the memory limit (Docker's State.OOMKilled)
+    memory_bytes: int = 0  # the limit it ran under
 
 
 def container_user(uid: int | None = None, gid: int | None = None) -> str:
@@ -118,34 +119,40 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
     container = None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     started = utc_now()
-    status, code = "failed", None
-    with _sigterm_as_interrupt():
+    status, code, oom = "failed", None, False
+    try:
+        container = client.containers.create(**kwargs)
+        log = open(log_path, "wb")
+        # The pump owns the log file and closes it: the main thread never closes it under the pump.
+        pump = threading.Thread(target=_pump_logs, args=(container, log, tail, stream, prefix), daemon=True)
         try:
-            container = client.containers.create(**kwargs)
-            with open(log_path, "wb") as log:
-                container.start()
-                pump = threading.Thread(target=_pump_logs, args=(container, log, tail, stream, prefix), daemon=True)
-                pump.start()
-                try:
-                    result = container.wait(timeout=spec.timeout_s) if spec.timeout_s else container.wait()
-                    code = int(result.get("StatusCode", -1))
-                    status = "succeeded" if code == 0 else "failed"
-                except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-                    status = "timed-out"
-                    _stop(container)
-                except KeyboardInterrupt:
-                    status = "interrupted"
-                    _stop(container)
-                pump.join(timeout=10)
-        finally:
-            if container is not None:
-                _remove(container)
-            if os.getuid() == 0 and spec.user == NOBODY:
-                _chown_tree(Path(outputs), 0, 0)
+            container.start()
+        except BaseException:
+            log.close()
+            raise
+        pump.start()
+        try:
+            result = container.wait(timeout=spec.timeout_s) if spec.timeout_s else container.wait()
+            code = int(result.get("StatusCode", -1))
+            status = "succeeded" if code == 0 else "failed"
+            oom = code != 0 and _oom_killed(container)
+        except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
+            status = "timed-out"
+            _stop(container)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            _stop(container)
+        pump.join(timeout=10)
+    finally:
+        if container is not None:
+            _remove(container)
+        if os.getuid() == 0 and spec.user == NOBODY:
+            _chown_tree(Path(outputs), 0, 0)
     finished = utc_now()
     result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
                        container_id=container.id if container is not None else "",
-                       log_sha256=sha256_file(log_path), log_tail=tuple(tail))
+                       log_sha256=sha256_file(log_path), log_tail=tuple(tail), oom_killed=oom,
+                       memory_bytes=spec.mem_limit_bytes)
     return result
 
 
@@ -156,6 +163,11 @@ def raise_for_status(result: RunResult, timeout_s: int | None) -> None:
     if result.status == "timed-out":
         raise TrainingFailed(f"timed out after {timeout_s}s (run.timeout): the container was stopped and removed; "
                              "raise run.timeout or make the job faster", lines=list(result.log_tail))
+    if result.status != "succeeded" and result.oom_killed:
+        raise TrainingFailed(f"the training ran out of memory: it was killed at the hardware class's memory limit "
+                             f"({result.memory_bytes / 2**30:g} GiB, exit code {result.exit_code}); choose a "
+                             "class with more memory (hardware.class) or make the job use less; last log lines:",
+                             lines=list(result.log_tail))
     if result.status != "succeeded":
         raise TrainingFailed(f"the training command exited with code {result.exit_code}; last log lines:",
                              lines=list(result.log_tail))
@@ -174,9 +186,19 @@ def _pump_logs(container: Any, log: IO[bytes], tail: deque[str], stream: bool, p
                 _emit(line, tail, stream, head)
         if pending:
             _emit(pending, tail, stream, head)
-        log.flush()
-    except Exception:  # the container vanished mid-stream (timeout/interrupt): the log so far is kept
-        log.flush()
+    except Exception:  # noqa: BLE001 - the container vanished mid-stream (timeout/interrupt): keep the log so far
+        pass
+    finally:
+        log.close()
+
+
+def _oom_killed(container: Any) -> bool:
+    """Whether the engine says the kernel's OOM killer ended the container."""
+    try:
+        container.reload()
+    except Exception:  # noqa: BLE001 - gone already: no way to tell
+        return False
+    return bool((container.attrs.get("State") or {}).get("OOMKilled"))
 
 
 def _emit(line: bytes, tail: deque[str], stream: bool, head: str) -> None:
@@ -208,23 +230,6 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
             except OSError:
                 pass
     os.chown(root, uid, gid)
-
-
-class _sigterm_as_interrupt:
-    """While a container runs, SIGTERM behaves like Ctrl-C so the same clean-up path runs."""
-
-    def __enter__(self) -> None:
-        self._previous = None
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-
-    def __exit__(self, *exc: object) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGTERM, self._previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 def managed_containers(client: Any) -> Iterator[Any]:

@@ -17,6 +17,7 @@ from runner.manifest import load_manifest
 from runner.outputs import collect_outputs
 from runner.plan import Plan, resolve_plan
 from runner.rundir import RunDir, create_run_dir, default_runs_dir, rfc3339, utc_now, write_json
+from runner.watchdog import RUNNER_LABEL, Watchdog, reap_orphans, runner_identity
 
 
 @dataclass(frozen=True)
@@ -79,13 +80,17 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
     signer = load_signer(key_path, options.key_password) if key_path else None
     client = docker_client()
     runs_dir = (options.runs_dir or default_runs_dir(plan.manifest.root)).absolute()
+    reap_orphans(runs_dir, client)
     run = create_run_dir(runs_dir, plan.manifest.text, plan.to_json())
     record: dict[str, Any] = {
         "runId": run.run_id, "name": plan.manifest.name, "status": "running", "manifest": str(plan.manifest.file),
         "manifestSha256": plan.manifest.sha256, "planDigest": plan.digest, "startedOn": rfc3339(utc_now()),
         "host": host.to_json(), "hardwareClass": plan.hardware.name, "hardwareMismatch": mismatch,
+        "runner": runner_identity(),
     }
     write_json(run.record, record)
+    # From here on, a runner killed in any phase leaves the clean-up to the watchdog.
+    watchdog = Watchdog.start(run.path)
     try:
         summary = _execute(plan, run, runs_dir, host, mismatch, signer, client, options, record)
     except KeyboardInterrupt:
@@ -97,6 +102,8 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
     except Exception as exc:  # a bug of ours: the run must still not look succeeded or attested
         _finish(run, record, "failed", f"internal error: {type(exc).__name__}: {exc}")
         raise
+    finally:
+        watchdog.close()
     return summary
 
 
@@ -115,7 +122,8 @@ def _execute(plan: Plan, run: RunDir, runs_dir: Path, host: hardware.Host, misma
         image_id=image.id, command=plan.command, env=plan.env, workdir=plan.manifest.run.workdir,
         hardware=plan.hardware, host=host, data_mounts=[(f.host_path, f.container_path) for f in fetched],
         outputs_dir=run.outputs, timeout_s=plan.timeout_s,
-        labels={"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name},
+        labels={"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name,
+                RUNNER_LABEL: record["runner"]},
     )
     result = run_container(client, spec, run.log, stream=not options.quiet, prefix=plan.manifest.name)
     _record_result(record, result)

@@ -10,6 +10,7 @@ from typing import Any
 
 from runner.errors import UsageError
 from runner.reproduce import diff_fields
+from runner.watchdog import reap_orphans
 
 
 @dataclass(frozen=True)
@@ -37,9 +38,10 @@ class RunInfo:
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
-    """Every run directory under runs_dir, oldest first (run ids sort by time)."""
+    """Every run directory under runs_dir, oldest first; runs whose runner died are marked failed first."""
     if not runs_dir.is_dir():
         return []
+    reap_orphans(runs_dir)
     runs = []
     for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         record = _load(path / "run.json")

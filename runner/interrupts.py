@@ -1,0 +1,55 @@
+"""Signals: Ctrl-C, SIGTERM and SIGHUP end every phase of a command the same way.
+
+The first signal raises KeyboardInterrupt in the main thread, whatever the phase (fetch, build,
+run), so one clean-up path runs: container removed, run marked interrupted, no attestation.
+Signals that arrive while that clean-up runs are held back instead of breaking it half-way (two
+Ctrl-C 50 ms apart must not leave a container or a half-written file); a third one quits at once
+and leaves the rest to the watchdog (runner/watchdog.py), which removes the run's containers.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from types import FrameType
+from typing import Any
+
+HANDLED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+FORCE_AFTER = 3  # signals: the third one exits at once
+
+
+class interrupts_raise:
+    """While active (main thread only), SIGINT/SIGTERM/SIGHUP raise KeyboardInterrupt once, then are held."""
+
+    def __init__(self) -> None:
+        self._previous: dict[int, Any] = {}
+        self._count = 0
+
+    def __enter__(self) -> "interrupts_raise":
+        if threading.current_thread() is threading.main_thread():
+            for signum in HANDLED:
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, previous in self._previous.items():
+            signal.signal(signum, previous)
+        self._previous.clear()
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        self._count += 1
+        if self._count == 1:
+            raise KeyboardInterrupt
+        if self._count >= FORCE_AFTER:
+            _write_stderr("xrun: error: interrupted again: quitting now; the watchdog removes the run's containers\n")
+            os._exit(130)
+        _write_stderr("xrun: cleaning up after the interruption (interrupt twice more to quit at once)\n")
+
+
+def _write_stderr(text: str) -> None:
+    try:
+        os.write(sys.stderr.fileno(), text.encode())
+    except (OSError, ValueError):
+        pass

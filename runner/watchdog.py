@@ -1,0 +1,203 @@
+"""No container outlives its runner: a watchdog process per run, and a sweep for runs whose runner died.
+
+Every container xrun creates carries the label `org.xrun.runner` = `host:pid:start` naming the xrun
+process that created it (its start time in clock ticks makes a reused pid a different runner).
+
+- `Watchdog.start()` spawns `python -m runner.watchdog RUN_DIR RUNNER` in its own session, tied to
+  xrun by a pipe. xrun never writes to the pipe; when xrun exits for any reason, SIGKILL included,
+  the kernel closes it, the watchdog wakes, and if the run record still says "running" it removes the
+  runner's containers and marks the run failed ("the runner was killed"). The idea is
+  testcontainers' Ryuk, without a daemon.
+- `reap_orphans()` is the sweep that later xrun commands run: runs still "running" whose runner is
+  gone on this host are marked failed, and (given an engine) containers of dead runners are removed.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+RUNNER_LABEL = "org.xrun.runner"
+KILLED = "the runner was killed"
+RECHECK_S = 1.0  # a create call in flight when xrun died lands on the engine a moment later
+
+
+def runner_identity(pid: int | None = None) -> str:
+    """'host:pid:start' of this (or the given local) process."""
+    pid = os.getpid() if pid is None else pid
+    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
+
+
+def is_gone(identity: str) -> bool:
+    """True when identity names a process of this host that no longer runs (other hosts: unknown, False)."""
+    host, _, rest = identity.partition(":")
+    pid_text, _, start = rest.partition(":")
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    return _start_ticks(int(pid_text)) != start
+
+
+def _start_ticks(pid: int) -> str:
+    """The process's start time since boot (/proc/PID/stat field 22); '' when it does not exist."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return ""
+    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
+    fields = stat[stat.rfind(b")") + 2:].split()
+    return fields[19].decode() if len(fields) > 19 else ""
+
+
+@dataclass
+class Watchdog:
+    """The spawned watchdog of one run; `close()` ends it once the run is over."""
+
+    process: subprocess.Popen[bytes] | None
+
+    @classmethod
+    def start(cls, run_dir: Path) -> "Watchdog":
+        """Spawn the watchdog for run_dir; a run goes on without one if it cannot start (the sweep remains)."""
+        try:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "runner.watchdog", str(run_dir), runner_identity()],
+                stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                start_new_session=True, close_fds=True)
+        except OSError:
+            return cls(None)
+        return cls(process)
+
+    def close(self) -> None:
+        """Tell the watchdog the run has ended (its record is final) and let it exit."""
+        if self.process is None:
+            return
+        try:
+            if self.process.stdin is not None:
+                self.process.stdin.close()
+            self.process.wait(timeout=5)
+        except (OSError, subprocess.TimeoutExpired):
+            pass  # it exits by itself once it has read the record
+        self.process = None
+
+
+def watch(run_dir: Path, identity: str) -> None:
+    """Block until the runner's pipe closes, then clean up if the run did not end properly."""
+    try:
+        while sys.stdin.buffer.read(65536):
+            pass
+    except OSError:
+        pass
+    record = _read_record(run_dir / "run.json")
+    if record is None or not _unfinished(run_dir, record):
+        return
+    try:
+        remove_containers(identity)
+        time.sleep(RECHECK_S)
+        remove_containers(identity)
+    finally:
+        mark_killed(run_dir, identity)
+
+
+def remove_containers(identity: str, client: Any = None) -> int:
+    """Force-remove every container the runner created; how many were removed."""
+    if client is None:
+        from runner.docker_client import docker_client
+        from runner.errors import EnvironmentProblem
+
+        try:
+            client = docker_client(timeout=30)
+        except EnvironmentProblem:
+            return 0
+    removed = 0
+    for container in client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={identity}"}):
+        try:
+            container.remove(force=True)
+            removed += 1
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+    return removed
+
+
+def mark_killed(run_dir: Path, identity: str) -> bool:
+    """Mark a run still 'running' as failed because its runner died; False when it had ended."""
+    from runner.rundir import rfc3339, utc_now, write_json
+
+    record_path = run_dir / "run.json"
+    record = _read_record(record_path)
+    if record is None or not _unfinished(run_dir, record):
+        return False
+    pid = identity.split(":")[1] if identity.count(":") >= 2 else "?"
+    record.update({"status": "failed", "finishedOn": record.get("finishedOn") or rfc3339(utc_now()),
+                   "error": f"{KILLED} (process {pid} ended before the run finished); its containers were removed"})
+    record.pop("attestation", None)
+    write_json(record_path, record)
+    for name in ("provenance.intoto.jsonl", "provenance.sigstore.json"):
+        try:
+            (run_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+    return True
+
+
+def reap_orphans(runs_dir: Path, client: Any = None) -> list[str]:
+    """Mark runs whose runner died as failed (and remove dead runners' containers when given an engine)."""
+    reaped = []
+    if runs_dir.is_dir():
+        for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+            record = _read_record(run_dir / "run.json")
+            if record is None or not _unfinished(run_dir, record):
+                continue
+            identity = record.get("runner")
+            if isinstance(identity, str) and is_gone(identity) and mark_killed(run_dir, identity):
+                reaped.append(run_dir.name)
+    if client is not None:
+        _remove_dead_runners_containers(client)
+    return reaped
+
+
+def _remove_dead_runners_containers(client: Any) -> None:
+    for container in client.containers.list(all=True, filters={"label": RUNNER_LABEL}):
+        identity = (container.labels or {}).get(RUNNER_LABEL, "")
+        if is_gone(identity):
+            try:
+                container.remove(force=True)
+            except Exception:  # noqa: BLE001 - removed meanwhile
+                pass
+
+
+def _unfinished(run_dir: Path, record: dict[str, Any]) -> bool:
+    """Still running, or succeeded with its attestation not yet written (killed while signing)."""
+    if record.get("status") == "running":
+        return True
+    attestation = record.get("attestation")
+    return (record.get("status") == "succeeded" and isinstance(attestation, str)
+            and not (run_dir / attestation).exists())
+
+
+def _read_record(path: Path) -> dict[str, Any] | None:
+    import json
+
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def main(argv: list[str]) -> int:
+    """python -m runner.watchdog RUN_DIR RUNNER."""
+    if len(argv) != 2:
+        print("usage: python -m runner.watchdog RUN_DIR RUNNER", file=sys.stderr)
+        return 2
+    watch(Path(argv[0]), argv[1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

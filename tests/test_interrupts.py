@@ -1,0 +1,215 @@
+"""A killed or signalled runner, in every phase: no container outlives it, the run says how it ended.
+
+These drive `xrun run` as a real process against the real engine and send it real signals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.execute import managed_containers
+from runner.watchdog import KILLED, RUNNER_LABEL, reap_orphans, runner_identity
+from faultserver import Fault, FaultServer
+from tests.test_run import write_experiment
+
+pytestmark = pytest.mark.docker
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture()
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("cache")
+
+
+def _start(manifest: Path, runs: Path, cache: Path, *, quiet: bool = True) -> subprocess.Popen[str]:
+    env = dict(os.environ, PYTHONPATH=str(REPO), XRUN_CACHE_DIR=str(cache))
+    argv = [sys.executable, "-m", "runner.cli", "run", str(manifest), "--runs-dir", str(runs)]
+    return subprocess.Popen(argv + (["--quiet"] if quiet else []), env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for(predicate, what: str, timeout: float = 120.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.1)
+    pytest.fail(f"{what} did not happen within {timeout:.0f}s", pytrace=False)
+
+
+def _record(runs: Path) -> dict:
+    (run_dir,) = runs.iterdir()
+    return json.loads((run_dir / "run.json").read_text())
+
+
+def _containers_of(client, runs: Path) -> list:
+    runner = _record(runs).get("runner")
+    return client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={runner}"}) if runner else []
+
+
+def _slow_data(server: FaultServer, root: Path, base_image: str) -> Path:
+    """An experiment whose one data item streams for a minute from the fault server."""
+    payload = os.urandom(4 << 20)
+    server.add("/slow.bin", payload)
+    server.fault("/slow.bin", Fault("slow", times=-1, delay=0.5, chunk=32 << 10))
+    manifest = write_experiment(root, base_image)
+    spec = json.loads(manifest.read_text())
+    spec["data"] = [{"name": "input", "uri": server.url("/slow.bin"), "path": "input.txt",
+                     "sha256": hashlib.sha256(payload).hexdigest()}]
+    manifest.write_text(json.dumps(spec))
+    return manifest
+
+
+def _assert_marked_killed(runs: Path, docker_client) -> None:
+    _wait_for(lambda: _record(runs)["status"] == "failed", "the run being marked failed", timeout=30)
+    record = _record(runs)
+    assert KILLED in record["error"], record
+    _wait_for(lambda: not _containers_of(docker_client, runs), "removal of the dead runner's containers", 30)
+    (run_dir,) = runs.iterdir()
+    assert not (run_dir / "provenance.intoto.jsonl").exists()
+
+
+def test_sigkill_during_training_removes_the_container_and_marks_the_run(tmp_path, base_image, cache_dir,
+                                                                          docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image,
+                                command=["sh", "-c", "sleep 2; echo late > /outputs/late.txt; sleep 120"])
+    runs = tmp_path / "runs"
+    proc = _start(manifest, runs, cache_dir)
+    _wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and _containers_of(docker_client, runs),
+              "the training container's start")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    _assert_marked_killed(runs, docker_client)
+    (run_dir,) = runs.iterdir()
+    # The container was gone before its delayed write: nothing lands in the dead run's outputs.
+    time.sleep(2)
+    assert not (run_dir / "outputs" / "late.txt").exists()
+    # The next run is unaffected.
+    ok = _start(write_experiment(tmp_path / "next", base_image), tmp_path / "runs2", cache_dir)
+    _, err = ok.communicate(timeout=300)
+    assert ok.returncode == 0, err
+
+
+def test_sigkill_during_fetch_leaves_no_entry_and_marks_the_run(tmp_path, base_image, cache_dir, docker_client):
+    with FaultServer() as server:
+        manifest = _slow_data(server, tmp_path / "exp", base_image)
+        runs = tmp_path / "runs"
+        proc = _start(manifest, runs, cache_dir)
+        _wait_for(lambda: server.count("/slow.bin") >= 1, "the data download's start")
+        time.sleep(1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    _assert_marked_killed(runs, docker_client)
+    # A partial download may stay (it resumes), but never an entry.
+    assert not [p for p in (cache_dir / "blobs").rglob("*") if p.is_file() and not p.name.endswith(".partial")]
+
+
+def test_sigkill_during_build_leaves_no_container(tmp_path, base_image, cache_dir, docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    runs = tmp_path / "runs"
+    before = {c.id for c in docker_client.containers.list(all=True)}
+    proc = _start(manifest, runs, cache_dir, quiet=False)
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the build announces itself before it starts
+        if "building" in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    _assert_marked_killed(runs, docker_client)
+    _wait_for(lambda: not ({c.id for c in docker_client.containers.list(all=True)} - before),
+              "removal of every container the build made", 30)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_during_fetch_is_exit_130_and_interrupted(tmp_path, base_image, cache_dir, docker_client, signum):
+    with FaultServer() as server:
+        manifest = _slow_data(server, tmp_path / "exp", base_image)
+        runs = tmp_path / "runs"
+        proc = _start(manifest, runs, cache_dir)
+        _wait_for(lambda: server.count("/slow.bin") >= 1, "the data download's start")
+        time.sleep(0.5)
+        proc.send_signal(signum)
+        _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.startswith("xrun: error:")]) == 1, err
+    assert "interrupted" in err
+    assert _record(runs)["status"] == "interrupted"
+    (run_dir,) = runs.iterdir()
+    assert not (run_dir / "provenance.intoto.jsonl").exists()
+
+
+def test_sigterm_during_build_is_exit_130_with_no_dangling_image(tmp_path, base_image, cache_dir, docker_client):
+    dangling = {i.id for i in docker_client.images.list(filters={"dangling": True})}
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    runs = tmp_path / "runs"
+    proc = _start(manifest, runs, cache_dir, quiet=False)
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if "building" in line:
+            break
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err
+    assert _record(runs)["status"] == "interrupted"
+    assert not _containers_of(docker_client, runs)
+    assert {i.id for i in docker_client.images.list(filters={"dangling": True})} <= dangling
+
+
+def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
+    runs = tmp_path / "runs"
+    proc = _start(manifest, runs, cache_dir)
+    _wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and _containers_of(docker_client, runs),
+              "the training container's start")
+    proc.send_signal(signal.SIGINT)
+    time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
+    assert _record(runs)["status"] == "interrupted"
+    assert not list(managed_containers(docker_client))
+
+
+def test_out_of_memory_is_named(tmp_path, base_image, cache_dir, monkeypatch):
+    from runner.errors import TrainingFailed
+    from runner.pipeline import RunOptions, run_experiment
+
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(cache_dir))
+    hog = ["python3", "-c", "b = b'x' * (3 * 2**30); print(len(b))"]
+    manifest = write_experiment(tmp_path / "exp", base_image, command=hog, cls="cpu-1")
+    with pytest.raises(TrainingFailed, match="ran out of memory") as info:
+        run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
+    assert "2 GiB" in info.value.message
+
+
+def test_sweep_marks_runs_of_a_dead_runner(tmp_path):
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    identity = runner_identity(dead.pid).rsplit(":", 1)[0] + ":1"  # a pid that ran once and is gone
+    alive = runner_identity()
+    runs = tmp_path / "runs"
+    for name, runner in (("a-dead", identity), ("b-alive", alive)):
+        (runs / name).mkdir(parents=True)
+        (runs / name / "run.json").write_text(json.dumps({"runId": name, "status": "running", "runner": runner}))
+    assert reap_orphans(runs) == ["a-dead"]
+    assert json.loads((runs / "a-dead" / "run.json").read_text())["status"] == "failed"
+    assert json.loads((runs / "b-alive" / "run.json").read_text())["status"] == "running"
+    # `xrun runs ls` runs the same sweep.
+    (runs / "c-dead").mkdir()
+    (runs / "c-dead" / "run.json").write_text(json.dumps({"runId": "c-dead", "status": "running", "runner": identity}))
+    from runner.cli import main
+
+    assert main(["runs", "ls", "--runs-dir", str(runs), "--json"]) == 0
+    assert json.loads((runs / "c-dead" / "run.json").read_text())["status"] == "failed"

@@ -173,7 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(handler=_cmd_cache_gc)
     q.add_argument("--keep", type=Path, action="append", default=[], metavar="MANIFEST",
                    help="keep everything this manifest needs (repeatable)")
-    q.add_argument("--older-than", default="30d", help="remove entries unused for this long (default 30d; s/m/h/d)")
+    q.add_argument("--older-than", type=_age, default=_age("30d"), metavar="AGE",
+                   help="remove entries unused for this long: a number with s, m, h or d (default 30d; 1.5d, 90m)")
     q.add_argument("--dry-run", action="store_true", help="list what would be removed")
     q.add_argument("--json", action="store_true", help="print as JSON")
 
@@ -212,6 +213,22 @@ def build_parser() -> argparse.ArgumentParser:
         q.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
         q.add_argument("--json", action="store_true", help="print as JSON")
     return parser
+
+
+AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _age(text: str) -> float:
+    """'30d', '1.5d', '90m' → seconds; anything else is a usage error (exit 2) naming the accepted forms."""
+    number, unit = text[:-1], text[-1:]
+    try:
+        value = float(number)
+    except ValueError:
+        value = -1.0
+    if unit not in AGE_UNITS or not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an age: use a number followed by s, m, h or d "
+                                         "(for example 90m, 12h, 1.5d, 30d)")
+    return value * AGE_UNITS[unit]
 
 
 def _manifest_arg(p: argparse.ArgumentParser, many: bool = False) -> None:
@@ -431,14 +448,12 @@ def _cmd_cache_verify(args: argparse.Namespace) -> int:
 
 def _cmd_cache_gc(args: argparse.Namespace) -> int:
     from runner.fetch import Cache, gc_cache, keep_for_manifest
-    from runner.manifest import load_manifest, parse_duration
+    from runner.manifest import load_manifest
 
     keep: set[tuple[str, str]] = set()
     for path in args.keep:
         keep |= keep_for_manifest(load_manifest(path))
-    older = args.older_than
-    seconds = int(older[:-1]) * 86400 if older.endswith("d") else parse_duration(older)
-    removed = gc_cache(Cache.default(), keep=keep, older_than_s=float(seconds), dry_run=args.dry_run)
+    removed = gc_cache(Cache.default(), keep=keep, older_than_s=args.older_than, dry_run=args.dry_run)
     if args.json:
         _print_json({"dryRun": args.dry_run, "removed": [r.to_json() for r in removed]})
         return 0

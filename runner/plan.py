@@ -18,6 +18,7 @@ from runner.errors import ManifestError
 from runner.hardware import HardwareClass
 from runner.hardware import lookup as lookup_class
 from runner.hashing import FileDigest, hash_tree, tree_digest
+from runner.lockfiles import Lockfile, load_lockfile
 from runner.manifest import DEFAULT_EXCLUDES, BootstrapSpec, CodeSpec, DataItem, Manifest, OutputSpec
 
 
@@ -39,26 +40,6 @@ class ImageRef:
     def pinned(self) -> str:
         """The reference Docker pulls and matches: name@sha256:…"""
         return f"{self.name}@{self.digest}"
-
-
-@dataclass(frozen=True)
-class LockedPackage:
-    """One package of the lockfile: exact version and the hashes any of its artifacts may have."""
-
-    name: str  # normalised (PEP 503)
-    version: str
-    hashes: tuple[str, ...]  # "sha256:<hex>" strings
-    source: str  # file:line or table path, for error messages
-    url: str | None = None  # a direct URL when the lock gives one
-    artifacts: tuple[dict[str, Any], ...] = ()  # pylock/uv: [{"url","filename","hashes":{...}}]
-
-
-@dataclass(frozen=True)
-class Lockfile:
-    path: Path
-    format: str  # "requirements" | "pylock" | "uv"
-    sha256: str
-    packages: tuple[LockedPackage, ...]
 
 
 @dataclass(frozen=True)
@@ -191,7 +172,6 @@ def resolve_plan(manifest: Manifest) -> Plan:
     """Pin everything the manifest names (reads files, runs git); executes nothing."""
     lockfile = None
     if manifest.image.lockfile is not None:
-        from runner.lockfiles import load_lockfile  # the lock formats are only needed with a lockfile
 
         lockfile = load_lockfile(manifest.image.lockfile, manifest.image.lockfile_format)
     return Plan(

@@ -34,7 +34,7 @@ from runner.errors import FetchError, IntegrityError, ManifestError, XrunError
 from runner.hashing import sha256_file
 from runner.lockfiles import LockEntry, select_for_environment
 from runner.lockfiles.interface import lock_error, verifiable
-from runner.plan import Lockfile
+from runner.lockfiles import Lockfile
 
 VENV = "/opt/xrun/venv"
 INDEX_TIMEOUT_S = 30

@@ -17,16 +17,15 @@ from packaging.version import Version
 
 from runner.errors import ManifestError
 from runner.userfiles import read_user_file
-from runner.lockfiles.interface import Edge, LockEntry, LockfileFormat, lock_error
+from runner.lockfiles.interface import Edge, LockedPackage, LockEntry, Lockfile, LockfileFormat, lock_error
 from runner.lockfiles.pylock import PylockFormat
 from runner.lockfiles.requirements import RequirementsFormat
 from runner.lockfiles.uvlock import UvLockFormat
-from runner.plan import Lockfile
 
 FORMATS: dict[str, LockfileFormat] = {f.name: f for f in (PylockFormat(), UvLockFormat(), RequirementsFormat())}
 MAX_LOCK_BYTES = 32 * 2**20
 
-__all__ = ["FORMATS", "Edge", "LockEntry", "LockfileFormat", "detect_format", "load_lockfile",
+__all__ = ["FORMATS", "Edge", "LockEntry", "LockedPackage", "Lockfile", "LockfileFormat", "detect_format", "load_lockfile",
            "select_for_environment"]
 
 

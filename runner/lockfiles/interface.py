@@ -21,7 +21,6 @@ from packaging.specifiers import InvalidSpecifier, SpecifierSet
 from packaging.version import InvalidVersion, Version
 
 from runner.errors import ManifestError
-from runner.plan import LockedPackage
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -32,6 +31,26 @@ else:  # pragma: no cover - Python 3.10
 VERIFIABLE = ("sha256", "sha512")
 _HEX_LEN = {"sha256": 64, "sha384": 96, "sha512": 128, "md5": 32}
 _HEX = re.compile(r"^[0-9a-f]+$")
+
+
+@dataclass(frozen=True)
+class LockedPackage:
+    """One package of the lockfile: exact version and the hashes any of its artifacts may have."""
+
+    name: str  # normalised (PEP 503)
+    version: str
+    hashes: tuple[str, ...]  # "sha256:<hex>" strings
+    source: str  # file:line or table path, for error messages
+    url: str | None = None  # a direct URL when the lock gives one
+    artifacts: tuple[dict[str, Any], ...] = ()  # pylock/uv: [{"url","filename","hashes":{...}}]
+
+
+@dataclass(frozen=True)
+class Lockfile:
+    path: Path
+    format: str  # "requirements" | "pylock" | "uv"
+    sha256: str
+    packages: tuple[LockedPackage, ...]
 
 
 @dataclass(frozen=True)

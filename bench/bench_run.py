@@ -52,7 +52,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         data = REPO / "examples" / "quickstart" / "data" / "iris.csv"
         ours = median_s(lambda: _xrun(runs_dir), runs)
         counter = iter(range(1000))
-        base = median_s(lambda: _bare(first["image_id"], data, Path(work) / f"out{next(counter)}"), runs)
+        base = median_s(lambda: _bare(first["imageId"], data, Path(work) / f"out{next(counter)}"), runs)
     return [row("warm `xrun run` of the quickstart vs bare `docker run`", ours, base, 1.15,
                 note=f"xrun overhead {(ours - base) * 1000:.0f} ms", baseline="docker run")]
 

@@ -246,7 +246,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
 
 def _run_options_from(args: argparse.Namespace) -> Any:
     from runner.fetch import FetchOptions
-    from runner.pipeline import RunOptions
+    from runner.context import RunOptions
 
     password = os.environ.get("XRUN_KEY_PASSWORD")
     return RunOptions(runs_dir=args.runs_dir, key=args.key, key_password=password.encode() if password else None,
@@ -540,7 +540,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 
 
 def _cmd_runs_ls(args: argparse.Namespace) -> int:
-    from runner.runs import list_runs
+    from runner.runs.store import list_runs
 
     runs = list_runs(_runs_dir(args))
     if args.json:
@@ -560,26 +560,27 @@ def _cmd_runs_ls(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs_show(args: argparse.Namespace) -> int:
-    from runner.runs import find_run
+    from runner.runs.store import find_run
 
     run = find_run(_runs_dir(args), args.run[0])
     if args.json:
-        _print_json({"run_dir": str(run.path), "record": run.record, "plan": run.plan})
+        _print_json({"runDir": str(run.path), "record": run.record.to_json(), "plan": run.plan})
         return 0
+    record = run.record.to_json()
     print(f"run {run.run_id} ({run.path})")
     for key in ("name", "status", "startedOn", "finishedOn", "exitCode", "imageId", "planDigest", "hardwareClass"):
-        print(f"  {key:<12} {run.record.get(key, '-')}")
-    for path, digest in run.record.get("outputs", {}).items():
+        print(f"  {key:<12} {record.get(key, '-')}")
+    for path, digest in run.record.outputs.items():
         print(f"  output       {path} sha256:{digest}")
-    for path, values in run.record.get("metrics", {}).items():
+    for path, values in run.record.metrics.items():
         print(f"  metrics      {path}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    if run.record.get("error"):
-        print(f"  error        {run.record['error']}")
+    if run.record.error:
+        print(f"  error        {run.record.error}")
     return 0
 
 
 def _cmd_runs_diff(args: argparse.Namespace) -> int:
-    from runner.runs import diff_runs, find_run
+    from runner.runs.store import diff_runs, find_run
 
     a, b = (find_run(_runs_dir(args), ref) for ref in args.run)
     diff = diff_runs(a, b)

@@ -71,7 +71,7 @@ class BuiltImage:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for `xrun build --json`."""
-        return {"id": self.id, "tag": self.tag, "baseRef": self.base_ref, "baseImageId": self.base_image_id,
+        return {"imageId": self.id, "tag": self.tag, "baseRef": self.base_ref, "baseImageId": self.base_image_id,
                 "baseRepoDigest": self.base_repo_digest, "platform": self.platform,
                 "python": self.python.to_json() if self.python else None,
                 "wheels": [w.to_json() for w in self.wheels], "debs": [d.purl for d in self.debs],

@@ -9,16 +9,19 @@ import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
 from runner.execute import ContainerSpec, RunResult
-from runner.hardware import Host
 from runner.hashing import hash_tree, tree_digest
 from runner.outputs import Outputs
 from runner.plan import Plan, canonical_json
+
+if TYPE_CHECKING:
+    from runner.context import RunContext
+    from runner.pipeline import CompletedRun
 
 SEEDED_LIBRARIES = ("random", "numpy", "torch", "tensorflow", "jax")
 
@@ -123,16 +126,19 @@ def internal_parameters(plan: Plan, spec: ContainerSpec, runs_dir: Path, setting
     }
 
 
-def describe(*, plan: Plan, fetched: list[Any], image: Any, spec: ContainerSpec, result: RunResult,
-             outputs: Outputs, host: Host, engine: EngineInfo, run_id: str, runs_dir: Path,
-             log_sha256: str, record_sha256: str, settings: dict[str, Any], hardware_mismatch: list[str],
-             reproduced: ResourceDescriptor | None = None) -> tuple[list[Subject], ProvenanceFacts]:
-    """The statement's subjects and the facts of its predicate."""
+def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tuple[list[Subject], ProvenanceFacts]:
+    """The statement's subjects and the facts of its predicate, from the context and the stages' results."""
+    plan, host, outputs, result = ctx.plan, ctx.host, done.outputs, done.execution.result
+    engine = engine_info(ctx.client)
+    settings = {"allowHardwareMismatch": ctx.options.allow_hardware_mismatch, "signed": ctx.signer is not None,
+                "fetch": {"retries": ctx.options.fetch.retries, "parallel": ctx.options.fetch.parallel}}
+    run_id, runs_dir, log_sha256 = done.run.run_id, ctx.runs_dir, result.log_sha256
+    hardware_mismatch = list(ctx.hardware_mismatch)
     facts = ProvenanceFacts(
         manifest=plan.manifest.raw,
         manifest_sha256=plan.manifest.sha256,
-        internal=internal_parameters(plan, spec, runs_dir, settings),
-        dependencies=tuple(dependencies(plan, fetched, image, reproduced)),
+        internal=internal_parameters(plan, done.execution.spec, runs_dir, settings),
+        dependencies=tuple(dependencies(plan, list(done.fetched), done.image, ctx.options.reproduces)),
         builder_id=builder_id_for_host(socket.gethostname()),
         xrun_version=__version__,
         builder_dependencies=(

@@ -14,7 +14,9 @@ from typing import Any
 
 import yaml
 
+from runner.attest.recorded import RecordedRun
 from runner.errors import IntegrityError, UsageError
+from runner.runs.record import RunRecord
 
 
 @dataclass(frozen=True)
@@ -79,8 +81,8 @@ class Report:
     def to_json(self) -> dict[str, Any]:
         """The `--json` report."""
         return {
-            "reproduced": self.reproduced, "attestation": self.attestation, "run_id": self.run_id,
-            "run_dir": self.run_dir,
+            "reproduced": self.reproduced, "attestation": self.attestation, "runId": self.run_id,
+            "runDir": self.run_dir,
             "outputs": [{"path": r.path, "state": r.state, "recorded": r.recorded, "now": r.now,
                          "metrics": [{"key": m.key, "recorded": m.recorded, "now": m.now, "absDiff": m.abs_diff,
                                       "relDiff": m.rel_diff, "ok": m.ok} for m in r.metrics]}
@@ -103,29 +105,6 @@ def read_statement(path: Path) -> dict[str, Any]:
     if not isinstance(statement, dict) or "predicate" not in statement:
         raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
     return statement
-
-
-def recorded_outputs(statement: dict[str, Any]) -> dict[str, str]:
-    """subject name → sha256."""
-    return {s["name"]: s.get("digest", {}).get("sha256", "") for s in statement.get("subject", [])}
-
-
-def find_extension(node: Any, key: str) -> Any:
-    """An xrun_* extension field wherever the predicate carries it (depth-first)."""
-    if isinstance(node, dict):
-        if key in node:
-            return node[key]
-        for value in node.values():
-            found = find_extension(value, key)
-            if found is not None:
-                return found
-    return None
-
-
-def dependencies_by_name(statement: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """resolvedDependencies keyed by their name."""
-    deps = statement.get("predicate", {}).get("buildDefinition", {}).get("resolvedDependencies", [])
-    return {d.get("name") or d.get("uri", "?"): d for d in deps}
 
 
 # --- choosing the manifest -------------------------------------------------------------------------
@@ -238,29 +217,24 @@ def compare_outputs(recorded: dict[str, str], now: dict[str, str], *, metrics_re
     return tuple(rows)
 
 
-def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> tuple[InputChange, ...]:
+def changed_inputs(old: RecordedRun, new: RecordedRun) -> tuple[InputChange, ...]:
     """Name each recorded input that differs in the re-run: deps, hardware class, GPUs, engine."""
     changes: list[InputChange] = []
-    a, b = dependencies_by_name(old), dependencies_by_name(new)
+    a, b = old.dependencies, new.dependencies
     for name in sorted(set(a) | set(b)):
         if name in ("image", "attestation/reproduced"):
             continue  # the built image follows from the others; the reproduced link is new by design
         da, db = a.get(name), b.get(name)
         if da is None or db is None or da.get("digest") != db.get("digest") or da.get("uri") != db.get("uri"):
             changes.append(InputChange(name, _short_dep(da), _short_dep(db)))
-    for key in ("xrun_hardware_class",):
-        va, vb = find_extension(old.get("predicate"), key), find_extension(new.get("predicate"), key)
-        if va != vb:
-            changes.append(InputChange("hardware class", va, vb))
-    ga, gb = _gpus(old), _gpus(new)
-    if ga != gb:
-        changes.append(InputChange("detected GPUs", ga, gb))
-    ea, eb = _builder_dep(old, "docker-engine"), _builder_dep(new, "docker-engine")
-    if ea != eb:
-        changes.append(InputChange("docker engine", ea, eb))
-    pa, pb = _external(old), _external(new)
-    if pa.get("manifestDigest") != pb.get("manifestDigest"):
-        for path in diff_fields(pa.get("manifest"), pb.get("manifest")):
+    if old.hardware_class != new.hardware_class:
+        changes.append(InputChange("hardware class", old.hardware_class, new.hardware_class))
+    if old.gpus != new.gpus:
+        changes.append(InputChange("detected GPUs", list(old.gpus), list(new.gpus)))
+    if old.engine != new.engine:
+        changes.append(InputChange("docker engine", old.engine, new.engine))
+    if old.manifest_digest != new.manifest_digest:
+        for path in diff_fields(old.manifest, new.manifest):
             changes.append(InputChange(f"manifest {path}", None, None))
     return tuple(changes)
 
@@ -269,25 +243,6 @@ def _short_dep(dep: dict[str, Any] | None) -> Any:
     if dep is None:
         return None
     return {"uri": dep.get("uri"), "digest": dep.get("digest")}
-
-
-def _external(statement: dict[str, Any]) -> dict[str, Any]:
-    return statement.get("predicate", {}).get("buildDefinition", {}).get("externalParameters", {})
-
-
-def _gpus(statement: dict[str, Any]) -> list[str]:
-    for b in statement.get("predicate", {}).get("runDetails", {}).get("byproducts", []):
-        if b.get("name") == "host":
-            return [f"{g.get('name')} (driver {g.get('driver_version')})" for g in b.get("annotations", {}).get("gpus", [])]
-    return []
-
-
-def _builder_dep(statement: dict[str, Any], name: str) -> str | None:
-    builder = statement.get("predicate", {}).get("runDetails", {}).get("builder", {})
-    for dep in builder.get("builderDependencies", []):
-        if dep.get("name") == name:
-            return dep.get("uri")
-    return None
 
 
 # --- the whole verb --------------------------------------------------------------------------------
@@ -318,24 +273,21 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
     finally:
         if temporary:
             path.unlink(missing_ok=True)
-    fresh = read_statement(summary.attestation)
-    tolerances = {o["path"]: o["tolerance"] for o in fresh["predicate"]["buildDefinition"]
-                  ["externalParameters"]["manifest"].get("outputs", []) if o.get("tolerance")}
+    assert summary.attestation is not None  # a run that returns has written its attestation
+    recorded, fresh = RecordedRun.from_statement(statement), RecordedRun.from_statement(read_statement(summary.attestation))
+    tolerances = {o["path"]: o["tolerance"] for o in (fresh.manifest or {}).get("outputs", []) if o.get("tolerance")}
     rows = compare_outputs(
-        recorded_outputs(statement), summary.outputs,
-        metrics_recorded=_recorded_metrics(statement, attestation), metrics_now=summary.metrics,
+        recorded.subjects, summary.outputs,
+        metrics_recorded=_recorded_metrics(recorded, attestation), metrics_now=summary.metrics,
         tolerances=tolerances, rtol=rtol, atol=atol,
     )
     return Report(attestation=str(attestation), run_id=summary.run_id, run_dir=str(summary.run_dir),
-                  outputs=rows, changes=changed_inputs(statement, fresh))
+                  outputs=rows, changes=changed_inputs(recorded, fresh))
 
 
-def _recorded_metrics(statement: dict[str, Any], attestation: Path) -> dict[str, dict[str, float]]:
+def _recorded_metrics(recorded: RecordedRun, attestation: Path) -> dict[str, dict[str, float]]:
     """Metrics values as the attestation records them (the run.json beside it as a fallback)."""
-    metrics = find_extension(statement.get("predicate"), "xrun_metrics")
-    if isinstance(metrics, dict):
-        return metrics
-    record = attestation.parent / "run.json"
-    if record.is_file():
-        return json.loads(record.read_text()).get("metrics", {})
-    return {}
+    if recorded.metrics:
+        return recorded.metrics
+    record = RunRecord.load(attestation.parent / "run.json")
+    return record.metrics if record is not None else {}

@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.runs.record import RunRecord
+
 RUNNER_LABEL = "org.xrun.runner"
 KILLED = "the runner was killed"
 RECHECK_S = 1.0  # a create call in flight when xrun died lands on the engine a moment later
@@ -93,7 +95,7 @@ def watch(run_dir: Path, identity: str) -> None:
             pass
     except OSError:
         pass
-    record = _read_record(run_dir / "run.json")
+    record = RunRecord.load(run_dir / "run.json")
     if record is None or not _unfinished(run_dir, record):
         return
     try:
@@ -126,17 +128,18 @@ def remove_containers(identity: str, client: Any = None) -> int:
 
 def mark_killed(run_dir: Path, identity: str) -> bool:
     """Mark a run still 'running' as failed because its runner died; False when it had ended."""
-    from runner.rundir import rfc3339, utc_now, write_json
+    from runner.rundir import rfc3339, utc_now
 
     record_path = run_dir / "run.json"
-    record = _read_record(record_path)
+    record = RunRecord.load(record_path)
     if record is None or not _unfinished(run_dir, record):
         return False
     pid = identity.split(":")[1] if identity.count(":") >= 2 else "?"
-    record.update({"status": "failed", "finishedOn": record.get("finishedOn") or rfc3339(utc_now()),
-                   "error": f"{KILLED} (process {pid} ended before the run finished); its containers were removed"})
-    record.pop("attestation", None)
-    write_json(record_path, record)
+    record.status = "failed"
+    record.finished_on = record.finished_on or rfc3339(utc_now())
+    record.error = f"{KILLED} (process {pid} ended before the run finished); its containers were removed"
+    record.attestation = None
+    record.save(record_path)
     for name in ("provenance.intoto.jsonl", "provenance.sigstore.json"):
         try:
             (run_dir / name).unlink()
@@ -150,11 +153,11 @@ def reap_orphans(runs_dir: Path, client: Any = None) -> list[str]:
     reaped = []
     if runs_dir.is_dir():
         for run_dir in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-            record = _read_record(run_dir / "run.json")
+            record = RunRecord.load(run_dir / "run.json")
             if record is None or not _unfinished(run_dir, record):
                 continue
-            identity = record.get("runner")
-            if isinstance(identity, str) and is_gone(identity) and mark_killed(run_dir, identity):
+            identity = record.runner
+            if identity and is_gone(identity) and mark_killed(run_dir, identity):
                 reaped.append(run_dir.name)
     if client is not None:
         _remove_dead_runners_containers(client)
@@ -171,23 +174,11 @@ def _remove_dead_runners_containers(client: Any) -> None:
                 pass
 
 
-def _unfinished(run_dir: Path, record: dict[str, Any]) -> bool:
+def _unfinished(run_dir: Path, record: RunRecord) -> bool:
     """Still running, or succeeded with its attestation not yet written (killed while signing)."""
-    if record.get("status") == "running":
+    if record.status == "running":
         return True
-    attestation = record.get("attestation")
-    return (record.get("status") == "succeeded" and isinstance(attestation, str)
-            and not (run_dir / attestation).exists())
-
-
-def _read_record(path: Path) -> dict[str, Any] | None:
-    import json
-
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+    return record.status == "succeeded" and bool(record.attestation) and not (run_dir / str(record.attestation)).exists()
 
 
 def main(argv: list[str]) -> int:

@@ -52,6 +52,8 @@ def _record(runs: Path) -> dict:
 
 
 def _containers_of(client, runs: Path) -> list:
+    if not runs.is_dir() or not [p for p in runs.iterdir() if (p / "run.json").is_file()]:
+        return []
     runner = _record(runs).get("runner")
     return client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={runner}"}) if runner else []
 
@@ -69,6 +71,21 @@ def _slow_data(server: FaultServer, root: Path, base_image: str) -> Path:
     return manifest
 
 
+def _fresh_build(root: Path, base_image: str) -> Path:
+    """An experiment whose code tree is new to the engine, so `xrun run` has to build its image."""
+    manifest = write_experiment(root, base_image)
+    (root / "nonce.txt").write_text(os.urandom(16).hex())
+    return manifest
+
+
+def _until_building(proc: subprocess.Popen[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:  # the build announces itself before it starts
+        if "building" in line:
+            return
+    pytest.fail("xrun never started a build", pytrace=False)
+
+
 def _assert_marked_killed(runs: Path, docker_client) -> None:
     _wait_for(lambda: _record(runs)["status"] == "failed", "the run being marked failed", timeout=30)
     record = _record(runs)
@@ -84,7 +101,7 @@ def test_sigkill_during_training_removes_the_container_and_marks_the_run(tmp_pat
                                 command=["sh", "-c", "sleep 2; echo late > /outputs/late.txt; sleep 120"])
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
-    _wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and _containers_of(docker_client, runs),
+    _wait_for(lambda: _containers_of(docker_client, runs),
               "the training container's start")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
@@ -114,14 +131,11 @@ def test_sigkill_during_fetch_leaves_no_entry_and_marks_the_run(tmp_path, base_i
 
 
 def test_sigkill_during_build_leaves_no_container(tmp_path, base_image, cache_dir, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = _fresh_build(tmp_path / "exp", base_image)
     runs = tmp_path / "runs"
     before = {c.id for c in docker_client.containers.list(all=True)}
     proc = _start(manifest, runs, cache_dir, quiet=False)
-    assert proc.stderr is not None
-    for line in proc.stderr:  # the build announces itself before it starts
-        if "building" in line:
-            break
+    _until_building(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     _assert_marked_killed(runs, docker_client)
@@ -150,13 +164,10 @@ def test_signal_during_fetch_is_exit_130_and_interrupted(tmp_path, base_image, c
 
 def test_sigterm_during_build_is_exit_130_with_no_dangling_image(tmp_path, base_image, cache_dir, docker_client):
     dangling = {i.id for i in docker_client.images.list(filters={"dangling": True})}
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = _fresh_build(tmp_path / "exp", base_image)
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir, quiet=False)
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        if "building" in line:
-            break
+    _until_building(proc)
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
@@ -170,7 +181,7 @@ def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, dock
     manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
-    _wait_for(lambda: runs.is_dir() and any(runs.iterdir()) and _containers_of(docker_client, runs),
+    _wait_for(lambda: _containers_of(docker_client, runs),
               "the training container's start")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)

@@ -126,7 +126,7 @@ def test_the_ci_workflow_commands(recorded, tmp_path):
     assert proc.returncode == 0, proc.stderr
     report = json.loads(proc.stdout)
     assert report["reproduced"] is True
-    fresh = Path(report["run_dir"]) / "provenance.intoto.jsonl"
+    fresh = Path(report["runDir"]) / "provenance.intoto.jsonl"
     verify = subprocess.run([sys.executable, "-m", "runner.cli", "verify", str(fresh), "--key", str(pub)],
                             capture_output=True, text=True, env=env)
     assert verify.returncode == 0, verify.stdout

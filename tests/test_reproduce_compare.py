@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from runner.attest.recorded import RecordedRun
+
 from runner.errors import IntegrityError
 from runner.reproduce import (
     Tolerance,
@@ -61,11 +63,13 @@ def test_diff_fields_paths():
     assert diff_fields(a, b) == ["data[0].sha256", "seeds.global"]
 
 
-def _statement(deps, cls="cpu-1"):
-    return {"predicate": {"buildDefinition": {"resolvedDependencies": deps,
-                                              "externalParameters": {"manifest": {}, "manifestDigest": {"sha256": "m"}}},
-                          "runDetails": {"builder": {"builderDependencies": []}, "byproducts": []},
-                          "xrun_hardware_class": cls}}
+def _statement(deps, cls="cpu-1", manifest=None):
+    return RecordedRun.from_statement(
+        {"predicate": {"buildDefinition": {"resolvedDependencies": deps,
+                                           "externalParameters": {"manifest": manifest or {},
+                                                                  "manifestDigest": {"sha256": "m"}}},
+                       "runDetails": {"builder": {"builderDependencies": []}, "byproducts": [],
+                                      "xrun_hardware_class": cls}}})
 
 
 def test_changed_inputs_names_each_dependency():
@@ -75,6 +79,15 @@ def test_changed_inputs_names_each_dependency():
                       {"name": "code", "digest": {"sha256": "c"}}], cls="cpu-2")
     names = [c.name for c in changed_inputs(old, new)]
     assert names == ["data/iris", "hardware class"]
+
+
+def test_a_users_env_key_does_not_hide_the_recorded_hardware_class():
+    # The schema allows run.env: {xrun_hardware_class: …}; a depth-first search used to find it first.
+    manifest = {"run": {"env": {"xrun_hardware_class": "cpu-1"}}}
+    old = _statement([], cls="cpu-1", manifest=manifest)
+    new = _statement([], cls="cpu-2", manifest=manifest)
+    assert old.hardware_class == "cpu-1"
+    assert [(c.name, c.recorded, c.now) for c in changed_inputs(old, new)] == [("hardware class", "cpu-1", "cpu-2")]
 
 
 def test_read_statement_accepts_both_base64_alphabets(tmp_path: Path):

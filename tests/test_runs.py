@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import UsageError
-from runner.runs import diff_runs, find_run, list_runs
+from runner.runs.store import diff_runs, find_run, list_runs
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -10,31 +10,48 @@ from typing import Any
 
 from runner.errors import UsageError
 from runner.reproduce import diff_fields
+from runner.runs.record import RunRecord
 from runner.watchdog import reap_orphans
 
 
 @dataclass(frozen=True)
 class RunInfo:
+    """One run directory: its id, path, typed record and plan."""
+
     run_id: str
     path: Path
-    record: dict[str, Any]
+    record: RunRecord
     plan: dict[str, Any]
 
     @property
     def duration_s(self) -> float | None:
-        start, end = self.record.get("startedOn"), self.record.get("finishedOn")
+        """Seconds from start to finish (None while unfinished)."""
+        start, end = self.record.started_on, self.record.finished_on
         if not start or not end:
             return None
         fmt = "%Y-%m-%dT%H:%M:%SZ"
         return (datetime.strptime(end, fmt) - datetime.strptime(start, fmt)).total_seconds()
 
+    @property
+    def attested(self) -> bool:
+        """Whether the run's attestation exists."""
+        return (self.path / "provenance.intoto.jsonl").exists()
+
     def to_json(self) -> dict[str, Any]:
         """Summary row for `runs ls --json`."""
-        return {"run_id": self.run_id, "run_dir": str(self.path), "name": self.record.get("name"),
-                "status": self.record.get("status"), "startedOn": self.record.get("startedOn"),
-                "durationSeconds": self.duration_s, "planDigest": self.record.get("planDigest"),
-                "outputs": self.record.get("outputs", {}), "metrics": self.record.get("metrics", {}),
-                "attested": (self.path / "provenance.intoto.jsonl").exists()}
+        r = self.record
+        return {"runId": self.run_id, "runDir": str(self.path), "name": r.name or None, "status": r.status,
+                "startedOn": r.started_on or None, "durationSeconds": self.duration_s,
+                "planDigest": r.plan_digest or None, "outputs": r.outputs, "metrics": r.metrics,
+                "attested": self.attested}
+
+
+def load_run(path: Path) -> RunInfo | None:
+    """The run in one directory, or None when it holds no readable run.json."""
+    record = RunRecord.load(path / "run.json")
+    if record is None:
+        return None
+    return RunInfo(path.name, path, record, _load(path / "plan.json") or {})
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
@@ -42,20 +59,15 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
     if not runs_dir.is_dir():
         return []
     reap_orphans(runs_dir)
-    runs = []
-    for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-        record = _load(path / "run.json")
-        if record is None:
-            continue
-        runs.append(RunInfo(path.name, path, record, _load(path / "plan.json") or {}))
-    return runs
+    runs = [load_run(path) for path in sorted(p for p in runs_dir.iterdir() if p.is_dir())]
+    return [r for r in runs if r is not None]
 
 
 def find_run(runs_dir: Path, ref: str) -> RunInfo:
     """A run by id, unique id prefix, path, or 'latest'."""
-    direct = Path(ref)
-    if (direct / "run.json").is_file():
-        return RunInfo(direct.name, direct, _load(direct / "run.json") or {}, _load(direct / "plan.json") or {})
+    direct = load_run(Path(ref)) if (Path(ref) / "run.json").is_file() else None
+    if direct is not None:
+        return direct
     runs = list_runs(runs_dir)
     if ref == "latest" and runs:
         return runs[-1]
@@ -69,25 +81,25 @@ def find_run(runs_dir: Path, ref: str) -> RunInfo:
 
 def diff_runs(a: RunInfo, b: RunInfo) -> dict[str, Any]:
     """Manifest fields, plan fields, inputs, outputs and metrics that differ between two runs."""
-    ma, mb = _manifest(a), _manifest(b)
+    ra, rb = a.record, b.record
     outputs = {}
-    for path in sorted(set(a.record.get("outputs", {})) | set(b.record.get("outputs", {}))):
-        da, db = a.record.get("outputs", {}).get(path), b.record.get("outputs", {}).get(path)
+    for path in sorted(set(ra.outputs) | set(rb.outputs)):
+        da, db = ra.outputs.get(path), rb.outputs.get(path)
         if da != db:
             outputs[path] = {"a": da, "b": db}
     metrics = {}
-    for path in sorted(set(a.record.get("metrics", {})) | set(b.record.get("metrics", {}))):
-        va, vb = a.record.get("metrics", {}).get(path, {}), b.record.get("metrics", {}).get(path, {})
+    for path in sorted(set(ra.metrics) | set(rb.metrics)):
+        va, vb = ra.metrics.get(path, {}), rb.metrics.get(path, {})
         for key in sorted(set(va) | set(vb)):
             if va.get(key) != vb.get(key):
                 metrics[f"{path}:{key}"] = {"a": va.get(key), "b": vb.get(key)}
     return {
         "a": a.run_id, "b": b.run_id,
-        "manifest": diff_fields(ma, mb),
+        "manifest": diff_fields(_manifest(a), _manifest(b)),
         "plan": diff_fields(a.plan, b.plan),
         "outputs": outputs,
         "metrics": metrics,
-        "host": diff_fields(a.record.get("host"), b.record.get("host")),
+        "host": diff_fields(ra.host, rb.host),
     }
 
 

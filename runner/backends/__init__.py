@@ -1,0 +1,1 @@
+"""Where the run stage executes: an interface (interface.py) and one file per backend."""

@@ -1,0 +1,106 @@
+"""The run context: everything a run needs, resolved once before any work, then handed to each stage.
+
+Like sigstore-python's SigningContext: `RunContext.create()` loads and plans the manifest, checks
+the host against the hardware class, loads the signing key (a wrong password must not cost a
+training run), connects to the engine and opens the cache; the stages then only do their work.
+This is the seam every backend plugs into.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+from runner import hardware
+from runner.fetch import Cache, FetchOptions
+from runner.manifest import load_manifest
+from runner.plan import Plan, resolve_plan
+from runner.rundir import default_runs_dir
+
+if TYPE_CHECKING:
+    from runner.attest import ResourceDescriptor, Signer
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run: where runs go, the signing key, and the escape hatches."""
+
+    runs_dir: Path | None = None
+    key: Path | None = None
+    key_password: bytes | None = None
+    allow_hardware_mismatch: bool = False
+    quiet: bool = False
+    fetch: FetchOptions = field(default_factory=FetchOptions)
+    reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
+    backend: str = "local"
+
+
+class ProgressSink(Protocol):
+    """Where library code reports what a person should see (the terminal today; trackers, a report later)."""
+
+    def info(self, message: str) -> None:
+        """Something worth saying (skipped when quiet)."""
+
+    def warn(self, message: str) -> None:
+        """Something the user must know even when quiet."""
+
+
+@dataclass(frozen=True)
+class StderrProgress:
+    """The terminal sink: `xrun: …` lines on stderr."""
+
+    quiet: bool = False
+
+    def info(self, message: str) -> None:
+        """Print unless quiet."""
+        if not self.quiet:
+            print(f"xrun: {message}", file=sys.stderr)
+
+    def warn(self, message: str) -> None:
+        """Always print."""
+        print(f"xrun: warning: {message}", file=sys.stderr)
+
+
+def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """--key, else XRUN_SIGNING_KEY, else none (unsigned)."""
+    if explicit is not None:
+        return explicit
+    value = environ.get("XRUN_SIGNING_KEY")
+    return Path(value) if value else None
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Plan, host, signer, engine client, cache and options of one run, resolved before it starts."""
+
+    plan: Plan
+    host: hardware.Host
+    hardware_mismatch: tuple[str, ...]
+    signer: Signer | None
+    client: Any  # docker.DockerClient
+    cache: Cache
+    runs_dir: Path
+    options: RunOptions
+    progress: ProgressSink
+
+    @classmethod
+    def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
+        """Resolve everything a run needs; raises XrunError (with its exit code) before any work is done."""
+        from runner.attest import load_signer
+        from runner.docker_client import docker_client
+
+        plan = resolve_plan(load_manifest(manifest_path))
+        host = hardware.detect_host()
+        mismatch = hardware.shortfalls(plan.hardware, host)
+        if mismatch and not options.allow_hardware_mismatch:
+            hardware.check_host(plan.hardware, host)
+        key_path = signing_key_path(options.key)
+        signer = load_signer(key_path, options.key_password) if key_path else None
+        return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
+                   cache=Cache.default(),
+                   runs_dir=(options.runs_dir or default_runs_dir(plan.manifest.root)).absolute(),
+                   options=options, progress=progress or StderrProgress(options.quiet))

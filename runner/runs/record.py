@@ -1,0 +1,79 @@
+"""run.json: the typed record of one run, written by the pipeline and read back by every other command."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.wire import camel, fields_to_wire, snake
+
+STATUSES = ("running", "succeeded", "failed", "interrupted")
+
+
+@dataclass
+class RunRecord:
+    """What happened in one run; the file is rewritten atomically at each change of state."""
+
+    run_id: str
+    name: str
+    status: str  # one of STATUSES
+    manifest: str  # the manifest file as given (absolute)
+    manifest_sha256: str
+    plan_digest: str
+    started_on: str  # RFC 3339
+    host: dict[str, Any] = field(default_factory=dict)
+    hardware_class: str = ""
+    hardware_mismatch: list[str] = field(default_factory=list)
+    runner: str | None = None  # host:pid:start of the xrun process (runner/watchdog.py)
+    image_id: str | None = None
+    exit_code: int | None = None
+    container_started_on: str | None = None
+    finished_on: str | None = None
+    log_sha256: str | None = None
+    container_status: str | None = None
+    outputs: dict[str, str] = field(default_factory=dict)  # path under /outputs → sha256
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics file → key → value
+    attestation: str | None = None  # its file name in the run directory once signed/written
+    signed: bool | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer xrun, kept as they were
+
+    def to_json(self) -> dict[str, Any]:
+        """The run.json object (camelCase; unset fields left out)."""
+        data = fields_to_wire(self, omit_none=True)
+        extra = data.pop("extra", {})
+        return {**extra, **data}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "RunRecord":
+        """Read a run.json object; unknown keys are kept in `extra`."""
+        known = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        values: dict[str, Any] = {}
+        extra: dict[str, Any] = {}
+        for key, value in data.items():
+            name = snake(key)
+            if name in known and camel(name) == key:
+                values[name] = value
+            else:
+                extra[key] = value
+        for required in ("run_id", "name", "status", "manifest", "manifest_sha256", "plan_digest", "started_on"):
+            values.setdefault(required, "")
+        return cls(**values, extra=extra)
+
+    @classmethod
+    def load(cls, path: Path) -> "RunRecord | None":
+        """The record at path, or None when it is missing or not a JSON object."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cls.from_json(data) if isinstance(data, dict) else None
+
+    def save(self, path: Path) -> None:
+        """Write atomically (readers see the old record or the new one)."""
+        from runner.rundir import write_json
+
+        write_json(path, self.to_json())

@@ -463,3 +463,13 @@ def test_a_run_after_tampering_reads_and_attests_the_verified_bytes(tmp_path: Pa
     deps = {d["name"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]}
     assert deps["data/input"]["digest"]["sha256"] == sha(b"hello\n")
     assert second.outputs == first.outputs  # the same bytes in, the same outputs out
+
+
+def test_changed_since_fetch_names_items_written_after_the_check(local_item: Path, http_tree: Path, cache: Cache):
+    from runner.fetch.stage import changed_since_fetch
+
+    items = [fetch(local_item, cache), fetch(http_tree, cache)]
+    assert changed_since_fetch(cache, items) == []
+    edit_then_touch_back(items[0].host_path)
+    add_file(items[1].host_path)
+    assert changed_since_fetch(cache, items) == ["iris", "images"]

@@ -282,7 +282,9 @@ class Cache:
         """
         try:
             if stat.S_IMODE(os.stat(blob.path).st_mode) & 0o222:
-                os.chmod(blob.path, READ_ONLY_FILE)  # a cache entry is read-only; a user's chmod is undone
+                # A cache entry is read-only; a user's chmod is undone (not ours to undo in a shared cache).
+                with contextlib.suppress(PermissionError):
+                    os.chmod(blob.path, READ_ONLY_FILE)
             before = os.stat(blob.path)
             if hash_file(blob.path, blob.algorithm) != blob.hexdigest:
                 return False

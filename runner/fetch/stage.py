@@ -140,3 +140,21 @@ def _ready_tree(planned: PlannedData, root: Path, cache: Cache, options: FetchOp
     cache.mark_used(algorithm, hexdigest)
     return FetchedData(name=item.name, uri=item.uri, algorithm=algorithm, hexdigest=hexdigest, host_path=tree,
                        container_path=planned.container_path, size=size, unpacked=True, cache_hit=True), None
+
+
+def changed_since_fetch(cache: Cache, fetched: Sequence[FetchedData]) -> list[str]:
+    """Items whose cache entry no longer matches its fingerprint: for a check right after the run.
+
+    The fetch stage proves each entry is the verified bytes before the run; a write while the
+    container ran would go unseen by it. One stat per blob (per member for a tree) closes that gap.
+    """
+    changed = []
+    for item in fetched:
+        if item.unpacked:
+            trusted = cache.tree_trusted(item.algorithm, item.hexdigest)
+        else:
+            probe = cache.probe(item.algorithm, item.hexdigest)
+            trusted = probe is not None and probe.trusted and probe.blob.path == item.host_path
+        if not trusted:
+            changed.append(item.name)
+    return changed

@@ -231,9 +231,7 @@ class Cache:
         try:
             with open(self.state_path(algorithm, hexdigest, kind), "rb") as f:
                 text = f.read(512).decode("ascii", "replace")
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError:
+        except OSError:  # missing, or unreadable: either way nothing vouches for the entry
             return None
         version, _, value = text.strip().partition(" ")
         return value if version == FINGERPRINT_VERSION else None

@@ -221,7 +221,7 @@ def test_cli_fetch_says_fetched_not_hit_and_exits_3_when_the_source_is_gone(loca
                                                                            monkeypatch: pytest.MonkeyPatch,
                                                                            capsys: pytest.CaptureFixture[str]):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cli-cache"))
-    monkeypatch.delenv("XRUN_VERIFY_DATA", raising=False)
+    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # recorded, so the flag's export is undone afterwards
     assert main(["fetch", str(local_item), "--quiet"]) == 0
     path = Cache.default().blob_path("sha256", sha(DATA))
     modify_in_place(path)
@@ -291,7 +291,7 @@ def test_xrun_verify_data_environment_variable(monkeypatch: pytest.MonkeyPatch):
 def test_cli_verify_data_flag_rehashes(local_item: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cli-cache"))
-    monkeypatch.delenv("XRUN_VERIFY_DATA", raising=False)
+    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # recorded, so the flag's export is undone afterwards
     assert main(["fetch", str(local_item), "--quiet"]) == 0
     cache = Cache.default()
     modify_in_place(cache.blob_path("sha256", sha(DATA)))
@@ -447,7 +447,7 @@ def test_a_run_after_tampering_reads_and_attests_the_verified_bytes(tmp_path: Pa
     from tests.test_run import write_experiment
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.delenv("XRUN_VERIFY_DATA", raising=False)
+    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # recorded, so the flag's export is undone afterwards
     manifest = write_experiment(tmp_path / "exp", base_image)
     first = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert json.loads((first.run_dir / "outputs" / "probe.json").read_text())["data"] == "hello\n"

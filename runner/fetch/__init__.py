@@ -26,5 +26,5 @@ from runner.fetch.maintenance import (Removed, VerifyResult, gc_cache, keep_for_
 from runner.fetch.stage import BlobRequest, FetchedData, changed_since_fetch, fetch_blobs, fetch_data
 
 __all__ = ["Blob", "BlobRequest", "Cache", "CacheEntry", "Cancelled", "FetchOptions", "FetchedData", "Removed",
-           "VerifyResult", "changed_since_fetch", "fetch_blob", "fetch_blobs", "fetch_data", "gc_cache", "keep_for_manifest", "keep_for_plan",
-           "list_cache", "verify_cache"]
+           "VerifyResult", "changed_since_fetch", "fetch_blob", "fetch_blobs", "fetch_data", "gc_cache",
+           "keep_for_manifest", "keep_for_plan", "list_cache", "verify_cache"]

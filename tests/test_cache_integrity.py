@@ -17,6 +17,7 @@ import json
 import os
 import stat
 import tarfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,6 +61,12 @@ TAR = make_tar(TREE)
 # --- the ways to tamper with a file -------------------------------------------------------------------
 
 
+def _next_clock_tick() -> None:
+    """Kernels before 6.13 stamp ctime from a clock that ticks every few ms: a change in the same tick
+    as xrun's fingerprint would look unchanged (see runner/fetch/cache.py). Users are never that fast."""
+    time.sleep(0.02)
+
+
 class _writable:
     """chmod u+w for the duration (the cache keeps entries and tree folders read-only), then back."""
 
@@ -74,6 +81,7 @@ class _writable:
 
 
 def modify_in_place(path: Path) -> None:
+    _next_clock_tick()
     with _writable(path), open(path, "r+b") as f:
         first = f.read(1)
         f.seek(0)
@@ -81,6 +89,7 @@ def modify_in_place(path: Path) -> None:
 
 
 def truncate(path: Path) -> None:
+    _next_clock_tick()
     with _writable(path):
         os.truncate(path, os.stat(path).st_size // 2)
 
@@ -241,6 +250,7 @@ def test_cli_fetch_says_fetched_not_hit_and_exits_3_when_the_source_is_gone(loca
 def test_an_intact_entry_whose_stat_changed_is_re_hashed_and_kept(local_item: Path, cache: Cache,
                                                                  capsys: pytest.CaptureFixture[str]):
     path = fetch(local_item, cache).host_path
+    _next_clock_tick()
     os.chmod(path, 0o644)  # a chmod (ctime moves) without any change of content: re-hashed, sealed again
     os.utime(path, (1_000_000, 1_000_000))
     capsys.readouterr()
@@ -310,6 +320,7 @@ def test_cli_verify_data_flag_rehashes(local_item: Path, tmp_path: Path, monkeyp
 
 def add_file(tree: Path) -> None:
     folder = tree / "images"
+    _next_clock_tick()
     before = os.stat(folder)
     with _writable(folder):
         (folder / "extra.txt").write_bytes(b"smuggled\n")
@@ -415,6 +426,7 @@ def test_fetch_blobs_requests_name_their_kind(cache: Cache, server: FaultServer,
 def test_cache_verify_refreshes_fingerprints_and_gc_drops_them(local_item: Path, cache: Cache, tmp_path: Path):
     path = fetch(local_item, cache).host_path
     state = cache.state_path("sha256", sha(DATA), "blob")
+    _next_clock_tick()
     os.chmod(path, 0o444)
     os.utime(path, (2_000_000, 2_000_000))  # stat changed, bytes intact
     assert cache.probe("sha256", sha(DATA)).trusted is False

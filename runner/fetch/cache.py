@@ -19,7 +19,10 @@ folder and renamed into place after verification. An entry is *trusted* only whi
 still equals the fingerprint recorded when its bytes were verified (size, mtime, ctime, inode,
 device, mode): any write, truncation, replacement or chmod changes ctime or the inode, and neither
 can be set back by a user, so a warm hit is one stat plus one small read, and anything else is
-re-hashed before it is used (runner.fetch.download, runner.fetch.archive).
+re-hashed before it is used (runner.fetch.download, runner.fetch.archive). One limit: before Linux
+6.13 (multigrain timestamps) ctime comes from a clock that ticks every 1–10 ms, so a same-size write
+within that tick after the fingerprint was taken would keep every field; only a process racing
+xrun's commit can hit it, and `--verify-data` re-hashes regardless.
 """
 
 from __future__ import annotations

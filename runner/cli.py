@@ -144,12 +144,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-hardware-mismatch", action="store_true", help="re-run even on a host outside the class")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="do not stream the training log")
+    _verify_data_arg(p)
 
     p = command("build", "build (or find in the image cache) the hermetic image of an experiment",
                 "xrun build experiment.yaml --json", _cmd_build)
     _manifest_arg(p)
     p.add_argument("--json", action="store_true", help="print the image as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no build log")
+    _verify_data_arg(p)
 
     p = command("fetch", "fetch and verify every data item into the content-addressed cache",
                 "xrun fetch experiment.yaml --json", _cmd_fetch)
@@ -158,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars")
     p.add_argument("--retries", type=int, default=5, help="retries per item on transient faults (default 5)")
     p.add_argument("--parallel", type=int, default=4, help="downloads at once (default 4)")
+    _verify_data_arg(p)
 
     cache = command("cache", "inspect and maintain the content-addressed cache", "xrun cache verify",
                     lambda a: (cache.print_help(), 2)[1])
@@ -242,6 +245,22 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path, help="where run directories go (default: <manifest folder>/.xrun/runs)")
     p.add_argument("--allow-hardware-mismatch", action="store_true",
                    help="run even if this host cannot satisfy the hardware class, and record that")
+    _verify_data_arg(p)
+
+
+def _verify_data_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--verify-data", action="store_true",
+                   help="re-hash every cached input (data, unpacked archives, wheels) before use instead of "
+                        "trusting its fingerprint (auditors; CI: XRUN_VERIFY_DATA=1)")
+
+
+def _verify_data(args: argparse.Namespace) -> bool:
+    """--verify-data or XRUN_VERIFY_DATA=1; exported so stages building their own fetch options (wheels) see it."""
+    from runner.fetch.interface import VERIFY_ENV, verify_requested
+
+    if args.verify_data:
+        os.environ[VERIFY_ENV] = "1"
+    return verify_requested(os.environ)
 
 
 def _run_options_from(args: argparse.Namespace) -> Any:
@@ -251,7 +270,7 @@ def _run_options_from(args: argparse.Namespace) -> Any:
     password = os.environ.get("XRUN_KEY_PASSWORD")
     return RunOptions(runs_dir=args.runs_dir, key=args.key, key_password=password.encode() if password else None,
                       allow_hardware_mismatch=args.allow_hardware_mismatch, quiet=args.quiet or args.json,
-                      fetch=FetchOptions(quiet=args.quiet or args.json))
+                      fetch=FetchOptions(quiet=args.quiet or args.json, verify=_verify_data(args)))
 
 
 def _print_summary(summary: Any) -> None:
@@ -378,6 +397,7 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
 
+    _verify_data(args)  # through the environment: the image stage makes its own fetch options for wheels
     plan = resolve_plan(load_manifest(args.manifest))
     image = build_image(plan, Cache.default(), docker_client(), quiet=args.quiet or args.json)
     if args.json:
@@ -395,7 +415,8 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     from runner.plan import resolve_plan
 
     plan = resolve_plan(load_manifest(args.manifest))
-    options = FetchOptions(retries=args.retries, parallel=args.parallel, quiet=args.quiet or args.json)
+    options = FetchOptions(retries=args.retries, parallel=args.parallel, quiet=args.quiet or args.json,
+                           verify=_verify_data(args))
     items = fetch_data(plan, Cache.default(), options)
     if args.json:
         _print_json([i.to_json() for i in items])

@@ -402,7 +402,10 @@ def choose_wheels(lockfile: Lockfile, target: PythonTarget, cache: Any) -> list[
 
 def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path, quiet: bool = False,
                  parallel: int = 4) -> list[tuple[ResolvedWheel, Path]]:
-    """Fetch every chosen wheel through runner.fetch (shared cache, verified, retried), in order."""
+    """Fetch every chosen wheel through runner.fetch (shared cache, verified, retried), in order.
+
+    A cached wheel is used only while its fingerprint holds (always re-hashed under XRUN_VERIFY_DATA=1).
+    """
     from runner.fetch import FetchOptions, fetch_blob
     from runner.fetch.progress import make_reporter
 
@@ -417,7 +420,7 @@ def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path, quiet: boo
             raise ManifestError(f"{item.entry.source}: {item.entry.name}: {item.candidate.filename} has no "
                                 "sha256/sha512 hash xrun can verify; regenerate the lock with sha256")
         blob = fetch_blob(cache, item.candidate.url, digests, name=item.candidate.filename, base_dir=base_dir,
-                          options=options, reporter=reporter, cancel=cancel)
+                          options=options, reporter=reporter, cancel=cancel, kind="wheel")
         sha256 = digests.get("sha256") or sha256_file(blob.path)
         wheel = ResolvedWheel(item.entry.name, item.entry.version, item.candidate.filename, item.candidate.url, sha256)
         return wheel, blob.path

@@ -228,3 +228,36 @@ def test_flock_fallback_survives_gc_unlinking_its_file(tmp_path: Path):
     t.join(5)
     assert got.is_set()
     assert cache.lock_path("sha256", h).exists()
+
+
+def test_a_committed_blob_is_fingerprinted_and_only_its_stat_is_compared(cache: Cache, tmp_path: Path):
+    blob = put(cache, tmp_path, "a.bin", b"abc" * 1000)
+    probe = cache.probe("sha256", blob.hexdigest)
+    assert probe is not None and probe.trusted and probe.fingerprinted
+    blob.path.read_bytes()  # reading moves atime only: still trusted
+    assert cache.probe("sha256", blob.hexdigest).trusted
+    time.sleep(0.02)  # past the ctime clock's tick on kernels before 6.13 (see runner/fetch/cache.py)
+    os.chmod(blob.path, 0o444)  # even a chmod to the same mode moves ctime
+    assert not cache.probe("sha256", blob.hexdigest).trusted
+    assert cache.rehash_blob(blob) and cache.probe("sha256", blob.hexdigest).trusted
+
+
+def test_fingerprint_records_round_trip_and_refuse_other_versions(cache: Cache):
+    h = "ab" * 32
+    assert cache.read_fingerprint("sha256", h, "blob") is None
+    cache.write_fingerprint("sha256", h, "blob", "1:2:3:4:5:100444")
+    assert cache.read_fingerprint("sha256", h, "blob") == "1:2:3:4:5:100444"
+    cache.state_path("sha256", h, "blob").write_text("v0 1:2:3:4:5:100444\n")
+    assert cache.read_fingerprint("sha256", h, "blob") is None
+    cache.drop_fingerprint("sha256", h, "blob")
+    assert not cache.state_path("sha256", h, "blob").exists()
+    assert list(cache.state_path("sha256", h, "blob").parent.iterdir()) == []  # no temporary file left
+
+
+def test_a_tree_fingerprint_sees_members_and_the_listing(cache: Cache, tmp_path: Path):
+    blob, tree = put_tree(cache, tmp_path, "t.tar", {"d/x.txt": b"x", "y.txt": b"y"})
+    assert cache.tree_trusted(blob.algorithm, blob.hexdigest)
+    listing = cache.tree_listing_path(blob.algorithm, blob.hexdigest)
+    time.sleep(0.02)  # past the ctime clock's tick on kernels before 6.13
+    os.utime(listing, ns=(os.stat(listing).st_atime_ns, os.stat(listing).st_mtime_ns))  # ctime moves
+    assert not cache.tree_trusted(blob.algorithm, blob.hexdigest)

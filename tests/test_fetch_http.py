@@ -85,12 +85,13 @@ def test_cache_hit_never_opens_or_hashes_the_blob(server: FaultServer, cache: Ca
         _AUDIT["watch"] = None
     assert not hit.fetched
     assert _AUDIT["opened"] == []
-    # Corrupt the entry behind xrun's back: a hit still returns it (proof that nothing re-hashes);
-    # `xrun cache verify` is what catches this (tests/test_fetch_cache.py).
+    # Corrupt the entry behind xrun's back: its stat no longer matches its fingerprint, so it is
+    # re-hashed, removed and fetched again (tests/test_cache_integrity.py has every kind of tampering).
     os.chmod(blob.path, 0o644)
     blob.path.write_bytes(b"x" * len(PAYLOAD))
-    assert fetch(cache, server).path == blob.path
-    assert server.count("/data.bin") == 1
+    again = fetch(cache, server)
+    assert again.fetched and again.path.read_bytes() == PAYLOAD
+    assert server.count("/data.bin") == 2
 
 
 def test_cache_hit_records_usage_without_touching_the_blob(server: FaultServer, cache: Cache):

@@ -4,11 +4,13 @@ Members are written by hand, not with tarfile/zipfile's extract, so that every r
 visible: no absolute names, no '..', nothing written through a symlink, symlinks and hard links
 only to places inside the tree, no device files, fifos or sockets. The tree is built in a
 temporary folder next to its final place, made read-only, and renamed into place; its listing
-(path, sha256, size, mode of every file) lets `xrun cache verify` re-check it later.
+(path, sha256, size, mode of every file) lets `xrun cache verify` re-check it later, and its
+fingerprint (one stat per member, recorded after the rename) lets a run trust it without reading it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
 import hashlib
@@ -20,13 +22,14 @@ import stat
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_EXEC, READ_ONLY_FILE, Blob, Cache, fsync_dir
+from runner.fetch.cache import (READ_ONLY_DIR, READ_ONLY_EXEC, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file,
+                                walk_tree)
 from runner.fetch.interface import CHUNK
 
 LISTING_VERSION = 1
@@ -92,6 +95,7 @@ def unpack_tree(cache: Cache, blob: Blob, *, name: str, uri: str) -> Tree:
             _write_listing(cache.tree_listing_path(blob.algorithm, blob.hexdigest), blob, builder)
             os.rename(work, final)
             fsync_dir(final.parent)
+            cache.record_tree(blob.algorithm, blob.hexdigest)
         except OSError as exc:
             _remove_tree(work)
             raise FetchError(f"{name}: {uri}: cannot unpack into the cache {cache.root}: "
@@ -316,7 +320,7 @@ def check_tree(cache: Cache, algorithm: str, hexdigest: str, hasher: Callable[[P
     expected_links = {s["path"]: s["target"] for s in listing.get("symlinks", [])}
     expected_dirs = set(listing.get("dirs", []))
     seen: set[str] = set()
-    for rel, entry in _walk(root):
+    for rel, entry in walk_tree(root):
         seen.add(rel)
         if stat.S_ISLNK(entry.st_mode):
             if expected_links.get(rel) != os.readlink(root / rel):
@@ -330,6 +334,8 @@ def check_tree(cache: Cache, algorithm: str, hexdigest: str, hasher: Callable[[P
                 problems.append(f"{rel}: unexpected file")
             elif entry.st_size != want["size"] or hasher(root / rel) != want["sha256"]:
                 problems.append(f"{rel}: content changed")
+            elif bool(entry.st_mode & 0o111) != bool(int(want.get("mode", 0o644)) & 0o111):
+                problems.append(f"{rel}: execute permission changed")
         else:
             problems.append(f"{rel}: unexpected special file")
     for rel in sorted((set(expected_files) | set(expected_links) | expected_dirs) - seen):
@@ -337,17 +343,37 @@ def check_tree(cache: Cache, algorithm: str, hexdigest: str, hasher: Callable[[P
     return problems
 
 
-def _walk(root: Path) -> Iterator[tuple[str, os.stat_result]]:
-    stack = [""]
-    while stack:
-        prefix = stack.pop()
-        with os.scandir(root / prefix if prefix else root) as it:
-            for entry in it:
-                rel = f"{prefix}/{entry.name}" if prefix else entry.name
-                st = entry.stat(follow_symlinks=False)
-                yield rel, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
+def recheck_tree(cache: Cache, algorithm: str, hexdigest: str, *, verify: bool) -> list[str]:
+    """Under the tree's lock, re-hash a tree that lost its fingerprint (or any tree when verify).
+
+    Intact: a fresh fingerprint is recorded and [] returned. Changed: the tree, its listing and its
+    fingerprint are removed and the problems returned, so the caller unpacks it again from the blob.
+    Gone meanwhile (another process removed it): [].
+    """
+    with cache.lock(algorithm, hexdigest, "tree"):
+        if cache.lookup_tree(algorithm, hexdigest) is None:
+            return []
+        if not verify and cache.tree_trusted(algorithm, hexdigest):
+            return []  # whoever held the lock re-checked it already
+        try:
+            before = cache.tree_fingerprint(algorithm, hexdigest)
+        except OSError:
+            before = None
+        try:
+            problems = check_tree(cache, algorithm, hexdigest, hash_file)
+        except OSError as exc:
+            problems = [f"unreadable: {exc.strerror or exc}"]
+        if problems:
+            cache.drop_fingerprint(algorithm, hexdigest, "tree")
+            _remove_tree(cache.tree_path(algorithm, hexdigest))
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cache.tree_listing_path(algorithm, hexdigest))
+            return problems
+        # Blessed only when nothing changed while the files were read.
+        with contextlib.suppress(OSError):
+            if before is not None and cache.tree_fingerprint(algorithm, hexdigest) == before:
+                cache.write_fingerprint(algorithm, hexdigest, "tree", before)
+        return []
 
 
 def remove_tree(path: Path) -> None:

@@ -11,9 +11,18 @@ Layout under the root (`XRUN_CACHE_DIR`, else `$XDG_CACHE_HOME/xrun`, else `~/.c
                                         (Linux OFD locks; elsewhere one flock(2) file per entry:
     locks/<algo>/<ab>/<hex>.<purpose>    these), so a cold fetch creates no lock file per blob
     used/<algo>/<ab>/<hex>              usage marker: its mtime is the last run that used the entry
+    state/<algo>/<ab>/<hex>.blob        fingerprint of the blob taken when its bytes were last verified
+    state/<algo>/<ab>/<hex>.tree        the same for an unpacked tree (all its members and its listing)
 
 An entry exists if and only if its final path exists: everything is written elsewhere in the same
-folder and renamed into place after verification, so a hit needs one stat and never a read.
+folder and renamed into place after verification. An entry is *trusted* only while a stat of it
+still equals the fingerprint recorded when its bytes were verified (size, mtime, ctime, inode,
+device, mode): any write, truncation, replacement or chmod changes ctime or the inode, and neither
+can be set back by a user, so a warm hit is one stat plus one small read, and anything else is
+re-hashed before it is used (runner.fetch.download, runner.fetch.archive). One limit: before Linux
+6.13 (multigrain timestamps) ctime comes from a clock that ticks every 1–10 ms, so a same-size write
+within that tick after the fingerprint was taken would keep every field; only a process racing
+xrun's commit can hit it, and `--verify-data` re-hashes regardless.
 """
 
 from __future__ import annotations
@@ -29,6 +38,7 @@ import json
 import os
 import stat
 import struct
+import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +49,7 @@ from runner.fetch.digests import ALGORITHMS
 READ_ONLY_FILE = 0o444
 READ_ONLY_EXEC = 0o555
 READ_ONLY_DIR = 0o555
+FINGERPRINT_VERSION = "v1"
 # Open-file-description locks (Linux ≥ 3.15): per open file, so threads exclude each other too,
 # and closing another descriptor of the file does not drop them (unlike POSIX record locks).
 HAS_OFD_LOCKS = hasattr(fcntl, "F_OFD_SETLKW")
@@ -62,6 +73,15 @@ class Blob:
     def to_json(self) -> dict[str, Any]:
         """Plain data for `--json`."""
         return {"digest": self.digest, "path": str(self.path), "size": self.size, "fetched": self.fetched}
+
+
+@dataclass(frozen=True)
+class Probe:
+    """A blob found in the cache, and whether it is still provably the bytes that were verified."""
+
+    blob: Blob
+    trusted: bool  # its live stat equals the recorded fingerprint
+    fingerprinted: bool  # a fingerprint was recorded at all (False: made by an older xrun)
 
 
 @dataclass(frozen=True)
@@ -144,6 +164,10 @@ class Cache:
         """The usage marker whose mtime says when a run last used the entry."""
         return self.root / "used" / algorithm / hexdigest[:2] / hexdigest
 
+    def state_path(self, algorithm: str, hexdigest: str, kind: str) -> Path:
+        """The fingerprint of a blob (kind 'blob') or an unpacked tree ('tree')."""
+        return self.root / "state" / algorithm / hexdigest[:2] / f"{hexdigest}.{kind}"
+
     def lock_path(self, algorithm: str, hexdigest: str, purpose: str = "blob") -> Path:
         """The flock file guarding one blob (purpose 'blob') or its tree ('tree')."""
         return self.root / "locks" / algorithm / hexdigest[:2] / f"{hexdigest}.{purpose}"
@@ -169,6 +193,114 @@ class Cache:
         except (FileNotFoundError, NotADirectoryError):
             return None
         return path if stat.S_ISDIR(st.st_mode) else None
+
+    def probe(self, algorithm: str, hexdigest: str) -> Probe | None:
+        """The blob when present, and whether its stat still equals its fingerprint: one stat, one small read."""
+        path = self.blob_path(algorithm, hexdigest)
+        try:
+            st = os.stat(path)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        if not stat.S_ISREG(st.st_mode):
+            return None
+        recorded = self.read_fingerprint(algorithm, hexdigest, "blob")
+        return Probe(Blob(algorithm, hexdigest, path, st.st_size, fetched=False),
+                     trusted=recorded == file_fingerprint(st), fingerprinted=recorded is not None)
+
+    def tree_trusted(self, algorithm: str, hexdigest: str) -> bool:
+        """Whether every member of the tree (and its listing) still has the stat recorded at verification."""
+        recorded = self.read_fingerprint(algorithm, hexdigest, "tree")
+        if recorded is None:
+            return False
+        try:
+            return self.tree_fingerprint(algorithm, hexdigest) == recorded
+        except OSError:
+            return False
+
+    # --- fingerprints ------------------------------------------------------------------------------
+
+    def tree_fingerprint(self, algorithm: str, hexdigest: str) -> str:
+        """One stat per member of the tree plus its listing, folded into a sha256 (no file is read)."""
+        root = self.tree_path(algorithm, hexdigest)
+        h = hashlib.sha256()
+        h.update(b"listing " + file_fingerprint(os.stat(self.tree_listing_path(algorithm, hexdigest))).encode())
+        h.update(b"\n. " + file_fingerprint(os.lstat(root)).encode())
+        for rel, st in sorted(walk_tree(root), key=lambda item: item[0]):
+            h.update(b"\n" + rel.encode("utf-8", "surrogateescape") + b"\0" + file_fingerprint(st).encode())
+        return h.hexdigest()
+
+    def read_fingerprint(self, algorithm: str, hexdigest: str, kind: str) -> str | None:
+        """The fingerprint recorded when the entry was last verified (None when there is none)."""
+        try:
+            with open(self.state_path(algorithm, hexdigest, kind), "rb") as f:
+                text = f.read(512).decode("ascii", "replace")
+        except OSError:  # missing, or unreadable: either way nothing vouches for the entry
+            return None
+        version, _, value = text.strip().partition(" ")
+        return value if version == FINGERPRINT_VERSION else None
+
+    def write_fingerprint(self, algorithm: str, hexdigest: str, kind: str, fingerprint: str) -> None:
+        """Record a verified entry's fingerprint atomically (best effort: without one it is re-hashed)."""
+        path = self.state_path(algorithm, hexdigest, kind)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+        try:
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            except FileNotFoundError:
+                tmp.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+            try:
+                os.write(fd, f"{FINGERPRINT_VERSION} {fingerprint}\n".encode())
+            finally:
+                os.close(fd)
+            # No fsync: a fingerprint lost in a crash only costs one re-hash, never trust.
+            os.replace(tmp, path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
+
+    def drop_fingerprint(self, algorithm: str, hexdigest: str, kind: str) -> None:
+        """Forget an entry's fingerprint (the entry is being removed or is no longer trusted)."""
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            os.unlink(self.state_path(algorithm, hexdigest, kind))
+
+    def record_blob(self, algorithm: str, hexdigest: str) -> None:
+        """Fingerprint a blob whose bytes were just verified, as it is now at its final path."""
+        with contextlib.suppress(OSError):
+            st = os.stat(self.blob_path(algorithm, hexdigest))
+            self.write_fingerprint(algorithm, hexdigest, "blob", file_fingerprint(st))
+
+    def record_tree(self, algorithm: str, hexdigest: str) -> None:
+        """Fingerprint a tree whose files were just verified (after its rename: a rename changes ctime)."""
+        with contextlib.suppress(OSError):
+            self.write_fingerprint(algorithm, hexdigest, "tree", self.tree_fingerprint(algorithm, hexdigest))
+
+    def rehash_blob(self, blob: Blob) -> bool:
+        """Re-hash a blob; when it still matches its digest, make it read-only again and fingerprint it.
+
+        The stat is taken before and after the hash and recorded only when both agree, so a write
+        racing the hash is never blessed. Unreadable counts as not matching.
+        """
+        try:
+            if stat.S_IMODE(os.stat(blob.path).st_mode) & 0o222:
+                # A cache entry is read-only; a user's chmod is undone (not ours to undo in a shared cache).
+                with contextlib.suppress(PermissionError):
+                    os.chmod(blob.path, READ_ONLY_FILE)
+            before = os.stat(blob.path)
+            if hash_file(blob.path, blob.algorithm) != blob.hexdigest:
+                return False
+            after = os.stat(blob.path)
+        except OSError:
+            return False
+        if file_fingerprint(before) == file_fingerprint(after):
+            self.write_fingerprint(blob.algorithm, blob.hexdigest, "blob", file_fingerprint(after))
+        return True
+
+    def remove_blob(self, algorithm: str, hexdigest: str) -> None:
+        """Delete a blob and its fingerprint (the caller holds the blob's lock)."""
+        self.drop_fingerprint(algorithm, hexdigest, "blob")
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(self.blob_path(algorithm, hexdigest))
 
     # --- usage -------------------------------------------------------------------------------------
 
@@ -222,6 +354,8 @@ class Cache:
         # The data was fsynced before the rename, so after a crash the entry is either complete or
         # absent (then fetched again); fsyncing the folder too would only make "absent" rarer.
         os.replace(partial, final)
+        # The fingerprint is taken at the final path, after the chmod and the rename (both change ctime).
+        self.record_blob(algorithm, hexdigest)
         return final
 
     # --- enumeration -------------------------------------------------------------------------------
@@ -257,6 +391,36 @@ class Cache:
                         for entry in it:
                             if entry.name.endswith(".partial") or entry.name.startswith(".tmp-"):
                                 yield Path(entry.path)
+
+
+def file_fingerprint(st: os.stat_result) -> str:
+    """What a stat says about one file: size, mtime, ctime, inode, device and mode (never atime)."""
+    return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:{st.st_mode:o}"
+
+
+def hash_file(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file in any of the cache's algorithms, read once in large chunks."""
+    with open(path, "rb", buffering=0) as f:
+        if hasattr(hashlib, "file_digest"):  # Python ≥ 3.11: hashes without the GIL in C
+            return hashlib.file_digest(f, algorithm).hexdigest()
+        h = hashlib.new(algorithm)
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        return h.hexdigest()
+
+
+def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result]]:
+    """(relative path, lstat) of everything under root, folders included; links are not followed."""
+    stack = [""]
+    while stack:
+        prefix = stack.pop()
+        with os.scandir(root / prefix if prefix else root) as it:
+            for entry in it:
+                rel = f"{prefix}/{entry.name}" if prefix else entry.name
+                st = entry.stat(follow_symlinks=False)
+                yield rel, st
+                if stat.S_ISDIR(st.st_mode):
+                    stack.append(rel)
 
 
 def _open_creating_parents(path: Path, flags: int) -> int:

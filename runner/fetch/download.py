@@ -5,6 +5,11 @@ while hashing every given digest, retry transient faults with exponential backof
 restart from byte 0 when the source cannot resume, and only rename into the cache after every
 digest matched. A mismatch removes the partial file; an interrupted download keeps it (keyed by
 digest, never an entry) so the next attempt or run resumes it.
+
+A cache hit is used only while the entry's stat equals the fingerprint recorded when its bytes
+were verified. Otherwise (or always, with FetchOptions.verify) it is re-hashed under its lock:
+intact, it is fingerprinted again and used; changed, it is removed, the user is warned, and it is
+fetched again, or IntegrityError (exit 3) when the source cannot be had any more.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from runner.errors import FetchError, IntegrityError, UsageError
-from runner.fetch.cache import Blob, Cache, start_writeback
+from runner.fetch.cache import Blob, Cache, Probe, start_writeback
 from runner.fetch.digests import DigestSpecError, MultiHasher, normalize_digests, primary
 from runner.fetch.interface import (CHUNK, Fetcher, FetchOptions, PermanentError, RangeNotSatisfiable,
                                     RestartNeeded, Source, TransientError)
@@ -101,14 +106,18 @@ class _Partial:
 
 def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, base_dir: Path | None = None,
                options: FetchOptions = FetchOptions(), fetchers: Fetchers | None = None,
-               reporter: Reporter | None = None, cancel: threading.Event | None = None) -> Blob:
-    """Return the verified cache entry for `digests`, downloading `uri` only on a miss."""
+               reporter: Reporter | None = None, cancel: threading.Event | None = None,
+               kind: str = "data item") -> Blob:
+    """Return the verified cache entry for `digests`, downloading `uri` only on a miss.
+
+    `kind` names what the blob is in messages ("data item", "wheel").
+    """
     expected, source = check_request(uri, digests, name=name, base_dir=base_dir)
     algorithm, hexdigest = primary(expected)
-    hit = cache.lookup(algorithm, hexdigest)
-    if hit is not None:
+    hit = cache.probe(algorithm, hexdigest)
+    if hit is not None and hit.trusted and not options.verify:
         cache.mark_used(algorithm, hexdigest)
-        return hit
+        return hit.blob
     own_fetchers = fetchers is None
     fetchers = fetchers if fetchers is not None else Fetchers(options)
     own_reporter = reporter is None
@@ -116,8 +125,8 @@ def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, ba
     try:
         if own_reporter:
             with reporter:
-                return _fetch_locked(cache, source, expected, name, options, fetchers, reporter, cancel)
-        return _fetch_locked(cache, source, expected, name, options, fetchers, reporter, cancel)
+                return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel)
+        return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel)
     finally:
         if own_fetchers:
             fetchers.close()
@@ -137,28 +146,55 @@ def check_request(uri: str, digests: dict[str, str], *, name: str,
     return expected, source
 
 
-def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: str, options: FetchOptions,
-                  fetchers: Fetchers, reporter: Reporter, cancel: threading.Event | None) -> Blob:
+def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: str, kind: str,
+                  options: FetchOptions, fetchers: Fetchers, reporter: Reporter,
+                  cancel: threading.Event | None) -> Blob:
     algorithm, hexdigest = primary(expected)
+    fetcher: Fetcher | FetchError  # the error is raised only when a download is needed: an entry may do
     try:
         fetcher = fetchers.for_source(source)
     except PermanentError as exc:
-        raise FetchError(f"{name}: {source.uri}: {exc.reason}; {exc.hint}") from None
+        fetcher = FetchError(f"{name}: {source.uri}: {exc.reason}; {exc.hint}")
     with cache.lock(algorithm, hexdigest,
                     on_wait=lambda: reporter.note(f"{name}: waiting for another xrun fetching the same blob")):
-        # Whoever held the lock may have just committed it: that is the whole point of the lock.
-        hit = cache.lookup(algorithm, hexdigest)
+        # Whoever held the lock may have just committed or re-checked it: the point of the lock.
+        hit = cache.probe(algorithm, hexdigest)
+        tampered: Path | None = None
         if hit is not None:
-            cache.mark_used(algorithm, hexdigest)
-            return hit
+            if (hit.trusted and not options.verify) or _still_verified(cache, hit, name, reporter):
+                cache.mark_used(algorithm, hexdigest)
+                return hit.blob
+            tampered = hit.blob.path
+            try:
+                cache.remove_blob(algorithm, hexdigest)
+            except OSError as exc:
+                raise _cache_error(name, source, cache, exc) from None
+            reporter.warn(f"cache entry for {kind} '{name}' ({algorithm}:{hexdigest[:12]}…) was modified on disk "
+                          f"({tampered}); removed, fetching it again")
         task = reporter.task(name)
         try:
+            if isinstance(fetcher, FetchError):
+                raise fetcher
             size = _download(cache, fetcher, source, expected, name, options, task, reporter, cancel)
+        except FetchError as exc:
+            if tampered is None:
+                raise
+            raise IntegrityError(f"{kind} '{name}': the cache entry {tampered} was modified on disk and removed, "
+                                 f"and it cannot be fetched again: {exc.message}") from None
         finally:
             task.finish()
         # No usage marker yet: a new entry's own mtime says when it was last needed, and creating
         # a file costs more than everything else per small item.
         return Blob(algorithm, hexdigest, cache.blob_path(algorithm, hexdigest), size, fetched=True)
+
+
+def _still_verified(cache: Cache, hit: Probe, name: str, reporter: Reporter) -> bool:
+    """Re-hash an entry its fingerprint no longer vouches for (or that verify asks about)."""
+    if not hit.fingerprinted:
+        reporter.note(f"{name}: re-hashing its cache entry once (recorded by an older xrun, no fingerprint yet)")
+    elif not hit.trusted:
+        reporter.note(f"{name}: its cache entry changed on disk (stat differs); re-hashing it")
+    return cache.rehash_blob(hit.blob)
 
 
 def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str, str], name: str,

@@ -7,18 +7,25 @@ and error messages live in `runner.fetch.download`, so every scheme behaves the 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
-from dataclasses import dataclass
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from runner.errors import UsageError
 
 CHUNK = 1 << 20  # 1 MiB: large enough that per-chunk Python overhead vanishes next to hashing
+VERIFY_ENV = "XRUN_VERIFY_DATA"
+
+
+def verify_requested(environ: Mapping[str, str]) -> bool:
+    """Whether XRUN_VERIFY_DATA (the CI setting of --verify-data) asks to re-hash every cached input."""
+    return environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 @dataclass(frozen=True)
 class FetchOptions:
-    """How to fetch: retries, timeouts, parallelism and progress display."""
+    """How to fetch: retries, timeouts, parallelism, progress display, and how far to trust the cache."""
 
     retries: int = 5  # transient retries per item (attempts that made progress do not count)
     backoff_s: float = 0.5  # base of the exponential backoff (with jitter)
@@ -27,6 +34,9 @@ class FetchOptions:
     progress: bool | None = None  # None: auto (a TTY on stderr and not quiet)
     quiet: bool = False
     max_backoff_s: float = 30.0  # cap of one backoff sleep, Retry-After included
+    # Re-hash every cache entry used (data, unpacked trees, wheels) instead of trusting its
+    # fingerprint: for auditors. Defaults to XRUN_VERIFY_DATA so CI can turn it on for every stage.
+    verify: bool = field(default_factory=lambda: verify_requested(os.environ))
 
     def __post_init__(self) -> None:
         for name, low in (("retries", 0), ("parallel", 1)):

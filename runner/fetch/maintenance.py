@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import time
 from collections.abc import Iterable
@@ -12,9 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.fetch.archive import check_tree, remove_tree
-from runner.fetch.cache import Cache, CacheEntry
+from runner.fetch.cache import Cache, CacheEntry, file_fingerprint, hash_file
 from runner.fetch.digests import normalize_digests, primary
-from runner.fetch.interface import CHUNK
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
@@ -56,17 +54,11 @@ def list_cache(cache: Cache) -> list[CacheEntry]:
     return sorted(cache.entries(), key=lambda e: (-e.last_used, e.kind, e.digest))
 
 
-def hash_file(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file, read once in 1 MiB chunks."""
-    with open(path, "rb", buffering=0) as f:
-        h = hashlib.new(algorithm)
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def verify_cache(cache: Cache, *, remove_bad: bool = False, workers: int | None = None) -> list[VerifyResult]:
-    """Re-hash every entry (for auditors); with remove_bad, delete the ones that fail."""
+    """Re-hash every entry (for auditors); with remove_bad, delete the ones that fail.
+
+    An entry that hashes right gets a fresh fingerprint, so runs trust it again without re-hashing.
+    """
     entries = list(cache.entries())
     workers = workers or min(8, (os.cpu_count() or 1) * 2)
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:  # hashlib releases the GIL
@@ -85,11 +77,21 @@ def verify_cache(cache: Cache, *, remove_bad: bool = False, workers: int | None 
 def _verify_one(cache: Cache, entry: CacheEntry) -> VerifyResult:
     try:
         if entry.kind == "blob":
+            before = file_fingerprint(os.stat(entry.path))
             actual = hash_file(entry.path, entry.algorithm)
             if actual != entry.hexdigest:
+                cache.drop_fingerprint(entry.algorithm, entry.hexdigest, "blob")
                 return VerifyResult(entry, False, (f"content hashes to {entry.algorithm}:{actual}",))
+            # Blessed only when nothing changed while it was read.
+            if file_fingerprint(os.stat(entry.path)) == before:
+                cache.write_fingerprint(entry.algorithm, entry.hexdigest, "blob", before)
             return VerifyResult(entry, True)
+        before = cache.tree_fingerprint(entry.algorithm, entry.hexdigest)
         problems = check_tree(cache, entry.algorithm, entry.hexdigest, hash_file)
+        if problems:
+            cache.drop_fingerprint(entry.algorithm, entry.hexdigest, "tree")
+        elif cache.tree_fingerprint(entry.algorithm, entry.hexdigest) == before:
+            cache.write_fingerprint(entry.algorithm, entry.hexdigest, "tree", before)
         return VerifyResult(entry, not problems, tuple(problems))
     except OSError as exc:
         return VerifyResult(entry, False, (f"unreadable: {exc.strerror or exc}",))
@@ -131,6 +133,7 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
 
 
 def _remove_entry(cache: Cache, entry: CacheEntry) -> None:
+    cache.drop_fingerprint(entry.algorithm, entry.hexdigest, entry.kind)
     if entry.kind == "blob":
         remove_tree(entry.path)
     else:
@@ -142,15 +145,23 @@ def _remove_entry(cache: Cache, entry: CacheEntry) -> None:
 
 
 def _drop_orphan_markers(cache: Cache) -> None:
-    """Usage markers of entries that no longer exist (neither blob nor tree)."""
+    """Usage markers and fingerprints of entries that no longer exist (neither blob nor tree)."""
     base = cache.root / "used"
-    if not base.is_dir():
-        return
-    for marker in base.glob("*/*/*"):
+    for marker in base.glob("*/*/*") if base.is_dir() else ():
         algorithm, hexdigest = marker.parent.parent.name, marker.name
         if cache.lookup(algorithm, hexdigest) is None and cache.lookup_tree(algorithm, hexdigest) is None:
             try:
                 os.unlink(marker)
+            except FileNotFoundError:
+                pass
+    state = cache.root / "state"
+    for record in state.glob("*/*/*") if state.is_dir() else ():
+        algorithm, (hexdigest, _, kind) = record.parent.parent.name, record.name.partition(".")
+        present = (cache.lookup(algorithm, hexdigest) if kind == "blob"
+                   else cache.lookup_tree(algorithm, hexdigest) if kind == "tree" else None)
+        if present is None:
+            try:
+                os.unlink(record)  # also an interrupted write's temporary file (its name starts with '.')
             except FileNotFoundError:
                 pass
 

@@ -31,6 +31,9 @@ class Reporter(Protocol):
     def note(self, message: str) -> None:
         """A line for the user (waiting for a lock, a retry), shown above the bars."""
 
+    def warn(self, message: str) -> None:
+        """'xrun: warning: …' on stderr, shown even when quiet (a tampered cache entry)."""
+
     def __enter__(self) -> "Reporter": ...
 
     def __exit__(self, *exc: object) -> None: ...
@@ -56,6 +59,10 @@ class NullReporter:
 
     def note(self, message: str) -> None:
         """Dropped."""
+
+    def warn(self, message: str) -> None:
+        """Printed on stderr: a warning is never dropped."""
+        print(f"xrun: warning: {message}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "NullReporter":
         return self
@@ -106,6 +113,10 @@ class RichReporter:
         """Printed above the bars."""
         self._progress.console.print(f"xrun: {message}", highlight=False, markup=False)
 
+    def warn(self, message: str) -> None:
+        """Printed above the bars."""
+        self._progress.console.print(f"xrun: warning: {message}", highlight=False, markup=False, soft_wrap=True)
+
     def __enter__(self) -> "RichReporter":
         with self._lock:
             self._progress.start()
@@ -129,6 +140,10 @@ class LineReporter:
     def note(self, message: str) -> None:
         """One line on stderr."""
         print(f"xrun: {message}", file=self._stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        """One line on stderr."""
+        print(f"xrun: warning: {message}", file=self._stream, flush=True)
 
     def __enter__(self) -> "LineReporter":
         return self

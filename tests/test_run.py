@@ -162,6 +162,8 @@ def test_output_symlink_outside_is_refused(tmp_path, base_image, cache_env):
     manifest = write_experiment(tmp_path / "exp", base_image, command=cmd, outputs=[{"path": "leak"}])
     with pytest.raises(TrainingFailed, match="outside /outputs"):
         run_experiment(manifest, _options(tmp_path))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not os.path.lexists(run_dir / "outputs" / "leak")  # the refused link does not stay
 
 
 def test_hardware_class_bigger_than_host_is_refused(tmp_path):
@@ -250,3 +252,41 @@ def test_unusable_local_wheel_is_refused_before_anything_runs(tmp_path, base_ima
     assert info.value.exit_code == 2
     assert all(w in info.value.message for w in words), info.value.message
     assert not (tmp_path / "runs").exists()
+
+
+ODD_OUTPUTS = r'''
+import os, socket
+os.makedirs("/outputs/more/deep", exist_ok=True)
+open("/outputs/probe.json", "w").write("{}")
+open("/outputs/more/b.txt", "w").write("b")
+open("/outputs/scratch.bin", "w").write("undeclared")
+os.mkfifo("/outputs/more/pipe")
+s = socket.socket(socket.AF_UNIX); s.bind("/outputs/more/deep/sock")
+os.symlink("/etc/passwd", "/outputs/more/leak")
+os.symlink("b.txt", "/outputs/more/inside")
+'''
+
+
+def test_odd_files_in_outputs_are_named_and_outputs_holds_only_what_was_hashed(tmp_path, base_image, cache_env,
+                                                                                capsys):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", ODD_OUTPUTS],
+                                outputs=[{"path": "probe.json"}, {"path": "more"}])
+    summary = run_experiment(manifest, _options(tmp_path))
+    err = capsys.readouterr().err
+    for name, kind in (("more/pipe", "FIFO"), ("more/deep/sock", "socket"), ("more/leak", "outside /outputs")):
+        (line,) = [x for x in err.splitlines() if f"output {name} " in x]
+        assert kind in line and "removed from outputs/" in line, line
+    assert "scratch.bin" in err and "undeclared" in err
+    outputs = summary.run_dir / "outputs"
+    on_disk = {p.relative_to(outputs).as_posix() for p in outputs.rglob("*") if not p.is_dir()}
+    assert on_disk == set(summary.outputs) == {"probe.json", "more/b.txt", "more/inside"}
+    assert (summary.run_dir / "undeclared" / "scratch.bin").read_text() == "undeclared"
+
+
+def test_output_that_is_a_fifo_is_an_error_and_removed(tmp_path, base_image, cache_env):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", "import os; os.mkfifo('/outputs/p')"],
+                                outputs=[{"path": "p"}])
+    with pytest.raises(TrainingFailed, match="'p' is a FIFO"):
+        run_experiment(manifest, _options(tmp_path))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not os.path.lexists(run_dir / "outputs" / "p")

@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                 "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub --rtol 1e-6", _cmd_reproduce)
     p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
     p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
+    p.add_argument("--code", type=Path, metavar="DIR",
+                   help="the code folder to re-run (checked against the recorded code digest; default: the recorded "
+                        "run's folder, from run.json beside the attestation), e.g. --code ./")
     p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
                    help="trusted public key: verify the attestation before re-running (repeatable)")
     p.add_argument("--signing-key", type=Path, help="key that signs the new run's attestation")
@@ -521,7 +524,7 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
 
     args.key = args.signing_key  # --key here names trusted public keys; the new run signs with --signing-key
     report = reproduce(args.attestation, manifest=args.manifest, keys=args.keys, rtol=args.rtol, atol=args.atol,
-                       options=_run_options_from(args))
+                       options=_run_options_from(args), code=args.code)
     if args.json:
         _print_json(report.to_json())
     else:

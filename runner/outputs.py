@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.errors import TrainingFailed, UsageError
-from runner.hashing import FileDigest, hash_files, list_tree
+from runner.errors import TrainingFailed
+from runner.hashing import FileDigest, hash_files
 from runner.manifest import OutputSpec
 
 
@@ -26,37 +29,131 @@ class Outputs:
         return {f.path: f.sha256 for f in self.files}
 
 
+UNDECLARED = "undeclared"  # beside outputs/: what the run wrote but did not declare (kept, never attested)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """An entry under /outputs that was not hashed: why, and where it went (removed or set aside)."""
+
+    path: str  # relative to /outputs
+    reason: str
+
+
 def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path) -> Outputs:
-    """Check every declared output exists, expand folders, hash files, parse metrics files."""
+    """Check every declared output exists, expand folders, hash files, parse metrics files.
+
+    Afterwards outputs/ holds only what was hashed: FIFOs, sockets, devices and symlinks that lead
+    out of /outputs are removed, undeclared files are moved to ../undeclared/; each with a warning.
+    """
     root = outputs_dir.resolve()
     missing = [s.path for s in specs if not os.path.lexists(root / s.path)]
     if missing:
         raise TrainingFailed(f"the run did not produce the declared output(s) {', '.join(missing)} under /outputs; "
                              "make the training command write them or fix `outputs` in the manifest")
     found: dict[str, Path] = {}
+    dropped: list[Dropped] = []
     for spec in specs:
         target = root / spec.path
-        _refuse_escape(target, root, spec.path)
+        problem = _refusal(target, root)
+        if problem is not None:
+            _remove(target)
+            raise TrainingFailed(f"output {spec.path!r} {problem}; it was removed from outputs/: outputs must be "
+                                 "regular files (or folders of them) written under /outputs")
         if target.is_dir():
-            try:
-                for rel, path in list_tree(target, follow_inside_links=True):
-                    found[f"{spec.path}/{rel}"] = path
-            except UsageError as exc:
-                raise TrainingFailed(f"output {spec.path!r}: {exc.message}") from None
-        elif target.is_file():
-            found[spec.path] = target
+            found.update(_walk(target, root, spec.path, dropped, set()))
         else:
-            raise TrainingFailed(f"output {spec.path!r} is neither a file nor a folder; write a regular file")
+            found[spec.path] = target
+    for item in dropped:
+        _remove(root / item.path)
+        warn(f"output {item.path} {item.reason}: not hashed, removed from outputs/")
+    _set_aside_undeclared(root, specs, found)
     files = hash_files(sorted(found.items()))
     metrics = {s.path: read_metrics(root / s.path, s.path) for s in specs if s.metrics}
     return Outputs(files=tuple(files), metrics=metrics)
 
 
-def _refuse_escape(target: Path, root: Path, name: str) -> None:
-    resolved = target.resolve()
-    if resolved != root and root not in resolved.parents:
-        raise TrainingFailed(f"output {name!r} is a symlink pointing outside /outputs (to {resolved}); "
-                             "outputs must be files written under /outputs")
+def warn(message: str) -> None:
+    """One warning line on stderr."""
+    print(f"xrun: warning: {message}", file=sys.stderr)
+
+
+def _refusal(path: Path, root: Path) -> str | None:
+    """Why an entry cannot be an output (None: a regular file or folder inside /outputs)."""
+    if path.is_symlink():
+        resolved = path.resolve()
+        if resolved != root and root not in resolved.parents:
+            return f"is a symlink pointing outside /outputs (to {resolved})"
+        if not resolved.exists():
+            return "is a dangling symlink"
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror})"
+    if stat.S_ISDIR(mode) or stat.S_ISREG(mode):
+        return None
+    return f"is a {_KINDS.get(stat.S_IFMT(mode), 'special file')}, not a regular file"
+
+
+_KINDS = {stat.S_IFIFO: "FIFO", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
+          stat.S_IFBLK: "block device"}
+
+
+def _walk(folder: Path, root: Path, prefix: str, dropped: list[Dropped], seen: set[Path]) -> dict[str, Path]:
+    """rel → path of the regular files under a declared folder; what cannot be hashed goes to `dropped`."""
+    real = folder.resolve()
+    if real in seen:  # a link back up the tree: its files are hashed under their own path
+        return {}
+    seen = seen | {real}
+    out: dict[str, Path] = {}
+    with os.scandir(folder) as entries:
+        for entry in sorted(entries, key=lambda e: e.name):
+            rel, path = f"{prefix}/{entry.name}", Path(entry.path)
+            problem = _refusal(path, root)
+            if problem is not None:
+                dropped.append(Dropped(rel, problem))
+            elif path.is_dir():
+                out.update(_walk(path, root, rel, dropped, seen))
+            else:
+                out[rel] = path
+    return out
+
+
+def _remove(path: Path) -> None:
+    try:
+        path.unlink()
+    except IsADirectoryError:
+        shutil.rmtree(path, ignore_errors=True)
+    except FileNotFoundError:
+        pass
+
+
+def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict[str, Path]) -> None:
+    """Move what no declared output covers to ../undeclared/, so outputs/ holds only hashed files."""
+    declared = {s.path for s in specs}
+    hashed = {p.resolve() for p in found.values()}
+    moved: list[str] = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        rel_dir = Path(dirpath).relative_to(root).as_posix()
+        for name in [*dirnames, *filenames]:
+            rel = name if rel_dir == "." else f"{rel_dir}/{name}"
+            if any(rel == d or rel.startswith(d + "/") or d.startswith(rel + "/") for d in declared):
+                continue  # declared (walked above), inside a declared folder, or holding a declared output
+            path = Path(dirpath) / name
+            # An undeclared file that a kept symlink points at stays: its bytes were hashed.
+            if any(h == path or path in h.parents for h in hashed):
+                continue
+            destination = root.parent / UNDECLARED / rel
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, destination)
+            moved.append(rel)
+        # Only folders that hold a declared output need a look inside; moved ones are gone.
+        dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).is_dir()
+                       and any(x.startswith(f"{rel_dir}/{d}/".removeprefix("./")) for x in declared)]
+    if moved:
+        shown = ", ".join(moved[:5]) + (f" (+{len(moved) - 5} more)" if len(moved) > 5 else "")
+        warn(f"the run wrote undeclared output(s) {shown}: not hashed, not attested; moved to "
+             f"{UNDECLARED}/ beside outputs/ (declare them in `outputs` to attest them)")
 
 
 def read_metrics(path: Path, name: str) -> dict[str, float]:

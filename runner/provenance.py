@@ -14,8 +14,9 @@ from urllib.parse import quote
 
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
-from runner.execute import ContainerSpec, RunResult
+from runner.execute import ContainerSpec
 from runner.hashing import hash_tree, tree_digest
+from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
 from runner.plan import Plan, canonical_json
 
@@ -91,9 +92,7 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
     for deb in image.debs:
         deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl))
     for wheel in image.wheels:
-        deps.append(ResourceDescriptor(name=f"wheel/{wheel.name}", uri=f"pkg:pypi/{wheel.name}@{wheel.version}",
-                                       digest={"sha256": wheel.sha256}, download_location=wheel.url,
-                                       annotations={"filename": wheel.filename}))
+        deps.append(wheel_dependency(wheel))
     for item in fetched:
         deps.append(ResourceDescriptor(name=f"data/{item.name}", uri=as_uri(item.uri), digest={item.algorithm: item.hexdigest},
                                        annotations={"path": item.container_path, "size": item.size,
@@ -110,6 +109,21 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
     if reproduced is not None:
         deps.append(reproduced)
     return deps
+
+
+def wheel_dependency(wheel: Any) -> ResourceDescriptor:
+    """A wheel as a purl with its digest; downloadLocation only for one fetched over the network.
+
+    A local wheel's location is a host path (or one relative to the lockfile): no URI an auditor could
+    fetch, so the purl and the sha256 identify it.
+    """
+    local = is_local(wheel.url)
+    annotations: dict[str, Any] = {"filename": wheel.filename}
+    if local:
+        annotations["source"] = "local file"
+    return ResourceDescriptor(name=f"wheel/{wheel.name}", uri=f"pkg:pypi/{wheel.name}@{wheel.version}",
+                              digest={"sha256": wheel.sha256}, download_location=None if local else wheel.url,
+                              annotations=annotations)
 
 
 def internal_parameters(plan: Plan, spec: ContainerSpec, runs_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:

@@ -16,6 +16,7 @@ import yaml
 
 from runner.attest.recorded import RecordedRun
 from runner.errors import IntegrityError, UsageError
+from runner.manifest import MAX_MANIFEST_BYTES
 from runner.runs.record import RunRecord
 
 
@@ -110,29 +111,82 @@ def read_statement(path: Path) -> dict[str, Any]:
 # --- choosing the manifest -------------------------------------------------------------------------
 
 
-def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | None, workdir: Path) -> Path:
-    """The manifest to re-run: the given one, the original file, or the recorded one written beside it.
+def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | None, code: Path | None) -> Path:
+    """The manifest to re-run: the given one, else the recorded one found (or, outside the code tree, written).
 
     A given manifest whose digest differs from the record is still run: the report then names the
-    manifest fields that changed, and the outputs decide the verdict.
+    manifest fields that changed, and the outputs decide the verdict. Otherwise the code tree comes
+    from a stated place (`code`, else the recorded run's own folder) and nothing is written into it.
     """
     params = statement["predicate"]["buildDefinition"]["externalParameters"]
     recorded_digest = _digest_value(params.get("manifestDigest"))
     if given is not None:
+        if code is not None:
+            raise UsageError("--code and --manifest exclude each other: a given manifest names its own code.path")
         _read_bytes(given)
         return given
-    folder = workdir
-    record = attestation.parent / "run.json"
-    if record.is_file():
-        original = Path(json.loads(record.read_text()).get("manifest", ""))
-        if original.is_file() and hashlib.sha256(original.read_bytes()).hexdigest() == recorded_digest:
-            return original
-        if original.parent.is_dir():
-            folder = original.parent  # relative paths of the manifest resolve there
-    fd, tmp = tempfile.mkstemp(prefix=".xrun-reproduce-", suffix=".yaml", dir=folder)
+    raw = params.get("manifest") if isinstance(params.get("manifest"), dict) else {}
+    code_rel = Path(os.path.normpath(str((raw.get("code") or {}).get("path", "."))))
+    original = _recorded_manifest_path(attestation)
+    if code is None:
+        if original is None:
+            raise UsageError(f"{attestation}: no run.json beside it records where the experiment's code is; "
+                             "pass --code DIR (the code folder the attestation was made from)")
+        code = original.parent / code_rel
+    if not code.is_dir():
+        raise UsageError(f"{code}: the code folder is not there; pass --code DIR (the code folder the attestation "
+                         "was made from)")
+    # Relative paths of the manifest resolve against its folder, code.path levels above the code tree.
+    root = code.resolve()
+    for _ in code_rel.parts if str(code_rel) != "." else ():
+        root = root.parent
+    found = _find_manifest(root, recorded_digest, original.name if original else None)
+    if found is not None:
+        return found
+    if str(code_rel) == ".":
+        raise UsageError(f"{root}: no file there is the recorded manifest (sha256 {recorded_digest[:12]}…), and a "
+                         "copy written there would change the code tree; put the manifest back, or pass --manifest "
+                         "FILE to re-run a changed one")
+    fd, tmp = tempfile.mkstemp(prefix=".xrun-reproduce-", suffix=".yaml", dir=root)  # root is outside the code tree
     with os.fdopen(fd, "w", encoding="utf-8") as f:
-        yaml.safe_dump(params.get("manifest"), f, sort_keys=False)
+        yaml.safe_dump(raw, f, sort_keys=False)
     return Path(tmp)
+
+
+def _recorded_manifest_path(attestation: Path) -> Path | None:
+    """The manifest path run.json beside the attestation records, when there is one."""
+    record = RunRecord.load(attestation.parent / "run.json")
+    value = record.manifest if record is not None else None
+    return Path(value) if isinstance(value, str) and value else None
+
+
+def _find_manifest(root: Path, digest: str, name: str | None) -> Path | None:
+    """The file directly in root whose sha256 is the recorded manifest's (the recorded name tried first)."""
+    try:
+        names = sorted(p.name for p in root.iterdir() if p.is_file())
+    except OSError:
+        return None
+    if name in names:
+        names.remove(name)
+        names.insert(0, name)
+    for candidate in names:
+        path = root / candidate
+        if path.stat().st_size <= MAX_MANIFEST_BYTES and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            return path
+    return None
+
+
+def check_code(manifest: Path, statement: dict[str, Any]) -> None:
+    """IntegrityError unless the manifest's code tree has the digest the attestation records."""
+    from runner.manifest import load_manifest
+    from runner.plan import resolve_code
+
+    recorded = (RecordedRun.from_statement(statement).dependencies.get("code") or {}).get("digest", {}).get("sha256")
+    loaded = load_manifest(manifest)
+    now = resolve_code(loaded.code, loaded.file).digest.removeprefix("sha256:")
+    if recorded and now != recorded:
+        raise IntegrityError(f"{loaded.code.path}: the code tree's digest is sha256:{now} but the attestation "
+                             f"records sha256:{recorded}; pass --code DIR with the code the attestation was made from")
 
 
 def _digest_value(value: Any) -> str:
@@ -249,7 +303,7 @@ def _short_dep(dep: dict[str, Any] | None) -> Any:
 
 
 def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rtol: float | None,
-              atol: float | None, options: Any, workdir: Path | None = None) -> Report:
+              atol: float | None, options: Any, code: Path | None = None) -> Report:
     """Verify (when keys are given), re-run the recorded experiment, and compare with the record."""
     from runner.attest.statement import ResourceDescriptor
     from runner.pipeline import run_experiment
@@ -264,8 +318,15 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
         statement = verdict.statement
     else:
         statement = read_statement(attestation)
-    path = manifest_for(statement, attestation, manifest, workdir or Path.cwd())
+    path = manifest_for(statement, attestation, manifest, code)
     temporary = manifest is None and path.name.startswith(".xrun-reproduce-")
+    if manifest is None:
+        try:
+            check_code(path, statement)
+        except BaseException:
+            if temporary:
+                path.unlink(missing_ok=True)
+            raise
     link = ResourceDescriptor(name="attestation/reproduced", uri=f"file:{attestation.name}",
                               digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()})
     try:

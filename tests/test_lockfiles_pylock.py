@@ -72,7 +72,8 @@ hashes = {{ sha256 = "{H}" }}
 ''')
     lock = load_lockfile(path)
     demo, devtool = lock.packages
-    assert demo.artifacts[0]["url"] == str(tmp_path / "wheels" / "demo-1.0-py3-none-any.whl")
+    # Relative to the lock's folder (fetched against it): no host path in image labels or attestations.
+    assert demo.artifacts[0]["url"] == "wheels/demo-1.0-py3-none-any.whl"
     assert devtool.line == 12 and devtool.artifacts[0]["filename"] == "devtool-2.0-py3-none-any.whl"
     assert [p.name for p in select_for_environment(lock, LINUX_311)] == ["demo"]
 

@@ -74,10 +74,29 @@ def test_direct_wheel_url_with_hash_is_accepted(tmp_path):
     assert (pkg.version, pkg.url, pkg.artifacts[0]["hashes"]) == ("1.16.0", url, {"sha256": H1})
 
 
-def test_local_wheel_path_resolves_against_the_lock_folder(tmp_path):
-    path = write(tmp_path, f"./wheels/six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n")
-    (pkg,) = load_lockfile(path).packages
-    assert pkg.artifacts[0]["url"] == str(tmp_path / "wheels" / "six-1.16.0-py2.py3-none-any.whl")
+def test_local_wheel_path_is_kept_relative_to_the_lock_folder(tmp_path):
+    (tmp_path / "wheels").mkdir()
+    (tmp_path / "wheels" / "six-1.16.0-py2.py3-none-any.whl").write_bytes(b"x")
+    path = write(tmp_path, f"./wheels/six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n"
+                 f"six @ file://{tmp_path}/wheels/six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n")
+    for pkg in load_lockfile(path).packages:
+        assert pkg.artifacts[0]["url"] == "wheels/six-1.16.0-py2.py3-none-any.whl"
+
+
+@pytest.mark.parametrize("line, words", [
+    (f"./wheels/six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n", ["no such file", "fix the lock line"]),
+    (f"../six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n", ["outside the lockfile's folder", "./wheels/"]),
+    (f"/opt/six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n", ["outside the lockfile's folder"]),
+    (f"six @ file:///opt/six-1.16.0-py2.py3-none-any.whl --hash=sha256:{H1}\n", ["outside the lockfile's folder"]),
+])
+def test_unusable_local_wheel_names_the_line(tmp_path, line, words):
+    lock = tmp_path / "lock"
+    lock.mkdir()
+    path = write(lock, line)
+    with pytest.raises(ManifestError) as info:
+        load_lockfile(path)
+    assert info.value.exit_code == 2 and f"{path}:1:" in info.value.message
+    assert all(w in info.value.message for w in words), info.value.message
 
 
 @pytest.mark.parametrize("text, line, words", [

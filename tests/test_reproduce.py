@@ -130,3 +130,51 @@ def test_the_ci_workflow_commands(recorded, tmp_path):
     verify = subprocess.run([sys.executable, "-m", "runner.cli", "verify", str(fresh), "--key", str(pub)],
                             capture_output=True, text=True, env=env)
     assert verify.returncode == 0, verify.stdout
+
+
+def _tree(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and ".xrun" not in p.parts}
+
+
+def _cli_reproduce(attestation: Path, pub: Path, runs: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    return subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(attestation), "--key", str(pub),
+                           "--quiet", "--json", "--runs-dir", str(runs), *extra],
+                          capture_output=True, text=True, env=env, cwd=cwd)
+
+
+def test_copied_attestation_needs_a_stated_code_tree_and_never_writes_into_it(recorded, tmp_path):
+    summary, key, pub, manifest = recorded
+    copy = tmp_path / "elsewhere" / "provenance.intoto.jsonl"
+    copy.parent.mkdir()
+    copy.write_bytes(summary.attestation.read_bytes())
+    before = _tree(manifest.parent)
+    # From the manifest's own folder, with no --code: the current folder is no stated place.
+    proc = _cli_reproduce(copy, pub, tmp_path / "r1", manifest.parent)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "--code DIR" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r1").exists() and _tree(manifest.parent) == before
+    # With --code: the recorded manifest is found there by its digest, the tree matches, nothing is written.
+    proc = _cli_reproduce(copy, pub, tmp_path / "r2", tmp_path, "--code", str(manifest.parent))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads(proc.stdout)["changedInputs"] == []
+    assert _tree(manifest.parent) == before
+    fresh = read_statement(Path(json.loads(proc.stdout)["run_dir"]) / "provenance.intoto.jsonl")
+    old = read_statement(summary.attestation)
+    code = [{d["name"]: d for d in s["predicate"]["buildDefinition"]["resolvedDependencies"]}["code"]
+            for s in (old, fresh)]
+    assert code[0]["digest"] == code[1]["digest"]
+
+
+def test_code_tree_that_differs_from_the_record_is_exit_3_and_nothing_runs(recorded, tmp_path):
+    summary, key, pub, manifest = recorded
+    recorded_digest = {d["name"]: d for d in read_statement(summary.attestation)["predicate"]["buildDefinition"]
+                       ["resolvedDependencies"]}["code"]["digest"]["sha256"]
+    (manifest.parent / "probe.py").write_text("print('changed')\n")
+    for extra in ((), ("--code", str(manifest.parent))):  # the recorded folder, then a stated one
+        proc = _cli_reproduce(summary.attestation, pub, tmp_path / "never", tmp_path, *extra)
+        assert proc.returncode == 3, proc.stdout + proc.stderr
+        line = proc.stderr.strip().splitlines()[0]
+        assert str(manifest.parent) in line and recorded_digest in line and "--code DIR" in line, line
+        assert not (tmp_path / "never").exists()

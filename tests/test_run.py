@@ -162,6 +162,8 @@ def test_output_symlink_outside_is_refused(tmp_path, base_image, cache_env):
     manifest = write_experiment(tmp_path / "exp", base_image, command=cmd, outputs=[{"path": "leak"}])
     with pytest.raises(TrainingFailed, match="outside /outputs"):
         run_experiment(manifest, _options(tmp_path))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not os.path.lexists(run_dir / "outputs" / "leak")  # the refused link does not stay
 
 
 def test_hardware_class_bigger_than_host_is_refused(tmp_path):
@@ -191,3 +193,100 @@ def test_ctrl_c_removes_container_and_writes_no_attestation(tmp_path, base_image
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     assert not (run_dir / "provenance.intoto.jsonl").exists()
+
+
+def _local_wheel_experiment(root: Path, base_image: str, wheel_line: str) -> Path:
+    """An experiment whose lock installs a local wheel (tests/wheelmaker) and whose command imports it."""
+    manifest = write_experiment(root, base_image, command=[
+        "python3", "-c", "import localpkg; open('/outputs/probe.json', 'w').write(localpkg.VALUE)"],
+        outputs=[{"path": "probe.json"}])
+    (root / "requirements.txt").write_text(wheel_line)
+    data = json.loads(manifest.read_text())
+    data["image"]["lockfile"] = "requirements.txt"
+    data["code"]["exclude"] += ["requirements.txt", "wheels"]
+    manifest.write_text(json.dumps(data, indent=2))
+    return manifest
+
+
+def test_local_wheel_in_a_requirements_lock_runs_and_attests(tmp_path, base_image, cache_env):
+    from runner.attest import generate_keypair
+    from runner.reproduce import read_statement
+    from tests.wheelmaker import make_wheel
+
+    root = tmp_path / "exp"
+    wheel, sha = make_wheel(root / "wheels", "localpkg", "1.0", "VALUE = '\"from a local wheel\"'\n")
+    manifest = _local_wheel_experiment(root, base_image, f"./wheels/{wheel.name} --hash=sha256:{sha}\n")
+    key, pub = generate_keypair("ed25519", tmp_path / "keys")
+    summary = run_experiment(manifest, _options(tmp_path, key=key))
+    assert (summary.run_dir / "outputs" / "probe.json").read_text() == '"from a local wheel"'
+    deps = {d["name"]: d for d in read_statement(summary.attestation)["predicate"]["buildDefinition"]
+            ["resolvedDependencies"]}
+    dep = deps["wheel/localpkg"]
+    # A purl and the digest: no host path, no relative file: URI.
+    assert dep["uri"] == "pkg:pypi/localpkg@1.0" and dep["digest"] == {"sha256": sha}
+    assert "downloadLocation" not in dep and dep["annotations"]["filename"] == wheel.name
+    assert str(tmp_path) not in json.dumps(dep)
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    verify = subprocess.run([sys.executable, "-m", "runner.cli", "verify", str(summary.attestation),
+                             "--key", str(pub)], capture_output=True, text=True, env=env)
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+@pytest.mark.parametrize("where, words", [
+    ("missing", ["requirements.txt:1", "no such file"]),
+    ("outside", ["requirements.txt:1", "outside", "lockfile's folder"]),
+])
+def test_unusable_local_wheel_is_refused_before_anything_runs(tmp_path, base_image, cache_env, where, words):
+    from runner.errors import ManifestError
+    from tests.wheelmaker import make_wheel
+
+    root = tmp_path / "exp"
+    folder = root / "wheels" if where == "missing" else tmp_path / "elsewhere"
+    wheel, sha = make_wheel(folder, "localpkg", "1.0", "VALUE = '1'\n")
+    line = f"./wheels/{wheel.name} --hash=sha256:{sha}\n" if where == "missing" else f"{wheel} --hash=sha256:{sha}\n"
+    if where == "missing":
+        wheel.unlink()
+    manifest = _local_wheel_experiment(root, base_image, line)
+    with pytest.raises(ManifestError) as info:
+        run_experiment(manifest, _options(tmp_path))
+    assert info.value.exit_code == 2
+    assert all(w in info.value.message for w in words), info.value.message
+    assert not (tmp_path / "runs").exists()
+
+
+ODD_OUTPUTS = r'''
+import os, socket
+os.makedirs("/outputs/more/deep", exist_ok=True)
+open("/outputs/probe.json", "w").write("{}")
+open("/outputs/more/b.txt", "w").write("b")
+open("/outputs/scratch.bin", "w").write("undeclared")
+os.mkfifo("/outputs/more/pipe")
+s = socket.socket(socket.AF_UNIX); s.bind("/outputs/more/deep/sock")
+os.symlink("/etc/passwd", "/outputs/more/leak")
+os.symlink("b.txt", "/outputs/more/inside")
+'''
+
+
+def test_odd_files_in_outputs_are_named_and_outputs_holds_only_what_was_hashed(tmp_path, base_image, cache_env,
+                                                                                capsys):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", ODD_OUTPUTS],
+                                outputs=[{"path": "probe.json"}, {"path": "more"}])
+    summary = run_experiment(manifest, _options(tmp_path))
+    err = capsys.readouterr().err
+    for name, kind in (("more/pipe", "FIFO"), ("more/deep/sock", "socket"), ("more/leak", "outside /outputs")):
+        (line,) = [x for x in err.splitlines() if f"output {name} " in x]
+        assert kind in line and "removed from outputs/" in line, line
+    assert "scratch.bin" in err and "undeclared" in err
+    outputs = summary.run_dir / "outputs"
+    on_disk = {p.relative_to(outputs).as_posix() for p in outputs.rglob("*") if not p.is_dir()}
+    assert on_disk == set(summary.outputs) == {"probe.json", "more/b.txt", "more/inside"}
+    assert (summary.run_dir / "undeclared" / "scratch.bin").read_text() == "undeclared"
+
+
+def test_output_that_is_a_fifo_is_an_error_and_removed(tmp_path, base_image, cache_env):
+    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", "import os; os.mkfifo('/outputs/p')"],
+                                outputs=[{"path": "p"}])
+    with pytest.raises(TrainingFailed, match="'p' is a FIFO"):
+        run_experiment(manifest, _options(tmp_path))
+    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not os.path.lexists(run_dir / "outputs" / "p")

@@ -9,6 +9,7 @@ apply to a given base image (markers, the dependency graph of uv.lock) is decide
 from __future__ import annotations
 
 import abc
+import os
 import re
 import sys
 from collections.abc import Iterable, Mapping
@@ -112,6 +113,32 @@ def normalize_hash(algo: str, value: str, shown: str, line: int | None) -> str:
         raise lock_error(shown, line, f"{algo} hash {value!r} is not {_HEX_LEN[algo]} hex digits; "
                          "regenerate the lock")
     return f"{algo}:{hexdigest}"
+
+
+def local_wheel(path_text: str, base_dir: Path, shown: str, line: int | None, *, must_exist: bool = True) -> str:
+    """A local wheel's path relative to the lockfile's folder (POSIX); refuse one outside that folder or missing.
+
+    The relative form keeps host paths out of image labels and attestations, and the lockfile's
+    folder is the one root a lock may draw files from: it travels with the experiment. must_exist is
+    off where a lock lists wheels for other platforms that need not be here (pylock).
+    """
+    given = Path(path_text).expanduser()
+    full = Path(os.path.normpath(given if given.is_absolute() else base_dir / given))
+    root = Path(os.path.normpath(base_dir))
+    try:
+        rel = full.relative_to(root)
+        full.resolve().relative_to(root.resolve())  # a symlink may not lead out either
+    except ValueError:
+        raise lock_error(shown, line, f"{path_text}: the wheel is outside the lockfile's folder ({root}); copy it "
+                         "under that folder (e.g. ./wheels/) and lock it by a relative path") from None
+    if must_exist and not full.is_file():
+        raise lock_error(shown, line, f"{path_text}: no such file ({full}); put the wheel there or fix the lock line")
+    return rel.as_posix()
+
+
+def is_local(url: str) -> bool:
+    """Whether an artifact location is a path or file: URL (not fetched over the network)."""
+    return not re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:", url) or url.lower().startswith("file:")
 
 
 def verifiable(hashes: Iterable[str]) -> dict[str, str]:

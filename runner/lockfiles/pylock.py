@@ -5,13 +5,14 @@ from __future__ import annotations
 import re
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
 from runner.lockfiles.interface import (LockEntry, LockfileFormat, as_str_map, check_marker, check_specifier,
-                                        check_version, key_line, load_toml, lock_error, normalize_hash, spans)
+                                        check_version, key_line, load_toml, local_wheel, lock_error, normalize_hash,
+                                        spans)
 
 _NAME = re.compile(r"^pylock\.([^.]+\.)?toml$")
 
@@ -89,7 +90,9 @@ def _artifact(art: Any, raw_name: str, text: str, span: tuple[int, int] | None, 
     url, path = art.get("url"), art.get("path")
     if not url and not path:
         raise lock_error(shown, line, f"{raw_name}: a {key} entry has neither url nor path")
-    location = str(url) if url else str(Path(path) if Path(path).is_absolute() else base_dir / str(path))
+    if url and urlsplit(str(url)).scheme.lower() == "file":
+        url, path = None, unquote(urlsplit(str(url)).path)
+    location = str(url) if url else local_wheel(str(path), base_dir, shown, line, must_exist=False)
     filename = art.get("name") or urlsplit(str(url or path)).path.rstrip("/").rsplit("/", 1)[-1]
     raw_hashes = as_str_map(art.get("hashes"))
     if not raw_hashes:

@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 
-from runner.lockfiles.interface import LockEntry, LockfileFormat, check_marker, lock_error, normalize_hash
+from runner.lockfiles.interface import LockEntry, LockfileFormat, check_marker, local_wheel, lock_error, normalize_hash
 
 PYPI_SIMPLE = "https://pypi.org/simple"
 VCS_PREFIXES = ("git+", "hg+", "svn+", "bzr+")
@@ -124,6 +125,12 @@ def _entry(line: _Line, text: str, hashes: list[str], shown: str, base_dir: Path
                          "--hash=sha256:<hex>") from None
     name = canonicalize_name(req.name)
     marker = check_marker(str(req.marker) if req.marker else None, shown, number)
+    if req.url and urlsplit(req.url).scheme.lower() == "file":
+        # `name @ file:…` (pip freeze of a local install): a local wheel like a bare path.
+        entry = _path_entry(unquote(urlsplit(req.url).path), hashes, shown, number, base_dir)
+        if entry.name != name:
+            raise lock_error(shown, number, f"the file's wheel is {entry.name}, not {name}; fix the requirement name")
+        return dataclasses.replace(entry, marker=marker)
     if req.url:
         return _url_entry(req.url, name, marker, hashes, shown, number)
     pins = list(req.specifier)
@@ -168,7 +175,7 @@ def _path_entry(text: str, hashes: list[str], shown: str, number: int, base_dir:
     except InvalidWheelFilename:
         raise lock_error(shown, number, f"{path_text.strip()}: only wheels (.whl) can be installed; build a "
                          "wheel and lock it with --hash") from None
-    location = str(path if path.is_absolute() else (base_dir / path))
+    location = local_wheel(path_text.strip(), base_dir, shown, number)
     marker = check_marker(marker_text.strip() or None, shown, number)
     return LockEntry(name=str(name), version=str(version), hashes=tuple(hashes), source=f"{shown}:{number}",
                      url=location, artifacts=({"url": location, "filename": filename, "hashes": _as_map(hashes)},),

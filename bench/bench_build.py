@@ -44,7 +44,7 @@ WARM_EXTRA_GOAL_S = 0.25
 
 def write_lock(path: Path) -> None:
     """A `--require-hashes` requirements lock of PINS, every wheel's sha256 from PyPI's simple API."""
-    from runner.wheels import _query_index, index_session
+    from runner.build.wheels import _query_index, index_session
 
     lines = []
     with index_session() as session:
@@ -75,7 +75,7 @@ def _base(client: Any) -> str:
     import docker.errors
 
     from conftest import base_archive
-    from runner.bootstrap import load_archive, read_archive_id
+    from runner.build.bootstrap import load_archive, read_archive_id
 
     archive = base_archive()
     image_id = read_archive_id(archive)
@@ -88,7 +88,7 @@ def _base(client: Any) -> str:
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Cold and warm build_image rows."""
-    from runner import image as image_mod
+    from runner.build import image as image_mod
     from runner.docker_client import docker_client
     from runner.fetch import Cache
     from runner.manifest import load_manifest

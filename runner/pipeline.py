@@ -104,7 +104,7 @@ def _execute(plan: Plan, run: RunDir, runs_dir: Path, host: hardware.Host, misma
              client: Any, options: RunOptions, record: dict[str, Any]) -> RunSummary:
     from runner.attest import write_attestation
     from runner.attest.statement import build_statement
-    from runner.image import build_image
+    from runner.build.image import build_image
     from runner.provenance import describe, engine_info
 
     cache = Cache.default()

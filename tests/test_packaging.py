@@ -32,5 +32,5 @@ def test_wheel_ships_schemas_and_templates(tmp_path: Path):
     assert "runner/schemas/experiment.schema.json" in names
     assert "runner/schemas/hardware-classes.json" in names
     assert "runner/templates/sitecustomize.py" in names
-    assert any(n.startswith("runner/templates/Dockerfile") for n in names)
+    assert "runner/build/layers.py" in names
     assert any(n.endswith("entry_points.txt") for n in names)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -290,6 +291,13 @@ def assemble(plan: Plan, base: BaseConfig, base_ref: str, python: PythonTarget |
     return Assembly(config, base.diff_ids, (deps, code))
 
 
+def assemble_image(plan: Plan, client: Any, base: ResolvedBase, python: PythonTarget | None,
+                   wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None) -> Assembly:
+    """The plan's image on a resolved base, written under work (build and `xrun rebuild` share it)."""
+    labels = _labels(plan, base, python, [w for w, _ in wheels])
+    return assemble(plan, base_config(client, base.image_id), base.ref, python, wheels, labels, work, code_root)
+
+
 def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None) -> str:
     """`docker load` the assembly (the base's layers are already in the engine) and tag it; the image ID.
 
@@ -298,7 +306,7 @@ def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None =
     image_id = assembly.image_id
     existed = image_exists(client, image_id)
     try:
-        with sigterm_as_interrupt():
+        with sigterm_as_interrupt():  # a no-op when the caller already installed it
             if not existed:
                 archive = work / "image.tar"
                 layers: list[tuple[str, Path | None]] = [(d, None) for d in assembly.base_diff_ids]
@@ -360,15 +368,20 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool) -> BuiltI
         chosen = choose_wheels(plan.lockfile, python, cache)
         wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, quiet=quiet)
     labels = _labels(plan, base, python, [w for w, _ in wheels])
-    if not quiet:
-        print(f"xrun: assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code files)",
-              file=sys.stderr)
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        with tempfile.TemporaryDirectory(prefix="xrun-build-", dir=work) as tmp:
-            assembly = assemble(plan, base_config(client, base.image_id), base.ref, python, wheels, labels, Path(tmp))
-            image_id = load_assembly(client, assembly, Path(tmp), tag)
+        # SIGTERM too must unwind through the temp folder's and the loaded image's clean-up.
+        with sigterm_as_interrupt():
+            tmp = Path(tempfile.mkdtemp(prefix="xrun-build-", dir=work))
+            try:
+                if not quiet:
+                    print(f"xrun: assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
+                          "files)", file=sys.stderr)
+                assembly = assemble_image(plan, client, base, python, wheels, tmp)
+                image_id = load_assembly(client, assembly, tmp, tag)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
     except KeyboardInterrupt:
         raise Interrupted("interrupted: the image build was stopped; nothing was loaded or left behind") from None
     _check_built(client, image_id, base, labels)

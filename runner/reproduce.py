@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from runner.errors import IntegrityError, UsageError
+from runner.attest.statement import recorded_metrics
 
 
 @dataclass(frozen=True)
@@ -108,6 +109,13 @@ def read_statement(path: Path) -> dict[str, Any]:
 def recorded_outputs(statement: dict[str, Any]) -> dict[str, str]:
     """subject name → sha256."""
     return {s["name"]: s.get("digest", {}).get("sha256", "") for s in statement.get("subject", [])}
+
+
+def _hardware_class(statement: dict[str, Any]) -> Any:
+    """The hardware class the run applied: the manifest's (externalParameters)."""
+    manifest = _external(statement).get("manifest")
+    hardware = manifest.get("hardware") if isinstance(manifest, dict) else None
+    return hardware.get("class") if isinstance(hardware, dict) else None
 
 
 def find_extension(node: Any, key: str) -> Any:
@@ -248,10 +256,9 @@ def changed_inputs(old: dict[str, Any], new: dict[str, Any]) -> tuple[InputChang
         da, db = a.get(name), b.get(name)
         if da is None or db is None or da.get("digest") != db.get("digest") or da.get("uri") != db.get("uri"):
             changes.append(InputChange(name, _short_dep(da), _short_dep(db)))
-    for key in ("xrun_hardware_class",):
-        va, vb = find_extension(old.get("predicate"), key), find_extension(new.get("predicate"), key)
-        if va != vb:
-            changes.append(InputChange("hardware class", va, vb))
+    va, vb = _hardware_class(old), _hardware_class(new)
+    if va != vb:
+        changes.append(InputChange("hardware class", va, vb))
     ga, gb = _gpus(old), _gpus(new)
     if ga != gb:
         changes.append(InputChange("detected GPUs", ga, gb))
@@ -332,7 +339,7 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
 
 def _recorded_metrics(statement: dict[str, Any], attestation: Path) -> dict[str, dict[str, float]]:
     """Metrics values as the attestation records them (the run.json beside it as a fallback)."""
-    metrics = find_extension(statement.get("predicate"), "xrun_metrics")
+    metrics = recorded_metrics(statement)
     if isinstance(metrics, dict):
         return metrics
     record = attestation.parent / "run.json"

@@ -63,9 +63,9 @@ def test_diff_fields_paths():
 
 def _statement(deps, cls="cpu-1"):
     return {"predicate": {"buildDefinition": {"resolvedDependencies": deps,
-                                              "externalParameters": {"manifest": {}, "manifestDigest": {"sha256": "m"}}},
-                          "runDetails": {"builder": {"builderDependencies": []}, "byproducts": []},
-                          "xrun_hardware_class": cls}}
+                                              "externalParameters": {"manifest": {"hardware": {"class": cls}},
+                                                                     "manifestDigest": {"sha256": "m"}}},
+                          "runDetails": {"builder": {"builderDependencies": []}, "byproducts": []}}}
 
 
 def test_changed_inputs_names_each_dependency():

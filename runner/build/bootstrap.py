@@ -25,7 +25,6 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
-from urllib.parse import quote
 
 from runner.build.layers import SOURCE_DATE_EPOCH, ImageConfig, history_entry, layer_from_file, load_archive, \
     image_exists, read_archive_id, write_load_archive
@@ -57,8 +56,11 @@ class DebPackage:
 
     @property
     def purl(self) -> str:
-        """pkg:deb/debian/NAME@VERSION?arch=ARCH (the version percent-encoded as the purl spec asks)."""
-        return f"pkg:deb/debian/{self.name}@{quote(self.version, safe=':~')}?arch={self.arch}"
+        """pkg:deb/debian/NAME@VERSION?arch=ARCH, encoded by packageurl-python (one encoding of `+`)."""
+        from packageurl import PackageURL
+
+        return PackageURL(type="deb", namespace="debian", name=self.name, version=self.version,
+                          qualifiers={"arch": self.arch}).to_string()
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""

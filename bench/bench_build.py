@@ -44,7 +44,7 @@ WARM_EXTRA_GOAL_S = 0.25
 
 def write_lock(path: Path) -> None:
     """A `--require-hashes` requirements lock of PINS, every wheel's sha256 from PyPI's simple API."""
-    from runner.wheels import _query_index, index_session
+    from runner.build.wheels import _query_index, index_session
 
     lines = []
     with index_session() as session:
@@ -75,7 +75,7 @@ def _base(client: Any) -> str:
     import docker.errors
 
     from conftest import base_archive
-    from runner.bootstrap import load_archive, read_archive_id
+    from runner.build.bootstrap import load_archive, read_archive_id
 
     archive = base_archive()
     image_id = read_archive_id(archive)
@@ -88,7 +88,7 @@ def _base(client: Any) -> str:
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Cold and warm build_image rows."""
-    from runner import image as image_mod
+    from runner.build import image as image_mod
     from runner.docker_client import docker_client
     from runner.fetch import Cache
     from runner.manifest import load_manifest
@@ -99,7 +99,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     cold_runs = 1 if quick else 3
     warm_runs = 10 if quick else 30
     docker_times: list[float] = []
-    real_build = image_mod.docker_build
+    real_build = image_mod.load_assembly
 
     def timed_build(*args: Any, **kwargs: Any) -> str:
         start = time.perf_counter()
@@ -113,7 +113,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         write_lock(lock)
         cold: list[float] = []
         built = None
-        image_mod.docker_build = timed_build  # type: ignore[assignment]
+        image_mod.load_assembly = timed_build  # type: ignore[assignment]
         try:
             for i in range(cold_runs):
                 manifest = write_experiment(Path(work) / f"exp{i}", base_id, lock, f"{time.time()} {i}")
@@ -129,7 +129,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 if i < cold_runs - 1:  # no Docker layer cache for the next repetition
                     client.images.remove(built.id, force=True)
         finally:
-            image_mod.docker_build = real_build  # type: ignore[assignment]
+            image_mod.load_assembly = real_build  # type: ignore[assignment]
         assert built is not None
         warm = median_s(lambda: _warm(image_mod, plan, cache, client), warm_runs)
         inspect = median_s(lambda: client.images.get(built.tag), warm_runs)
@@ -141,9 +141,9 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
     warm_row["goal"] = f"+{WARM_EXTRA_GOAL_S * 1000:.0f} ms"
     warm_row["pass"] = warm - inspect < WARM_EXTRA_GOAL_S
     return [
-        row("cold `build_image`, 20-wheel requirements lock (index + fetch + layout + build)", cold_s, docker_s,
+        row("cold `build_image`, 20-wheel requirements lock (index + fetch + layout + assemble + load)", cold_s, docker_s,
             None, note=f"fetch/inspect/layout {cold_s - docker_s:.2f} s; {len(PINS)} wheels; empty cache, "
-                       "no layer cache", baseline="its docker build step"),
+                       "no layer cache", baseline="its docker load step"),
         warm_row,
     ]
 

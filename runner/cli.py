@@ -396,7 +396,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 def _cmd_build(args: argparse.Namespace) -> int:
     from runner.docker_client import docker_client
     from runner.fetch import Cache
-    from runner.image import build_image
+    from runner.build.image import build_image
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
 

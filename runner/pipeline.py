@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.backends.interface import Execution, get_backend
+from runner.build.image import BuiltImage
 from runner.context import RunContext, RunOptions, signing_key_path
 from runner.errors import Interrupted, XrunError
 from runner.execute import raise_for_status
@@ -53,7 +54,7 @@ class CompletedRun:
 
     run: RunDir
     fetched: tuple[FetchedData, ...]
-    image: Any  # runner.image.BuiltImage
+    image: BuiltImage
     execution: Execution
     outputs: Outputs
 
@@ -91,7 +92,7 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
 def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
     from runner.attest import write_attestation
     from runner.attest.statement import build_statement
-    from runner.image import build_image
+    from runner.build.image import build_image
     from runner.provenance import describe
 
     plan = ctx.plan

@@ -98,7 +98,9 @@ class Plan:
         """sha256 hex over only what goes into the image (base, lock, code): keys the image cache."""
         j = self.to_json()
         # The image also depends on xrun's own templates, hence the version.
-        keyed = {k: j[k] for k in ("image", "lockfile", "code")} | {"xrun": __version__}
+        # Content only: the code tree's digest, not its git commit or folder name, so a checkout without
+        # .git or a commit that touches no built file gives the same image (the commit is attested).
+        keyed = {k: j[k] for k in ("image", "lockfile")} | {"code": j["code"]["digest"], "xrun": __version__}
         return hashlib.sha256(canonical_json(keyed)).hexdigest()
 
 

@@ -10,7 +10,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
+
+from packageurl import PackageURL
 
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
@@ -61,9 +62,19 @@ def xrun_distribution_digest() -> str:
     return tree_digest(files).split(":", 1)[1]
 
 
-def as_uri(reference: str) -> str:
-    """A data reference as a URI: a plain relative path becomes file:<path> (relative to the manifest)."""
-    return reference if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", reference) else f"file:{reference}"
+def purl(kind: str, name: str, version: str | None = None, namespace: str | None = None,
+         qualifiers: dict[str, str] | None = None) -> str:
+    """A package URL written by packageurl-python, so every field is encoded one way (`+` included)."""
+    return PackageURL(type=kind, namespace=namespace, name=name, version=version,
+                      qualifiers=qualifiers or None).to_string()
+
+
+def data_uri(reference: str) -> str | None:
+    """A remote data reference as its URI; None for a local file (a host or manifest-relative path means
+    nothing to a verifier: the digest identifies it, and the manifest says where it was read from)."""
+    if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", reference) and not reference.lower().startswith("file:"):
+        return reference
+    return None
 
 
 def subjects(outputs: Outputs) -> list[Subject]:
@@ -71,41 +82,58 @@ def subjects(outputs: Outputs) -> list[Subject]:
     return [Subject(name=f.path, sha256=f.sha256) for f in outputs.files]
 
 
+def _docker_purl(ref: Any, platform: str) -> str:
+    """pkg:docker/NAMESPACE/NAME@sha256:…?repository_url=REGISTRY&platform=…"""
+    namespace, _, name = ref.repository.rpartition("/")
+    qualifiers = {"platform": platform}
+    if ref.registry:
+        qualifiers["repository_url"] = ref.registry
+    return purl("docker", name, ref.digest, namespace or None, qualifiers)
+
+
 def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: ResourceDescriptor | None) -> list[ResourceDescriptor]:
     """resolvedDependencies: base image, built image, packages, wheels, data, code, lockfile."""
     deps: list[ResourceDescriptor] = []
-    platform = quote(image.platform, safe="")
     if plan.base is not None:
         deps.append(ResourceDescriptor(
-            name="base-image", uri=f"pkg:docker/{plan.base.name}@{plan.base.digest}?platform={platform}",
+            name="base-image", uri=_docker_purl(plan.base, image.platform),
             digest={"sha256": plan.base.digest.split(":", 1)[1]},
             annotations={"reference": plan.base.pinned, "imageId": image.base_image_id}))
     else:
         deps.append(ResourceDescriptor(
-            name="base-image", uri=f"pkg:docker/xrun-bootstrap/{plan.bootstrap.suite}@{image.base_image_id}?platform={platform}",
+            name="base-image", uri=purl("docker", plan.bootstrap.suite, image.base_image_id, "xrun-bootstrap",
+                                        {"platform": image.platform}),
             digest={"sha256": image.base_image_id.split(":", 1)[1]},
             annotations={"bootstrap": {"suite": plan.bootstrap.suite, "packages": list(plan.bootstrap.packages),
                                        "variant": plan.bootstrap.variant}}))
-    deps.append(ResourceDescriptor(name="image", uri=f"docker-image:{image.tag}",
-                                   digest={"sha256": image.id.split(":", 1)[1]},
-                                   annotations={"tag": image.tag, "buildDigest": plan.build_digest}))
+    image_notes: dict[str, Any] = {"tag": image.tag, "buildDigest": plan.build_digest}
+    if getattr(image, "layers", ()):
+        image_notes["layers"] = list(image.layers)
+    if getattr(image, "manifest_digest", None):
+        image_notes["manifestDigest"] = image.manifest_digest
+        image_notes["repository"] = image.pushed_to
+    deps.append(ResourceDescriptor(name="image", uri=purl("docker", plan.manifest.name, image.id, "xrun"),
+                                   digest={"sha256": image.id.split(":", 1)[1]}, annotations=image_notes))
     for deb in image.debs:
         deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl))
     for wheel in image.wheels:
         deps.append(wheel_dependency(wheel))
     for item in fetched:
-        deps.append(ResourceDescriptor(name=f"data/{item.name}", uri=as_uri(item.uri), digest={item.algorithm: item.hexdigest},
+        deps.append(ResourceDescriptor(name=f"data/{item.name}", uri=data_uri(item.uri),
+                                       digest={item.algorithm: item.hexdigest},
                                        annotations={"path": item.container_path, "size": item.size,
                                                     "unpacked": item.unpacked}))
     code_digest = {"sha256": plan.code.digest.split(":", 1)[1]}
     if plan.code.git_commit:
         code_digest["gitCommit"] = plan.code.git_commit
-    deps.append(ResourceDescriptor(name="code", uri="file:" + plan.to_json()["code"]["path"], digest=code_digest,
-                                   annotations={"files": len(plan.code.files), "gitDirty": plan.code.git_dirty}))
+    deps.append(ResourceDescriptor(name="code", digest=code_digest,
+                                   annotations={"path": plan.to_json()["code"]["path"], "files": len(plan.code.files),
+                                                "gitDirty": plan.code.git_dirty}))
     if plan.lockfile is not None:
         lock = plan.to_json()["lockfile"]
-        deps.append(ResourceDescriptor(name="lockfile", uri=f"file:{lock['path']}", digest={"sha256": lock["sha256"]},
-                                       annotations={"format": lock["format"], "packages": len(lock["packages"])}))
+        deps.append(ResourceDescriptor(name="lockfile", digest={"sha256": lock["sha256"]},
+                                       annotations={"path": lock["path"], "format": lock["format"],
+                                                    "packages": len(lock["packages"])}))
     if reproduced is not None:
         deps.append(reproduced)
     return deps
@@ -121,23 +149,34 @@ def wheel_dependency(wheel: Any) -> ResourceDescriptor:
     annotations: dict[str, Any] = {"filename": wheel.filename}
     if local:
         annotations["source"] = "local file"
-    return ResourceDescriptor(name=f"wheel/{wheel.name}", uri=f"pkg:pypi/{wheel.name}@{wheel.version}",
+    return ResourceDescriptor(name=f"wheel/{wheel.name}", uri=purl("pypi", wheel.name, wheel.version),
                               digest={"sha256": wheel.sha256}, download_location=None if local else wheel.url,
                               annotations=annotations)
 
 
-def internal_parameters(plan: Plan, spec: ContainerSpec, runs_dir: Path, settings: dict[str, Any]) -> dict[str, Any]:
-    """What xrun decided: isolation, seed handling and determinism variables, its own settings."""
+def internal_parameters(plan: Plan, spec: ContainerSpec, settings: dict[str, Any],
+                        hardware_mismatch: list[str]) -> dict[str, Any]:
+    """What xrun decided: isolation, seed handling, the hardware shortfall it accepted, its own settings."""
     seed_env = {k: v for k, v in plan.env.items() if k not in plan.manifest.run.env}
     return {
+        "hermetic": True,
         "isolation": spec.isolation(),
         "seeding": {"global": plan.seed, "applied": plan.apply_seeds, "environment": seed_env,
                     "libraries": list(SEEDED_LIBRARIES) if plan.apply_seeds else []},
+        "hardwareMismatch": list(hardware_mismatch),
         "planDigest": plan.digest,
         "buildDigest": plan.build_digest,
-        "runsDir": str(runs_dir),
         "settings": settings,
     }
+
+
+def metrics_byproduct(metrics: dict[str, Any]) -> ResourceDescriptor | None:
+    """The metrics read from the outputs, as a byproduct (SLSA's place for what a run produced besides its
+    subjects); None when the run declared no metrics file."""
+    if not metrics:
+        return None
+    return ResourceDescriptor(name="metrics", digest={"sha256": hashlib.sha256(canonical_json(metrics)).hexdigest()},
+                              media_type="application/json", annotations={"values": metrics})
 
 
 def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tuple[list[Subject], ProvenanceFacts]:
@@ -145,38 +184,33 @@ def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tupl
     plan, host, outputs, result = ctx.plan, ctx.host, done.outputs, done.execution.result
     engine = engine_info(ctx.client)
     settings = {"allowHardwareMismatch": ctx.options.allow_hardware_mismatch, "signed": ctx.signer is not None,
-                "fetch": {"retries": ctx.options.fetch.retries, "parallel": ctx.options.fetch.parallel}}
-    run_id, runs_dir, log_sha256 = done.run.run_id, ctx.runs_dir, result.log_sha256
-    hardware_mismatch = list(ctx.hardware_mismatch)
+                "fetch": {"retries": ctx.options.fetch.retries, "parallel": ctx.options.fetch.parallel,
+                          "verify": ctx.options.fetch.verify}}
+    run_id, log_sha256 = done.run.run_id, result.log_sha256
     facts = ProvenanceFacts(
         manifest=plan.manifest.raw,
         manifest_sha256=plan.manifest.sha256,
-        internal=internal_parameters(plan, done.execution.spec, runs_dir, settings),
+        internal=internal_parameters(plan, done.execution.spec, settings, list(ctx.hardware_mismatch)),
         dependencies=tuple(dependencies(plan, list(done.fetched), done.image, ctx.options.reproduces)),
         builder_id=builder_id_for_host(socket.gethostname()),
         xrun_version=__version__,
         builder_dependencies=(
-            ResourceDescriptor(name="xrun", uri=f"pkg:pypi/xrun@{__version__}",
+            ResourceDescriptor(name="xrun", uri=purl("pypi", "xrun", __version__),
                                digest={"sha256": xrun_distribution_digest()}),
-            ResourceDescriptor(name="docker-engine", uri=f"pkg:generic/docker-engine@{engine.version}",
+            ResourceDescriptor(name="docker-engine", uri=purl("generic", "docker-engine", engine.version),
                                annotations={"os": engine.os}),
-            ResourceDescriptor(name="container-runtime", uri=f"pkg:generic/{engine.runtime}@{engine.runtime_version}"),
+            ResourceDescriptor(name="container-runtime",
+                               uri=purl("generic", engine.runtime, engine.runtime_version or None)),
         ),
         invocation_id=f"{run_id}/{uuid.uuid4()}",
         started_on=result.started_on,
         finished_on=result.finished_on,
-        byproducts=(
+        byproducts=tuple(d for d in (
             ResourceDescriptor(name="logs/run.log", digest={"sha256": log_sha256}, media_type="text/plain"),
             ResourceDescriptor(name="run.json", digest={"sha256": record_sha256}, media_type="application/json"),
             ResourceDescriptor(name="host", digest={"sha256": hashlib.sha256(canonical_json(host.to_json())).hexdigest()},
                                media_type="application/json", annotations=host.to_json()),
-        ),
-        extensions={
-            "xrun_hermetic": True,
-            "xrun_hardware_class": plan.hardware.name,
-            "xrun_hardware_mismatch": hardware_mismatch,
-            "xrun_plan_digest": plan.digest,
-            "xrun_metrics": outputs.metrics,
-        },
+            metrics_byproduct(outputs.metrics),
+        ) if d is not None),
     )
     return subjects(outputs), facts

@@ -1,6 +1,6 @@
 """Session fixtures shared by every integration test: the Docker engine, a local registry, the base image.
 
-The base image is bootstrapped from Debian packages by runner.bootstrap (mmdebstrap with a fixed
+The base image is bootstrapped from Debian packages by runner.build.bootstrap (mmdebstrap with a fixed
 SOURCE_DATE_EPOCH, wrapped as a `docker load` archive with a fixed config), so its image ID is the
 same on every machine and run. The archive is cached per machine (XRUN_TEST_CACHE, default
 ~/.cache/xrun-test/): the first session takes about a minute, later ones seconds. It is loaded,
@@ -109,7 +109,7 @@ def base_archive() -> Path:
     """The bootstrapped test base as a `docker load` archive, built once per machine and spec."""
     import fcntl
 
-    from runner.bootstrap import bootstrap_archive, spec_digest
+    from runner.build.bootstrap import bootstrap_archive, spec_digest
 
     cache = _test_cache()
     cache.mkdir(parents=True, exist_ok=True)
@@ -127,7 +127,7 @@ def base_image_id(docker_client) -> str:
     """The test base loaded into the engine; its ID is fixed by its packages."""
     import docker.errors
 
-    from runner.bootstrap import load_archive, read_archive_id
+    from runner.build.layers import load_archive, read_archive_id
 
     archive = base_archive()
     image_id = read_archive_id(archive)

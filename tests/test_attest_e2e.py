@@ -96,3 +96,16 @@ def test_unsigned_run_says_so(tmp_path, base_image, monkeypatch, capsys):
     assert not summary.signed and summary.attestation.exists()
     assert "UNSIGNED" in capsys.readouterr().err
     assert not verify_attestation(summary.attestation, [], []).ok
+
+
+def test_run_statement_parses_strictly_and_records_no_host_path(signed_run):
+    """The official in-toto bindings parse a real run's statement with no unknown field; no host path in it."""
+    from tests.test_attest_strict import assert_portable, assert_strictly_valid
+
+    summary, _, _, manifest = signed_run
+    line = summary.attestation.read_text().splitlines()[0]
+    statement = json.loads(base64.b64decode(json.loads(line)["payload"]))
+    assert_strictly_valid(statement)
+    assert_portable(statement, str(summary.run_dir.parent), str(manifest.parent))
+    internal = statement["predicate"]["buildDefinition"]["internalParameters"]
+    assert internal["hermetic"] is True and internal["hardwareMismatch"] == [] and "runsDir" not in internal

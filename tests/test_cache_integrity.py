@@ -172,9 +172,9 @@ def fetch(manifest: Path, cache: Cache, options: FetchOptions = FAST):
 
 
 def wheel(cache: Cache, server: FaultServer):
-    """The wheel path of the image stage: runner.wheels.fetch_wheels."""
+    """The wheel path of the image stage: runner.build.wheels.fetch_wheels."""
     from runner.lockfiles.interface import LockEntry
-    from runner.wheels import Candidate, Chosen, fetch_wheels
+    from runner.build.wheels import Candidate, Chosen, fetch_wheels
 
     url = server.url("/pkg-1.0-py3-none-any.whl")
     chosen = Chosen(LockEntry(name="pkg", version="1.0", hashes=(f"sha256:{sha(WHEEL)}",), source="lock:1", line=1),

@@ -10,11 +10,11 @@ import docker.errors
 import pytest
 
 from conftest import TEST_BASE, base_archive, push_image
-from runner.bootstrap import (bootstrap_archive, bootstrap_tag, ensure_bootstrap_image, installed_debs,
-                              read_archive_id)
+from runner.build.bootstrap import bootstrap_archive, bootstrap_tag, ensure_bootstrap_image, installed_debs
+from runner.build.layers import read_archive_id
 from runner.errors import FetchError, IntegrityError, ManifestError
 from runner.fetch import Cache
-from runner.image import resolve_base
+from runner.build.image import resolve_base
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
 

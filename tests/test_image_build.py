@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import io
 import json
-import tarfile
 import time
 from pathlib import Path
 
 import pytest
 
-from runner.errors import BuildError, IntegrityError, ManifestError
+from runner.errors import IntegrityError, ManifestError
 from runner.fetch import Cache
-from runner.image import BuiltImage, build_image, docker_build, image_tag
+from runner.build.image import BuiltImage, build_image, image_tag
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
 
@@ -193,41 +191,6 @@ def test_unpinned_lock_is_exit_2_naming_the_line(tmp_path, base_image):
     with pytest.raises(ManifestError) as info:
         plan_for(manifest)
     assert info.value.exit_code == 2 and "requirements.txt:2" in info.value.message
-
-
-def _context(dockerfile: str) -> io.BytesIO:
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        data = dockerfile.encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
-    buf.seek(0)
-    return buf
-
-
-def test_a_build_step_reaching_the_network_fails(base_image, docker_client):
-    dockerfile = (f"FROM {base_image}\n"
-                  "RUN [\"python3\", \"-c\", \"import socket; socket.create_connection(('1.1.1.1', 80), timeout=5); "
-                  "print('NETWORK' + ' REACHED')\"]\n")
-    with pytest.raises(BuildError) as info:
-        docker_build(docker_client, _context(dockerfile), quiet=True)
-    assert info.value.exit_code == 1
-    tail = "\n".join(info.value.lines)
-    assert "Network is unreachable" in tail or "OSError" in tail, tail
-    assert "NETWORK REACHED" not in tail
-    # forcerm: the failed step's container is gone too.
-    leftovers = [c for c in docker_client.containers.list(all=True)
-                 if "REACHED" in " ".join(c.attrs.get("Config", {}).get("Cmd") or [])]
-    assert leftovers == []
-
-
-def test_the_same_step_builds_with_network_work_in_docker_itself(base_image, docker_client):
-    """Control for the test above: a RUN step that stays offline builds fine with the same options."""
-    dockerfile = f"FROM {base_image}\nRUN [\"python3\", \"-c\", \"print('offline is fine')\"]\n"
-    image_id = docker_build(docker_client, _context(dockerfile), quiet=True)
-    assert image_id.startswith("sha256:")
-    docker_client.images.remove(image_id, force=True)
 
 
 def test_bootstrap_base_pinned_by_image_id_builds_with_debs_recorded(tmp_path, base_image_id, docker_client, cache):

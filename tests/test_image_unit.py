@@ -12,15 +12,16 @@ import tarfile
 import pytest
 from packaging.tags import sys_tags
 
-from runner import bootstrap
-from runner.bootstrap import DebPackage, write_docker_archive
+from runner.build import bootstrap, layers
+from runner.build.bootstrap import DebPackage, write_docker_archive
 from runner.docker_client import docker_client
 from runner.errors import EnvironmentProblem, ManifestError
-from runner.image import ContextBuilder, _matching_repo_digest, render_dockerfile
+from runner.build.image import _matching_repo_digest, image_environment
+from runner.build.layers import LayerBuilder
 from runner.lockfiles.interface import LockEntry
 from runner.manifest import BootstrapSpec
 from runner.plan import parse_image_ref
-from runner.wheels import PROBE, Candidate, best_wheel, compute_tags, linux_platforms, target_from_facts
+from runner.build.wheels import PROBE, Candidate, best_wheel, compute_tags, linux_platforms, target_from_facts
 
 
 def host_facts() -> dict:
@@ -72,16 +73,11 @@ def test_no_fitting_wheel_is_exit_2_naming_the_lock_line():
     assert "cp311" in info.value.message
 
 
-def test_dockerfile_pins_the_base_and_escapes_labels():
-    ref = "127.0.0.1:5000/xrun-base@sha256:" + "a" * 64
-    text = render_dockerfile(ref, with_venv=True, labels={"org.xrun.x": 'say "hi" $HOME \\ ok', "org.xrun.a": "1"})
-    lines = [line for line in text.splitlines() if line and not line.startswith("#")]
-    assert lines[0] == f"FROM {ref}"
-    assert "ENV PATH=/opt/xrun/venv/bin:$PATH PYTHONPATH=/opt/xrun/site${PYTHONPATH:+:$PYTHONPATH}" in lines
-    assert 'org.xrun.x="say \\"hi\\" \\$HOME \\\\ ok"' in text
-    assert "RUN" not in text and "ADD" not in text  # nothing in the build executes or downloads
-    plain = [line for line in render_dockerfile(ref, with_venv=False).splitlines() if line.startswith("ENV ")]
-    assert plain == ["ENV PYTHONPATH=/opt/xrun/site${PYTHONPATH:+:$PYTHONPATH}"]
+def test_environment_puts_the_venv_first_and_keeps_the_base_order():
+    base = ["PATH=/usr/local/bin:/usr/bin", "LANG=C.UTF-8", "PYTHONPATH=/srv/lib"]
+    assert image_environment(base, with_venv=True) == [
+        "PATH=/opt/xrun/venv/bin:/usr/local/bin:/usr/bin", "LANG=C.UTF-8", "PYTHONPATH=/opt/xrun/site:/srv/lib"]
+    assert image_environment(["PATH=/bin"], with_venv=False) == ["PATH=/bin", "PYTHONPATH=/opt/xrun/site"]
 
 
 def test_context_is_deterministic_sorted_and_owned_by_root(tmp_path):
@@ -91,8 +87,8 @@ def test_context_is_deterministic_sorted_and_owned_by_root(tmp_path):
     (tmp_path / "a" / "x.sh").chmod(0o700)
 
     def build() -> bytes:
-        ctx = ContextBuilder()
-        ctx.add_bytes("Dockerfile", b"FROM scratch\n")
+        ctx = LayerBuilder()
+        ctx.add_bytes("etc/motd", b"hi\n")
         ctx.add_file("workspace/b.txt", tmp_path / "b.txt", 0o644, hashlib.sha256(b"b").hexdigest())
         ctx.add_tree("xrun/venv", tmp_path / "a")
         buf = io.BytesIO()
@@ -104,7 +100,7 @@ def test_context_is_deterministic_sorted_and_owned_by_root(tmp_path):
     assert build() == first
     with tarfile.open(fileobj=io.BytesIO(first)) as tar:
         members = tar.getmembers()
-    assert [m.name for m in members] == ["Dockerfile", "workspace", "workspace/b.txt", "xrun", "xrun/venv",
+    assert [m.name for m in members] == ["etc", "etc/motd", "workspace", "workspace/b.txt", "xrun", "xrun/venv",
                                          "xrun/venv/x.sh"]
     assert {(m.uid, m.gid, m.uname, m.gname, m.mtime) for m in members} == {(0, 0, "", "", bootstrap.SOURCE_DATE_EPOCH)}
     modes = {m.name: m.mode for m in members}
@@ -125,7 +121,7 @@ def test_docker_archive_is_bit_identical_and_its_id_is_the_config_digest(tmp_pat
         manifest = json.loads(tar.extractfile("manifest.json").read())
         config_bytes = tar.extractfile(manifest[0]["Config"]).read()
         layer = tar.extractfile(manifest[0]["Layers"][0]).read()
-    assert a.image_id == "sha256:" + hashlib.sha256(config_bytes).hexdigest() == bootstrap.read_archive_id(a.path)
+    assert a.image_id == "sha256:" + hashlib.sha256(config_bytes).hexdigest() == layers.read_archive_id(a.path)
     config = json.loads(config_bytes)
     assert config["created"] == "2024-01-01T00:00:00Z" and config["architecture"] == "amd64"
     assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()] == [a.diff_id]

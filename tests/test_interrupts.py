@@ -81,7 +81,7 @@ def _fresh_build(root: Path, base_image: str) -> Path:
 def _until_building(proc: subprocess.Popen[str]) -> None:
     assert proc.stderr is not None
     for line in proc.stderr:  # the build announces itself before it starts
-        if "building" in line:
+        if "assembling" in line or "building" in line:
             return
     pytest.fail("xrun never started a build", pytrace=False)
 

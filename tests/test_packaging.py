@@ -32,5 +32,8 @@ def test_wheel_ships_schemas_and_templates(tmp_path: Path):
     assert "runner/schemas/experiment.schema.json" in names
     assert "runner/schemas/hardware-classes.json" in names
     assert "runner/templates/sitecustomize.py" in names
-    assert any(n.startswith("runner/templates/Dockerfile") for n in names)
+    assert "runner/build/layers.py" in names
+    # Every module of the package ships: a sub-package missing from pyproject's list would not.
+    modules = {str(p.relative_to(REPO)) for p in (REPO / "runner").rglob("*.py") if "__pycache__" not in p.parts}
+    assert modules <= set(names), sorted(modules - set(names))
     assert any(n.endswith("entry_points.txt") for n in names)

@@ -64,12 +64,12 @@ def test_diff_fields_paths():
 
 
 def _statement(deps, cls="cpu-1", manifest=None):
+    manifest = {**(manifest or {}), "hardware": {"class": cls}}
     return RecordedRun.from_statement(
         {"predicate": {"buildDefinition": {"resolvedDependencies": deps,
-                                           "externalParameters": {"manifest": manifest or {},
+                                           "externalParameters": {"manifest": manifest,
                                                                   "manifestDigest": {"sha256": "m"}}},
-                       "runDetails": {"builder": {"builderDependencies": []}, "byproducts": [],
-                                      "xrun_hardware_class": cls}}})
+                       "runDetails": {"builder": {"builderDependencies": []}, "byproducts": []}}})
 
 
 def test_changed_inputs_names_each_dependency():

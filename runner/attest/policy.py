@@ -163,7 +163,7 @@ class ManifestDigest:
 
 @dataclass(frozen=True)
 class AllowedHardwareClasses:
-    """The manifest's hardware class (and xrun_hardware_class, when present) is an allowed one."""
+    """The manifest's hardware class (the one the run applied) is an allowed one."""
 
     classes: tuple[str, ...]
 
@@ -175,11 +175,8 @@ class AllowedHardwareClasses:
     def check(self, statement: dict[str, Any]) -> Check:
         manifest = _dig(statement, "predicate", "buildDefinition", "externalParameters", "manifest")
         declared = _dig(manifest, "hardware", "class")
-        applied = _dig(statement, "predicate", "runDetails", "xrun_hardware_class")
         if not isinstance(declared, str):
             return Check(self.name, False, "the manifest in the statement names no hardware class")
-        if applied is not None and applied != declared:
-            return Check(self.name, False, f"the manifest asks for {declared} but the run applied {applied}")
         if declared in self.classes:
             return Check(self.name, True, f"{declared} is allowed")
         return Check(self.name, False, f"{declared} is not among the allowed classes ({', '.join(self.classes)})")
@@ -187,7 +184,7 @@ class AllowedHardwareClasses:
 
 @dataclass(frozen=True)
 class HardwareMatched:
-    """The host met the hardware class: runDetails.xrun_hardware_mismatch is recorded and empty."""
+    """The host met the hardware class: internalParameters.hardwareMismatch is recorded and empty."""
 
     @property
     def name(self) -> str:
@@ -195,7 +192,7 @@ class HardwareMatched:
         return "policy: hardware match"
 
     def check(self, statement: dict[str, Any]) -> Check:
-        mismatch = _dig(statement, "predicate", "runDetails", "xrun_hardware_mismatch")
+        mismatch = _dig(statement, "predicate", "buildDefinition", "internalParameters", "hardwareMismatch")
         if mismatch is None:
             # Fail closed: a statement without the field cannot show the class was met.
             return Check(self.name, False, "the statement does not record whether the host met its hardware class")

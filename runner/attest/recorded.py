@@ -19,6 +19,7 @@ class RecordedRun:
     manifest_digest: str  # hex sha256
     dependencies: dict[str, dict[str, Any]]  # resolvedDependencies by name
     hardware_class: str | None
+    hardware_mismatch: tuple[str, ...]  # shortfalls of the host that xrun accepted
     metrics: dict[str, dict[str, float]]
     gpus: tuple[str, ...]
     engine: str | None  # the docker-engine builder dependency's URI
@@ -30,7 +31,6 @@ class RecordedRun:
         definition = _dict(predicate.get("buildDefinition"))
         details = _dict(predicate.get("runDetails"))
         external = _dict(definition.get("externalParameters"))
-        internal = _dict(definition.get("internalParameters"))
         byproducts = {b.get("name"): b for b in details.get("byproducts") or [] if isinstance(b, dict)}
         deps = {d.get("name") or d.get("uri", "?"): d for d in definition.get("resolvedDependencies") or []
                 if isinstance(d, dict)}
@@ -40,7 +40,9 @@ class RecordedRun:
             manifest=external.get("manifest"),
             manifest_digest=_digest_hex(external.get("manifestDigest")),
             dependencies=deps,
-            hardware_class=_hardware_class(internal, details),
+            hardware_class=_hardware_class(external.get("manifest"), details),
+            hardware_mismatch=tuple(_dict(definition.get("internalParameters")).get("hardwareMismatch")
+                                    or details.get("xrun_hardware_mismatch") or ()),
             metrics=_metrics(byproducts, details),
             gpus=_gpus(byproducts),
             engine=_builder_dependency(details, "docker-engine"),
@@ -57,14 +59,14 @@ def _digest_hex(value: Any) -> str:
     return str(value or "").removeprefix("sha256:")
 
 
-def _hardware_class(internal: dict[str, Any], details: dict[str, Any]) -> str | None:
-    hardware = _dict(internal.get("hardware"))
-    value = hardware.get("class") or details.get("xrun_hardware_class")  # the latter: attestations before 0.2
+def _hardware_class(manifest: Any, details: dict[str, Any]) -> str | None:
+    """The class the run applied: the manifest's hardware.class (runDetails.xrun_hardware_class before 0.2)."""
+    value = _dict(_dict(manifest).get("hardware")).get("class") or details.get("xrun_hardware_class")
     return value if isinstance(value, str) else None
 
 
 def _metrics(byproducts: dict[str, Any], details: dict[str, Any]) -> dict[str, dict[str, float]]:
-    value = _dict(byproducts.get("metrics")).get("annotations")
+    value = _dict(_dict(byproducts.get("metrics")).get("annotations")).get("values")
     if value is None:
         value = details.get("xrun_metrics")  # attestations before 0.2
     return value if isinstance(value, dict) else {}

@@ -27,8 +27,6 @@ BUILD_TYPE = "https://xrun.dev/buildtypes/experiment/v1"
 BUILDER_ID_PREFIX = "https://xrun.dev/builders/host/v1/"
 SCHEMA_FILE = "statement.schema.json"
 
-# Extension fields follow SLSA's `<vendor>_<fieldname>`; ours all start with `xrun_`.
-_EXTENSION_KEY = re.compile(r"^xrun_[A-Za-z][A-Za-z0-9_]*$")
 _HEX = re.compile(r"^[0-9a-f]+$")
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:\S+$")
@@ -91,7 +89,6 @@ class ProvenanceFacts:
     started_on: datetime  # aware
     finished_on: datetime  # aware
     byproducts: tuple[ResourceDescriptor, ...] = ()
-    extensions: dict[str, Any] = field(default_factory=dict)  # "xrun_<field>" → value, in runDetails
 
 
 def builder_id_for_host(hostname: str) -> str:
@@ -145,7 +142,6 @@ def build_statement(subjects: list[Subject], facts: ProvenanceFacts) -> dict[str
         run_details["builder"]["builderDependencies"] = [d.to_json() for d in facts.builder_dependencies]
     if facts.byproducts:
         run_details["byproducts"] = [d.to_json() for d in facts.byproducts]
-    run_details.update(facts.extensions)
     statement = {
         "_type": STATEMENT_TYPE,
         "subject": [{"name": s.name, "digest": {"sha256": s.sha256}} for s in sorted(subjects, key=lambda s: s.name)],
@@ -205,9 +201,6 @@ def fact_problems(subjects: list[Subject], facts: ProvenanceFacts) -> list[str]:
             problems.append(f"{label} must be timezone-aware")
     if not problems and facts.finished_on < facts.started_on:
         problems.append("finished_on is before started_on")
-    for key in facts.extensions:
-        if not _EXTENSION_KEY.fullmatch(key):
-            problems.append(f"extension field {key!r} must be named xrun_<field>")
     groups = (("resolvedDependencies", facts.dependencies), ("builderDependencies", facts.builder_dependencies),
               ("byproducts", facts.byproducts))
     for label, group in groups:

@@ -18,7 +18,7 @@ from runner.execute import ContainerSpec, RunResult
 if TYPE_CHECKING:
     from runner.context import RunContext
     from runner.fetch import FetchedData
-    from runner.image import BuiltImage
+    from runner.build.image import BuiltImage
     from runner.rundir import RunDir
 
 

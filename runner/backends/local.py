@@ -11,7 +11,7 @@ from runner.execute import container_spec, run_container
 if TYPE_CHECKING:
     from runner.context import RunContext
     from runner.fetch import FetchedData
-    from runner.image import BuiltImage
+    from runner.build.image import BuiltImage
     from runner.rundir import RunDir
 
 

@@ -1,45 +1,42 @@
-"""The build stage: resolve the base, choose and fetch wheels, render the Dockerfile, build offline, cache.
+"""The build stage: resolve the base, choose and fetch wheels, assemble the image ourselves, load it, cache.
 
 An image is a pure function of the plan's build inputs (base, lockfile, code tree, xrun itself):
 `Plan.build_digest` names it (`xrun/<name>:<first 12 hex>`), so an unchanged plan never builds twice.
-The build runs with the network off from a deterministic context (sorted entries, fixed mtimes,
-uid/gid 0); everything in it was fetched and verified on the host first. The tag is set only after
-the build and its checks succeed, so a failure leaves nothing tagged.
+There is no `docker build`: xrun writes each layer as a deterministic tar and the config with a fixed
+time and only build inputs in its labels (runner/build/layers.py), and loads them with `docker load`.
+The image ID, the sha256 of that config, is then the same for the same inputs on any machine, and
+`xrun rebuild` can check it. The tag is set only once the load succeeded; an interrupted build
+removes what it loaded.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
-import os
 import re
+import shutil
 import sys
-import tarfile
 import tempfile
-from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from runner import __version__
-from runner.bootstrap import SOURCE_DATE_EPOCH, DebPackage, ensure_bootstrap_image, installed_debs
-from runner.errors import BuildError, EnvironmentProblem, FetchError, IntegrityError, ManifestError
+from runner.build.bootstrap import DebPackage, ensure_bootstrap_image, installed_debs
+from runner.build.layers import ImageConfig, Layer, LayerBuilder, history_entry, image_exists, load_archive, \
+    remove_untagged, sigterm_as_interrupt, write_layer, write_load_archive
+from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
+    layout_venv, target_from_facts
+from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
 from runner.plan import ImageRef, Plan
 from runner.resources import resource_dir
-from runner.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
-    layout_venv, target_from_facts
 
-__all__ = ["BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "build_image",
-           "image_tag", "render_dockerfile", "resolve_base", "docker_build"]
+__all__ = ["Assembly", "BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "assemble",
+           "build_image", "image_tag", "load_assembly", "resolve_base"]
 
 TAG_REPO = "xrun"
 LABEL_PREFIX = "org.xrun."
-BUILD_LOG_TAIL = 30
-CHUNK = 1 << 20
 _DIGEST = re.compile(r"^sha256:[0-9a-f]{64}$")
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # the engine colours a step's stderr
 
 
 @dataclass(frozen=True)
@@ -179,205 +176,155 @@ def _platform(attrs: dict[str, Any]) -> str:
     return plat + (f"/{attrs['Variant']}" if attrs.get("Variant") else "")
 
 
-# --- the Dockerfile and the context ----------------------------------------------------------------
+# --- the layers and the config --------------------------------------------------------------------
 
-
-def render_dockerfile(base_ref: str, *, with_venv: bool, labels: dict[str, str] | None = None) -> str:
-    """The Dockerfile from templates/Dockerfile.in: FROM the pinned base, our files, the environment, labels."""
-    env = ([f"PATH={VENV}/bin:$PATH"] if with_venv else []) + ["PYTHONPATH=/opt/xrun/site${PYTHONPATH:+:$PYTHONPATH}"]
-    label_text = " \\\n      ".join(f"{k}={_quote(v)}" for k, v in sorted((labels or {}).items()))
-    template = (resource_dir("templates") / "Dockerfile.in").read_text(encoding="utf-8")
-    return _fill(template, {"base": base_ref, "env": " ".join(env), "labels": label_text or 'org.xrun.image="1"',
-                            "xrun_version": __version__})
-
-
-def _quote(value: str) -> str:
-    """A double-quoted Dockerfile word: backslash, quote and $ escaped (LABEL expands variables)."""
-    return '"' + value.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$") + '"'
-
-
-def _fill(template: str, values: dict[str, str]) -> str:
-    def sub(match: re.Match[str]) -> str:
-        key = match.group(1)
-        if key not in values:
-            raise KeyError(f"template placeholder {{{{{key}}}}} has no value")
-        return values[key]
-
-    return re.sub(r"\{\{(\w+)\}\}", sub, template)
+# What the image sets on top of the base, as the Dockerfile used to: PATH and PYTHONPATH, the workdir.
+WORKDIR = "/workspace"
+SITE = "/opt/xrun/site"
+# Fields of the base's config the built image inherits (the rest of `docker inspect`'s Config is
+# per-container state with zero values).
+INHERITED = ("Env", "Cmd", "Entrypoint", "User", "WorkingDir", "ExposedPorts", "Volumes", "StopSignal", "Labels",
+             "Shell", "Healthcheck", "OnBuild")
 
 
 @dataclass(frozen=True)
-class _Entry:
-    """One member of the build context."""
+class BaseConfig:
+    """The base image's config as the built image inherits it."""
 
-    name: str
-    kind: str  # "dir" | "file" | "bytes" | "symlink"
-    mode: int = 0o644
-    path: Path | None = None
-    data: bytes = b""
-    target: str = ""
-    sha256: str | None = None  # a file that must still have this content
+    architecture: str
+    os: str
+    variant: str | None
+    diff_ids: tuple[str, ...]
+    container: dict[str, Any]
 
 
-class ContextBuilder:
-    """Collects the build context and writes it as a deterministic tar (sorted, fixed mtimes, uid/gid 0)."""
-
-    def __init__(self) -> None:
-        self._entries: dict[str, _Entry] = {}
-
-    def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
-        """A file with the given content."""
-        self._parents(name)
-        self._entries[name] = _Entry(name, "bytes", mode, data=data)
-
-    def add_file(self, name: str, path: Path, mode: int, sha256: str | None = None) -> None:
-        """A host file, checked against sha256 while it is written when given."""
-        self._parents(name)
-        self._entries[name] = _Entry(name, "file", mode, path=path, sha256=sha256)
-
-    def add_dir(self, name: str) -> None:
-        """A folder (0755)."""
-        self._parents(name)
-        self._entries.setdefault(name, _Entry(name, "dir", 0o755))
-
-    def add_tree(self, prefix: str, root: Path) -> None:
-        """Every file, folder and symlink under root, as prefix/…; modes normalised to 0644/0755."""
-        self.add_dir(prefix)
-        for folder, dirs, files in os.walk(root):
-            dirs.sort()
-            rel = Path(folder).relative_to(root).as_posix()
-            base = prefix if rel == "." else f"{prefix}/{rel}"
-            for d in dirs:
-                full = Path(folder) / d
-                if full.is_symlink():
-                    self._symlink(f"{base}/{d}", full)
-                else:
-                    self.add_dir(f"{base}/{d}")
-            for f in sorted(files):
-                full = Path(folder) / f
-                if full.is_symlink():
-                    self._symlink(f"{base}/{f}", full)
-                else:
-                    mode = 0o755 if os.stat(full).st_mode & 0o111 else 0o644
-                    self.add_file(f"{base}/{f}", full, mode)
-
-    def _symlink(self, name: str, path: Path) -> None:
-        self._parents(name)
-        self._entries[name] = _Entry(name, "symlink", 0o777, target=os.readlink(path))
-
-    def _parents(self, name: str) -> None:
-        parts = name.split("/")[:-1]
-        for i in range(1, len(parts) + 1):
-            parent = "/".join(parts[:i])
-            self._entries.setdefault(parent, _Entry(parent, "dir", 0o755))
-
-    def write(self, out: IO[bytes]) -> None:
-        """The tar, entries sorted by path (a folder before what it holds)."""
-        with tarfile.open(fileobj=out, mode="w", format=tarfile.PAX_FORMAT) as tar:
-            for name in sorted(self._entries, key=lambda n: n.split("/")):
-                _write_entry(tar, self._entries[name])
+def base_config(client: Any, image_id: str) -> BaseConfig:
+    """The inherited part of the base's config, read from the engine (`docker image inspect`)."""
+    attrs = client.images.get(image_id).attrs
+    container = {k: v for k, v in (attrs.get("Config") or {}).items() if k in INHERITED and v not in (None, "", [], {})}
+    return BaseConfig(architecture=attrs.get("Architecture", "amd64"), os=attrs.get("Os", "linux"),
+                      variant=attrs.get("Variant") or None,
+                      diff_ids=tuple(attrs.get("RootFS", {}).get("Layers") or ()), container=container)
 
 
-def _write_entry(tar: tarfile.TarFile, entry: _Entry) -> None:
-    info = tarfile.TarInfo(entry.name)
-    info.mtime, info.uid, info.gid, info.uname, info.gname = SOURCE_DATE_EPOCH, 0, 0, "", ""
-    info.mode = entry.mode
-    if entry.kind == "dir":
-        info.type = tarfile.DIRTYPE
-        tar.addfile(info)
-    elif entry.kind == "symlink":
-        info.type, info.linkname = tarfile.SYMTYPE, entry.target
-        tar.addfile(info)
-    elif entry.kind == "bytes":
-        info.size = len(entry.data)
-        tar.addfile(info, io.BytesIO(entry.data))
-    else:
-        assert entry.path is not None
-        with open(entry.path, "rb") as f:
-            info.size = os.fstat(f.fileno()).st_size
-            reader = _HashingReader(f)
-            tar.addfile(info, reader)
-        if entry.sha256 is not None and (reader.hexdigest() != entry.sha256 or reader.count != info.size):
-            raise IntegrityError(f"{entry.path}: changed since the plan was made (sha256 {reader.hexdigest()[:12]}… "
-                                 f"≠ planned {entry.sha256[:12]}…); run again once the code stops changing")
+def set_env(env: list[str], key: str, value: str) -> list[str]:
+    """Docker's ENV: replace the variable in place, else append it."""
+    out = [item for item in env]
+    for i, item in enumerate(out):
+        if item.split("=", 1)[0] == key:
+            out[i] = f"{key}={value}"
+            return out
+    return out + [f"{key}={value}"]
 
 
-class _HashingReader(io.RawIOBase):
-    """A file wrapper that hashes what tarfile reads from it (one read per code file)."""
-
-    def __init__(self, f: IO[bytes]) -> None:
-        self._f = f
-        self._h = hashlib.sha256()
-        self.count = 0
-
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
-        data = self._f.read(size)
-        self._h.update(data)
-        self.count += len(data)
-        return data
-
-    def readable(self) -> bool:
-        return True
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
+def image_environment(env: list[str], *, with_venv: bool) -> list[str]:
+    """The base's environment with the venv first on PATH and the seed hook's folder on PYTHONPATH."""
+    current = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    if with_venv:
+        env = set_env(env, "PATH", f"{VENV}/bin:{current.get('PATH', '')}".rstrip(":"))
+    return set_env(env, "PYTHONPATH", SITE + (f":{current['PYTHONPATH']}" if current.get("PYTHONPATH") else ""))
 
 
-def build_context(plan: Plan, dockerfile: str, venv_root: Path | None) -> ContextBuilder:
-    """Dockerfile, deps/ (sitecustomize, the venv when any) and code/ (exactly the plan's files), rooted at /.
-
-    Both trees are copied onto / so every folder in a layer comes from the context with its fixed
-    mtime; a COPY into a folder that does not exist yet would stamp it with the build's time.
-    """
-    ctx = ContextBuilder()
-    ctx.add_bytes("Dockerfile", dockerfile.encode())
-    ctx.add_file("deps/opt/xrun/site/sitecustomize.py", resource_dir("templates") / "sitecustomize.py", 0o644)
+def deps_layer(venv_root: Path | None) -> LayerBuilder:
+    """/opt/xrun/site (sitecustomize: seeds at interpreter start) and /opt/xrun/venv when the lock has packages."""
+    layer = LayerBuilder()
+    layer.add_file(SITE.lstrip("/") + "/sitecustomize.py", resource_dir("templates") / "sitecustomize.py", 0o644)
     if venv_root is not None:
-        ctx.add_tree("deps" + VENV, venv_root)
-    ctx.add_dir("code/workspace")
+        layer.add_tree(VENV.lstrip("/"), venv_root)
+    return layer
+
+
+def code_layer(plan: Plan, root: Path | None = None) -> LayerBuilder:
+    """/workspace: exactly the planned files, owned by root, readable by any uid, checked against the plan."""
+    root = root if root is not None else plan.code.root
+    layer = LayerBuilder()
+    layer.add_dir(WORKDIR.lstrip("/"))
     for f in plan.code.files:
-        ctx.add_file(f"code/workspace/{f.path}", plan.code.root / f.path, 0o755 if f.mode & 0o111 else 0o644,
-                     f.sha256)
-    return ctx
+        layer.add_file(f"{WORKDIR.lstrip('/')}/{f.path}", root / f.path, f.mode, f.sha256)
+    return layer
+
+
+def final_config(base: BaseConfig, base_ref: str, layers: list[Layer], labels: dict[str, str], *,
+                 with_venv: bool, code_digest: str) -> ImageConfig:
+    """The built image's config: the base's, our layers, environment, workdir and labels; a fixed time."""
+    container = dict(base.container)
+    container["Env"] = image_environment(list(container.get("Env") or []), with_venv=with_venv)
+    container["WorkingDir"] = WORKDIR
+    container["Labels"] = {**(container.get("Labels") or {}), **labels}
+    history = [history_entry(f"xrun: layer {i + 1} of the base {base_ref}") for i in range(len(base.diff_ids))]
+    history += [history_entry(f"xrun {__version__}: {SITE}" + (f" and {VENV}" if with_venv else "")),
+                history_entry(f"xrun {__version__}: {WORKDIR} (code tree {code_digest})"),
+                history_entry("xrun: ENV PATH PYTHONPATH, WORKDIR /workspace, LABEL org.xrun.*", empty=True)]
+    return ImageConfig(architecture=base.architecture, os=base.os, variant=base.variant,
+                       diff_ids=base.diff_ids + tuple(layer.diff_id for layer in layers), history=tuple(history),
+                       container=container)
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """A built image before loading: its config and the layer tars on top of the base."""
+
+    config: ImageConfig
+    base_diff_ids: tuple[str, ...]
+    layers: tuple[Layer, ...]  # deps, code
+
+    @property
+    def image_id(self) -> str:
+        """The ID the engine will give it."""
+        return self.config.image_id
+
+
+def assemble(plan: Plan, base: BaseConfig, base_ref: str, python: PythonTarget | None,
+             wheels: list[tuple[ResolvedWheel, Path]], labels: dict[str, str], work: Path,
+             code_root: Path | None = None) -> Assembly:
+    """Lay out the venv, write the deps and code layers under work, compose the config: no engine needed."""
+    venv_root = None
+    if wheels:
+        assert python is not None
+        stage = work / "stage"
+        layout_venv(python, wheels, stage)
+        venv_root = stage / VENV.lstrip("/")
+    deps = write_layer(deps_layer(venv_root), work / "deps.tar")
+    code = write_layer(code_layer(plan, code_root), work / "code.tar")
+    config = final_config(base, base_ref, [deps, code], labels, with_venv=venv_root is not None,
+                          code_digest=plan.code.digest)
+    return Assembly(config, base.diff_ids, (deps, code))
+
+
+def assemble_image(plan: Plan, client: Any, base: ResolvedBase, python: PythonTarget | None,
+                   wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None) -> Assembly:
+    """The plan's image on a resolved base, written under work (build and `xrun rebuild` share it)."""
+    labels = _labels(plan, base, python, [w for w, _ in wheels])
+    return assemble(plan, base_config(client, base.image_id), base.ref, python, wheels, labels, work, code_root)
+
+
+def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None) -> str:
+    """`docker load` the assembly (the base's layers are already in the engine) and tag it; the image ID.
+
+    Ctrl-C or SIGTERM at any point removes an image this call loaded and left untagged, so an
+    interrupted build leaves neither a dangling image nor temp files (the caller's folder goes too)."""
+    image_id = assembly.image_id
+    existed = image_exists(client, image_id)
+    try:
+        with sigterm_as_interrupt():  # a no-op when the caller already installed it
+            if not existed:
+                archive = work / "image.tar"
+                layers: list[tuple[str, Path | None]] = [(d, None) for d in assembly.base_diff_ids]
+                layers += [(layer.diff_id, layer.path) for layer in assembly.layers]
+                write_load_archive(archive, assembly.config.to_bytes(), layers)
+                load_archive(client, archive, image_id)
+                archive.unlink()
+            if tag is not None:
+                repo, _, version = tag.rpartition(":")
+                client.api.tag(image_id, repo, version, force=True)
+    except BaseException:
+        if not existed:
+            remove_untagged(client, image_id)
+        raise
+    return image_id
 
 
 # --- building --------------------------------------------------------------------------------------
-
-
-def docker_build(client: Any, context: IO[bytes], *, quiet: bool = False) -> str:
-    """Build from a tar context with the network off; the image ID, or BuildError with the log tail."""
-    import docker.errors
-
-    tail: deque[str] = deque(maxlen=BUILD_LOG_TAIL)
-    image_id = None
-    error = None
-    try:
-        stream = client.api.build(fileobj=context, custom_context=True, encoding=None, rm=True, forcerm=True,
-                                  pull=False, network_mode="none", decode=True)
-        for event in stream:
-            if "stream" in event:
-                for line in _ANSI.sub("", event["stream"]).splitlines():
-                    if line.strip():
-                        tail.append(line)
-                        if not quiet and line.startswith("Step "):
-                            # LABEL steps carry the whole package list: show the start of each step only.
-                            print(f"  {line[:117]}..." if len(line) > 120 else f"  {line}", file=sys.stderr)
-                        found = re.match(r"^Successfully built ([0-9a-f]{12,64})$", line.strip())
-                        if found and image_id is None:
-                            image_id = found.group(1)
-            if "aux" in event and isinstance(event["aux"], dict) and event["aux"].get("ID"):
-                image_id = event["aux"]["ID"]
-            if "error" in event:
-                error = str(event["error"]).strip()
-                tail.append(error)
-    except docker.errors.APIError as exc:
-        error = str(exc.explanation or exc)
-        tail.append(error)
-    if error is not None or image_id is None:
-        reason = (error or "the engine reported no image").splitlines()[0]
-        raise BuildError(f"the image build failed: {reason}; the build log tail is below (the build has no "
-                         "network: everything must come from the lock or the code tree)", lines=list(tail))
-    return client.images.get(image_id).id
 
 
 def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False) -> BuiltImage:
@@ -421,27 +368,23 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool) -> BuiltI
         chosen = choose_wheels(plan.lockfile, python, cache)
         wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, quiet=quiet)
     labels = _labels(plan, base, python, [w for w, _ in wheels])
-    if not quiet:
-        print(f"xrun: building {tag} from {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code files, "
-              "network off)", file=sys.stderr)
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="xrun-build-", dir=work) as tmp:
-        venv_root = None
-        if wheels:
-            assert python is not None
-            stage = Path(tmp) / "stage"
-            layout_venv(python, wheels, stage)
-            venv_root = stage / VENV.lstrip("/")
-        dockerfile = render_dockerfile(base.ref, with_venv=venv_root is not None, labels=labels)
-        context = build_context(plan, dockerfile, venv_root)
-        with tempfile.TemporaryFile(dir=tmp) as f:
-            context.write(f)
-            f.seek(0)
-            image_id = docker_build(client, f, quiet=quiet)
+    try:
+        # SIGTERM too must unwind through the temp folder's and the loaded image's clean-up.
+        with sigterm_as_interrupt():
+            tmp = Path(tempfile.mkdtemp(prefix="xrun-build-", dir=work))
+            try:
+                if not quiet:
+                    print(f"xrun: assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
+                          "files)", file=sys.stderr)
+                assembly = assemble_image(plan, client, base, python, wheels, tmp)
+                image_id = load_assembly(client, assembly, tmp, tag)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+    except KeyboardInterrupt:
+        raise Interrupted("interrupted: the image build was stopped; nothing was loaded or left behind") from None
     _check_built(client, image_id, base, labels)
-    repo, _, version = tag.partition(":")
-    client.api.tag(image_id, repo, version, force=True)
     # The same record whether built now or found cached: what the labels keep.
     recorded = target_from_facts(_portable(python.facts)) if python else None
     return BuiltImage(id=image_id, tag=tag, base_ref=base.ref, base_image_id=base.image_id,

@@ -9,7 +9,6 @@ is a function of the packages alone. `docker import` would stamp the current tim
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import platform
@@ -17,22 +16,19 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import tempfile
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
-from urllib.parse import quote
+from typing import Any
 
+from runner.build.layers import (SOURCE_DATE_EPOCH, ImageConfig, history_entry, image_exists, layer_from_file,
+                                 load_archive, write_load_archive)
 from runner.docker_client import cached_probe, run_offline
 from runner.errors import BuildError, EnvironmentProblem, IntegrityError, ManifestError
 from runner.manifest import BootstrapSpec
 
-# 2024-01-01T00:00:00Z. Part of the recipe: changing it changes every bootstrapped image ID.
-SOURCE_DATE_EPOCH = 1704067200
 RECIPE_VERSION = 1  # bump when the mmdebstrap options or the archive layout change
 HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
 IMAGE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -57,8 +53,11 @@ class DebPackage:
 
     @property
     def purl(self) -> str:
-        """pkg:deb/debian/NAME@VERSION?arch=ARCH (the version percent-encoded as the purl spec asks)."""
-        return f"pkg:deb/debian/{self.name}@{quote(self.version, safe=':~')}?arch={self.arch}"
+        """pkg:deb/debian/NAME@VERSION?arch=ARCH, encoded by packageurl-python (one encoding of `+`)."""
+        from packageurl import PackageURL
+
+        return PackageURL(type="deb", namespace="debian", name=self.name, version=self.version,
+                          qualifiers={"arch": self.arch}).to_string()
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""
@@ -183,70 +182,17 @@ def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False) ->
 def image_config(diff_id: str, deb_arch: str) -> bytes:
     """The image config: nothing in it varies between runs or machines."""
     arch, variant = ARCHES.get(deb_arch, (deb_arch, None))
-    created = datetime.fromtimestamp(SOURCE_DATE_EPOCH, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    config: dict[str, Any] = {
-        "architecture": arch, "os": "linux", "created": created,
-        "config": {"Env": [IMAGE_PATH], "Cmd": ["bash"]},
-        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
-        "history": [{"created": created, "created_by": "xrun bootstrap (mmdebstrap)"}],
-    }
-    if variant and arch == "arm":
-        config["variant"] = variant
-    return json.dumps(config, sort_keys=True, separators=(",", ":")).encode()
+    return ImageConfig(architecture=arch, os="linux", diff_ids=(diff_id,),
+                       history=(history_entry("xrun bootstrap (mmdebstrap)"),),
+                       variant=variant if arch == "arm" else None,
+                       container={"Env": [IMAGE_PATH], "Cmd": ["bash"]}).to_bytes()
 
 
 def write_docker_archive(rootfs: Path, out: Path, deb_arch: str) -> BootstrapArchive:
     """Wrap a root filesystem tarball as a one-layer `docker load` archive, deterministically."""
-    hasher = hashlib.sha256()
-    with open(rootfs, "rb") as f:
-        for chunk in iter(lambda: f.read(CHUNK), b""):
-            hasher.update(chunk)
-    diff_hex = hasher.hexdigest()
-    config = image_config(f"sha256:{diff_hex}", deb_arch)
-    config_hex = hashlib.sha256(config).hexdigest()
-    manifest = json.dumps([{"Config": f"{config_hex}.json", "RepoTags": None,
-                            "Layers": [f"{diff_hex}/layer.tar"]}], separators=(",", ":")).encode()
-    partial = out.with_name(f".{out.name}.partial")
-    with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
-        _add_dir(tar, diff_hex)
-        _add_file(tar, f"{diff_hex}/layer.tar", rootfs.stat().st_size, rootfs.open("rb"))
-        _add_bytes(tar, f"{config_hex}.json", config)
-        _add_bytes(tar, "manifest.json", manifest)
-    os.replace(partial, out)
-    return BootstrapArchive(out, f"sha256:{config_hex}", f"sha256:{diff_hex}", out.stat().st_size)
-
-
-def _info(name: str, size: int = 0, kind: bytes = tarfile.REGTYPE, mode: int = 0o644) -> tarfile.TarInfo:
-    info = tarfile.TarInfo(name)
-    info.size, info.type, info.mode = size, kind, mode
-    info.mtime, info.uid, info.gid, info.uname, info.gname = SOURCE_DATE_EPOCH, 0, 0, "", ""
-    return info
-
-
-def _add_dir(tar: tarfile.TarFile, name: str) -> None:
-    tar.addfile(_info(name, kind=tarfile.DIRTYPE, mode=0o755))
-
-
-def _add_bytes(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    tar.addfile(_info(name, len(data)), io.BytesIO(data))
-
-
-def _add_file(tar: tarfile.TarFile, name: str, size: int, stream: IO[bytes]) -> None:
-    with stream:
-        tar.addfile(_info(name, size), stream)
-
-
-def read_archive_id(path: Path) -> str:
-    """The image ID a `docker load` archive will produce (its config's sha256), without loading it."""
-    with tarfile.open(path, "r:") as tar:
-        member = tar.extractfile("manifest.json")
-        if member is None:
-            raise IntegrityError(f"{path}: not a docker load archive (no manifest.json); delete it and rebuild")
-        manifest = json.loads(member.read())
-        config = tar.extractfile(manifest[0]["Config"])
-        if config is None:
-            raise IntegrityError(f"{path}: the archive's config is missing; delete it and rebuild")
-        return "sha256:" + hashlib.sha256(config.read()).hexdigest()
+    layer = layer_from_file(rootfs)
+    image_id = write_load_archive(out, image_config(layer.diff_id, deb_arch), [(layer.diff_id, rootfs)])
+    return BootstrapArchive(out, image_id, layer.diff_id, out.stat().st_size)
 
 
 def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False,
@@ -257,24 +203,6 @@ def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False,
         rootfs = Path(tmp) / "rootfs.tar"
         run_mmdebstrap(spec, rootfs, quiet=quiet)
         return write_docker_archive(rootfs, out, debian_arch(spec))
-
-
-def load_archive(client: Any, archive: Path, expected_id: str | None = None) -> str:
-    """`docker load` the archive and return the image ID; it must be the ID the archive's config implies."""
-    import docker.errors
-
-    expected = expected_id or read_archive_id(archive)
-    try:
-        with open(archive, "rb") as f:
-            images = client.images.load(f)
-    except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"docker load of {archive} failed: {exc.explanation or exc}; check the engine's "
-                                 "disk space (docker system df)") from None
-    loaded = {img.id for img in images}
-    if expected not in loaded:
-        raise IntegrityError(f"docker load of {archive} gave {', '.join(sorted(loaded)) or 'no image'}, expected "
-                             f"{expected}; the archive is damaged: delete it and bootstrap again")
-    return expected
 
 
 # --- in the engine ---------------------------------------------------------------------------------
@@ -316,13 +244,7 @@ def ensure_bootstrap_image(spec: BootstrapSpec, client: Any, cache: Any, *, quie
 
 
 def _exists(client: Any, image_id: str) -> bool:
-    import docker.errors
-
-    try:
-        client.images.get(image_id)
-        return True
-    except docker.errors.ImageNotFound:
-        return False
+    return image_exists(client, image_id)
 
 
 DPKG_QUERY = ["dpkg-query", "-W", "-f", "${db:Status-Abbrev}\t${Package}\t${Version}\t${Architecture}\n"]

@@ -1,0 +1,167 @@
+"""cosign (the Sigstore CLI, not our code) verifies xrun's bundle and `.jsonl`, and rejects every tampering.
+
+Debian 13 packages cosign; on Debian 12 hosts the .deb is fetched with `apt-get download` using a
+private sources list and state folder (trixie, from the host's own mirror; the system's apt setup is
+never touched) and unpacked with `dpkg-deb -x` into the test cache, once per machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from runner.attest import generate_keypair, load_signer
+from runner.attest.samples import sample_facts
+from runner.attest.sign import write_attestation
+from runner.attest.statement import Subject, build_statement
+
+HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+# An empty trusted root: cosign 2.x wants one with --bundle even when only a key is trusted.
+EMPTY_TRUSTED_ROOT = {"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1"}
+
+
+def _mirror() -> str:
+    """The Debian mirror the machine itself uses (the same host), else deb.debian.org."""
+    for path in HOST_SOURCES:
+        try:
+            text = path.read_text()
+        except OSError:
+            continue
+        for url in re.findall(r"(https?://\S+)", text):
+            if url.rstrip("/").endswith("/debian"):
+                return url.rstrip("/")
+    return DEFAULT_MIRROR
+
+
+def _cache() -> Path:
+    return Path(os.environ.get("XRUN_TEST_CACHE") or Path.home() / ".cache" / "xrun-test") / "cosign"
+
+
+@pytest.fixture(scope="session")
+def cosign() -> str:
+    """A cosign binary: on PATH, else unpacked from Debian trixie's .deb into the test cache."""
+    found = shutil.which("cosign")
+    if found:
+        return found
+    root = _cache()
+    binary = root / "x" / "usr" / "bin" / "cosign"
+    root.mkdir(parents=True, exist_ok=True)
+    with open(root / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not binary.exists():
+            _download(root)
+    return str(binary)
+
+
+def _download(root: Path) -> None:
+    apt = root / "apt"
+    for sub in ("state/lists/partial", "cache/archives/partial", "etc"):
+        (apt / sub).mkdir(parents=True, exist_ok=True)
+    (apt / "etc" / "sources.list").write_text(f"deb {_mirror()} trixie main\n")
+    (apt / "state" / "status").touch()
+    options = [f"-oDir::Etc::SourceList={apt}/etc/sources.list", "-oDir::Etc::SourceParts=/dev/null",
+               f"-oDir::State={apt}/state", f"-oDir::State::status={apt}/state/status", f"-oDir::Cache={apt}/cache",
+               "-oAPT::Sandbox::User=root"]
+    for argv in (["apt-get", *options, "update"], ["apt-get", *options, "download", "cosign"]):
+        proc = subprocess.run(argv, cwd=apt, capture_output=True, text=True, timeout=600)
+        if proc.returncode != 0:
+            pytest.fail(f"{' '.join(argv[:1] + argv[-1:])} failed: {proc.stderr.strip()[-500:]}", pytrace=False)
+    (deb,) = apt.glob("cosign_*.deb")
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "x")], check=True, timeout=120)
+
+
+@pytest.fixture()
+def signed(tmp_path: Path) -> dict[str, Path]:
+    """An ECDSA-signed attestation of model.pkl: key, .jsonl, bundle and an empty trusted root."""
+    key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
+    model = tmp_path / "model.pkl"
+    model.write_bytes(b"weights")
+    statement = build_statement([Subject("model.pkl", hashlib.sha256(b"weights").hexdigest())], sample_facts())
+    write_attestation(statement, load_signer(key), tmp_path / "p.intoto.jsonl", tmp_path / "p.sigstore.json")
+    root = tmp_path / "trusted_root.json"
+    root.write_text(json.dumps(EMPTY_TRUSTED_ROOT))
+    return {"pub": pub, "model": model, "jsonl": tmp_path / "p.intoto.jsonl", "bundle": tmp_path / "p.sigstore.json",
+            "root": root, "dir": tmp_path}
+
+
+def bundle_cmd(cosign: str, s: dict[str, Path], *, key: Path | None = None, artifact: Path | None = None,
+               bundle: Path | None = None) -> list[str]:
+    """The command docs/buildtype.md gives for the bundle."""
+    return [cosign, "verify-blob-attestation", "--key", str(key or s["pub"]), "--bundle", str(bundle or s["bundle"]),
+            "--new-bundle-format", "--trusted-root", str(s["root"]), "--insecure-ignore-tlog",
+            "--type", "slsaprovenance1", str(artifact or s["model"])]
+
+
+def signature_cmd(cosign: str, s: dict[str, Path], *, key: Path | None = None, artifact: Path | None = None,
+                  jsonl: Path | None = None) -> list[str]:
+    """The command docs/buildtype.md gives for the `.jsonl` envelope."""
+    return [cosign, "verify-blob-attestation", "--key", str(key or s["pub"]), "--signature", str(jsonl or s["jsonl"]),
+            "--type", "slsaprovenance1", "--insecure-ignore-tlog", str(artifact or s["model"])]
+
+
+def run(argv: list[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(argv, capture_output=True, text=True, timeout=120)
+
+
+def test_cosign_verifies_the_bundle_and_the_predicate_type_is_slsa(cosign, signed):
+    proc = run(bundle_cmd(cosign, signed))
+    assert proc.returncode == 0, proc.stderr
+    assert "Verified OK" in proc.stderr + proc.stdout
+    # cosign ignores --type with --bundle: check the predicate type ourselves.
+    envelope = json.loads(signed["bundle"].read_text())["dsseEnvelope"]
+    statement = json.loads(base64.b64decode(envelope["payload"]))
+    assert statement["predicateType"] == "https://slsa.dev/provenance/v1"
+
+
+def test_cosign_verifies_the_jsonl_signature(cosign, signed):
+    proc = run(signature_cmd(cosign, signed))
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_cosign_rejects_another_artifact(cosign, signed):
+    other = signed["dir"] / "other.pkl"
+    other.write_bytes(b"other weights")
+    assert run(bundle_cmd(cosign, signed, artifact=other)).returncode != 0
+    assert run(signature_cmd(cosign, signed, artifact=other)).returncode != 0
+
+
+def _edit_envelope(envelope: dict, *, payload: bool) -> dict:
+    out = dict(envelope)
+    if payload:
+        statement = json.loads(base64.b64decode(envelope["payload"]))
+        statement["predicate"]["buildDefinition"]["internalParameters"]["hermetic"] = False
+        out["payload"] = base64.b64encode(json.dumps(statement).encode()).decode()
+    else:
+        sig = bytearray(base64.b64decode(envelope["signatures"][0]["sig"]))
+        sig[-1] ^= 0x01
+        out["signatures"] = [{**envelope["signatures"][0], "sig": base64.b64encode(bytes(sig)).decode()}]
+    return out
+
+
+@pytest.mark.parametrize("what", ["payload", "signature"])
+def test_cosign_rejects_a_tampered_payload_or_signature(cosign, signed, what):
+    line = json.loads(signed["jsonl"].read_text().splitlines()[0])
+    jsonl = signed["dir"] / "tampered.intoto.jsonl"
+    jsonl.write_text(json.dumps(_edit_envelope(line, payload=what == "payload")) + "\n")
+    assert run(signature_cmd(cosign, signed, jsonl=jsonl)).returncode != 0
+    bundle = json.loads(signed["bundle"].read_text())
+    bundle["dsseEnvelope"] = _edit_envelope(bundle["dsseEnvelope"], payload=what == "payload")
+    path = signed["dir"] / "tampered.sigstore.json"
+    path.write_text(json.dumps(bundle))
+    assert run(bundle_cmd(cosign, signed, bundle=path)).returncode != 0
+
+
+def test_cosign_rejects_another_key(cosign, signed):
+    _, other = generate_keypair("ecdsa-p256", signed["dir"] / "other-keys")
+    assert run(bundle_cmd(cosign, signed, key=other)).returncode != 0
+    assert run(signature_cmd(cosign, signed, key=other)).returncode != 0

@@ -258,12 +258,10 @@ def _verify_data_arg(p: argparse.ArgumentParser) -> None:
 
 
 def _verify_data(args: argparse.Namespace) -> bool:
-    """--verify-data or XRUN_VERIFY_DATA=1; exported so stages building their own fetch options (wheels) see it."""
-    from runner.fetch.interface import VERIFY_ENV, verify_requested
+    """--verify-data, or XRUN_VERIFY_DATA=1 (the CI setting)."""
+    from runner.fetch.interface import verify_requested
 
-    if args.verify_data:
-        os.environ[VERIFY_ENV] = "1"
-    return verify_requested(os.environ)
+    return bool(args.verify_data) or verify_requested(os.environ)
 
 
 def _run_options_from(args: argparse.Namespace) -> Any:
@@ -394,15 +392,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_build(args: argparse.Namespace) -> int:
-    from runner.docker_client import docker_client
-    from runner.fetch import Cache
     from runner.build.image import build_image
+    from runner.docker_client import docker_client
+    from runner.fetch import Cache, FetchOptions
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
 
-    _verify_data(args)  # through the environment: the image stage makes its own fetch options for wheels
     plan = resolve_plan(load_manifest(args.manifest))
-    image = build_image(plan, Cache.default(), docker_client(), quiet=args.quiet or args.json)
+    quiet = args.quiet or args.json
+    image = build_image(plan, Cache.default(), docker_client(), quiet=quiet,
+                        fetch=FetchOptions(quiet=quiet, verify=_verify_data(args)))
     if args.json:
         _print_json(image.to_json())
     else:

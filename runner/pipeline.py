@@ -15,9 +15,9 @@ from typing import Any
 from runner.backends.interface import Execution, get_backend
 from runner.build.image import BuiltImage
 from runner.context import RunContext, RunOptions, signing_key_path
-from runner.errors import Interrupted, XrunError
+from runner.errors import IntegrityError, Interrupted, XrunError
 from runner.execute import raise_for_status
-from runner.fetch import FetchedData, fetch_data
+from runner.fetch import FetchedData, changed_since_fetch, fetch_data
 from runner.outputs import Outputs, collect_outputs
 from runner.rundir import RunDir, create_run_dir, rfc3339, utc_now
 from runner.runs.record import RunRecord
@@ -97,12 +97,13 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
 
     plan = ctx.plan
     fetched = tuple(fetch_data(plan, ctx.cache, ctx.options.fetch))
-    image = build_image(plan, ctx.cache, ctx.client, quiet=ctx.options.quiet)
+    image = build_image(plan, ctx.cache, ctx.client, quiet=ctx.options.quiet, fetch=ctx.options.fetch)
     record.image_id = image.id
     labels = {"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name, RUNNER_LABEL: str(record.runner)}
     execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
     _record_result(record, execution)
     raise_for_status(execution.result, plan.timeout_s)
+    _check_inputs_unchanged(ctx, fetched)
     outputs = collect_outputs(plan.outputs, run.outputs)
     record.status, record.outputs, record.metrics = "succeeded", outputs.digests(), outputs.metrics
     record.attestation, record.signed = run.attestation.name, ctx.signer is not None
@@ -119,6 +120,14 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
         bundle=run.bundle if run.bundle.exists() else None, signed=ctx.signer is not None,
         keyid=getattr(written, "keyid", None),
     )
+
+
+def _check_inputs_unchanged(ctx: RunContext, fetched: tuple[FetchedData, ...]) -> None:
+    """The data the training read must still be the verified bytes: a cache write during the run is exit 3."""
+    changed = changed_since_fetch(ctx.cache, fetched)
+    if changed:
+        raise IntegrityError(f"data item(s) {', '.join(changed)} changed in the cache while the training ran; the "
+                             "run is not attested. Rerun it (the entries are re-hashed and fetched again if needed)")
 
 
 def _record_result(record: RunRecord, execution: Execution) -> None:

@@ -179,7 +179,7 @@ def wheel(cache: Cache, server: FaultServer):
     url = server.url("/pkg-1.0-py3-none-any.whl")
     chosen = Chosen(LockEntry(name="pkg", version="1.0", hashes=(f"sha256:{sha(WHEEL)}",), source="lock:1", line=1),
                     Candidate("pkg-1.0-py3-none-any.whl", url, {"sha256": sha(WHEEL)}))
-    [(resolved, path)] = fetch_wheels([chosen], cache, base_dir=cache.root, quiet=True)
+    [(resolved, path)] = fetch_wheels([chosen], cache, base_dir=cache.root, options=FetchOptions(quiet=True))
     assert resolved.sha256 == sha(WHEEL)
     return path
 
@@ -230,7 +230,7 @@ def test_cli_fetch_says_fetched_not_hit_and_exits_3_when_the_source_is_gone(loca
                                                                            monkeypatch: pytest.MonkeyPatch,
                                                                            capsys: pytest.CaptureFixture[str]):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cli-cache"))
-    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # recorded, so the flag's export is undone afterwards
+    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # the flag alone must turn verification on
     assert main(["fetch", str(local_item), "--quiet"]) == 0
     path = Cache.default().blob_path("sha256", sha(DATA))
     modify_in_place(path)
@@ -301,7 +301,7 @@ def test_xrun_verify_data_environment_variable(monkeypatch: pytest.MonkeyPatch):
 def test_cli_verify_data_flag_rehashes(local_item: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                        capsys: pytest.CaptureFixture[str]):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cli-cache"))
-    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # recorded, so the flag's export is undone afterwards
+    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # the flag alone must turn verification on
     assert main(["fetch", str(local_item), "--quiet"]) == 0
     cache = Cache.default()
     modify_in_place(cache.blob_path("sha256", sha(DATA)))
@@ -459,7 +459,7 @@ def test_a_run_after_tampering_reads_and_attests_the_verified_bytes(tmp_path: Pa
     from tests.test_run import write_experiment
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
-    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # recorded, so the flag's export is undone afterwards
+    monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # the flag alone must turn verification on
     manifest = write_experiment(tmp_path / "exp", base_image)
     first = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert json.loads((first.run_dir / "outputs" / "probe.json").read_text())["data"] == "hello\n"
@@ -485,3 +485,39 @@ def test_changed_since_fetch_names_items_written_after_the_check(local_item: Pat
     edit_then_touch_back(items[0].host_path)
     add_file(items[1].host_path)
     assert changed_since_fetch(cache, items) == ["iris", "images"]
+
+
+@pytest.mark.docker
+def test_a_cache_write_while_the_training_runs_is_exit_3_and_not_attested(tmp_path: Path, base_image: str,
+                                                                           monkeypatch: pytest.MonkeyPatch):
+    import threading
+
+    from runner.errors import IntegrityError
+    from runner.pipeline import RunOptions, run_experiment
+    from tests.test_run import write_experiment
+
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
+    command = ["sh", "-c", "cat /data/input.txt > /outputs/probe.json; sleep 4; echo '{}' > /outputs/metrics.json; "
+                           "mkdir -p /outputs/more; echo b > /outputs/more/b.txt"]
+    manifest = write_experiment(tmp_path / "exp", base_image, command=command)
+    path = Cache.default().blob_path("sha256", sha(b"hello\n"))
+    runs = tmp_path / "runs"
+
+    def tamper_once_running() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if any((p / "logs" / "run.log").exists() for p in runs.glob("*")) and path.exists():
+                time.sleep(1)
+                edit_then_touch_back(path)
+                return
+            time.sleep(0.05)
+
+    tamper = threading.Thread(target=tamper_once_running)
+    tamper.start()
+    with pytest.raises(IntegrityError, match="changed in the cache while the training ran") as info:
+        run_experiment(manifest, RunOptions(runs_dir=runs, quiet=True))
+    tamper.join()
+    assert info.value.exit_code == 3 and "input" in info.value.message
+    (run_dir,) = runs.iterdir()
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    assert not (run_dir / "provenance.intoto.jsonl").exists()

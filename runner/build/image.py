@@ -27,6 +27,7 @@ from runner.build.layers import ImageConfig, Layer, LayerBuilder, history_entry,
     remove_untagged, sigterm_as_interrupt, write_layer, write_load_archive
 from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
     layout_venv, target_from_facts
+from runner.fetch.interface import FetchOptions
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
 from runner.plan import ImageRef, Plan
 from runner.resources import resource_dir
@@ -327,7 +328,8 @@ def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None =
 # --- building --------------------------------------------------------------------------------------
 
 
-def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False) -> BuiltImage:
+def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False,
+                fetch: FetchOptions | None = None) -> BuiltImage:
     """The plan's image: the cached one when its tag exists with the same build digest, else built now."""
     tag = image_tag(plan)
     cached = cached_image(client, plan)
@@ -337,7 +339,7 @@ def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False) -> 
         cached = cached_image(client, plan)  # another xrun may have built it while we waited
         if cached is not None:
             return cached
-        return _build(plan, cache, client, tag, quiet)
+        return _build(plan, cache, client, tag, quiet, fetch)
 
 
 def cached_image(client: Any, plan: Plan) -> BuiltImage | None:
@@ -357,7 +359,7 @@ def cached_image(client: Any, plan: Plan) -> BuiltImage | None:
         return None  # labels from an older xrun: rebuild
 
 
-def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool) -> BuiltImage:
+def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool, fetch: FetchOptions | None) -> BuiltImage:
     base = resolve_base(plan, client, cache, quiet=quiet)
     python = inspect_python(client, base.image_id, cache)
     wheels: list[tuple[ResolvedWheel, Path]] = []
@@ -366,7 +368,8 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool) -> BuiltI
             raise ManifestError(f"image.lockfile: the base image {base.ref} has no Python interpreter (python3 or "
                                 "python) to install the locked wheels for; pick a base with Python")
         chosen = choose_wheels(plan.lockfile, python, cache)
-        wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, quiet=quiet)
+        wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent,
+                              options=fetch or FetchOptions(quiet=quiet))
     labels = _labels(plan, base, python, [w for w, _ in wheels])
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)

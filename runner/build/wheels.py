@@ -30,6 +30,7 @@ from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel
 from packaging.version import Version
 
 from runner.docker_client import ProbeFailed, cached_probe, run_offline
+from runner.fetch.interface import FetchOptions
 from runner.errors import FetchError, IntegrityError, ManifestError, XrunError
 from runner.hashing import sha256_file
 from runner.lockfiles import LockEntry, select_for_environment
@@ -400,18 +401,19 @@ def choose_wheels(lockfile: Lockfile, target: PythonTarget, cache: Any) -> list[
 # --- fetching --------------------------------------------------------------------------------------
 
 
-def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path, quiet: bool = False,
-                 parallel: int = 4) -> list[tuple[ResolvedWheel, Path]]:
+def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path,
+                 options: FetchOptions | None = None) -> list[tuple[ResolvedWheel, Path]]:
     """Fetch every chosen wheel through runner.fetch (shared cache, verified, retried), in order.
 
-    A cached wheel is used only while its fingerprint holds (always re-hashed under XRUN_VERIFY_DATA=1).
+    A cached wheel is used only while its fingerprint holds (always re-hashed with options.verify).
     """
-    from runner.fetch import FetchOptions, fetch_blob
+    from runner.fetch import fetch_blob
     from runner.fetch.progress import make_reporter
 
     if not chosen:
         return []
-    options = FetchOptions(quiet=quiet, parallel=parallel)
+    options = options or FetchOptions()
+    parallel = options.parallel
     cancel = threading.Event()
 
     def one(item: Chosen) -> tuple[ResolvedWheel, Path]:

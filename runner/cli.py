@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import traceback
@@ -13,6 +12,7 @@ from typing import Any, Callable
 from runner import __version__
 from runner.errors import EXIT_INTERRUPTED, XrunError
 from runner.interrupts import interrupts_raise
+from runner.report import text
 
 EXIT_INTERNAL = 70
 EPILOG = """exit codes: 0 success · 1 training command or build failed · 2 bad usage or invalid manifest/policy ·
@@ -77,13 +77,9 @@ def _error(message: str, lines: list[str] | None = None) -> None:
 
 
 def _print_json(value: Any) -> None:
-    print(json.dumps(value, indent=2, sort_keys=True, default=str))
+    from runner.report.json import render
 
-
-def _table(rows: list[list[str]], header: list[str]) -> str:
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    return "\n".join(fmt.format(*map(str, r)).rstrip() for r in [header, *rows])
+    print(render(value))
 
 
 # --- parser ----------------------------------------------------------------------------------------
@@ -274,19 +270,6 @@ def _run_options_from(args: argparse.Namespace) -> Any:
                       fetch=FetchOptions(quiet=args.quiet or args.json, verify=_verify_data(args)))
 
 
-def _print_summary(summary: Any) -> None:
-    print(f"run {summary.run_id}: {summary.status}")
-    print(f"  run dir     {summary.run_dir}")
-    print(f"  image       {summary.image_id}")
-    for path, digest in summary.outputs.items():
-        print(f"  output      {path}  sha256:{digest[:16]}")
-    for path, values in summary.metrics.items():
-        shown = ", ".join(f"{k}={v:.6g}" for k, v in list(values.items())[:6])
-        print(f"  metrics     {path}: {shown}")
-    signed = f"signed, keyid {summary.keyid}" if summary.signed else "UNSIGNED"
-    print(f"  attestation {summary.attestation} ({signed})")
-
-
 # --- handlers --------------------------------------------------------------------------------------
 
 
@@ -322,34 +305,8 @@ def _cmd_plan(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"digest": plan.digest, "buildDigest": plan.build_digest, "plan": data})
         return 0
-    print(format_plan(data, plan.digest))
+    print(text.plan_summary(data, plan.digest))
     return 0
-
-
-def format_plan(data: dict[str, Any], digest: str) -> str:
-    """A human-readable summary of a plan."""
-    img = data["image"]
-    base = img["base"]["reference"] if img["base"] else f"bootstrap {img['bootstrap']['suite']}: " + ", ".join(
-        img["bootstrap"]["packages"])
-    lines = [f"plan {digest[:12]}  {data['name']}", f"  image      {base}"]
-    if data["lockfile"]:
-        lk = data["lockfile"]
-        lines.append(f"  lockfile   {lk['path']} ({lk['format']}, {len(lk['packages'])} packages, sha256:{lk['sha256'][:12]})")
-    code = data["code"]
-    git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
-    lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
-    for d in data["data"]:
-        algo, hexd = next(iter(d["digests"].items()))
-        lines.append(f"  data       {d['name']}: {d['uri']} → {d['containerPath']} ({algo}:{hexd[:12]})")
-    hw = data["hardware"]
-    lines.append(f"  hardware   {hw['name']}: {hw['description']}")
-    lines.append(f"  seeds      global={data['seeds']['global']} apply={data['seeds']['apply']}")
-    lines.append(f"  command    {' '.join(data['run']['command'])}")
-    timeout = data["run"]["timeoutSeconds"]
-    lines.append(f"  timeout    {f'{timeout}s' if timeout else 'none'}")
-    for o in data["outputs"]:
-        lines.append(f"  output     /outputs/{o['path']}{' (metrics)' if o['metrics'] else ''}")
-    return "\n".join(lines)
 
 
 def _cmd_schema(args: argparse.Namespace) -> int:
@@ -372,11 +329,7 @@ def _cmd_hardware(args: argparse.Namespace) -> int:
         _print_json({"classes": {n: c.to_json() for n, c in classes.items()}, "host": host.to_json(),
                      "fits": {n: not hardware.shortfalls(c, host) for n, c in classes.items()}})
         return 0
-    rows = [[c.name, c.cpus, c.memory_gib, c.gpus, c.gpu_model or "-", "yes" if not hardware.shortfalls(c, host) else "no",
-             c.description] for c in classes.values()]
-    print(_table(rows, ["CLASS", "CPUS", "MEM GiB", "GPUS", "GPU MODEL", "FITS HOST", "DESCRIPTION"]))
-    gpus = ", ".join(g.name for g in host.gpus) or "none"
-    print(f"\nhost: {host.cpu_count} × {host.cpu_model}, {host.memory_bytes / 2**30:.1f} GiB, GPUs: {gpus}")
+    print(text.hardware_catalog(classes.values(), host, {n: not hardware.shortfalls(c, host) for n, c in classes.items()}))
     return 0
 
 
@@ -387,7 +340,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(summary.to_json())
     else:
-        _print_summary(summary)
+        print(text.run_summary(summary))
     return 0
 
 
@@ -423,9 +376,7 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([i.to_json() for i in items])
         return 0
-    rows = [[i.name, f"{i.algorithm}:{i.hexdigest[:12]}", i.size, "hit" if i.cache_hit else "fetched",
-             i.container_path] for i in items]
-    print(_table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items")
+    print(text.fetched(items))
     return 0
 
 
@@ -437,20 +388,8 @@ def _cmd_cache_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"root": str(cache.root), "entries": [e.to_json() for e in entries]})
         return 0
-    rows = [[e.kind, e.digest[:23], e.size, e.files if e.files is not None else "-", _ago(e.last_used)]
-            for e in entries]
-    print(_table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {cache.root} is empty")
+    print(text.cache_entries(cache.root, entries))
     return 0
-
-
-def _ago(epoch: float) -> str:
-    import time
-
-    seconds = max(0, time.time() - epoch)
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
-        if seconds >= size:
-            return f"{seconds / size:.0f}{unit} ago"
-    return f"{seconds:.0f}s ago"
 
 
 def _cmd_cache_verify(args: argparse.Namespace) -> int:
@@ -462,10 +401,7 @@ def _cmd_cache_verify(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"ok": not bad, "entries": [r.to_json() for r in results]})
     else:
-        for r in results:
-            print(f"{'OK  ' if r.ok else 'BAD '} {r.entry.digest}" + (f"  {'; '.join(r.problems)}" if r.problems else "")
-                  + ("  (removed)" if r.removed else ""))
-        print(f"{len(results) - len(bad)} of {len(results)} entries intact")
+        print(text.cache_verified(results))
     return EXIT_INTEGRITY if bad else 0
 
 
@@ -480,10 +416,7 @@ def _cmd_cache_gc(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"dryRun": args.dry_run, "removed": [r.to_json() for r in removed]})
         return 0
-    for r in removed:
-        print(f"{'would remove' if args.dry_run else 'removed'} {r.kind} {r.digest or r.path} ({r.size} bytes)")
-    print(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if args.dry_run else 'removed'}, "
-          f"{sum(r.size for r in removed)} bytes")
+    print(text.cache_collected(removed, args.dry_run))
     return 0
 
 
@@ -527,33 +460,8 @@ def _cmd_reproduce(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(report.to_json())
     else:
-        print(format_report(report))
+        print(text.reproduction(report))
     return 0 if report.reproduced else EXIT_MISMATCH
-
-
-def format_report(report: Any) -> str:
-    """The reproduction report: one row per output, metric tables, changed inputs, the verdict."""
-    rows = [[r.path, r.state.upper(), (r.recorded or "-")[:16], (r.now or "-")[:16]] for r in report.outputs]
-    lines = [_table(rows, ["OUTPUT", "STATE", "RECORDED", "NOW"])]
-    for r in report.outputs:
-        if r.metrics:
-            lines.append(f"\nmetrics {r.path}:")
-            mrows = [[m.key, _num(m.recorded), _num(m.now), _num(m.abs_diff), _num(m.rel_diff), "ok" if m.ok else "DIFF"]
-                     for m in r.metrics]
-            lines.append(_table(mrows, ["KEY", "RECORDED", "NOW", "ABS DIFF", "REL DIFF", ""]))
-    if report.changes and not report.reproduced:
-        lines.append("\nrecorded inputs that changed:")
-        for c in report.changes:
-            detail = f": {json.dumps(c.recorded, default=str)} → {json.dumps(c.now, default=str)}" if (
-                c.recorded is not None or c.now is not None) else ""
-            lines.append(f"  {c.name}{detail}")
-    verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
-    lines.append(f"\n{verdict} (new run {report.run_id} in {report.run_dir})")
-    return "\n".join(lines)
-
-
-def _num(value: float | None) -> str:
-    return "-" if value is None else f"{value:.6g}"
 
 
 def _runs_dir(args: argparse.Namespace) -> Path:
@@ -569,16 +477,7 @@ def _cmd_runs_ls(args: argparse.Namespace) -> int:
     if args.json:
         _print_json([r.to_json() for r in runs])
         return 0
-    rows = []
-    for r in runs:
-        j = r.to_json()
-        metrics = "; ".join(f"{k}={v:.4g}" for values in j["metrics"].values() for k, v in list(values.items())[:2])
-        digests = " ".join(f"{p}:{d[:8]}" for p, d in list(j["outputs"].items())[:2])
-        rows.append([r.run_id, j["name"], j["status"], j["startedOn"] or "-",
-                     f"{j['durationSeconds']:.0f}s" if j["durationSeconds"] is not None else "-", metrics or "-",
-                     digests or "-"])
-    print(_table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
-          else f"no runs under {_runs_dir(args)}")
+    print(text.runs_list(runs, _runs_dir(args)))
     return 0
 
 
@@ -589,16 +488,7 @@ def _cmd_runs_show(args: argparse.Namespace) -> int:
     if args.json:
         _print_json({"runDir": str(run.path), "record": run.record.to_json(), "plan": run.plan})
         return 0
-    record = run.record.to_json()
-    print(f"run {run.run_id} ({run.path})")
-    for key in ("name", "status", "startedOn", "finishedOn", "exitCode", "imageId", "planDigest", "hardwareClass"):
-        print(f"  {key:<12} {record.get(key, '-')}")
-    for path, digest in run.record.outputs.items():
-        print(f"  output       {path} sha256:{digest}")
-    for path, values in run.record.metrics.items():
-        print(f"  metrics      {path}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
-    if run.record.error:
-        print(f"  error        {run.record.error}")
+    print(text.run_details(run))
     return 0
 
 
@@ -610,16 +500,7 @@ def _cmd_runs_diff(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(diff)
         return 0
-    print(f"a = {a.run_id}\nb = {b.run_id}")
-    for section in ("manifest", "plan", "host"):
-        if diff[section]:
-            print(f"{section} fields that differ: {', '.join(diff[section])}")
-    for path, d in diff["outputs"].items():
-        print(f"output {path}: {str(d['a'])[:16]} → {str(d['b'])[:16]}")
-    for key, d in diff["metrics"].items():
-        print(f"metric {key}: {d['a']} → {d['b']}")
-    if not any(diff[k] for k in ("manifest", "plan", "host", "outputs", "metrics")):
-        print("no differences")
+    print(text.runs_diff(a, b, diff))
     return 0
 
 

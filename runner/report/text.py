@@ -1,0 +1,177 @@
+"""The text renderer: what each command prints for a person, from the typed results of the library."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from runner.fetch import CacheEntry, FetchedData
+    from runner.hardware import HardwareClass, Host
+    from runner.pipeline import RunSummary
+    from runner.reproduce import Report
+    from runner.runs.store import RunInfo
+
+
+def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
+    """Left-aligned columns separated by two spaces, the header first."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
+    return "\n".join(fmt.format(*map(str, r)).rstrip() for r in [header, *rows])
+
+
+def number(value: float | None) -> str:
+    """6 significant digits, '-' for none."""
+    return "-" if value is None else f"{value:.6g}"
+
+
+def ago(epoch: float, now: float | None = None) -> str:
+    """'3h ago' style age of an epoch time."""
+    seconds = max(0.0, (time.time() if now is None else now) - epoch)
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit} ago"
+    return f"{seconds:.0f}s ago"
+
+
+def run_summary(summary: RunSummary) -> str:
+    """`xrun run`: the run, its image, outputs, metrics and attestation."""
+    lines = [f"run {summary.run_id}: {summary.status}", f"  run dir     {summary.run_dir}",
+             f"  image       {summary.image_id}"]
+    lines += [f"  output      {path}  sha256:{digest[:16]}" for path, digest in summary.outputs.items()]
+    for path, values in summary.metrics.items():
+        shown = ", ".join(f"{k}={v:.6g}" for k, v in list(values.items())[:6])
+        lines.append(f"  metrics     {path}: {shown}")
+    signed = f"signed, keyid {summary.keyid}" if summary.signed else "UNSIGNED"
+    lines.append(f"  attestation {summary.attestation} ({signed})")
+    return "\n".join(lines)
+
+
+def plan_summary(data: dict[str, Any], digest: str) -> str:
+    """`xrun plan`: a human-readable summary of a plan's JSON."""
+    img = data["image"]
+    base = img["base"]["reference"] if img["base"] else f"bootstrap {img['bootstrap']['suite']}: " + ", ".join(
+        img["bootstrap"]["packages"])
+    lines = [f"plan {digest[:12]}  {data['name']}", f"  image      {base}"]
+    if data["lockfile"]:
+        lk = data["lockfile"]
+        lines.append(f"  lockfile   {lk['path']} ({lk['format']}, {len(lk['packages'])} packages, "
+                     f"sha256:{lk['sha256'][:12]})")
+    code = data["code"]
+    git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
+    lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
+    for d in data["data"]:
+        algo, hexd = next(iter(d["digests"].items()))
+        lines.append(f"  data       {d['name']}: {d['uri']} → {d['containerPath']} ({algo}:{hexd[:12]})")
+    hw = data["hardware"]
+    lines.append(f"  hardware   {hw['name']}: {hw['description']}")
+    lines.append(f"  seeds      global={data['seeds']['global']} apply={data['seeds']['apply']}")
+    lines.append(f"  command    {' '.join(data['run']['command'])}")
+    timeout = data["run"]["timeoutSeconds"]
+    lines.append(f"  timeout    {f'{timeout}s' if timeout else 'none'}")
+    lines += [f"  output     /outputs/{o['path']}{' (metrics)' if o['metrics'] else ''}" for o in data["outputs"]]
+    return "\n".join(lines)
+
+
+def hardware_catalog(classes: Iterable[HardwareClass], host: Host, fits: dict[str, bool]) -> str:
+    """`xrun hardware`: the classes, whether this host fits each, and the host."""
+    rows = [[c.name, c.cpus, c.memory_gib, c.gpus, c.gpu_model or "-", "yes" if fits[c.name] else "no",
+             c.description] for c in classes]
+    gpus = ", ".join(g.name for g in host.gpus) or "none"
+    return (table(rows, ["CLASS", "CPUS", "MEM GiB", "GPUS", "GPU MODEL", "FITS HOST", "DESCRIPTION"])
+            + f"\n\nhost: {host.cpu_count} × {host.cpu_model}, {host.memory_bytes / 2**30:.1f} GiB, GPUs: {gpus}")
+
+
+def fetched(items: Sequence[FetchedData]) -> str:
+    """`xrun fetch`: one row per data item."""
+    rows = [[i.name, f"{i.algorithm}:{i.hexdigest[:12]}", i.size, "hit" if i.cache_hit else "fetched",
+             i.container_path] for i in items]
+    return table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items"
+
+
+def cache_entries(root: Path, entries: Sequence[CacheEntry]) -> str:
+    """`xrun cache ls`."""
+    rows = [[e.kind, e.digest[:23], e.size, e.files if e.files is not None else "-", ago(e.last_used)]
+            for e in entries]
+    return table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {root} is empty"
+
+
+def cache_verified(results: Sequence[Any]) -> str:
+    """`xrun cache verify`: OK/BAD per entry and a count."""
+    lines = [f"{'OK  ' if r.ok else 'BAD '} {r.entry.digest}" + (f"  {'; '.join(r.problems)}" if r.problems else "")
+             + ("  (removed)" if r.removed else "") for r in results]
+    bad = sum(1 for r in results if not r.ok)
+    lines.append(f"{len(results) - bad} of {len(results)} entries intact")
+    return "\n".join(lines)
+
+
+def cache_collected(removed: Sequence[Any], dry_run: bool) -> str:
+    """`xrun cache gc`: what was (or would be) removed."""
+    lines = [f"{'would remove' if dry_run else 'removed'} {r.kind} {r.digest or r.path} ({r.size} bytes)"
+             for r in removed]
+    lines.append(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if dry_run else 'removed'}, "
+                 f"{sum(r.size for r in removed)} bytes")
+    return "\n".join(lines)
+
+
+def reproduction(report: Report) -> str:
+    """`xrun reproduce`: one row per output, metric tables, changed inputs, the verdict."""
+    rows = [[r.path, r.state.upper(), (r.recorded or "-")[:16], (r.now or "-")[:16]] for r in report.outputs]
+    lines = [table(rows, ["OUTPUT", "STATE", "RECORDED", "NOW"])]
+    for r in report.outputs:
+        if r.metrics:
+            lines.append(f"\nmetrics {r.path}:")
+            mrows = [[m.key, number(m.recorded), number(m.now), number(m.abs_diff), number(m.rel_diff),
+                      "ok" if m.ok else "DIFF"] for m in r.metrics]
+            lines.append(table(mrows, ["KEY", "RECORDED", "NOW", "ABS DIFF", "REL DIFF", ""]))
+    if report.changes and not report.reproduced:
+        lines.append("\nrecorded inputs that changed:")
+        for c in report.changes:
+            detail = f": {json.dumps(c.recorded, default=str)} → {json.dumps(c.now, default=str)}" if (
+                c.recorded is not None or c.now is not None) else ""
+            lines.append(f"  {c.name}{detail}")
+    verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
+    lines.append(f"\n{verdict} (new run {report.run_id} in {report.run_dir})")
+    return "\n".join(lines)
+
+
+def runs_list(runs: Sequence[RunInfo], runs_dir: Path) -> str:
+    """`xrun runs ls`: one row per run."""
+    rows = []
+    for r in runs:
+        rec = r.record
+        metrics = "; ".join(f"{k}={v:.4g}" for values in rec.metrics.values() for k, v in list(values.items())[:2])
+        digests = " ".join(f"{p}:{d[:8]}" for p, d in list(rec.outputs.items())[:2])
+        rows.append([r.run_id, rec.name or "-", rec.status, rec.started_on or "-",
+                     f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", metrics or "-", digests or "-"])
+    return (table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
+            else f"no runs under {runs_dir}")
+
+
+def run_details(run: RunInfo) -> str:
+    """`xrun runs show`."""
+    record = run.record.to_json()
+    lines = [f"run {run.run_id} ({run.path})"]
+    lines += [f"  {key:<12} {record.get(key, '-')}" for key in
+              ("name", "status", "startedOn", "finishedOn", "exitCode", "imageId", "planDigest", "hardwareClass")]
+    lines += [f"  output       {path} sha256:{digest}" for path, digest in run.record.outputs.items()]
+    lines += [f"  metrics      {path}: " + ", ".join(f"{k}={v}" for k, v in values.items())
+              for path, values in run.record.metrics.items()]
+    if run.record.error:
+        lines.append(f"  error        {run.record.error}")
+    return "\n".join(lines)
+
+
+def runs_diff(a: RunInfo, b: RunInfo, diff: dict[str, Any]) -> str:
+    """`xrun runs diff`: the fields, outputs and metrics that differ."""
+    lines = [f"a = {a.run_id}", f"b = {b.run_id}"]
+    lines += [f"{section} fields that differ: {', '.join(diff[section])}" for section in ("manifest", "plan", "host")
+              if diff[section]]
+    lines += [f"output {path}: {str(d['a'])[:16]} → {str(d['b'])[:16]}" for path, d in diff["outputs"].items()]
+    lines += [f"metric {key}: {d['a']} → {d['b']}" for key, d in diff["metrics"].items()]
+    if not any(diff[k] for k in ("manifest", "plan", "host", "outputs", "metrics")):
+        lines.append("no differences")
+    return "\n".join(lines)

@@ -57,10 +57,9 @@ class BootstrapSpec:
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """`image`: exactly one of `base` (REPO@sha256:…) or `bootstrap`, and an optional lockfile."""
+    """`image`: the base — a reference REPO@sha256:… as written, or a bootstrap spec — and an optional lockfile."""
 
-    base: str | None
-    bootstrap: BootstrapSpec | None
+    base: str | BootstrapSpec
     lockfile: Path | None  # absolute
     lockfile_format: str | None  # "requirements" | "pylock" | "uv"; None = by file name
 
@@ -441,7 +440,7 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
         file=file, text=text, sha256=hashlib.sha256(text).hexdigest(), raw=raw,
         name=raw["name"], description=raw.get("description"),
         image=ImageSpec(
-            base=image.get("base"), bootstrap=bootstrap,
+            base=bootstrap if bootstrap is not None else image["base"],
             lockfile=(root / image["lockfile"]) if image.get("lockfile") else None,
             lockfile_format=image.get("lockfileFormat"),
         ),

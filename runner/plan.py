@@ -66,8 +66,7 @@ class Plan:
     """Everything resolved and pinned for one run; `digest` is the sha256 of `to_json()`."""
 
     manifest: Manifest
-    base: ImageRef | None
-    bootstrap: BootstrapSpec | None
+    base: ImageRef | BootstrapSpec  # a registry image pinned by digest, or one built from Debian packages
     lockfile: Lockfile | None
     data: tuple[PlannedData, ...]
     code: CodeTree
@@ -178,8 +177,8 @@ def resolve_plan(manifest: Manifest) -> Plan:
         lockfile = load_lockfile(manifest.image.lockfile, manifest.image.lockfile_format)
     return Plan(
         manifest=manifest,
-        base=parse_image_ref(manifest.image.base) if manifest.image.base else None,
-        bootstrap=manifest.image.bootstrap,
+        base=manifest.image.base if isinstance(manifest.image.base, BootstrapSpec)
+        else parse_image_ref(manifest.image.base),
         lockfile=lockfile,
         data=tuple(PlannedData(item, f"/data/{item.path}") for item in manifest.data),
         code=resolve_code(manifest.code, manifest.file),
@@ -197,11 +196,11 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
     """Plain data of a plan; relative paths only, so the digest does not depend on the machine."""
     m = plan.manifest
     image: dict[str, Any] = {"base": None, "bootstrap": None}
-    if plan.base:
+    if isinstance(plan.base, ImageRef):
         image["base"] = {"reference": plan.base.pinned, "registry": plan.base.registry,
                          "repository": plan.base.repository, "tag": plan.base.tag, "digest": plan.base.digest}
-    if plan.bootstrap:
-        b = plan.bootstrap
+    else:
+        b = plan.base
         sources = None
         if b.sources:
             sources = {"path": _rel(Path(b.sources), m.root),

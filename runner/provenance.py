@@ -19,7 +19,7 @@ from runner.execute import ContainerSpec
 from runner.hashing import hash_tree, tree_digest
 from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
-from runner.plan import Plan, canonical_json
+from runner.plan import ImageRef, Plan, canonical_json
 
 if TYPE_CHECKING:
     from runner.context import RunContext
@@ -94,18 +94,19 @@ def _docker_purl(ref: Any, platform: str) -> str:
 def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: ResourceDescriptor | None) -> list[ResourceDescriptor]:
     """resolvedDependencies: base image, built image, packages, wheels, data, code, lockfile."""
     deps: list[ResourceDescriptor] = []
-    if plan.base is not None:
+    base = plan.base
+    if isinstance(base, ImageRef):
         deps.append(ResourceDescriptor(
-            name="base-image", uri=_docker_purl(plan.base, image.platform),
-            digest={"sha256": plan.base.digest.split(":", 1)[1]},
-            annotations={"reference": plan.base.pinned, "imageId": image.base_image_id}))
+            name="base-image", uri=_docker_purl(base, image.platform),
+            digest={"sha256": base.digest.split(":", 1)[1]},
+            annotations={"reference": base.pinned, "imageId": image.base_image_id}))
     else:
         deps.append(ResourceDescriptor(
-            name="base-image", uri=purl("docker", plan.bootstrap.suite, image.base_image_id, "xrun-bootstrap",
+            name="base-image", uri=purl("docker", base.suite, image.base_image_id, "xrun-bootstrap",
                                         {"platform": image.platform}),
             digest={"sha256": image.base_image_id.split(":", 1)[1]},
-            annotations={"bootstrap": {"suite": plan.bootstrap.suite, "packages": list(plan.bootstrap.packages),
-                                       "variant": plan.bootstrap.variant}}))
+            annotations={"bootstrap": {"suite": base.suite, "packages": list(base.packages),
+                                       "variant": base.variant}}))
     image_notes: dict[str, Any] = {"tag": image.tag, "buildDigest": plan.build_digest}
     if getattr(image, "layers", ()):
         image_notes["layers"] = list(image.layers)

@@ -29,6 +29,7 @@ from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels
     layout_venv, target_from_facts
 from runner.fetch.interface import FetchOptions
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
+from runner.manifest import BootstrapSpec
 from runner.plan import ImageRef, Plan
 from runner.resources import resource_dir
 
@@ -86,10 +87,8 @@ def image_tag(plan: Plan) -> str:
 
 def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = False) -> ResolvedBase:
     """The plan's base in the engine: present by RepoDigest → used; else pulled by digest and checked."""
-    if plan.bootstrap is not None:
-        return _bootstrap_base(plan, client, cache, quiet)
-    if plan.base is None:
-        raise ManifestError("image: the plan has neither image.base nor image.bootstrap")
+    if isinstance(plan.base, BootstrapSpec):
+        return _bootstrap_base(plan.base, client, cache, quiet)
     ref = plan.base
     if not _DIGEST.match(ref.digest or ""):
         shown = ref.name + (f":{ref.tag}" if ref.tag else "")
@@ -112,9 +111,9 @@ def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = Fa
                         layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()))
 
 
-def _bootstrap_base(plan: Plan, client: Any, cache: Any, quiet: bool) -> ResolvedBase:
+def _bootstrap_base(spec: BootstrapSpec, client: Any, cache: Any, quiet: bool) -> ResolvedBase:
     cache = cache if cache is not None else _default_cache()
-    boot = ensure_bootstrap_image(plan.bootstrap, client, cache, quiet=quiet)
+    boot = ensure_bootstrap_image(spec, client, cache, quiet=quiet)
     image = client.images.get(boot.image_id)
     return ResolvedBase(ref=boot.image_id, image_id=boot.image_id, repo_digest=None, platform=_platform(image.attrs),
                         layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()),

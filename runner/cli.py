@@ -70,6 +70,12 @@ def _subcommands(parser: argparse.ArgumentParser) -> list[str]:
     return []
 
 
+def _help(parser: argparse.ArgumentParser) -> int:
+    """A command group called without its subcommand: its help, exit 2."""
+    parser.print_help()
+    return 2
+
+
 def _error(message: str, lines: list[str] | None = None) -> None:
     print(f"xrun: error: {message}", file=sys.stderr)
     for line in lines or ():
@@ -162,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     _verify_data_arg(p)
 
     cache = command("cache", "inspect and maintain the content-addressed cache", "xrun cache verify",
-                    lambda a: (cache.print_help(), 2)[1])
+                    lambda a: _help(cache))
     cache_sub = cache.add_subparsers(title="cache commands", metavar="SUBCOMMAND")
     q = cache_sub.add_parser("ls", help="list cache entries, most recently used first")
     q.set_defaults(handler=_cmd_cache_ls)
@@ -199,7 +205,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
 
     runs = command("runs", "list, show and compare past runs", "xrun runs ls --manifest experiment.yaml",
-                   lambda a: (runs.print_help(), 2)[1])
+                   lambda a: _help(runs))
     runs_sub = runs.add_subparsers(title="runs commands", metavar="SUBCOMMAND")
     for name, help_text, handler, nargs in (
         ("ls", "list runs (newest last)", _cmd_runs_ls, 0),

@@ -6,6 +6,7 @@ import fnmatch
 import hashlib
 import os
 import stat
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -85,7 +86,7 @@ def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links:
     return found
 
 
-def hash_files(files: list[tuple[str, str]] | list[tuple[str, Path]], workers: int | None = None) -> list[FileDigest]:
+def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = None) -> list[FileDigest]:
     """Hash many files, keeping the input order.
 
     Small files are hashed in this thread: per-file thread hand-offs cost more than the hashing.

@@ -254,7 +254,17 @@ def _types(value: Any) -> str:
     names = {"string": "a string", "integer": "an integer", "number": "a number", "boolean": "true or false",
              "array": "a list", "object": "a mapping"}
     values = value if isinstance(value, list) else [value]
-    return " or ".join(names.get(v, v) for v in values)
+    return " or ".join(names.get(v, str(v)) for v in values)
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    """value when it is a mapping, else an empty one (the schema reports the wrong type)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _sequence(value: Any) -> list[Any]:
+    """value when it is a list, else an empty one (the schema reports the wrong type)."""
+    return value if isinstance(value, list) else []
 
 
 def _type_name(value: Any) -> str:
@@ -274,16 +284,16 @@ def _semantic_problems(raw: dict[str, Any], lines: dict[str, int], root: Path) -
     def add(path: str, message: str) -> None:
         problems.append(Problem(path, message, _line_for(path, lines)))
 
-    image = raw.get("image") if isinstance(raw.get("image"), dict) else {}
+    image = _mapping(raw.get("image"))
     if isinstance(raw.get("image"), dict):
         _check_image(image, add)
     _check_relative_file(image.get("lockfile"), "image.lockfile", root, add, want_dir=False)
-    bootstrap = image.get("bootstrap") if isinstance(image.get("bootstrap"), dict) else {}
+    bootstrap = _mapping(image.get("bootstrap"))
     _check_relative_file(bootstrap.get("sources"), "image.bootstrap.sources", root, add, want_dir=False)
-    code = raw.get("code") if isinstance(raw.get("code"), dict) else {}
+    code = _mapping(raw.get("code"))
     _check_relative_file(code.get("path", "."), "code.path", root, add, want_dir=True)
 
-    data = raw.get("data") if isinstance(raw.get("data"), list) else []
+    data = _sequence(raw.get("data"))
     names: dict[str, int] = {}
     mounts: dict[str, int] = {}
     for i, item in enumerate(data):
@@ -304,22 +314,22 @@ def _semantic_problems(raw: dict[str, Any], lines: dict[str, int], root: Path) -
         if item.get("unpack") and isinstance(item.get("uri"), str) and not _archive_suffix(item["uri"]):
             add(f"data[{i}].unpack", "unpack works for .tar, .tar.gz, .tgz and .zip; the URI names none of those")
 
-    outputs = raw.get("outputs") if isinstance(raw.get("outputs"), list) else []
+    outputs = _sequence(raw.get("outputs"))
     seen_outputs: dict[str, int] = {}
     for i, item in enumerate(outputs):
         if isinstance(item, dict) and isinstance(item.get("path"), str):
             if _check_inside(item["path"], f"outputs[{i}].path", "/outputs", add):
                 _check_overlap(item["path"], i, seen_outputs, f"outputs[{i}].path", "outputs", add)
 
-    hw = raw.get("hardware") if isinstance(raw.get("hardware"), dict) else {}
+    hw = _mapping(raw.get("hardware"))
     cls = hw.get("class")
     if isinstance(cls, str) and cls not in hardware.catalog():
         close = difflib.get_close_matches(cls, list(hardware.catalog()), n=1, cutoff=0.5)
         add("hardware.class", f"unknown hardware class {cls!r}; "
             + (f"did you mean {close[0]!r}? " if close else "") + "`xrun hardware` lists the classes")
 
-    run = raw.get("run") if isinstance(raw.get("run"), dict) else {}
-    env = run.get("env") if isinstance(run.get("env"), dict) else {}
+    run = _mapping(raw.get("run"))
+    env = _mapping(run.get("env"))
     for key in env:
         if key in RESERVED_ENV or str(key).startswith("XRUN_"):
             add(f"run.env.{key}", f"{key} is set by xrun from seeds.global; remove it from run.env "

@@ -31,7 +31,8 @@ class RecordedRun:
         definition = _dict(predicate.get("buildDefinition"))
         details = _dict(predicate.get("runDetails"))
         external = _dict(definition.get("externalParameters"))
-        byproducts = {b.get("name"): b for b in details.get("byproducts") or [] if isinstance(b, dict)}
+        byproducts: dict[str, Any] = {str(b.get("name")): b for b in details.get("byproducts") or []
+                                      if isinstance(b, dict)}
         deps = {d.get("name") or d.get("uri", "?"): d for d in definition.get("resolvedDependencies") or []
                 if isinstance(d, dict)}
         return cls(

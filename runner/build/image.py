@@ -219,7 +219,7 @@ def set_env(env: list[str], key: str, value: str) -> list[str]:
 
 def image_environment(env: list[str], *, with_venv: bool) -> list[str]:
     """The base's environment with the venv first on PATH and the seed hook's folder on PYTHONPATH."""
-    current = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    current = dict(item.partition("=")[::2] for item in env)
     if with_venv:
         env = set_env(env, "PATH", f"{VENV}/bin:{current.get('PATH', '')}".rstrip(":"))
     return set_env(env, "PYTHONPATH", SITE + (f":{current['PYTHONPATH']}" if current.get("PYTHONPATH") else ""))

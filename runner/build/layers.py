@@ -158,7 +158,7 @@ class HashingReader(io.RawIOBase):
         self._h = hashlib.sha256()
         self.count = 0
 
-    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+    def read(self, size: int = -1) -> bytes:
         data = self._f.read(size)
         self._h.update(data)
         self.count += len(data)
@@ -179,7 +179,7 @@ class _HashingWriter(io.RawIOBase):
         self.h = hashlib.sha256()
         self.count = 0
 
-    def write(self, data: Any) -> int:  # type: ignore[override]
+    def write(self, data: Any) -> int:
         view = bytes(data)
         self._f.write(view)
         self.h.update(view)

@@ -147,8 +147,8 @@ def _artifact(wheel: Any, source: Any, raw_name: str, shown: str, line: int | No
         raise lock_error(shown, line, f"{raw_name}: a wheel has no hash; regenerate the lock with `uv lock`")
     algo, _, hexdigest = value.partition(":")
     algo, hexdigest = normalize_hash(algo, hexdigest, shown, line).split(":", 1)
-    registry = source.get("registry") if isinstance(source.get("registry"), str) else None
-    local_registry = registry is not None and "://" not in registry
+    registry = source.get("registry") if isinstance(source.get("registry"), str) else ""
+    local_registry = bool(registry) and "://" not in registry
     if wheel.get("url"):
         location = str(wheel["url"])
     elif wheel.get("path"):

@@ -9,16 +9,16 @@ This is the seam every backend plugs into.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from runner import hardware
 from runner.fetch import Cache, FetchOptions
 from runner.manifest import load_manifest
 from runner.plan import Plan, resolve_plan
+from runner.progress import ProgressSink, StderrProgress
 from runner.rundir import default_runs_dir
 
 if TYPE_CHECKING:
@@ -37,32 +37,6 @@ class RunOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
     reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
     backend: str = "local"
-
-
-class ProgressSink(Protocol):
-    """Where library code reports what a person should see (the terminal today; trackers, a report later)."""
-
-    def info(self, message: str) -> None:
-        """Something worth saying (skipped when quiet)."""
-
-    def warn(self, message: str) -> None:
-        """Something the user must know even when quiet."""
-
-
-@dataclass(frozen=True)
-class StderrProgress:
-    """The terminal sink: `xrun: …` lines on stderr."""
-
-    quiet: bool = False
-
-    def info(self, message: str) -> None:
-        """Print unless quiet."""
-        if not self.quiet:
-            print(f"xrun: {message}", file=sys.stderr)
-
-    def warn(self, message: str) -> None:
-        """Always print."""
-        print(f"xrun: warning: {message}", file=sys.stderr)
 
 
 def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:

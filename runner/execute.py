@@ -232,6 +232,7 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
     os.chown(root, uid, gid)
 
 
-def managed_containers(client: Any) -> Iterator[Any]:
-    """Containers xrun created that still exist (there should be none after any run)."""
-    yield from client.containers.list(all=True, filters={"label": f"{MANAGED_LABEL}=true"})
+def managed_containers(client: Any, run_id: str | None = None) -> Iterator[Any]:
+    """Containers xrun created that still exist (of one run when run_id is given; none after any run)."""
+    label = f"org.xrun.run-id={run_id}" if run_id else f"{MANAGED_LABEL}=true"
+    yield from client.containers.list(all=True, filters={"label": label})

@@ -28,7 +28,8 @@ class interrupts_raise:
         self._count = 0
 
     def __enter__(self) -> "interrupts_raise":
-        if threading.current_thread() is threading.main_thread():
+        # Nested use (a library stage inside a command) keeps the outer handler: one count of signals.
+        if threading.current_thread() is threading.main_thread() and not _ours(signal.getsignal(signal.SIGTERM)):
             for signum in HANDLED:
                 self._previous[signum] = signal.signal(signum, self._handle)
         return self
@@ -46,6 +47,10 @@ class interrupts_raise:
             _write_stderr("xrun: error: interrupted again: quitting now; the watchdog removes the run's containers\n")
             os._exit(130)
         _write_stderr("xrun: cleaning up after the interruption (interrupt twice more to quit at once)\n")
+
+
+def _ours(handler: Any) -> bool:
+    return isinstance(getattr(handler, "__self__", None), interrupts_raise)
 
 
 def _write_stderr(text: str) -> None:

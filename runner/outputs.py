@@ -7,7 +7,6 @@ import math
 import os
 import shutil
 import stat
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,6 +14,7 @@ from typing import Any
 from runner.errors import TrainingFailed
 from runner.hashing import FileDigest, hash_files
 from runner.manifest import OutputSpec
+from runner.progress import ProgressSink, StderrProgress
 
 
 @dataclass(frozen=True)
@@ -40,12 +40,14 @@ class Dropped:
     reason: str
 
 
-def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path) -> Outputs:
+def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path,
+                    progress: ProgressSink | None = None) -> Outputs:
     """Check every declared output exists, expand folders, hash files, parse metrics files.
 
     Afterwards outputs/ holds only what was hashed: FIFOs, sockets, devices and symlinks that lead
     out of /outputs are removed, undeclared files are moved to ../undeclared/; each with a warning.
     """
+    progress = progress or StderrProgress()
     root = outputs_dir.resolve()
     missing = [s.path for s in specs if not os.path.lexists(root / s.path)]
     if missing:
@@ -66,16 +68,11 @@ def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path) -> Outputs
             found[spec.path] = target
     for item in dropped:
         _remove(root / item.path)
-        warn(f"output {item.path} {item.reason}: not hashed, removed from outputs/")
-    _set_aside_undeclared(root, specs, found)
+        progress.warn(f"output {item.path} {item.reason}: not hashed, removed from outputs/")
+    _set_aside_undeclared(root, specs, found, progress)
     files = hash_files(sorted(found.items()))
     metrics = {s.path: read_metrics(root / s.path, s.path) for s in specs if s.metrics}
     return Outputs(files=tuple(files), metrics=metrics)
-
-
-def warn(message: str) -> None:
-    """One warning line on stderr."""
-    print(f"xrun: warning: {message}", file=sys.stderr)
 
 
 def _refusal(path: Path, root: Path) -> str | None:
@@ -128,7 +125,8 @@ def _remove(path: Path) -> None:
         pass
 
 
-def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict[str, Path]) -> None:
+def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict[str, Path],
+                          progress: ProgressSink) -> None:
     """Move what no declared output covers to ../undeclared/, so outputs/ holds only hashed files."""
     declared = {s.path for s in specs}
     hashed = {p.resolve() for p in found.values()}
@@ -152,7 +150,7 @@ def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict
                        and any(x.startswith(f"{rel_dir}/{d}/".removeprefix("./")) for x in declared)]
     if moved:
         shown = ", ".join(moved[:5]) + (f" (+{len(moved) - 5} more)" if len(moved) > 5 else "")
-        warn(f"the run wrote undeclared output(s) {shown}: not hashed, not attested; moved to "
+        progress.warn(f"the run wrote undeclared output(s) {shown}: not hashed, not attested; moved to "
              f"{UNDECLARED}/ beside outputs/ (declare them in `outputs` to attest them)")
 
 

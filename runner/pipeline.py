@@ -97,14 +97,14 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
 
     plan = ctx.plan
     fetched = tuple(fetch_data(plan, ctx.cache, ctx.options.fetch))
-    image = build_image(plan, ctx.cache, ctx.client, quiet=ctx.options.quiet, fetch=ctx.options.fetch)
+    image = build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress)
     record.image_id = image.id
     labels = {"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name, RUNNER_LABEL: str(record.runner)}
     execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
     _record_result(record, execution)
     raise_for_status(execution.result, plan.timeout_s)
     _check_inputs_unchanged(ctx, fetched)
-    outputs = collect_outputs(plan.outputs, run.outputs)
+    outputs = collect_outputs(plan.outputs, run.outputs, ctx.progress)
     record.status, record.outputs, record.metrics = "succeeded", outputs.digests(), outputs.metrics
     record.attestation, record.signed = run.attestation.name, ctx.signer is not None
     record.save(run.record)

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 
-from runner.execute import managed_containers
 from runner.watchdog import KILLED, RUNNER_LABEL, reap_orphans, runner_identity
 from faultserver import Fault, FaultServer
 from tests.test_run import write_experiment
@@ -190,7 +189,7 @@ def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, dock
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception in thread" not in err, err
     assert _record(runs)["status"] == "interrupted"
-    assert not list(managed_containers(docker_client))
+    assert not _containers_of(docker_client, runs)
 
 
 def test_out_of_memory_is_named(tmp_path, base_image, cache_dir, monkeypatch):

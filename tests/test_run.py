@@ -119,7 +119,7 @@ def test_isolation_every_escape_fails(tmp_path, base_image, cache_env, docker_cl
     assert "probe done" in (summary.run_dir / "logs" / "run.log").read_text()
     # Outputs belong to the invoking user.
     assert (summary.run_dir / "outputs" / "probe.json").stat().st_uid == os.getuid()
-    assert not list(managed_containers(docker_client))
+    assert not list(managed_containers(docker_client, summary.run_id))
 
 
 def test_same_seed_same_outputs_different_seed_differs(tmp_path, base_image, cache_env):
@@ -137,8 +137,8 @@ def test_timeout_stops_and_removes_the_container(tmp_path, base_image, cache_env
         run_experiment(manifest, _options(tmp_path))
     assert info.value.exit_code == 1
     assert time.monotonic() - start < 40
-    assert not list(managed_containers(docker_client))
     (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not list(managed_containers(docker_client, run_dir.name))
     assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
     assert not (run_dir / "provenance.intoto.jsonl").exists()
 
@@ -181,16 +181,21 @@ def test_ctrl_c_removes_container_and_writes_no_attestation(tmp_path, base_image
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(manifest), "--quiet",
                              "--runs-dir", str(tmp_path / "runs")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    runs = tmp_path / "runs"
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not docker_client.containers.list(filters={"label": "org.xrun.name=probe"}):
+    run_id = ""
+    while time.monotonic() < deadline:
+        run_id = next((p.name for p in runs.glob("*") if p.is_dir()), "") if runs.is_dir() else ""
+        if run_id and list(managed_containers(docker_client, run_id)):
+            break
         time.sleep(0.2)
-    assert docker_client.containers.list(filters={"label": "org.xrun.name=probe"}), "container never started"
+    assert run_id and list(managed_containers(docker_client, run_id)), "container never started"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
-    assert not list(managed_containers(docker_client))
-    (run_dir,) = (tmp_path / "runs").iterdir()
+    assert not list(managed_containers(docker_client, run_id))
+    (run_dir,) = runs.iterdir()
     assert json.loads((run_dir / "run.json").read_text())["status"] == "interrupted"
     assert not (run_dir / "provenance.intoto.jsonl").exists()
 

@@ -28,6 +28,7 @@ from runner.build.layers import (SOURCE_DATE_EPOCH, ImageConfig, history_entry, 
 from runner.docker_client import cached_probe, run_offline
 from runner.errors import BuildError, EnvironmentProblem, IntegrityError, ManifestError
 from runner.manifest import BootstrapSpec
+from runner.progress import ProgressSink, StderrProgress
 
 RECIPE_VERSION = 1  # bump when the mmdebstrap options or the archive layout change
 HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -153,22 +154,23 @@ def check_host() -> None:
                                  "or pin a base image with image.base instead")
 
 
-def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False) -> None:
+def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False,
+                   progress: ProgressSink | None = None) -> None:
     """Write the root filesystem tarball; BuildError (exit 1) with mmdebstrap's log tail when it fails."""
     check_host()
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "LC_ALL": "C.UTF-8"}
     cmd = mmdebstrap_command(spec, output)
     tail: deque[str] = deque(maxlen=LOG_TAIL)
-    if not quiet:
-        print(f"xrun: bootstrapping {spec.suite} ({', '.join(spec.packages) or 'no extra packages'}) with "
-              "mmdebstrap; this takes about a minute", file=sys.stderr)
+    progress = progress or StderrProgress(quiet)
+    progress.info(f"bootstrapping {spec.suite} ({', '.join(spec.packages) or 'no extra packages'}) with "
+                  "mmdebstrap; this takes about a minute")
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
                             errors="replace")
     assert proc.stderr is not None
     for line in proc.stderr:
         tail.append(line.rstrip())
-        if not quiet and line.startswith(("I: ", "E: ", "W: ")):
-            print(f"  {line.rstrip()}", file=sys.stderr)
+        if line.startswith(("I: ", "E: ", "W: ")):
+            progress.detail(line.rstrip())
     code = proc.wait()
     if code != 0:
         raise BuildError(f"mmdebstrap failed (exit {code}) bootstrapping {spec.suite} with "
@@ -195,13 +197,13 @@ def write_docker_archive(rootfs: Path, out: Path, deb_arch: str) -> BootstrapArc
     return BootstrapArchive(out, image_id, layer.diff_id, out.stat().st_size)
 
 
-def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False,
+def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False, progress: ProgressSink | None = None,
                       workdir: Path | None = None) -> BootstrapArchive:
     """mmdebstrap → `docker load` archive at `out` (written atomically)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xrun-bootstrap-", dir=workdir or out.parent) as tmp:
         rootfs = Path(tmp) / "rootfs.tar"
-        run_mmdebstrap(spec, rootfs, quiet=quiet)
+        run_mmdebstrap(spec, rootfs, quiet=quiet, progress=progress)
         return write_docker_archive(rootfs, out, debian_arch(spec))
 
 
@@ -214,7 +216,8 @@ def bootstrap_tag(spec: BootstrapSpec) -> str:
     return f"{TAG_REPO}/{suite}:{spec_digest(spec)[:12]}"
 
 
-def ensure_bootstrap_image(spec: BootstrapSpec, client: Any, cache: Any, *, quiet: bool = False) -> BootstrapImage:
+def ensure_bootstrap_image(spec: BootstrapSpec, client: Any, cache: Any, *, quiet: bool = False,
+                           progress: ProgressSink | None = None) -> BootstrapImage:
     """The bootstrapped base in the engine: by pinned ID or cached tag when present, else built now."""
     import docker.errors
 
@@ -232,7 +235,8 @@ def ensure_bootstrap_image(spec: BootstrapSpec, client: Any, cache: Any, *, quie
         work = cache.root / "tmp"
         work.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="xrun-bootstrap-", dir=work) as tmp:
-            archive = bootstrap_archive(spec, Path(tmp) / "image.tar", quiet=quiet, workdir=Path(tmp))
+            archive = bootstrap_archive(spec, Path(tmp) / "image.tar", quiet=quiet, progress=progress,
+                                        workdir=Path(tmp))
             if spec.image_id and archive.image_id != spec.image_id:
                 raise IntegrityError(
                     f"image.bootstrap: the packages gave image {archive.image_id}, but the manifest pins "

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -24,13 +23,15 @@ from typing import Any
 from runner import __version__
 from runner.build.bootstrap import DebPackage, ensure_bootstrap_image, installed_debs
 from runner.build.layers import ImageConfig, Layer, LayerBuilder, history_entry, image_exists, load_archive, \
-    remove_untagged, sigterm_as_interrupt, write_layer, write_load_archive
+    remove_untagged, write_layer, write_load_archive
 from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
     layout_venv, target_from_facts
 from runner.fetch.interface import FetchOptions
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
+from runner.interrupts import interrupts_raise
 from runner.manifest import BootstrapSpec
 from runner.plan import ImageRef, Plan
+from runner.progress import ProgressSink, StderrProgress
 from runner.resources import resource_dir
 
 __all__ = ["Assembly", "BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "assemble",
@@ -85,10 +86,11 @@ def image_tag(plan: Plan) -> str:
 # --- the base --------------------------------------------------------------------------------------
 
 
-def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = False) -> ResolvedBase:
+def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = False,
+                 progress: ProgressSink | None = None) -> ResolvedBase:
     """The plan's base in the engine: present by RepoDigest → used; else pulled by digest and checked."""
     if isinstance(plan.base, BootstrapSpec):
-        return _bootstrap_base(plan.base, client, cache, quiet)
+        return _bootstrap_base(plan.base, client, cache, progress or StderrProgress(quiet))
     ref = plan.base
     if not _DIGEST.match(ref.digest or ""):
         shown = ref.name + (f":{ref.tag}" if ref.tag else "")
@@ -97,7 +99,7 @@ def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = Fa
                             f"'{{{{json .RepoDigests}}}}' {shown}`)")
     image = _local_by_digest(client, ref)
     if image is None:
-        _pull(client, ref, quiet)
+        _pull(client, ref, progress or StderrProgress(quiet))
         image = _local_by_digest(client, ref)
         if image is None:
             raise IntegrityError(f"image.base: pulled {ref.pinned}, but the engine holds no image with that "
@@ -111,9 +113,9 @@ def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = Fa
                         layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()))
 
 
-def _bootstrap_base(spec: BootstrapSpec, client: Any, cache: Any, quiet: bool) -> ResolvedBase:
+def _bootstrap_base(spec: BootstrapSpec, client: Any, cache: Any, progress: ProgressSink) -> ResolvedBase:
     cache = cache if cache is not None else _default_cache()
-    boot = ensure_bootstrap_image(spec, client, cache, quiet=quiet)
+    boot = ensure_bootstrap_image(spec, client, cache, progress=progress)
     image = client.images.get(boot.image_id)
     return ResolvedBase(ref=boot.image_id, image_id=boot.image_id, repo_digest=None, platform=_platform(image.attrs),
                         layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()),
@@ -138,11 +140,10 @@ def _local_by_digest(client: Any, ref: ImageRef) -> Any:
                                  f"{exc.explanation or exc}") from None
 
 
-def _pull(client: Any, ref: ImageRef, quiet: bool) -> None:
+def _pull(client: Any, ref: ImageRef, progress: ProgressSink) -> None:
     import docker.errors
 
-    if not quiet:
-        print(f"xrun: pulling {ref.pinned}", file=sys.stderr)
+    progress.info(f"pulling {ref.pinned}")
     try:
         for event in client.api.pull(ref.name, tag=ref.digest, stream=True, decode=True):
             if "error" in event:
@@ -306,7 +307,7 @@ def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None =
     image_id = assembly.image_id
     existed = image_exists(client, image_id)
     try:
-        with sigterm_as_interrupt():  # a no-op when the caller already installed it
+        with interrupts_raise():  # a no-op inside a command: cli.main installed it already
             if not existed:
                 archive = work / "image.tar"
                 layers: list[tuple[str, Path | None]] = [(d, None) for d in assembly.base_diff_ids]
@@ -327,8 +328,8 @@ def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None =
 # --- building --------------------------------------------------------------------------------------
 
 
-def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False,
-                fetch: FetchOptions | None = None) -> BuiltImage:
+def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False, fetch: FetchOptions | None = None,
+                progress: ProgressSink | None = None) -> BuiltImage:
     """The plan's image: the cached one when its tag exists with the same build digest, else built now."""
     tag = image_tag(plan)
     cached = cached_image(client, plan)
@@ -338,7 +339,7 @@ def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False,
         cached = cached_image(client, plan)  # another xrun may have built it while we waited
         if cached is not None:
             return cached
-        return _build(plan, cache, client, tag, quiet, fetch)
+        return _build(plan, cache, client, tag, fetch or FetchOptions(quiet=quiet), progress or StderrProgress(quiet))
 
 
 def cached_image(client: Any, plan: Plan) -> BuiltImage | None:
@@ -358,8 +359,8 @@ def cached_image(client: Any, plan: Plan) -> BuiltImage | None:
         return None  # labels from an older xrun: rebuild
 
 
-def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool, fetch: FetchOptions | None) -> BuiltImage:
-    base = resolve_base(plan, client, cache, quiet=quiet)
+def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, progress: ProgressSink) -> BuiltImage:
+    base = resolve_base(plan, client, cache, progress=progress)
     python = inspect_python(client, base.image_id, cache)
     wheels: list[tuple[ResolvedWheel, Path]] = []
     if plan.lockfile is not None and plan.lockfile.packages:
@@ -368,18 +369,17 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, quiet: bool, fetch: Fe
                                 "python) to install the locked wheels for; pick a base with Python")
         chosen = choose_wheels(plan.lockfile, python, cache)
         wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent,
-                              options=fetch or FetchOptions(quiet=quiet))
+                              options=fetch)
     labels = _labels(plan, base, python, [w for w, _ in wheels])
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
     try:
         # SIGTERM too must unwind through the temp folder's and the loaded image's clean-up.
-        with sigterm_as_interrupt():
+        with interrupts_raise():
             tmp = Path(tempfile.mkdtemp(prefix="xrun-build-", dir=work))
             try:
-                if not quiet:
-                    print(f"xrun: assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
-                          "files)", file=sys.stderr)
+                progress.info(f"assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
+                              "files)")
                 assembly = assemble_image(plan, client, base, python, wheels, tmp)
                 image_id = load_assembly(client, assembly, tmp, tag)
             finally:

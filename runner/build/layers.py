@@ -13,11 +13,8 @@ import hashlib
 import io
 import json
 import os
-import signal
 import tarfile
-import threading
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -354,23 +351,6 @@ def remove_untagged(client: Any, image_id: str) -> None:
             client.images.remove(image_id, force=True)
     except docker.errors.APIError:
         pass  # gone already, or in use by someone's container: then it is not ours to remove
-
-
-@contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """While this runs, SIGTERM behaves like Ctrl-C, so the same clean-up path runs."""
-    previous = None
-    if threading.current_thread() is threading.main_thread():
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
-    try:
-        yield
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-
-
-def _raise_interrupt(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
 
 
 # --- OCI image layout ------------------------------------------------------------------------------

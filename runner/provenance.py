@@ -105,7 +105,9 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
                                         {"platform": image.platform}),
             digest={"sha256": image.base_image_id.split(":", 1)[1]},
             annotations={"bootstrap": {"suite": plan.bootstrap.suite, "packages": list(plan.bootstrap.packages),
-                                       "variant": plan.bootstrap.variant}}))
+                                       "variant": plan.bootstrap.variant,
+                                       **({"architecture": plan.bootstrap.architecture}
+                                          if plan.bootstrap.architecture else {})}}))
     image_notes: dict[str, Any] = {"tag": image.tag, "buildDigest": plan.build_digest}
     if getattr(image, "layers", ()):
         image_notes["layers"] = list(image.layers)

@@ -417,8 +417,10 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
 
-    from runner.build.export import publish
+    from runner.build.export import parse_repository, publish
 
+    if args.push:
+        parse_repository(args.push)  # a bad target is exit 2 before anything is built
     _verify_data(args)  # through the environment: the image stage makes its own fetch options for wheels
     plan = resolve_plan(load_manifest(args.manifest))
     cache, client = Cache.default(), docker_client()

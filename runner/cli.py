@@ -156,7 +156,24 @@ def build_parser() -> argparse.ArgumentParser:
     _manifest_arg(p)
     p.add_argument("--json", action="store_true", help="print the image as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no build log")
+    p.add_argument("--oci-layout", type=Path, metavar="DIR",
+                   help="also write the image (base layers included) as an OCI image layout in DIR")
+    p.add_argument("--push", metavar="REGISTRY/REPO",
+                   help="push the image by digest (e.g. 127.0.0.1:5000/team/exp); later runs attest the digest")
     _verify_data_arg(p)
+
+    p = command("rebuild", "rebuild the image an attestation records from its recorded inputs and compare the "
+                "image ID (auditors)", "xrun rebuild .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub "
+                "--code ./checkout\n\nexit 0 identical · 3 different (what differs is named: base, package, wheel, "
+                "code file, layer) or the attestation does not verify · 4 an input cannot be had", _cmd_rebuild)
+    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
+    p.add_argument("--code", type=Path, metavar="DIR",
+                   help="the code folder (checked against the recorded tree digest; default: the recorded run's "
+                        "folder, from run.json beside the attestation)")
+    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
+                   help="trusted public key: verify the attestation first (repeatable)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress")
 
     p = command("fetch", "fetch and verify every data item into the content-addressed cache",
                 "xrun fetch experiment.yaml --json", _cmd_fetch)
@@ -357,17 +374,40 @@ def _cmd_build(args: argparse.Namespace) -> int:
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
 
+    from runner.build.export import parse_repository, publish
+
+    if args.push:
+        parse_repository(args.push)  # a bad target is exit 2 before anything is built
     plan = resolve_plan(load_manifest(args.manifest))
     quiet = args.quiet or args.json
-    image = build_image(plan, Cache.default(), docker_client(), quiet=quiet,
-                        fetch=FetchOptions(quiet=quiet, verify=_verify_data(args)))
+    cache, client = Cache.default(), docker_client()
+    image = build_image(plan, cache, client, quiet=quiet, fetch=FetchOptions(quiet=quiet, verify=_verify_data(args)))
+    out = publish(image, client, cache, plan.build_digest, oci_layout=args.oci_layout, push=args.push)
+    image = out.image
     if args.json:
-        _print_json(image.to_json())
+        _print_json({**image.to_json(), "ociLayout": str(out.oci_layout) if out.oci_layout else None,
+                     "ociManifestDigest": out.manifest_digest})
     else:
         print(image.id)
         print(f"{image.tag} ({'cached: nothing built' if image.cached else 'built'}, {len(image.wheels)} wheels)",
               file=sys.stderr)
+        if out.oci_layout:
+            print(f"OCI layout {out.oci_layout} (manifest {out.manifest_digest})", file=sys.stderr)
+        if image.pushed_to:
+            print(f"pushed {image.pushed_to}@{image.manifest_digest}", file=sys.stderr)
     return 0
+
+
+def _cmd_rebuild(args: argparse.Namespace) -> int:
+    from runner.build.rebuild import rebuild, render_text
+    from runner.errors import EXIT_INTEGRITY
+
+    report = rebuild(args.attestation, code=args.code, keys=args.keys, quiet=args.quiet or args.json)
+    if args.json:
+        _print_json(report.to_json())
+    else:
+        print(render_text(report))
+    return 0 if report.identical else EXIT_INTEGRITY
 
 
 def _cmd_fetch(args: argparse.Namespace) -> int:

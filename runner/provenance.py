@@ -106,7 +106,8 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
                                         {"platform": image.platform}),
             digest={"sha256": image.base_image_id.split(":", 1)[1]},
             annotations={"bootstrap": {"suite": base.suite, "packages": list(base.packages),
-                                       "variant": base.variant}}))
+                                       "variant": base.variant,
+                                       **({"architecture": base.architecture} if base.architecture else {})}}))
     image_notes: dict[str, Any] = {"tag": image.tag, "buildDigest": plan.build_digest}
     if getattr(image, "layers", ()):
         image_notes["layers"] = list(image.layers)

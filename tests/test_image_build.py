@@ -96,14 +96,15 @@ def test_requirements_lock_wheel_installed_offline_and_cached(tmp_path, base_ima
     assert report["exe"] == "/opt/xrun/venv/bin/python3"
 
     labels = docker_client.images.get(built.id).labels
-    assert labels["org.xrun.build-digest"] == plan.build_digest
-    # Only build inputs go into labels (so into the image ID): not the plan digest, not the host kernel.
-    assert "org.xrun.plan-digest" not in labels
-    assert "platform_release" not in labels["org.xrun.python"]
-    assert labels["org.xrun.name"] == "img-req"
+    # Only content digests go into labels (so into the image ID): no URL, registry host or experiment name,
+    # not the plan digest, not the host kernel.
+    assert labels == {"org.xrun.version": "0.1.0", "org.xrun.base-image-id": built.base_image_id,
+                      "org.xrun.code-digest": plan.code.digest,
+                      "org.xrun.wheels": json.dumps([["six", "1.16.0", SIX_WHEEL]], separators=(",", ":"))}
+    assert built.layers == tuple(docker_client.images.get(built.id).attrs["RootFS"]["Layers"])
 
     # The same plan again: no build at all, the same image, no new image in the engine.
-    ours = {"label": "org.xrun.name=img-req"}
+    ours = {"reference": "xrun/img-req"}
     before = {img.id for img in docker_client.images.list(all=True, filters=ours)}
     start = time.perf_counter()
     again = build_image(plan_for(tmp_path / "exp" / "experiment.yaml"), cache, docker_client, quiet=True)

@@ -20,7 +20,8 @@ from pathlib import Path
 import pytest
 
 from runner import __version__
-from runner.build.image import ResolvedBase, assemble_image, build_image, load_assembly
+from runner.build.image import ResolvedBase, ResolvedWheel, assemble_image, build_image, image_labels, \
+    load_assembly
 from runner.build.layers import ImageConfig, LayerBuilder, history_entry, image_exists, load_archive, \
     write_layer, write_load_archive
 from runner.fetch import Cache
@@ -30,8 +31,9 @@ from test_image_build import plan_for, requirements_lock, write_experiment
 pytestmark = pytest.mark.docker
 
 REPO = Path(__file__).resolve().parent.parent
-# The image below, built from fixed bytes by xrun 0.1.0. See the module docstring before changing it.
-GOLDEN_ID = "sha256:906f4e5ce51d470fb3c5c0880c6f91e0e11c1dacdd082b59cee2be02fe62f1df"
+# The image below, built from fixed bytes by xrun 0.1.0 (labels of content digests only, the base named by
+# its image ID in the history). See the module docstring before changing it.
+GOLDEN_ID = "sha256:a01e312555bc3ff0e5dfc2ae762603cef4b7680903c67c2f5925d387d3a36c1c"
 GOLDEN_BASE_REF = "registry.invalid/xrun-golden@sha256:" + "0" * 64
 CODE = {"train.py": "print('hello')\n", "pkg/__init__.py": "", "pkg/util.py": "X = 1\n", "run.sh": "#!/bin/sh\n"}
 
@@ -62,7 +64,7 @@ def test_golden_image_id_from_fixed_inputs(tmp_path, docker_client):
                         layers=tuple(docker_client.images.get(base_id).attrs["RootFS"]["Layers"]))
     work = tmp_path / "work"
     work.mkdir()
-    assembly = assemble_image(plan, docker_client, base, None, [], work)
+    assembly = assemble_image(plan.code, docker_client, base, None, [], work)
     assert __version__ == "0.1.0", "xrun's version is a build input: update GOLDEN_ID with it"
     assert assembly.image_id == GOLDEN_ID
     loaded = load_assembly(docker_client, assembly, work, "xrun/img-golden:test")
@@ -75,6 +77,28 @@ def test_golden_image_id_from_fixed_inputs(tmp_path, docker_client):
         assert image.attrs["RootFS"]["Layers"][0] == base.layers[0] and len(image.attrs["RootFS"]["Layers"]) == 3
     finally:
         docker_client.images.remove("xrun/img-golden:test", force=True)
+
+
+def test_image_id_is_the_same_from_another_registry_name_mirror_or_manifest_name(tmp_path, docker_client):
+    """Same content, other locations: another registry host and repository for the same base, another
+    experiment name, wheels from another mirror. The image ID (and so every label) must not change."""
+    base_id = _golden_base(docker_client, tmp_path)
+    layers = tuple(docker_client.images.get(base_id).attrs["RootFS"]["Layers"])
+    ids = []
+    for name, ref in (("golden", GOLDEN_BASE_REF), ("renamed", "mirror.invalid:5000/team/base@sha256:" + "0" * 64)):
+        manifest = write_experiment(tmp_path / name, {"base": ref}, name=name, code=CODE)
+        (tmp_path / name / "run.sh").chmod(0o755)
+        base = ResolvedBase(ref=ref, image_id=base_id, repo_digest=ref, platform="linux/amd64", layers=layers)
+        work = tmp_path / f"work-{name}"
+        work.mkdir()
+        ids.append(assemble_image(plan_for(manifest).code, docker_client, base, None, [], work).image_id)
+    assert ids[0] == ids[1] == GOLDEN_ID
+    pypi = ResolvedWheel("six", "1.16.0", "six-1.16.0-py2.py3-none-any.whl",
+                         "https://files.pythonhosted.org/packages/six-1.16.0-py2.py3-none-any.whl", "ab" * 32)
+    mirror = ResolvedWheel("six", "1.16.0", "six-1.16.0-py2.py3-none-any.whl",
+                           "https://mirror.example/simple/six/six-1.16.0-py2.py3-none-any.whl", "ab" * 32)
+    assert image_labels("sha256:" + "1" * 64, base_id, [pypi]) == image_labels("sha256:" + "1" * 64, base_id, [mirror])
+    assert not any("http" in v or "invalid" in v for v in image_labels("sha256:" + "1" * 64, base_id, [pypi]).values())
 
 
 def _xrun_build(manifest: Path, env: dict[str, str], *, umask: int = 0o022, hostname: str | None = None) -> dict:
@@ -169,7 +193,7 @@ def test_layers_hold_no_host_metadata(tmp_path, base_image, docker_client):
     base = ResolvedBase(ref=base_image, image_id=docker_client.images.get(base_image).id, repo_digest=base_image,
                         platform="linux/amd64",
                         layers=tuple(docker_client.images.get(base_image).attrs["RootFS"]["Layers"]))
-    assembly = assemble_image(plan, docker_client, base, None, [], work)
+    assembly = assemble_image(plan.code, docker_client, base, None, [], work)
     with tarfile.open(assembly.layers[1].path) as tar:
         members = {m.name: m for m in tar.getmembers()}
     assert {"workspace", "workspace/a.py", "workspace/b.sh"} <= set(members)

@@ -11,6 +11,39 @@ from typing import Any
 
 
 @dataclass(frozen=True)
+class RecordedBase:
+    """The base image a run's image was built on: pinned by digest, or bootstrapped from a package set."""
+
+    image_id: str  # "sha256:…"
+    reference: str | None  # REPO@sha256:… as pinned in the manifest; None for a bootstrapped base
+    bootstrap: dict[str, Any] | None  # {suite, packages, variant, architecture}; None for a pinned base
+    debs: tuple[str, ...]  # pkg:deb purls installed in a bootstrapped base
+
+
+@dataclass(frozen=True)
+class RecordedWheel:
+    """One wheel laid out in the image: what it is (purl, sha256) and where it was fetched from."""
+
+    name: str
+    version: str
+    filename: str
+    purl: str
+    sha256: str
+    download_location: str | None  # None for a local wheel (a path means nothing elsewhere)
+
+
+@dataclass(frozen=True)
+class RecordedImage:
+    """The image the run used: its ID, its layers' diff IDs (base first) and, when pushed, its manifest digest."""
+
+    id: str  # "sha256:…"
+    layers: tuple[str, ...]
+    build_digest: str | None
+    manifest_digest: str | None
+    repository: str | None
+
+
+@dataclass(frozen=True)
 class RecordedRun:
     """What a statement records about a run: outputs, manifest, inputs, hardware, metrics, engine."""
 
@@ -23,6 +56,13 @@ class RecordedRun:
     metrics: dict[str, dict[str, float]]
     gpus: tuple[str, ...]
     engine: str | None  # the docker-engine builder dependency's URI
+    base: RecordedBase | None = None
+    image: RecordedImage | None = None
+    wheels: tuple[RecordedWheel, ...] = ()
+    code_digest: str | None = None  # "sha256:…" tree digest
+    code_path: str | None = None  # relative to the manifest's folder
+    lockfile_path: str | None = None  # relative to the manifest's folder
+    xrun_version: str | None = None
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -47,6 +87,13 @@ class RecordedRun:
             metrics=_metrics(byproducts, details),
             gpus=_gpus(byproducts),
             engine=_builder_dependency(details, "docker-engine"),
+            base=_base(deps),
+            image=_image(deps.get("image")),
+            wheels=tuple(w for w in (_wheel(d) for n, d in deps.items() if str(n).startswith("wheel/")) if w),
+            code_digest=_prefixed(_dict(_dict(deps.get("code")).get("digest")).get("sha256")),
+            code_path=_str(_dict(_dict(deps.get("code")).get("annotations")).get("path")),
+            lockfile_path=_str(_dict(_dict(deps.get("lockfile")).get("annotations")).get("path")),
+            xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
         )
 
 
@@ -85,3 +132,50 @@ def _builder_dependency(details: dict[str, Any], name: str) -> str | None:
             uri = dep.get("uri")
             return uri if isinstance(uri, str) else None
     return None
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+def _prefixed(hexdigest: Any) -> str | None:
+    return f"sha256:{hexdigest}" if isinstance(hexdigest, str) and hexdigest else None
+
+
+def _base(deps: dict[str, dict[str, Any]]) -> RecordedBase | None:
+    dep = deps.get("base-image")
+    if not isinstance(dep, dict):
+        return None
+    notes = _dict(dep.get("annotations"))
+    bootstrap = notes.get("bootstrap")
+    image_id = _str(notes.get("imageId")) or _prefixed(_dict(dep.get("digest")).get("sha256"))
+    if image_id is None:
+        return None
+    debs = tuple(str(d.get("uri")) for n, d in deps.items() if str(n).startswith("deb/") and d.get("uri"))
+    return RecordedBase(image_id=image_id, reference=None if bootstrap else _str(notes.get("reference")),
+                        bootstrap=bootstrap if isinstance(bootstrap, dict) else None, debs=debs)
+
+
+def _image(dep: Any) -> RecordedImage | None:
+    if not isinstance(dep, dict):
+        return None
+    image_id = _prefixed(_dict(dep.get("digest")).get("sha256"))
+    if image_id is None:
+        return None
+    notes = _dict(dep.get("annotations"))
+    return RecordedImage(id=image_id, layers=tuple(str(x) for x in notes.get("layers") or ()),
+                         build_digest=_str(notes.get("buildDigest")), manifest_digest=_str(notes.get("manifestDigest")),
+                         repository=_str(notes.get("repository")))
+
+
+def _wheel(dep: dict[str, Any]) -> RecordedWheel | None:
+    """A wheel/<name> dependency: pkg:pypi/NAME@VERSION, its sha256, filename and download location."""
+    uri, sha256 = _str(dep.get("uri")) or "", _str(_dict(dep.get("digest")).get("sha256"))
+    filename = _str(_dict(dep.get("annotations")).get("filename"))
+    if not uri.startswith("pkg:pypi/") or not sha256 or not filename:
+        return None
+    from packageurl import PackageURL
+
+    parsed = PackageURL.from_string(uri)
+    return RecordedWheel(name=parsed.name, version=parsed.version or "", filename=filename, purl=uri, sha256=sha256,
+                         download_location=_str(dep.get("downloadLocation")))

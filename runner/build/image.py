@@ -7,11 +7,18 @@ time and only build inputs in its labels (runner/build/layers.py), and loads the
 The image ID, the sha256 of that config, is then the same for the same inputs on any machine, and
 `xrun rebuild` can check it. The tag is set only once the load succeeded; an interrupted build
 removes what it loaded.
+
+The config holds content only: the base's image ID, every wheel's sha256, the code tree's digest
+and xrun's version. Where things came from (a PyPI mirror, a registry host, the manifest's name)
+stays out of it, so an auditor who fetches the same bytes elsewhere gets the same image ID. What
+`xrun build` reports beyond that (wheel URLs, the base reference) is kept in a build record in the
+xrun cache (`builds/`), keyed by the plan's build digest.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import tempfile
@@ -30,12 +37,13 @@ from runner.fetch.interface import FetchOptions
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
 from runner.interrupts import interrupts_raise
 from runner.manifest import BootstrapSpec
-from runner.plan import ImageRef, Plan
+from runner.plan import CodeTree, ImageRef, Plan
 from runner.progress import ProgressSink, StderrProgress
 from runner.resources import resource_dir
 
 __all__ = ["Assembly", "BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "assemble",
-           "build_image", "image_tag", "load_assembly", "resolve_base"]
+           "assemble_image", "bootstrap_base", "build_image", "image_labels", "image_tag", "load_assembly",
+           "resolve_base", "resolve_pinned_base"]
 
 TAG_REPO = "xrun"
 LABEL_PREFIX = "org.xrun."
@@ -67,7 +75,10 @@ class BuiltImage:
     python: PythonTarget | None
     wheels: tuple[ResolvedWheel, ...]
     debs: tuple[DebPackage, ...]  # bootstrap only
-    cached: bool  # True: no build happened (the tag already existed)
+    cached: bool  # True: no build happened (the build record and the image already existed)
+    layers: tuple[str, ...] = ()  # RootFS diff IDs, the base's first
+    manifest_digest: str | None = None  # the OCI manifest's digest once pushed (`--push`)
+    pushed_to: str | None = None  # REGISTRY/REPO it was last pushed to
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for `xrun build --json`."""
@@ -75,7 +86,27 @@ class BuiltImage:
                 "baseRepoDigest": self.base_repo_digest, "platform": self.platform,
                 "python": self.python.to_json() if self.python else None,
                 "wheels": [w.to_json() for w in self.wheels], "debs": [d.purl for d in self.debs],
-                "cached": self.cached}
+                "cached": self.cached, "layers": list(self.layers), "manifestDigest": self.manifest_digest,
+                "repository": self.pushed_to}
+
+    def to_record(self) -> dict[str, Any]:
+        """What the build record in the cache keeps (the interpreter's probe facts included)."""
+        return {"imageId": self.id, "tag": self.tag, "baseRef": self.base_ref, "baseImageId": self.base_image_id,
+                "baseRepoDigest": self.base_repo_digest, "platform": self.platform,
+                "python": dict(self.python.facts) if self.python else None,
+                "wheels": [w.to_json() for w in self.wheels], "debs": [d.to_json() for d in self.debs],
+                "layers": list(self.layers), "manifestDigest": self.manifest_digest, "repository": self.pushed_to}
+
+    @classmethod
+    def from_record(cls, data: dict[str, Any]) -> "BuiltImage":
+        """Read a build record back (KeyError/TypeError/ValueError when it is not one)."""
+        return cls(id=data["imageId"], tag=data["tag"], base_ref=data["baseRef"], base_image_id=data["baseImageId"],
+                   base_repo_digest=data["baseRepoDigest"], platform=data["platform"],
+                   python=target_from_facts(data["python"]) if data["python"] else None,
+                   wheels=tuple(ResolvedWheel(**w) for w in data["wheels"]),
+                   debs=tuple(DebPackage(**d) for d in data["debs"]), cached=True,
+                   layers=tuple(data["layers"]), manifest_digest=data.get("manifestDigest"),
+                   pushed_to=data.get("repository"))
 
 
 def image_tag(plan: Plan) -> str:
@@ -89,9 +120,15 @@ def image_tag(plan: Plan) -> str:
 def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = False,
                  progress: ProgressSink | None = None) -> ResolvedBase:
     """The plan's base in the engine: present by RepoDigest → used; else pulled by digest and checked."""
+    progress = progress or StderrProgress(quiet)
     if isinstance(plan.base, BootstrapSpec):
-        return _bootstrap_base(plan.base, client, cache, progress or StderrProgress(quiet))
-    ref = plan.base
+        return bootstrap_base(plan.base, client, cache, progress=progress)
+    return resolve_pinned_base(plan.base, client, progress=progress)
+
+
+def resolve_pinned_base(ref: ImageRef, client: Any, *, quiet: bool = False,
+                        progress: ProgressSink | None = None) -> ResolvedBase:
+    """A base pinned by digest: present in the engine by RepoDigest → used; else pulled by digest and checked."""
     if not _DIGEST.match(ref.digest or ""):
         shown = ref.name + (f":{ref.tag}" if ref.tag else "")
         raise ManifestError(f"image.base: {shown!r} is not pinned by digest; pin it as {ref.name}@sha256:<digest> "
@@ -113,9 +150,11 @@ def resolve_base(plan: Plan, client: Any, cache: Any = None, *, quiet: bool = Fa
                         layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()))
 
 
-def _bootstrap_base(spec: BootstrapSpec, client: Any, cache: Any, progress: ProgressSink) -> ResolvedBase:
+def bootstrap_base(spec: BootstrapSpec, client: Any, cache: Any, *, quiet: bool = False,
+                   progress: ProgressSink | None = None) -> ResolvedBase:
+    """A base bootstrapped from Debian packages: the engine's (pinned ID or cached tag), else built now."""
     cache = cache if cache is not None else _default_cache()
-    boot = ensure_bootstrap_image(spec, client, cache, progress=progress)
+    boot = ensure_bootstrap_image(spec, client, cache, progress=progress or StderrProgress(quiet))
     image = client.images.get(boot.image_id)
     return ResolvedBase(ref=boot.image_id, image_id=boot.image_id, repo_digest=None, platform=_platform(image.attrs),
                         layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()),
@@ -235,24 +274,26 @@ def deps_layer(venv_root: Path | None) -> LayerBuilder:
     return layer
 
 
-def code_layer(plan: Plan, root: Path | None = None) -> LayerBuilder:
+def code_layer(code: CodeTree, root: Path | None = None) -> LayerBuilder:
     """/workspace: exactly the planned files, owned by root, readable by any uid, checked against the plan."""
-    root = root if root is not None else plan.code.root
+    root = root if root is not None else code.root
     layer = LayerBuilder()
     layer.add_dir(WORKDIR.lstrip("/"))
-    for f in plan.code.files:
+    for f in code.files:
         layer.add_file(f"{WORKDIR.lstrip('/')}/{f.path}", root / f.path, f.mode, f.sha256)
     return layer
 
 
-def final_config(base: BaseConfig, base_ref: str, layers: list[Layer], labels: dict[str, str], *,
+def final_config(base: BaseConfig, base_image_id: str, layers: list[Layer], labels: dict[str, str], *,
                  with_venv: bool, code_digest: str) -> ImageConfig:
     """The built image's config: the base's, our layers, environment, workdir and labels; a fixed time."""
     container = dict(base.container)
     container["Env"] = image_environment(list(container.get("Env") or []), with_venv=with_venv)
     container["WorkingDir"] = WORKDIR
     container["Labels"] = {**(container.get("Labels") or {}), **labels}
-    history = [history_entry(f"xrun: layer {i + 1} of the base {base_ref}") for i in range(len(base.diff_ids))]
+    # The base by its image ID, never by the reference it was pulled under: another registry's name for
+    # the same base must give the same image.
+    history = [history_entry(f"xrun: layer {i + 1} of the base {base_image_id}") for i in range(len(base.diff_ids))]
     history += [history_entry(f"xrun {__version__}: {SITE}" + (f" and {VENV}" if with_venv else "")),
                 history_entry(f"xrun {__version__}: {WORKDIR} (code tree {code_digest})"),
                 history_entry("xrun: ENV PATH PYTHONPATH, WORKDIR /workspace, LABEL org.xrun.*", empty=True)]
@@ -275,7 +316,7 @@ class Assembly:
         return self.config.image_id
 
 
-def assemble(plan: Plan, base: BaseConfig, base_ref: str, python: PythonTarget | None,
+def assemble(code: CodeTree, base: BaseConfig, base_image_id: str, python: PythonTarget | None,
              wheels: list[tuple[ResolvedWheel, Path]], labels: dict[str, str], work: Path,
              code_root: Path | None = None) -> Assembly:
     """Lay out the venv, write the deps and code layers under work, compose the config: no engine needed."""
@@ -286,17 +327,18 @@ def assemble(plan: Plan, base: BaseConfig, base_ref: str, python: PythonTarget |
         layout_venv(python, wheels, stage)
         venv_root = stage / VENV.lstrip("/")
     deps = write_layer(deps_layer(venv_root), work / "deps.tar")
-    code = write_layer(code_layer(plan, code_root), work / "code.tar")
-    config = final_config(base, base_ref, [deps, code], labels, with_venv=venv_root is not None,
-                          code_digest=plan.code.digest)
-    return Assembly(config, base.diff_ids, (deps, code))
+    code_tar = write_layer(code_layer(code, code_root), work / "code.tar")
+    config = final_config(base, base_image_id, [deps, code_tar], labels, with_venv=venv_root is not None,
+                          code_digest=code.digest)
+    return Assembly(config, base.diff_ids, (deps, code_tar))
 
 
-def assemble_image(plan: Plan, client: Any, base: ResolvedBase, python: PythonTarget | None,
+def assemble_image(code: CodeTree, client: Any, base: ResolvedBase, python: PythonTarget | None,
                    wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None) -> Assembly:
-    """The plan's image on a resolved base, written under work (build and `xrun rebuild` share it)."""
-    labels = _labels(plan, base, python, [w for w, _ in wheels])
-    return assemble(plan, base_config(client, base.image_id), base.ref, python, wheels, labels, work, code_root)
+    """The image of a code tree and wheels on a resolved base, written under work (build and rebuild share it)."""
+    labels = image_labels(code.digest, base.image_id, [w for w, _ in wheels])
+    return assemble(code, base_config(client, base.image_id), base.image_id, python, wheels, labels, work,
+                    code_root)
 
 
 def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None) -> str:
@@ -332,31 +374,63 @@ def build_image(plan: Plan, cache: Any, client: Any, *, quiet: bool = False, fet
                 progress: ProgressSink | None = None) -> BuiltImage:
     """The plan's image: the cached one when its tag exists with the same build digest, else built now."""
     tag = image_tag(plan)
-    cached = cached_image(client, plan)
+    cached = cached_image(client, plan, cache)
     if cached is not None:
         return cached
     with cache.lock("sha256", plan.build_digest, purpose="build"):
-        cached = cached_image(client, plan)  # another xrun may have built it while we waited
+        cached = cached_image(client, plan, cache)  # another xrun may have built it while we waited
         if cached is not None:
             return cached
-        return _build(plan, cache, client, tag, fetch or FetchOptions(quiet=quiet), progress or StderrProgress(quiet))
+        built = _build(plan, cache, client, tag, fetch or FetchOptions(quiet=quiet), progress or StderrProgress(quiet))
+        save_build_record(cache, plan.build_digest, built)
+        return built
 
 
-def cached_image(client: Any, plan: Plan) -> BuiltImage | None:
-    """The image tagged for this plan when its labels say it was built from the same inputs."""
+def build_record_path(cache: Any, build_digest: str) -> Path:
+    """<cache>/builds/<ab>/<build digest>.json: what a build of these inputs made."""
+    return cache.root / "builds" / build_digest[:2] / f"{build_digest}.json"
+
+
+def save_build_record(cache: Any, build_digest: str, image: BuiltImage) -> None:
+    """Write the build record atomically (a reader never sees half of one)."""
+    path = build_record_path(cache, build_digest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(image.to_record(), f, sort_keys=True)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def load_build_record(cache: Any, build_digest: str) -> BuiltImage | None:
+    """The recorded build of these inputs, or None (none, unreadable, or from an older xrun)."""
+    try:
+        return BuiltImage.from_record(json.loads(build_record_path(cache, build_digest).read_text(encoding="utf-8")))
+    except (OSError, KeyError, ValueError, TypeError):
+        return None
+
+
+def cached_image(client: Any, plan: Plan, cache: Any) -> BuiltImage | None:
+    """The recorded build of this plan when the engine still holds that image with the labels it implies."""
     import docker.errors
 
+    record = load_build_record(cache, plan.build_digest)
+    if record is None:
+        return None
     try:
-        image = client.images.get(image_tag(plan))
+        image = client.images.get(record.id)
     except docker.errors.ImageNotFound:
         return None
-    labels = image.labels or {}
-    if labels.get(LABEL_PREFIX + "build-digest") != plan.build_digest:
-        return None
-    try:
-        return _from_labels(image.id, image_tag(plan), labels)
-    except (KeyError, ValueError, TypeError):
-        return None  # labels from an older xrun: rebuild
+    expected = image_labels(plan.code.digest, record.base_image_id, list(record.wheels))
+    if any((image.labels or {}).get(k) != v for k, v in expected.items()):
+        return None  # not what the record says: build again
+    if record.tag not in image.tags:
+        repo, _, version = record.tag.rpartition(":")
+        client.api.tag(record.id, repo, version, force=True)
+    return record
 
 
 def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, progress: ProgressSink) -> BuiltImage:
@@ -368,9 +442,8 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
             raise ManifestError(f"image.lockfile: the base image {base.ref} has no Python interpreter (python3 or "
                                 "python) to install the locked wheels for; pick a base with Python")
         chosen = choose_wheels(plan.lockfile, python, cache)
-        wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent,
-                              options=fetch)
-    labels = _labels(plan, base, python, [w for w, _ in wheels])
+        wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, options=fetch)
+    labels = image_labels(plan.code.digest, base.image_id, [w for w, _ in wheels])
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
     try:
@@ -380,7 +453,7 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
             try:
                 progress.info(f"assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
                               "files)")
-                assembly = assemble_image(plan, client, base, python, wheels, tmp)
+                assembly = assemble_image(plan.code, client, base, python, wheels, tmp)
                 image_id = load_assembly(client, assembly, tmp, tag)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
@@ -391,7 +464,8 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
     recorded = target_from_facts(_portable(python.facts)) if python else None
     return BuiltImage(id=image_id, tag=tag, base_ref=base.ref, base_image_id=base.image_id,
                       base_repo_digest=base.repo_digest, platform=base.platform, python=recorded,
-                      wheels=tuple(w for w, _ in wheels), debs=base.debs, cached=False)
+                      wheels=tuple(w for w, _ in wheels), debs=base.debs, cached=False,
+                      layers=assembly.config.diff_ids)
 
 
 def _check_built(client: Any, image_id: str, base: ResolvedBase, labels: dict[str, str]) -> None:
@@ -411,8 +485,7 @@ def _check_built(client: Any, image_id: str, base: ResolvedBase, labels: dict[st
         raise IntegrityError(f"the built image {image_id} is not what was asked for: {problem}; run again")
 
 
-# The labels are part of the image config, so of its ID: anything host-specific in them (the kernel
-# the probe ran under) would give the same inputs a different image ID on another machine.
+# The interpreter's probe facts as recorded: the kernel the probe ran under is not a fact of the image.
 _HOST_SPECIFIC = ("platform_release", "platform_version")
 
 
@@ -422,34 +495,19 @@ def _portable(facts: Any) -> dict[str, Any]:
     return out
 
 
-def _labels(plan: Plan, base: ResolvedBase, python: PythonTarget | None, wheels: list[ResolvedWheel]) -> dict[str, str]:
+def image_labels(code_digest: str, base_image_id: str, wheels: list[ResolvedWheel]) -> dict[str, str]:
+    """The image's labels: content digests only (part of the config, so of the image ID).
+
+    No URL, registry host, reference or manifest name: the same bytes fetched from another mirror or
+    registry, or an experiment renamed, must give the same image ID."""
     compact = {"separators": (",", ":"), "sort_keys": True}
     return {
-        LABEL_PREFIX + "build-digest": plan.build_digest,
-        LABEL_PREFIX + "name": plan.manifest.name,
         LABEL_PREFIX + "version": __version__,
-        LABEL_PREFIX + "base": base.ref,
-        LABEL_PREFIX + "base-image-id": base.image_id,
-        LABEL_PREFIX + "base-repo-digest": base.repo_digest or "",
-        LABEL_PREFIX + "platform": base.platform,
-        LABEL_PREFIX + "python": json.dumps(_portable(python.facts) if python else None, **compact),  # type: ignore[arg-type]
-        LABEL_PREFIX + "wheels": json.dumps([w.to_json() for w in wheels], **compact),  # type: ignore[arg-type]
-        LABEL_PREFIX + "debs": json.dumps([[d.name, d.version, d.arch] for d in base.debs], **compact),  # type: ignore[arg-type]
+        LABEL_PREFIX + "base-image-id": base_image_id,
+        LABEL_PREFIX + "code-digest": code_digest,
+        LABEL_PREFIX + "wheels": json.dumps(sorted([w.name, w.version, w.sha256] for w in wheels),
+                                            **compact),  # type: ignore[arg-type]
     }
-
-
-def _from_labels(image_id: str, tag: str, labels: dict[str, str]) -> BuiltImage:
-    facts = json.loads(labels[LABEL_PREFIX + "python"])
-    return BuiltImage(
-        id=image_id, tag=tag, base_ref=labels[LABEL_PREFIX + "base"],
-        base_image_id=labels[LABEL_PREFIX + "base-image-id"],
-        base_repo_digest=labels[LABEL_PREFIX + "base-repo-digest"] or None,
-        platform=labels[LABEL_PREFIX + "platform"],
-        python=target_from_facts(facts) if facts else None,
-        wheels=tuple(ResolvedWheel(**w) for w in json.loads(labels[LABEL_PREFIX + "wheels"])),
-        debs=tuple(DebPackage(*d) for d in json.loads(labels[LABEL_PREFIX + "debs"])),
-        cached=True,
-    )
 
 
 def iter_build_images(client: Any, name: str) -> Iterator[Any]:

@@ -165,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=4, help="downloads at once (default 4)")
     _verify_data_arg(p)
 
+    data = command("data", "work with directory datasets", "xrun data digest ./images --write",
+                   lambda a: (data.print_help(), 2)[1])
+    q = data.add_subparsers(title="data commands", metavar="SUBCOMMAND").add_parser(
+        "digest", help="print the tree digest of a folder (directory.treeDigest) and its listing",
+        description="Hash every file of DIR into the canonical listing (docs/data-sources.md) and print its tree "
+                    "digest, for `directory: {uri: …, treeDigest: …}`.",
+        epilog="example: xrun data digest ./images --write   (then upload images/ with its .xrun-tree.json)")
+    q.set_defaults(handler=_cmd_data_digest)
+    q.add_argument("dir", type=Path, help="the dataset's folder")
+    q.add_argument("--json", action="store_true", help="print the listing as JSON (the .xrun-tree.json format)")
+    q.add_argument("--write", action="store_true", help="also write DIR/.xrun-tree.json (needed beside remote data)")
+
     cache = command("cache", "inspect and maintain the content-addressed cache", "xrun cache verify",
                     lambda a: (cache.print_help(), 2)[1])
     cache_sub = cache.add_subparsers(title="cache commands", metavar="SUBCOMMAND")
@@ -341,6 +353,11 @@ def format_plan(data: dict[str, Any], digest: str) -> str:
     git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
     lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
     for d in data["data"]:
+        if "source" in d:
+            from runner.fetch.sources.render import plan_line
+
+            lines.append(f"  data       {d['name']}: {plan_line(d['source'])} → {d['containerPath']}")
+            continue
         algo, hexd = next(iter(d["digests"].items()))
         lines.append(f"  data       {d['name']}: {d['uri']} → {d['containerPath']} ({algo}:{hexd[:12]})")
     hw = data["hardware"]
@@ -427,6 +444,21 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
     rows = [[i.name, f"{i.algorithm}:{i.hexdigest[:12]}", i.size, "hit" if i.cache_hit else "fetched",
              i.container_path] for i in items]
     print(_table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items")
+    return 0
+
+
+def _cmd_data_digest(args: argparse.Namespace) -> int:
+    from runner.fetch.sources.listing import digest_directory, write_listing
+    from runner.fetch.sources.render import digest_text
+
+    files = digest_directory(args.dir)
+    listing = write_listing(args.dir, files) if args.write else None
+    if args.json:
+        from runner.fetch.sources.listing import listing_json
+
+        _print_json(listing_json(files))
+    else:
+        print(digest_text(files, listing))
     return 0
 
 

@@ -47,6 +47,7 @@ class DvcOut:
     files: tuple[dict[str, Any], ...]  # version-aware remotes: per-file md5, relpath, version_id
     version_id: str | None  # version-aware remotes: a file out's version
     commit: str | None  # the git commit read from, when repo is given
+    recorded_md5: bool = True  # False: a version-aware out without md5 (computed from its file list)
 
 
 class DvcSource(DataSource):
@@ -72,10 +73,11 @@ class DvcSource(DataSource):
     def describe(self) -> dict[str, Any]:
         """Kind, where the pin is read, the remote and DVC's md5 pin."""
         out = self.out()
-        return {"kind": self.kind, "remote": self.spec.remote, "file": self.spec.file, "lock": self.spec.lock,
+        return {"kind": self.kind, "uri": self.spec.remote, "remote": self.spec.remote, "file": self.spec.file, "lock": self.spec.lock,
                 "repo": self.spec.repo, "rev": out.commit, "path": out.path,
-                "md5": out.md5 + (".dir" if out.is_dir else ""), "size": out.size, "nfiles": out.nfiles,
-                "versionAware": bool(out.files or out.version_id)}
+                "md5": out.md5 + (".dir" if out.is_dir else ""), "size": out.size,
+                "versionAware": bool(out.files or out.version_id),
+                "nfiles": out.nfiles if out.nfiles is not None else (len(out.files) if out.files else None)}
 
     def known_result(self, cache: Cache) -> tuple[str, str] | None:
         """The tree (or blob) this md5 was stored as by an earlier fetch."""
@@ -91,13 +93,16 @@ class DvcSource(DataSource):
         out = self.out()
         remote = self.spec.remote.rstrip("/")
         shown = remote
+        if not out.is_dir and out.files:
+            raise UsageError(f"{self.name}: {self.where}: a file out with a file list; is this a DVC file?")
         if not out.is_dir:
             uri = _versioned(f"{remote}/{quote(out.path)}", out.version_id) if out.version_id else _object(remote, out.md5, out.legacy)
             return Resolved(uri=shown, single_file=True, alias=("md5", out.md5),
                             requests=(FileRequest(path="", uri=uri, digests={"md5": out.md5}, size=out.size),))
         if out.files:
             entries = [{"md5": str(f.get("md5", "")), "relpath": str(f.get("relpath", ""))} for f in out.files]
-            _check_dir_md5(self.name, entries, out.md5, self.where)
+            if out.recorded_md5:
+                _check_dir_md5(self.name, entries, out.md5, self.where)
             requests = tuple(FileRequest(path=str(f["relpath"]), digests={"md5": str(f["md5"]).lower()},
                                          uri=_versioned(f"{remote}/{quote(out.path)}/{quote(str(f['relpath']))}",
                                                         _version_of(f)),
@@ -160,6 +165,13 @@ class DvcSource(DataSource):
 
 def _parse_out(name: str, where: str, raw: dict[str, Any], location: PurePosixPath, commit: str | None) -> DvcOut:
     md5 = str(raw.get("md5") or "").lower()
+    files = tuple(f for f in raw.get("files") or () if isinstance(f, dict))
+    recorded = bool(md5)
+    if not md5 and files:
+        # A version-aware out lists its files instead of naming a .dir object: the .dir md5 of that
+        # list (DVC's own serialisation) identifies it the same way.
+        md5 = hashlib.md5(_dir_json([{"md5": str(f.get("md5", "")).lower(), "relpath": str(f.get("relpath", ""))}
+                                     for f in files])).hexdigest() + ".dir"
     is_dir = md5.endswith(".dir")
     md5 = md5.removesuffix(".dir")
     if len(md5) != 32 or not set(md5) <= _HEX:
@@ -167,11 +179,10 @@ def _parse_out(name: str, where: str, raw: dict[str, Any], location: PurePosixPa
                          "only md5-hashed outs are supported")
     out_path = PurePosixPath(os.path.normpath(str(location.parent / str(raw.get("path", ""))))).as_posix().lstrip("/")
     cloud = _version_of(raw)
-    files = tuple(f for f in raw.get("files") or () if isinstance(f, dict))
     size, nfiles = raw.get("size"), raw.get("nfiles")
     return DvcOut(md5=md5, is_dir=is_dir, path=out_path, size=size if isinstance(size, int) else None,
                   nfiles=nfiles if isinstance(nfiles, int) else None, legacy=raw.get("hash") != "md5",
-                  files=files, version_id=cloud, commit=commit)
+                  files=files, version_id=cloud, commit=commit, recorded_md5=recorded)
 
 
 def _version_of(entry: dict[str, Any]) -> str | None:

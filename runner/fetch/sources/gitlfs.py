@@ -122,13 +122,22 @@ def batch_download(name: str, url: str, oid: str, size: int, timeout_s: float,
     if response.status_code in (401, 403):
         raise FetchError(f"{name}: {endpoint}: HTTP {response.status_code}; set {TOKEN_ENV} (or {USER_ENV} and "
                          f"{PASSWORD_ENV}) in the environment to a credential that may read the repository")
-    if response.status_code != 200:
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    has_objects = isinstance(answer, dict) and isinstance(answer.get("objects"), list)
+    if response.status_code == 404 and not has_objects:
+        # The spec's "no such repository"; giftless also answers it when none of the objects exists.
+        raise FetchError(f"{name}: LFS object {oid} ({size} bytes): not found at {url} (HTTP 404: no such object or "
+                         "repository); check lfs.oid, lfs.size and lfs.url, or push it with `git lfs push --all`")
+    if response.status_code != 200 and not has_objects:
         raise FetchError(f"{name}: {endpoint}: HTTP {response.status_code} from the LFS batch API; check lfs.url "
                          "(it ends in .git/info/lfs)")
     try:
-        objects = response.json().get("objects") or []
+        objects = answer.get("objects") or []  # type: ignore[union-attr]
         entry = next(o for o in objects if o.get("oid") == oid)
-    except (ValueError, AttributeError, StopIteration):
+    except (ValueError, AttributeError, StopIteration, TypeError):
         raise FetchError(f"{name}: {endpoint}: the server's answer names no object {oid}; is lfs.url an LFS "
                          "server?") from None
     error = entry.get("error")

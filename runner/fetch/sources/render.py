@@ -9,8 +9,8 @@ def plan_line(source: dict[str, Any]) -> str:
     """One line saying what a source item will fetch: kind, where, and its pin."""
     kind = source.get("kind")
     if kind == "directory":
-        pin = source.get("treeDigest") or "unpinned: hashed at fetch"
-        return f"directory {source['uri']} (tree {pin[:19]})"
+        pin = (source.get("treeDigest") or "")[:19] or "unpinned: hashed at fetch"
+        return f"directory {source['uri']} (tree {pin})"
     if kind == "dvc":
         where = source.get("file") or source.get("lock")
         repo = f" in {source['repo']}@{(source.get('rev') or '')[:12]}" if source.get("repo") else ""

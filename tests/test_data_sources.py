@@ -353,3 +353,54 @@ def test_validate_one_line_errors(tmp_path, capsys, item, expected):
     err = capsys.readouterr().err
     assert expected in err, err
     assert "Traceback" not in err
+
+
+# --- a real run, and reproduce's report -----------------------------------------------------------------
+
+
+def test_container_trains_on_a_dvc_directory(tmp_path, capsys, base_image, docker_client):
+    from runner.attest.recorded import RecordedRun
+    from runner.pipeline import RunOptions, run_experiment
+    from runner.reproduce import read_statement
+
+    project = dvc_project(tmp_path / "proj")
+    remote = tmp_path / "remote"
+    dvc("remote", "add", "-d", "store", str(remote), cwd=project)
+    dvc("push", "-q", cwd=project)
+    (project / "train.py").write_text(
+        "import json, os, hashlib\n"
+        "root = '/data/images'\n"
+        "seen = {os.path.relpath(os.path.join(d, f), root): hashlib.sha256(open(os.path.join(d, f), 'rb').read())"
+        ".hexdigest() for d, _, fs in os.walk(root) for f in fs}\n"
+        "json.dump(seen, open('/outputs/seen.json', 'w'), sort_keys=True)\n")
+    doc = {"apiVersion": "xrun/v1", "kind": "Experiment", "name": "dvc-train", "image": {"base": base_image},
+           "code": {"path": ".", "exclude": ["images", "model.bin", ".dvc", ".git"]},
+           "data": [{"name": "images", "dvc": {"file": "images.dvc", "remote": remote.as_uri()}}],
+           "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
+           "run": {"command": ["python3", "train.py"], "timeout": "5m"}, "outputs": [{"path": "seen.json"}]}
+    path = project / "experiment.yaml"
+    path.write_text(json.dumps(doc))
+    summary = run_experiment(path, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
+    seen = json.loads((summary.run_dir / "outputs" / "seen.json").read_text())
+    assert seen == {p: hashlib.sha256(d).hexdigest() for p, d in FILES.items()}
+    recorded = RecordedRun.from_statement(read_statement(summary.attestation))
+    dep = recorded.dependencies["data/images"]
+    assert dep["digest"] == {"sha256": digest_of(FILES)}
+    assert dep["annotations"]["source"]["md5"].endswith(".dir") and dep["annotations"]["files"] == 3
+    assert recorded.listings["images"]["sub/b.txt"] == hashlib.sha256(FILES["sub/b.txt"]).hexdigest()
+
+
+def test_reproduce_names_the_changed_file_inside_a_dataset():
+    from runner.attest.recorded import RecordedRun
+    from runner.reproduce import changed_inputs
+
+    def recorded(files: dict[str, str], tree: str) -> RecordedRun:
+        return RecordedRun(subjects={}, manifest={}, manifest_digest="m", hardware_class="cpu-1", hardware_mismatch=(),
+                           metrics={}, gpus=(), engine=None,
+                           dependencies={"data/images": {"name": "data/images", "digest": {"sha256": tree}}},
+                           listings={"images": files})
+
+    old = recorded({"a.txt": "1" * 64, "sub/b.txt": "2" * 64}, "a" * 64)
+    new = recorded({"a.txt": "1" * 64, "sub/b.txt": "3" * 64, "c.txt": "4" * 64}, "b" * 64)
+    names = [c.name for c in changed_inputs(old, new)]
+    assert names == ["data/images/c.txt", "data/images/sub/b.txt"]

@@ -13,6 +13,9 @@ Rows:
       no 10 GiB disk write, and hashing holes is pure CPU, so the cold baseline is if anything
       faster than a real one. (c') the same with --verify-data (every entry re-hashed), and
       (c'') the warm check of an unpacked 10,000-file tree (one stat per member) vs hashing it.
+  (d) a 10,000-file directory dataset (`directory:` pinned by a tree digest): cold fetch + verify vs
+      `sha256sum` of every file + `cp -r` + `sync` (goal ≤ 1.3×), and the warm re-check vs hashing it
+      (goal < 1 %). `python bench/bench_fetch.py --only-directory` runs these rows alone.
 `run(quick)` returns the rows as dicts for a later `bench/run` collector.
 """
 
@@ -276,6 +279,61 @@ def bench_warm_tree(work: Path, count: int, runs: int) -> list[dict[str, Any]]:
                 note="one stat per member vs its fingerprint; cold hashing would also read the disk")]
 
 
+def bench_directory(work: Path, count: int, runs: int) -> list[dict[str, Any]]:
+    """(d) a directory dataset of `count` files pinned by one tree digest: cold fetch + verify (goal ≤ 1.3×
+    `sha256sum` of every file + `cp` + `sync`) and the warm re-check (goal < 1 % of hashing it)."""
+    from runner.fetch.sources.listing import digest_directory, tree_digest
+
+    src = work / "dir-src"
+    for i in range(count):
+        path = src / f"{i // 1000:02}" / f"f{i:05}.bin"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(os.urandom(1024 + (i % 7) * 512))
+    pin = tree_digest(digest_directory(src))
+    item = {"name": "set", "directory": {"uri": str(src), "treeDigest": f"sha256:{pin}"}}
+    plan = resolve_plan(load_manifest(_manifest(work, [item])))
+    cache_root = work / "cache-dir"
+    out = work / "dir-baseline-out"
+
+    def fresh_cache() -> None:
+        if cache_root.exists():
+            for folder, _, _ in os.walk(cache_root):
+                os.chmod(folder, 0o755)
+            shutil.rmtree(cache_root)
+
+    def fresh_out() -> None:
+        shutil.rmtree(out, ignore_errors=True)
+
+    def baseline() -> None:
+        subprocess.run(f"cd {src} && find . -type f -print0 | xargs -0 sha256sum >/dev/null && "
+                       f"cp -r . {out} && sync -f {out}", shell=True, check=True)
+
+    cold = median_time(lambda: fetch_data(plan, Cache(cache_root), OPTIONS), runs, setup=fresh_cache)
+    cold_base = median_time(baseline, runs, setup=fresh_out)
+    fresh_cache()
+    [fetched] = fetch_data(plan, Cache(cache_root), OPTIONS)
+    files = [p for p in fetched.host_path.rglob("*") if p.is_file()]
+
+    def warm() -> None:
+        [again] = fetch_data(plan, Cache(cache_root), OPTIONS)
+        assert again.cache_hit
+
+    def hash_all() -> None:
+        for path in files:
+            with open(path, "rb") as f:
+                hashlib.file_digest(f, "sha256")
+
+    warm_s = median_time(warm, 5)
+    hash_s = median_time(hash_all, 5)
+    fresh_cache()
+    return [
+        row(f"(d) cold fetch + verify of a {count:,}-file directory dataset", cold, cold_base, 1.3,
+            baseline="sha256sum each + cp -r + sync", note=f"{count / cold:,.0f} files/s; one syncfs, then renames"),
+        row(f"(d') warm re-check of the {count:,}-file directory dataset", warm_s, hash_s, 0.01,
+            baseline="sha256 of its files (hashlib, page cache warm)", note="one stat per member vs the tree fingerprint"),
+    ]
+
+
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """All rows; quick shrinks the sizes (for a smoke run)."""
     with tempfile.TemporaryDirectory(prefix="xrun-bench-", dir=os.environ.get("XRUN_BENCH_DIR")) as tmp:
@@ -284,6 +342,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows += bench_many_files(work, 1_000 if quick else 10_000, 1 if quick else 3)
         rows += bench_warm(work, 10, (64 << 20) if quick else GIB, 5)
         rows += bench_warm_tree(work, 1_000 if quick else 10_000, 5)
+        rows += bench_directory(work, 1_000 if quick else 10_000, 1 if quick else 3)
         return rows
 
 
@@ -307,7 +366,12 @@ def main() -> None:
     """Print the Markdown table."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only-directory", action="store_true", help="only the directory-dataset rows (d)")
     args = parser.parse_args()
+    if args.only_directory:
+        with tempfile.TemporaryDirectory(prefix="xrun-bench-", dir=os.environ.get("XRUN_BENCH_DIR")) as tmp:
+            print(markdown(bench_directory(Path(tmp), 1_000 if args.quick else 10_000, 1 if args.quick else 3)))
+        return
     print(markdown(run(args.quick)))
 
 

@@ -184,6 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=4, help="downloads at once (default 4)")
     _verify_data_arg(p)
 
+    data = command("data", "work with directory datasets", "xrun data digest ./images --write",
+                   lambda a: _help(data))
+    q = data.add_subparsers(title="data commands", metavar="SUBCOMMAND").add_parser(
+        "digest", help="print the tree digest of a folder (directory.treeDigest) and its listing",
+        description="Hash every file of DIR into the canonical listing (docs/data-sources.md) and print its tree "
+                    "digest, for `directory: {uri: …, treeDigest: …}`.",
+        epilog="example: xrun data digest ./images --write   (then upload images/ with its .xrun-tree.json)")
+    q.set_defaults(handler=_cmd_data_digest)
+    q.add_argument("dir", type=Path, help="the dataset's folder")
+    q.add_argument("--json", action="store_true", help="print the listing as JSON (the .xrun-tree.json format)")
+    q.add_argument("--write", action="store_true", help="also write DIR/.xrun-tree.json (needed beside remote data)")
+
     cache = command("cache", "inspect and maintain the content-addressed cache", "xrun cache verify",
                     lambda a: _help(cache))
     cache_sub = cache.add_subparsers(title="cache commands", metavar="SUBCOMMAND")
@@ -423,6 +435,21 @@ def _cmd_fetch(args: argparse.Namespace) -> int:
         _print_json([i.to_json() for i in items])
         return 0
     print(text.fetched(items))
+    return 0
+
+
+def _cmd_data_digest(args: argparse.Namespace) -> int:
+    from runner.fetch.sources.listing import digest_directory, write_listing
+    from runner.fetch.sources.render import digest_text
+
+    files = digest_directory(args.dir)
+    listing = write_listing(args.dir, files) if args.write else None
+    if args.json:
+        from runner.fetch.sources.listing import listing_json
+
+        _print_json(listing_json(files))
+    else:
+        print(digest_text(files, listing))
     return 0
 
 

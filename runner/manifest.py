@@ -11,7 +11,7 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import jsonschema
 
@@ -25,14 +25,52 @@ DIGEST_ALGORITHMS = ("sha256", "sha512", "md5")
 
 
 @dataclass(frozen=True)
+class DirectorySpec:
+    """`data[].directory`: a folder of files pinned by one tree digest (docs/data-sources.md)."""
+
+    uri: str  # file:///DIR or a path, https://HOST/BASE/, s3://BUCKET/PREFIX/
+    tree_digest: str | None  # sha256 hex of the canonical listing; only a local folder may omit it
+
+
+@dataclass(frozen=True)
+class DvcSpec:
+    """`data[].dvc`: a DVC-tracked file or folder, read from a .dvc file or a dvc.lock out."""
+
+    remote: str  # the DVC remote's URL (file, http(s), s3)
+    file: str | None  # path of the .dvc file (relative to the manifest, or to repo's root)
+    lock: str | None  # "PATH/dvc.lock#STAGE/OUT"
+    repo: str | None = None  # a git URL holding the file; None: the manifest's folder
+    rev: str | None = None
+
+
+@dataclass(frozen=True)
+class LfsSpec:
+    """`data[].lfs`: a Git LFS object by oid + size + server URL, or by a pointer file in the code tree."""
+
+    oid: str | None
+    size: int | None
+    url: str | None
+    pointer: str | None  # relative to the manifest's folder
+
+
+DataSourceSpec = DirectorySpec | DvcSpec | LfsSpec
+SOURCE_KEYS = ("directory", "dvc", "lfs")
+
+
+@dataclass(frozen=True)
 class DataItem:
-    """One `data` entry: where to fetch it, its expected digests, where the run sees it."""
+    """One `data` entry: where to fetch it, its expected digests, where the run sees it.
+
+    `source` is set for a directory, DVC or LFS item; its `uri` is then a display URI and `digests`
+    holds the pin known before fetching (the tree digest, the LFS oid), possibly none.
+    """
 
     name: str
     uri: str
-    digests: dict[str, str]  # algorithm -> lowercase hex; at least one
+    digests: dict[str, str]  # algorithm -> lowercase hex; at least one for a uri item
     path: str  # relative to /data in the container
     unpack: bool = False
+    source: DataSourceSpec | None = None
 
     @property
     def primary_digest(self) -> tuple[str, str]:
@@ -306,6 +344,7 @@ def _semantic_problems(raw: dict[str, Any], lines: dict[str, int], root: Path) -
             names.setdefault(name, i)
         if isinstance(item.get("uri"), str):
             _check_uri(item["uri"], f"data[{i}].uri", add)
+        _check_source(item, i, root, add)
         mount = item.get("path", name)
         if isinstance(mount, str):
             where = f"data[{i}].path" if "path" in item else f"data[{i}].name"
@@ -340,6 +379,66 @@ def _semantic_problems(raw: dict[str, Any], lines: dict[str, int], root: Path) -
         except ValueError as exc:
             add("run.command", f"cannot split the command string: {exc}; write it as a list instead")
     return problems
+
+
+def _check_source(item: dict[str, Any], i: int, root: Path, add: Any) -> None:
+    """One of uri, directory, dvc, lfs per item, and what each of the three needs besides its schema."""
+    given = [k for k in ("uri", *SOURCE_KEYS) if k in item]
+    where = f"data[{i}]"
+    if not given:
+        add(where, "say where the data is: give uri (one file), directory, dvc or lfs")
+        return
+    if len(given) > 1:
+        add(f"{where}.{given[1]}", f"give only one of uri, directory, dvc, lfs (this item has {', '.join(given)})")
+        return
+    kind = given[0]
+    if kind == "uri":
+        return
+    for key in ("sha256", "sha512", "md5", "unpack"):
+        if key in item:
+            add(f"{where}.{key}", f"{key} belongs to a uri item; a {kind} item is pinned by "
+                + {"directory": "directory.treeDigest", "dvc": "its .dvc file or dvc.lock (md5)",
+                   "lfs": "lfs.oid"}[kind] + f": remove {key}")
+    spec = item.get(kind)
+    if not isinstance(spec, dict):
+        return
+    if kind == "directory" and isinstance(spec.get("uri"), str):
+        _check_uri(spec["uri"], f"{where}.directory.uri", add)
+        scheme = urlsplit(spec["uri"]).scheme.lower()
+        if scheme in ("http", "https", "s3") and "treeDigest" not in spec:
+            add(f"{where}.directory.treeDigest", "a remote directory must be pinned: add treeDigest: sha256:… "
+                "(`xrun data digest DIR` prints it for the folder you uploaded)")
+        if len(scheme) <= 1 or scheme == "file":
+            path = Path(unquote(urlsplit(spec["uri"]).path) if scheme == "file" else spec["uri"]).expanduser()
+            target = path if path.is_absolute() else root / path
+            if not target.is_dir():
+                add(f"{where}.directory.uri", f"{spec['uri']!r}: no such folder ({target}); fix the path")
+    elif kind == "dvc":
+        chosen = [k for k in ("file", "lock") if k in spec]
+        if len(chosen) != 1:
+            add(f"{where}.dvc", "give exactly one of dvc.file (a .dvc file) or dvc.lock (dvc.lock#STAGE/OUT)")
+        if isinstance(spec.get("remote"), str):
+            _check_uri(spec["remote"], f"{where}.dvc.remote", add)
+        if "rev" in spec and "repo" not in spec:
+            add(f"{where}.dvc.rev", "rev needs repo (the git URL it is a revision of); add dvc.repo or remove rev")
+        if isinstance(spec.get("repo"), str):
+            _check_uri(spec["repo"], f"{where}.dvc.repo", add)
+        elif len(chosen) == 1 and isinstance(spec[chosen[0]], str):
+            _check_relative_file(spec[chosen[0]].split("#", 1)[0], f"{where}.dvc.{chosen[0]}", root, add,
+                                 want_dir=False)
+    elif kind == "lfs":
+        if "pointer" in spec:
+            extra = [k for k in ("oid", "size") if k in spec]
+            if extra:
+                add(f"{where}.lfs.{extra[0]}", "give either lfs.pointer or lfs.oid + lfs.size, not both")
+            _check_relative_file(spec.get("pointer"), f"{where}.lfs.pointer", root, add, want_dir=False)
+        else:
+            for key in ("oid", "size", "url"):
+                if key not in spec:
+                    add(f"{where}.lfs.{key}", f"missing lfs.{key}: an object without a pointer file needs oid, size "
+                        "and url (or give lfs.pointer)")
+        if isinstance(spec.get("url"), str):
+            _check_uri(spec["url"], f"{where}.lfs.url", add)
 
 
 def _check_image(image: dict[str, Any], add: Any) -> None:
@@ -456,12 +555,7 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
         ),
         code=CodeSpec(path=(root / code.get("path", ".")).resolve(),
                       exclude=tuple(code.get("exclude", ())) ),
-        data=tuple(
-            DataItem(name=d["name"], uri=d["uri"],
-                     digests={a: d[a].lower() for a in DIGEST_ALGORITHMS if a in d},
-                     path=_norm(d.get("path", d["name"])), unpack=bool(d.get("unpack", False)))
-            for d in raw.get("data") or ()
-        ),
+        data=tuple(_data_item(d) for d in raw.get("data") or ()),
         seeds=Seeds(global_seed=raw["seeds"]["global"], apply=raw["seeds"].get("apply", True)),
         hardware_class=raw["hardware"]["class"],
         run=RunSpec(command=tuple(command), env=dict(raw["run"].get("env") or {}),
@@ -470,6 +564,31 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
                                  tolerance=dict(o.get("tolerance") or {}))
                       for o in raw["outputs"]),
     )
+
+
+def _data_item(d: dict[str, Any]) -> DataItem:
+    """One validated `data` entry as a DataItem (a source item gets a display URI and its known pin)."""
+    path = _norm(d.get("path", d["name"]))
+    if "uri" in d:
+        return DataItem(name=d["name"], uri=d["uri"], digests={a: d[a].lower() for a in DIGEST_ALGORITHMS if a in d},
+                        path=path, unpack=bool(d.get("unpack", False)))
+    if "directory" in d:
+        spec = d["directory"]
+        tree = spec.get("treeDigest", "").lower().removeprefix("sha256:") or None
+        return DataItem(name=d["name"], uri=spec["uri"], digests={"sha256": tree} if tree else {}, path=path,
+                        source=DirectorySpec(uri=spec["uri"], tree_digest=tree))
+    if "dvc" in d:
+        spec = d["dvc"]
+        where = spec.get("file") or spec.get("lock")
+        shown = f"{spec['repo']}@{spec.get('rev', 'HEAD')}:{where}" if spec.get("repo") else where
+        return DataItem(name=d["name"], uri=f"dvc:{shown}", digests={}, path=path,
+                        source=DvcSpec(remote=spec["remote"], file=spec.get("file"), lock=spec.get("lock"),
+                                       repo=spec.get("repo"), rev=spec.get("rev")))
+    spec = d["lfs"]
+    oid = spec.get("oid")
+    return DataItem(name=d["name"], uri=f"lfs:{oid or spec.get('pointer')}", digests={"sha256": oid} if oid else {},
+                    path=path, source=LfsSpec(oid=oid, size=spec.get("size"), url=spec.get("url"),
+                                              pointer=spec.get("pointer")))
 
 
 def _norm(path: str) -> str:

@@ -59,6 +59,7 @@ class PlannedData:
 
     item: DataItem
     container_path: str  # "/data/<path>"
+    source: dict[str, Any] | None = None  # a directory/dvc/lfs item: what its source pins (DataSource.describe)
 
 
 @dataclass(frozen=True)
@@ -180,7 +181,7 @@ def resolve_plan(manifest: Manifest) -> Plan:
         base=manifest.image.base if isinstance(manifest.image.base, BootstrapSpec)
         else parse_image_ref(manifest.image.base),
         lockfile=lockfile,
-        data=tuple(PlannedData(item, f"/data/{item.path}") for item in manifest.data),
+        data=tuple(_planned_data(item, manifest.root) for item in manifest.data),
         code=resolve_code(manifest.code, manifest.file),
         hardware=lookup_class(manifest.hardware_class),
         seed=manifest.seeds.global_seed,
@@ -190,6 +191,15 @@ def resolve_plan(manifest: Manifest) -> Plan:
         timeout_s=manifest.run.timeout_s,
         outputs=manifest.outputs,
     )
+
+
+def _planned_data(item: DataItem, root: Path) -> PlannedData:
+    """A data item with its mount point; a source item also with what its source pins (reads .dvc files)."""
+    if item.source is None:
+        return PlannedData(item, f"/data/{item.path}")
+    from runner.fetch.sources import source_for
+
+    return PlannedData(item, f"/data/{item.path}", source_for(item, root).describe())
 
 
 def plan_to_json(plan: Plan) -> dict[str, Any]:
@@ -221,7 +231,8 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "code": {"digest": plan.code.digest, "files": len(plan.code.files), "path": _rel(plan.code.root, m.root),
                  "gitCommit": plan.code.git_commit, "gitDirty": plan.code.git_dirty},
         "data": [{"name": d.item.name, "uri": d.item.uri, "digests": dict(sorted(d.item.digests.items())),
-                  "containerPath": d.container_path, "unpack": d.item.unpack} for d in plan.data],
+                  "containerPath": d.container_path, "unpack": d.item.unpack,
+                  **({"source": d.source} if d.source is not None else {})} for d in plan.data],
         "hardware": plan.hardware.to_json(),
         "seeds": {"global": plan.seed, "apply": plan.apply_seeds},
         "run": {"command": list(plan.command), "env": plan.env, "timeoutSeconds": plan.timeout_s,

@@ -120,11 +120,15 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
         deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl))
     for wheel in image.wheels:
         deps.append(wheel_dependency(wheel))
+    sources = {p.item.name: p.source for p in plan.data if p.source is not None}
     for item in fetched:
+        notes: dict[str, Any] = {"path": item.container_path, "size": item.size, "unpacked": item.unpacked}
+        if item.name in sources:
+            notes["source"] = sources[item.name]
+        if getattr(item, "files", None) is not None:
+            notes["files"] = item.files
         deps.append(ResourceDescriptor(name=f"data/{item.name}", uri=data_uri(item.uri),
-                                       digest={item.algorithm: item.hexdigest},
-                                       annotations={"path": item.container_path, "size": item.size,
-                                                    "unpacked": item.unpacked}))
+                                       digest={item.algorithm: item.hexdigest}, annotations=notes))
     code_digest = {"sha256": plan.code.digest.split(":", 1)[1]}
     if plan.code.git_commit:
         code_digest["gitCommit"] = plan.code.git_commit
@@ -181,6 +185,27 @@ def metrics_byproduct(metrics: dict[str, Any]) -> ResourceDescriptor | None:
                               media_type="application/json", annotations={"values": metrics})
 
 
+LISTING_INLINE_MAX = 1000  # files of a dataset listed in its byproduct; beyond, only the listing's digest
+
+
+def dataset_byproducts(cache: Any, fetched: list[Any]) -> list[ResourceDescriptor]:
+    """A byproduct per dataset tree: its canonical listing's digest (= the tree digest) and, when small, the
+    files themselves, so `xrun reproduce` can name a changed file as data/<name>/<relpath>."""
+    from runner.fetch.sources.tree import dataset_listing
+
+    out = []
+    for item in fetched:
+        if getattr(item, "files", None) is None:
+            continue
+        files = dataset_listing(cache, item.hexdigest)
+        notes: dict[str, Any] = {"files": item.files, "format": "xrun-tree/v1"}
+        if files is not None and len(files) <= LISTING_INLINE_MAX:
+            notes["entries"] = [[f.path, f.size, f.sha256] for f in files]
+        out.append(ResourceDescriptor(name=f"data/{item.name}/listing", digest={"sha256": item.hexdigest},
+                                      media_type="text/plain", annotations=notes))
+    return out
+
+
 def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tuple[list[Subject], ProvenanceFacts]:
     """The statement's subjects and the facts of its predicate, from the context and the stages' results."""
     plan, host, outputs, result = ctx.plan, ctx.host, done.outputs, done.execution.result
@@ -213,6 +238,7 @@ def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tupl
             ResourceDescriptor(name="host", digest={"sha256": hashlib.sha256(canonical_json(host.to_json())).hexdigest()},
                                media_type="application/json", annotations=host.to_json()),
             metrics_byproduct(outputs.metrics),
+            *dataset_byproducts(ctx.cache, list(done.fetched)),
         ) if d is not None),
     )
     return subjects(outputs), facts

@@ -280,7 +280,8 @@ def changed_inputs(old: RecordedRun, new: RecordedRun) -> tuple[InputChange, ...
             continue  # the built image follows from the others; the reproduced link is new by design
         da, db = a.get(name), b.get(name)
         if da is None or db is None or da.get("digest") != db.get("digest") or da.get("uri") != db.get("uri"):
-            changes.append(InputChange(name, _short_dep(da), _short_dep(db)))
+            files = _changed_files(name, old, new) if da is not None and db is not None else []
+            changes.extend(files or [InputChange(name, _short_dep(da), _short_dep(db))])
     if old.hardware_class != new.hardware_class:
         changes.append(InputChange("hardware class", old.hardware_class, new.hardware_class))
     if old.gpus != new.gpus:
@@ -291,6 +292,17 @@ def changed_inputs(old: RecordedRun, new: RecordedRun) -> tuple[InputChange, ...
         for path in diff_fields(old.manifest, new.manifest):
             changes.append(InputChange(f"manifest {path}", None, None))
     return tuple(changes)
+
+
+def _changed_files(name: str, old: RecordedRun, new: RecordedRun) -> list[InputChange]:
+    """For a dataset both runs list, one change per file that differs: data/<name>/<relpath>."""
+    dataset = name[len("data/"):] if name.startswith("data/") else None
+    if dataset is None or dataset not in old.listings or dataset not in new.listings:
+        return []
+    a, b = old.listings[dataset], new.listings[dataset]
+    return [InputChange(f"{name}/{rel}", {"sha256": a[rel]} if rel in a else None,
+                        {"sha256": b[rel]} if rel in b else None)
+            for rel in sorted(a.keys() | b.keys()) if a.get(rel) != b.get(rel)]
 
 
 def _short_dep(dep: dict[str, Any] | None) -> Any:

@@ -6,7 +6,7 @@ a depth-first search for a field name can find the user's value instead of xrun'
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -63,6 +63,7 @@ class RecordedRun:
     code_path: str | None = None  # relative to the manifest's folder
     lockfile_path: str | None = None  # relative to the manifest's folder
     xrun_version: str | None = None
+    listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -94,6 +95,7 @@ class RecordedRun:
             code_path=_str(_dict(_dict(deps.get("code")).get("annotations")).get("path")),
             lockfile_path=_str(_dict(_dict(deps.get("lockfile")).get("annotations")).get("path")),
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
+            listings=_listings(byproducts),
         )
 
 
@@ -118,6 +120,19 @@ def _metrics(byproducts: dict[str, Any], details: dict[str, Any]) -> dict[str, d
     if value is None:
         value = details.get("xrun_metrics")  # attestations before 0.2
     return value if isinstance(value, dict) else {}
+
+
+def _listings(byproducts: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """Per dataset, the files its `data/<name>/listing` byproduct lists (when it lists them)."""
+    out: dict[str, dict[str, str]] = {}
+    for name, entry in byproducts.items():
+        if not (isinstance(name, str) and name.startswith("data/") and name.endswith("/listing")):
+            continue
+        entries = _dict(entry.get("annotations")).get("entries")
+        if isinstance(entries, list):
+            out[name[len("data/"):-len("/listing")]] = {str(e[0]): str(e[2]) for e in entries
+                                                        if isinstance(e, list) and len(e) == 3}
+    return out
 
 
 def _gpus(byproducts: dict[str, Any]) -> tuple[str, ...]:

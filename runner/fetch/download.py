@@ -14,6 +14,7 @@ fetched again, or IntegrityError (exit 3) when the source cannot be had any more
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import random
 import threading
@@ -107,12 +108,14 @@ class _Partial:
 def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, base_dir: Path | None = None,
                options: FetchOptions = FetchOptions(), fetchers: Fetchers | None = None,
                reporter: Reporter | None = None, cancel: threading.Event | None = None,
-               kind: str = "data item") -> Blob:
+               kind: str = "data item", headers: tuple[tuple[str, str], ...] = ()) -> Blob:
     """Return the verified cache entry for `digests`, downloading `uri` only on a miss.
 
-    `kind` names what the blob is in messages ("data item", "wheel").
+    `kind` names what the blob is in messages ("data item", "wheel"); `headers` go with an HTTP request.
     """
     expected, source = check_request(uri, digests, name=name, base_dir=base_dir)
+    if headers:
+        source = dataclasses.replace(source, headers=tuple(headers))
     algorithm, hexdigest = primary(expected)
     hit = cache.probe(algorithm, hexdigest)
     if hit is not None and hit.trusted and not options.verify:

@@ -74,7 +74,7 @@ class HttpFetcher(Fetcher):
     def open(self, source: Source, *, offset: int = 0, validator: str | None = None) -> Stream:
         """GET the URL, from `offset` with Range (and If-Range) when resuming."""
         # identity: the digest is over the bytes of the file, not a transfer-compressed form.
-        headers = {"Accept-Encoding": "identity"}
+        headers = {**dict(source.headers), "Accept-Encoding": "identity"}
         if offset > 0:
             headers["Range"] = f"bytes={offset}-"
             if validator:

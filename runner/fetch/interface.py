@@ -60,6 +60,7 @@ class Source:
     bucket: str | None = None  # s3
     key: str | None = None  # s3
     version_id: str | None = None  # s3 ?versionId=
+    headers: tuple[tuple[str, str], ...] = ()  # extra HTTP request headers (Git LFS actions); never recorded
 
     @property
     def display_name(self) -> str:

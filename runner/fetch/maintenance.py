@@ -168,7 +168,7 @@ def _drop_orphan_markers(cache: Cache) -> None:
 
 def keep_for_manifest(manifest: "Manifest") -> set[tuple[str, str]]:
     """Cache keys a manifest needs: each data item's digest and every hash its lockfile allows."""
-    keep = {primary(normalize_digests(item.digests)) for item in manifest.data}
+    keep = {primary(normalize_digests(item.digests)) for item in manifest.data if item.digests}
     if manifest.image.lockfile is not None and manifest.image.lockfile.is_file():
         from runner.lockfiles import load_lockfile
 
@@ -179,7 +179,7 @@ def keep_for_manifest(manifest: "Manifest") -> set[tuple[str, str]]:
 
 def keep_for_plan(plan: "Plan") -> set[tuple[str, str]]:
     """Cache keys a resolved plan needs (data items and locked packages)."""
-    keep = {primary(normalize_digests(p.item.digests)) for p in plan.data}
+    keep = {primary(normalize_digests(p.item.digests)) for p in plan.data if p.item.digests}
     if plan.lockfile is not None:
         keep |= set(_package_keys(p.hashes for p in plan.lockfile.packages))
     return keep

@@ -21,6 +21,9 @@ class Task(Protocol):
     def finish(self) -> None:
         """The download ended (success or not): remove its bar."""
 
+    def rename(self, name: str) -> None:
+        """Change the label (a dataset's bar counts its files there)."""
+
 
 class Reporter(Protocol):
     """Creates tasks; used as a context manager around a batch of downloads."""
@@ -47,6 +50,9 @@ class _NullTask:
         pass
 
     def finish(self) -> None:
+        pass
+
+    def rename(self, name: str) -> None:
         pass
 
 
@@ -90,6 +96,9 @@ class _RichTask:
 
     def finish(self) -> None:
         self._progress.remove_task(self._id)
+
+    def rename(self, name: str) -> None:
+        self._progress.update(self._id, description=name)
 
 
 class RichReporter:
@@ -166,6 +175,79 @@ class _LineTask:
     def finish(self) -> None:
         if self._done:
             print(f"xrun: fetched {self._name} ({human_bytes(self._done)})", file=self._stream, flush=True)
+
+    def rename(self, name: str) -> None:
+        self._name = name
+
+
+class DatasetProgress:
+    """One bar for a dataset of many files: bytes of all of them, and `k/N files` in its label.
+
+    It is a Reporter for the per-file downloads: each file's task feeds the shared bar.
+    """
+
+    def __init__(self, parent: Reporter, name: str, files: int, total_bytes: int | None) -> None:
+        self._parent, self._name, self._files = parent, name, files
+        self._done_files = 0
+        self._lock = threading.Lock()
+        self._task = parent.task(self._label())
+        if total_bytes:
+            self._task.update(total=total_bytes)
+
+    def _label(self) -> str:
+        return f"{self._name} {self._done_files}/{self._files} files"
+
+    def task(self, name: str) -> Task:
+        """A per-file task that feeds the dataset's bar."""
+        return _FileShare(self)
+
+    def advance(self, n: int) -> None:
+        """Bytes arrived (or were taken back by a restart, n < 0)."""
+        self._task.advance(n)
+
+    def file_done(self) -> None:
+        """One more file is in the cache."""
+        with self._lock:
+            self._done_files += 1
+            self._task.rename(self._label())
+
+    def note(self, message: str) -> None:
+        """Passed to the parent reporter."""
+        self._parent.note(message)
+
+    def warn(self, message: str) -> None:
+        """Passed to the parent reporter."""
+        self._parent.warn(message)
+
+    def close(self) -> None:
+        """Remove the bar (the line reporter prints the dataset's total)."""
+        self._task.finish()
+
+    def __enter__(self) -> "DatasetProgress":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+class _FileShare:
+    def __init__(self, owner: DatasetProgress) -> None:
+        self._owner, self._done = owner, 0
+
+    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
+        if completed is not None:
+            self._owner.advance(completed - self._done)
+            self._done = completed
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        self._owner.advance(n)
+
+    def finish(self) -> None:
+        self._owner.file_done()
+
+    def rename(self, name: str) -> None:
+        pass
 
 
 def wants_progress(options: FetchOptions, stream: IO[str] | None = None) -> bool:

@@ -35,6 +35,13 @@ class FetchedData:
     size: int  # bytes of the fetched object (the archive when unpacked)
     unpacked: bool
     cache_hit: bool  # True when nothing was downloaded
+    kind: str = "file"  # "file" (a uri item, unpacked or not), "directory", "dvc", "lfs"
+    files: int | None = None  # a dataset tree's file count (host_path is then a tree of the cache)
+
+    @property
+    def is_tree(self) -> bool:
+        """Whether host_path is a tree of the cache (an unpacked archive or a dataset folder)."""
+        return self.unpacked or self.files is not None
 
     @property
     def digest(self) -> str:
@@ -45,7 +52,8 @@ class FetchedData:
         """Plain data for `xrun fetch --json`."""
         return {"name": self.name, "uri": self.uri, "digest": {self.algorithm: self.hexdigest},
                 "hostPath": str(self.host_path), "containerPath": self.container_path, "size": self.size,
-                "unpacked": self.unpacked, "cacheHit": self.cache_hit}
+                "unpacked": self.unpacked, "cacheHit": self.cache_hit, "kind": self.kind,
+                **({"files": self.files} if self.files is not None else {})}
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,11 @@ def _blob(cache: Cache, uri: str, digests: dict[str, str], name: str, base_dir: 
 def _fetch_item(planned: PlannedData, root: Path, cache: Cache, options: FetchOptions,
                 ctx: JobContext) -> FetchedData:
     item = planned.item
+    if item.source is not None:
+        from runner.fetch.sources import source_for
+        from runner.fetch.sources.tree import fetch_dataset
+
+        return fetch_dataset(planned, source_for(item, root), root, cache, options, ctx)
     tampered: Path | None = None
     if item.unpack:
         ready, tampered = _ready_tree(planned, root, cache, options, ctx)
@@ -150,7 +163,7 @@ def changed_since_fetch(cache: Cache, fetched: Sequence[FetchedData]) -> list[st
     """
     changed = []
     for item in fetched:
-        if item.unpacked:
+        if item.is_tree:
             trusted = cache.tree_trusted(item.algorithm, item.hexdigest)
         else:
             probe = cache.probe(item.algorithm, item.hexdigest)

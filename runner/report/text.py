@@ -64,6 +64,11 @@ def plan_summary(data: dict[str, Any], digest: str) -> str:
     git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
     lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
     for d in data["data"]:
+        if "source" in d:
+            from runner.fetch.sources.render import plan_line
+
+            lines.append(f"  data       {d['name']}: {plan_line(d['source'])} → {d['containerPath']}")
+            continue
         algo, hexd = next(iter(d["digests"].items()))
         lines.append(f"  data       {d['name']}: {d['uri']} → {d['containerPath']} ({algo}:{hexd[:12]})")
     hw = data["hardware"]

@@ -1,0 +1,152 @@
+"""A Git LFS object: by oid (its sha256) and size from an LFS server, or by a pointer file in the code tree.
+
+The batch API (`POST <lfs url>/objects/batch`, operation download, transfer basic) answers with an
+href (and headers) per object; the bytes come through the http transport, verified by the oid like
+any sha256 item. Credentials come from the environment only: XRUN_LFS_TOKEN (sent as a Bearer
+token), or XRUN_LFS_USER + XRUN_LFS_PASSWORD (basic), or ~/.netrc; none is ever recorded.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from runner.errors import FetchError, UsageError
+from runner.fetch.cache import Cache
+from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
+from runner.manifest import LfsSpec
+
+TOKEN_ENV = "XRUN_LFS_TOKEN"
+USER_ENV, PASSWORD_ENV = "XRUN_LFS_USER", "XRUN_LFS_PASSWORD"
+MEDIA = "application/vnd.git-lfs+json"
+_POINTER_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
+_POINTER_SIZE = re.compile(rb"^size (\d+)$", re.M)
+_LFS_URL = re.compile(r"^\s*url\s*=\s*(\S+)\s*$", re.M)
+
+
+class LfsSource(DataSource):
+    """`data[].lfs`."""
+
+    kind = "lfs"
+
+    def __init__(self, name: str, spec: LfsSpec, root: Path, environ: Mapping[str, str] = os.environ) -> None:
+        self.name, self.spec, self.root, self.environ = name, spec, root, environ
+        self._object: tuple[str, int, str] | None = None
+
+    def object(self) -> tuple[str, int, str]:
+        """(oid, size, LFS URL), from the manifest or the pointer file and .lfsconfig."""
+        if self._object is None:
+            if self.spec.pointer:
+                oid, size = read_pointer(self.name, self.root / self.spec.pointer)
+                url = self.spec.url or lfs_url_from_config(self.name, self.root / self.spec.pointer, self.root)
+            else:
+                oid, size, url = str(self.spec.oid), int(self.spec.size or 0), str(self.spec.url)
+            self._object = (oid, size, url.rstrip("/"))
+        return self._object
+
+    def describe(self) -> dict[str, Any]:
+        """Kind, server URL, oid and size."""
+        oid, size, url = self.object()
+        return {"kind": self.kind, "uri": f"{url}/objects/{oid}", "url": url, "oid": oid, "size": size,
+                "pointer": self.spec.pointer}
+
+    def known_result(self, cache: Cache) -> tuple[str, str] | None:
+        """The oid is the blob's sha256."""
+        return ("blob", self.object()[0])
+
+    def resolve(self, env: SourceEnv) -> Resolved:
+        """Ask the batch API for the download action of the object."""
+        oid, size, url = self.object()
+        href, headers = batch_download(self.name, url, oid, size, env.options.timeout_s, self.environ)
+        return Resolved(uri=f"{url}/objects/{oid}", single_file=True, tree_digest=oid,
+                        requests=(FileRequest(path="", uri=href, digests={"sha256": oid}, size=size,
+                                              headers=tuple(sorted(headers.items()))),))
+
+
+def read_pointer(name: str, path: Path) -> tuple[str, int]:
+    """(oid, size) of a Git LFS pointer file."""
+    try:
+        data = path.read_bytes()[:1024]
+    except OSError as exc:
+        raise UsageError(f"{name}: {path}: cannot read: {exc.strerror or exc}; fix lfs.pointer") from None
+    oid, size = _POINTER_OID.search(data), _POINTER_SIZE.search(data)
+    if not data.startswith(b"version https://git-lfs.github.com/spec/v1") or oid is None or size is None:
+        raise UsageError(f"{name}: {path}: not a Git LFS pointer file (was it checked out with `git lfs pull`? "
+                         "point lfs.pointer at the pointer, as `git show HEAD:PATH` prints it)")
+    return oid.group(1).decode(), int(size.group(1))
+
+
+def lfs_url_from_config(name: str, pointer: Path, root: Path) -> str:
+    """lfs.url from the nearest .lfsconfig above the pointer (up to the manifest's folder's repository)."""
+    folder = pointer.resolve().parent
+    for candidate in (folder, *folder.parents):
+        config = candidate / ".lfsconfig"
+        if config.is_file():
+            text = config.read_text(encoding="utf-8", errors="replace")
+            section = re.search(r"^\s*\[lfs\]\s*$(.*?)(?=^\s*\[|\Z)", text, re.M | re.S)
+            match = _LFS_URL.search(section.group(1)) if section else None
+            if match:
+                return match.group(1)
+        if (candidate / ".git").exists():
+            break
+    raise UsageError(f"{name}: no LFS URL for {pointer}: give lfs.url, or add `[lfs] url = …` to the repository's "
+                     ".lfsconfig")
+
+
+def _auth(environ: Mapping[str, str]) -> tuple[dict[str, str], Any]:
+    if environ.get(TOKEN_ENV):
+        return {"Authorization": f"Bearer {environ[TOKEN_ENV]}"}, None
+    if environ.get(USER_ENV):
+        return {}, (environ[USER_ENV], environ.get(PASSWORD_ENV, ""))
+    return {}, None
+
+
+def batch_download(name: str, url: str, oid: str, size: int, timeout_s: float,
+                   environ: Mapping[str, str]) -> tuple[str, dict[str, str]]:
+    """The href and headers of the object's download action; FetchError (exit 4) for an unknown oid."""
+    import requests
+
+    headers, auth = _auth(environ)
+    body = {"operation": "download", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}],
+            "hash_algo": "sha256"}
+    endpoint = f"{url}/objects/batch"
+    try:
+        response = requests.post(endpoint, json=body, headers={**headers, "Accept": MEDIA, "Content-Type": MEDIA},
+                                 auth=auth, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise FetchError(f"{name}: {endpoint}: {exc.__class__.__name__}: cannot reach the LFS server; check lfs.url "
+                         "and the network") from None
+    if response.status_code in (401, 403):
+        raise FetchError(f"{name}: {endpoint}: HTTP {response.status_code}; set {TOKEN_ENV} (or {USER_ENV} and "
+                         f"{PASSWORD_ENV}) in the environment to a credential that may read the repository")
+    try:
+        answer = response.json()
+    except ValueError:
+        answer = None
+    has_objects = isinstance(answer, dict) and isinstance(answer.get("objects"), list)
+    if response.status_code == 404 and not has_objects:
+        # The spec's "no such repository"; giftless also answers it when none of the objects exists.
+        raise FetchError(f"{name}: LFS object {oid} ({size} bytes): not found at {url} (HTTP 404: no such object or "
+                         "repository); check lfs.oid, lfs.size and lfs.url, or push it with `git lfs push --all`")
+    if response.status_code != 200 and not has_objects:
+        raise FetchError(f"{name}: {endpoint}: HTTP {response.status_code} from the LFS batch API; check lfs.url "
+                         "(it ends in .git/info/lfs)")
+    try:
+        objects = answer.get("objects") or []
+        entry = next(o for o in objects if o.get("oid") == oid)
+    except (ValueError, AttributeError, StopIteration, TypeError):
+        raise FetchError(f"{name}: {endpoint}: the server's answer names no object {oid}; is lfs.url an LFS "
+                         "server?") from None
+    error = entry.get("error")
+    if error:
+        raise FetchError(f"{name}: LFS object {oid} ({size} bytes): the server says {error.get('code')} "
+                         f"{error.get('message', '')}".rstrip() + "; check lfs.oid and lfs.size, or push the object "
+                         "with `git lfs push --all`")
+    action = (entry.get("actions") or {}).get("download")
+    if not isinstance(action, dict) or not action.get("href"):
+        raise FetchError(f"{name}: LFS object {oid}: the server gave no download action; push it with "
+                         "`git lfs push --all`")
+    return str(action["href"]), {str(k): str(v) for k, v in (action.get("header") or {}).items()}

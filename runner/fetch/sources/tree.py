@@ -1,0 +1,395 @@
+"""Fetch a source's files into the content-addressed cache and mount them as one read-only folder.
+
+Every file is a blob keyed by its sha256 (identical files across datasets are stored once). A file
+pinned only by DVC's md5 is fetched and verified by md5, then hashed with sha256 and re-keyed; a
+small alias (state/md5/…/<md5>.sha256) remembers the sha256 so a warm run needs no read. The tree
+is trees/sha256/<ab>/<tree digest>/: hard links to the blobs (copies where links are refused),
+folders read-only, with the archive-style listing beside it, so `xrun cache verify`, the tree
+fingerprint and `recheck_tree` treat it like an unpacked archive. Linking a blob changes its ctime,
+so blob fingerprints are recorded after the tree is linked; a blob shared by a second dataset
+later is re-hashed once by the first tree's next run (its members' ctime moved).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from runner.errors import FetchError, IntegrityError
+from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree
+from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
+from runner.fetch.download import Cancelled, fetch_blob
+from runner.fetch.interface import CHUNK, FetchOptions
+from runner.fetch.pool import JobContext, _ThreadFetchers
+from runner.fetch.progress import DatasetProgress
+from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
+from runner.fetch.sources.listing import ListedFile, scan_directory, tree_digest
+
+if TYPE_CHECKING:
+    from runner.fetch.stage import FetchedData
+    from runner.plan import PlannedData
+
+T = TypeVar("T")
+ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
+TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
+DIR_ALIAS_KIND = "dvc-tree"
+
+
+def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: Cache, options: FetchOptions,
+                  ctx: JobContext) -> FetchedData:
+    """The item's files verified in the cache and mounted as a tree (or one file): a stat per file when warm."""
+    from runner.fetch.stage import FetchedData
+
+    item = planned.item
+    known = source.known_result(cache)
+    if known is not None:
+        ready = _ready(planned, source, known, cache, options, ctx)
+        if ready is not None:
+            return ready
+    env = SourceEnv(cache, options, ctx.fetchers, ctx.reporter, ctx.cancel, root)
+    resolved = source.resolve(env)
+    total = sum(r.size or 0 for r in resolved.requests) or None
+    count = len(resolved.requests)
+    scanned = None
+    if resolved.local_root is not None:
+        scanned = scan_directory(resolved.local_root)
+        count, total = len(scanned), sum(st.st_size for _, _, st in scanned) or None
+    progress = DatasetProgress(ctx.reporter, item.name, count, total)
+    try:
+        if scanned is not None:
+            blobs = _ingest(cache, scanned, item.name, progress, ctx.cancel)
+        else:
+            blobs = _fetch_requests(cache, resolved.requests, item.name, root, options, progress, ctx)
+    finally:
+        progress.close()
+    files = [ListedFile(rel, blob.size, blob.hexdigest) for rel, blob in blobs]
+    fetched = any(blob.fetched for _, blob in blobs)
+    if resolved.single_file:
+        rel, blob = blobs[0]
+        _check_pin(item.name, resolved, blob.hexdigest, files, what="file")
+        if resolved.alias is not None:
+            cache.write_fingerprint(*resolved.alias, ALIAS_KIND, blob.hexdigest)
+        return FetchedData(name=item.name, uri=resolved.uri, algorithm="sha256", hexdigest=blob.hexdigest,
+                           host_path=blob.path, container_path=planned.container_path, size=blob.size,
+                           unpacked=False, cache_hit=not fetched, kind=source.kind)
+    digest = tree_digest(files)
+    _check_pin(item.name, resolved, digest, files, what="tree")
+    path, made = materialize(cache, digest, blobs, description={"source": source.kind, "uri": resolved.uri})
+    if resolved.alias is not None:
+        cache.write_fingerprint(*resolved.alias, DIR_ALIAS_KIND, digest)
+    cache.mark_used("sha256", digest)
+    return FetchedData(name=item.name, uri=resolved.uri, algorithm="sha256", hexdigest=digest, host_path=path,
+                       container_path=planned.container_path, size=sum(f.size for f in files), unpacked=False,
+                       cache_hit=not fetched and not made, kind=source.kind, files=len(files))
+
+
+def _ready(planned: PlannedData, source: DataSource, known: tuple[str, str], cache: Cache, options: FetchOptions,
+           ctx: JobContext) -> FetchedData | None:
+    """A tree (or blob) already in the cache serves the run while its fingerprint vouches for it."""
+    from runner.fetch.stage import FetchedData
+
+    item = planned.item
+    kind, hexdigest = known
+    if kind == "blob":
+        probe = cache.probe("sha256", hexdigest)
+        if probe is None or not ((probe.trusted and not options.verify) or cache.rehash_blob(probe.blob)):
+            return None
+        cache.mark_used("sha256", hexdigest)
+        return FetchedData(name=item.name, uri=source.describe().get("uri", item.uri), algorithm="sha256",
+                           hexdigest=hexdigest, host_path=probe.blob.path, container_path=planned.container_path,
+                           size=probe.blob.size, unpacked=False, cache_hit=True, kind=source.kind)
+    tree = cache.lookup_tree("sha256", hexdigest)
+    if tree is None:
+        return None
+    if options.verify or not cache.tree_trusted("sha256", hexdigest):
+        problems = recheck_tree(cache, "sha256", hexdigest, verify=options.verify)
+        if problems:
+            more = f" and {len(problems) - 1} more" if len(problems) > 1 else ""
+            ctx.reporter.warn(f"cache entry for data item '{item.name}' (sha256:{hexdigest[:12]}…) was modified on "
+                              f"disk ({tree}: {problems[0]}{more}); removed, fetching it again")
+            return None
+        if cache.lookup_tree("sha256", hexdigest) is None:
+            return None
+    listing = _read_cache_listing(cache, hexdigest)
+    cache.mark_used("sha256", hexdigest)
+    return FetchedData(name=item.name, uri=str(listing.get("dataset", {}).get("uri", item.uri)), algorithm="sha256",
+                       hexdigest=hexdigest, host_path=tree, container_path=planned.container_path,
+                       size=sum(int(f["size"]) for f in listing.get("files", [])), unpacked=False, cache_hit=True,
+                       kind=source.kind, files=len(listing.get("files", [])))
+
+
+def dataset_listing(cache: Cache, hexdigest: str) -> list[ListedFile] | None:
+    """The files of a dataset tree in the cache, from its listing (None when unreadable)."""
+    listing = _read_cache_listing(cache, hexdigest)
+    try:
+        return [ListedFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in listing["files"]]
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def _read_cache_listing(cache: Cache, hexdigest: str) -> dict[str, Any]:
+    try:
+        return json.loads(cache.tree_listing_path("sha256", hexdigest).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFile], *, what: str) -> None:
+    """The result must have the pinned digest; name the files that differ when a listing says what to expect."""
+    if resolved.tree_digest is None or resolved.tree_digest == actual:
+        return
+    detail = ""
+    if resolved.expected:
+        want = {f.path: f for f in resolved.expected}
+        got = {f.path: f for f in files}
+        changed = sorted(p for p in want.keys() & got.keys() if want[p].sha256 != got[p].sha256)
+        added, removed = sorted(got.keys() - want.keys()), sorted(want.keys() - got.keys())
+        parts = [*(f"{p} changed" for p in changed), *(f"{p} added" for p in added),
+                 *(f"{p} removed" for p in removed)]
+        if parts:
+            detail = f" ({'; '.join(parts[:5])}{f'; {len(parts) - 5} more' if len(parts) > 5 else ''})"
+    raise IntegrityError(f"{name}: {resolved.uri}: {what} digest mismatch: expected sha256:{resolved.tree_digest}, "
+                         f"got sha256:{actual}{detail}; the data changed: check it, and update the pin in the "
+                         "manifest only if you trust the new content (`xrun data digest DIR` prints it)")
+
+
+# --- fetching the files -----------------------------------------------------------------------------
+
+
+def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, root: Path, options: FetchOptions,
+                    progress: DatasetProgress, ctx: JobContext) -> list[tuple[str, Blob]]:
+    """Every request through the transports, in a bounded pool of its own (one Session per thread)."""
+    fetchers = _ThreadFetchers(options)
+
+    def one(request: FileRequest) -> tuple[str, Blob]:
+        if ctx.cancel.is_set():
+            raise Cancelled()
+        shown = f"{name}/{request.path}" if request.path else name
+        if "sha256" in request.digests:
+            blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
+                              fetchers=fetchers.get(), reporter=progress, cancel=ctx.cancel, kind="data file",
+                              headers=request.headers)
+        else:
+            blob = _fetch_by_alias(cache, request, shown, root, options, fetchers.get(), progress, ctx.cancel)
+        return request.path, blob
+
+    try:
+        return _map(one, list(requests), options.parallel, ctx.cancel)
+    finally:
+        fetchers.close()
+
+
+def _map(fn: Callable[[FileRequest], T], items: list[FileRequest], parallel: int,
+         cancel: threading.Event) -> list[T]:
+    if parallel <= 1 or len(items) <= 1:
+        return [fn(i) for i in items]
+    with ThreadPoolExecutor(max_workers=min(parallel, len(items)), thread_name_prefix="xrun-dataset") as pool:
+        futures = [pool.submit(fn, i) for i in items]
+        try:
+            return [f.result() for f in futures]
+        except BaseException:
+            cancel.set()  # the others stop at their next chunk; their partial files stay for a resume
+            raise
+
+
+def _fetch_by_alias(cache: Cache, request: FileRequest, shown: str, root: Path, options: FetchOptions,
+                    fetchers: object, progress: DatasetProgress, cancel: threading.Event) -> Blob:
+    """A file pinned by md5 only (DVC): verified by md5, stored by sha256, remembered by an alias."""
+    algorithm, hexdigest = next(iter(request.digests.items()))
+    known = cache.read_fingerprint(algorithm, hexdigest, ALIAS_KIND)
+    if known is not None:
+        probe = cache.probe("sha256", known)
+        if probe is not None and ((probe.trusted and not options.verify) or cache.rehash_blob(probe.blob)):
+            cache.mark_used("sha256", known)
+            progress.file_done()
+            return probe.blob
+    blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
+                      fetchers=fetchers, reporter=progress, cancel=cancel, kind="data file",  # type: ignore[arg-type]
+                      headers=request.headers)
+    sha = hash_file(blob.path, "sha256")
+    adopted = _adopt(cache, blob, sha)
+    cache.write_fingerprint(algorithm, hexdigest, ALIAS_KIND, sha)
+    return Blob("sha256", sha, adopted, blob.size, fetched=blob.fetched)
+
+
+def _adopt(cache: Cache, blob: Blob, sha: str) -> Path:
+    """Make the md5-keyed blob the sha256 entry (a link, then the md5 entry goes)."""
+    final = cache.blob_path("sha256", sha)
+    with cache.lock("sha256", sha):
+        probe = cache.probe("sha256", sha)
+        if probe is None or not (probe.trusted or cache.rehash_blob(probe.blob)):
+            if probe is not None:
+                cache.remove_blob("sha256", sha)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            tmp = final.with_name(f".{sha}.{os.getpid()}.{threading.get_ident()}.partial")
+            try:
+                os.link(blob.path, tmp)
+            except OSError:
+                shutil.copyfile(blob.path, tmp)
+                os.chmod(tmp, READ_ONLY_FILE)
+            os.replace(tmp, final)
+            cache.record_blob("sha256", sha)
+    with cache.lock(blob.algorithm, blob.hexdigest):
+        cache.remove_blob(blob.algorithm, blob.hexdigest)
+    return final
+
+
+def _ingest(cache: Cache, scanned: list[tuple[str, Path, os.stat_result]], name: str, progress: DatasetProgress,
+            cancel: threading.Event) -> list[tuple[str, Blob]]:
+    """Copy a local folder in, hashing while copying; one syncfs for all files, then rename each into place.
+
+    The digest of a local file is only known once it is read, so the copy goes to a temporary file
+    first. Nothing is an entry before it is durable: the sync comes before the renames.
+    """
+    work = cache.root / "blobs" / "sha256" / ".ingest"
+    work.mkdir(parents=True, exist_ok=True)
+    staged: list[tuple[str, Path, str, int]] = []
+    try:
+        for index, (rel, path, _) in enumerate(scanned):
+            if cancel.is_set():
+                raise Cancelled()
+            tmp = work / f"{os.getpid()}-{threading.get_ident()}-{index}.partial"
+            try:
+                sha, size = _copy_hashing(path, tmp, progress)
+            except OSError as exc:
+                if exc.filename == str(path) or exc.filename is None and not tmp.exists():
+                    raise FetchError(f"{name}: cannot read {path}: {exc.strerror or exc}; fix its permissions") from None
+                raise FetchError(f"{name}: cannot write to the cache {cache.root}: {exc.strerror or exc}; free "
+                                 "space or fix permissions there, or set XRUN_CACHE_DIR") from None
+            staged.append((rel, tmp, sha, size))
+            progress.file_done()
+        _sync_filesystem(work)
+        out: list[tuple[str, Blob]] = []
+        for rel, tmp, sha, size in staged:
+            out.append((rel, _commit_staged(cache, tmp, sha, size)))
+        return out
+    finally:
+        for _, tmp, _, _ in staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+def _copy_hashing(src: Path, dst: Path, progress: DatasetProgress) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        try:
+            while True:
+                chunk = os.read(fd_in, CHUNK)
+                if not chunk:
+                    break
+                h.update(chunk)
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd_out, view):]
+                size += len(chunk)
+                progress.advance(len(chunk))
+            os.fchmod(fd_out, READ_ONLY_FILE)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+    return h.hexdigest(), size
+
+
+def _commit_staged(cache: Cache, tmp: Path, sha: str, size: int) -> Blob:
+    """The staged copy becomes the entry unless a good one is there already (then the copy is dropped)."""
+    final = cache.blob_path("sha256", sha)
+    with cache.lock("sha256", sha):
+        probe = cache.probe("sha256", sha)
+        if probe is not None and (probe.trusted or cache.rehash_blob(probe.blob)):
+            return Blob("sha256", sha, probe.blob.path, probe.blob.size, fetched=False)
+        if probe is not None:
+            cache.remove_blob("sha256", sha)
+        try:
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp, final)
+    # The fingerprint is recorded once the tree links it (a link changes ctime).
+    return Blob("sha256", sha, final, size, fetched=True)
+
+
+# --- the tree ---------------------------------------------------------------------------------------
+
+
+def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
+                description: dict[str, str]) -> tuple[Path, bool]:
+    """trees/sha256/<ab>/<digest>/ of links to the blobs, read-only, with its listing; (path, made now)."""
+    found = cache.lookup_tree("sha256", digest)
+    if found is not None and cache.tree_trusted("sha256", digest):
+        _record_blobs(cache, blobs)
+        return found, False
+    final = cache.tree_path("sha256", digest)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with cache.lock("sha256", digest, "tree"):
+        found = cache.lookup_tree("sha256", digest)
+        if found is not None:
+            if cache.tree_trusted("sha256", digest) or not recheck_tree(cache, "sha256", digest, verify=False):
+                if cache.lookup_tree("sha256", digest) is not None:
+                    _record_blobs(cache, blobs)
+                    return found, False
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{digest}-", dir=final.parent))
+        try:
+            dirs: set[str] = set()
+            for rel, blob in blobs:
+                parent = rel.rpartition("/")[0]
+                if parent and parent not in dirs:
+                    (work / parent).mkdir(parents=True, exist_ok=True)
+                    parts = parent.split("/")
+                    dirs.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
+                _link_or_copy(blob.path, work / rel)
+            for rel in sorted(dirs, key=lambda d: d.count("/"), reverse=True):
+                os.chmod(work / rel, READ_ONLY_DIR)
+            os.chmod(work, READ_ONLY_DIR)
+            listing = {"version": LISTING_VERSION, "dataset": description,
+                       "files": [{"path": rel, "sha256": blob.hexdigest, "size": blob.size, "mode": 0o644}
+                                 for rel, blob in sorted(blobs, key=lambda b: b[0])],
+                       "symlinks": [], "dirs": sorted(dirs)}
+            listing_path = cache.tree_listing_path("sha256", digest)
+            tmp = listing_path.with_name(f".{listing_path.name}.tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(listing, f, separators=(",", ":"))
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, listing_path)
+            os.rename(work, final)
+            fsync_dir(final.parent)
+        except OSError as exc:
+            _remove_tree(work)
+            raise FetchError(f"cannot build the dataset tree in the cache {cache.root}: {exc.strerror or exc}; free "
+                             "space or fix permissions there") from None
+        except BaseException:
+            _remove_tree(work)
+            raise
+        _record_blobs(cache, blobs)
+        cache.record_tree("sha256", digest)
+    return final, True
+
+
+def _record_blobs(cache: Cache, blobs: Sequence[tuple[str, Blob]]) -> None:
+    """Fingerprint each blob as it is now (its ctime moved when the tree linked it)."""
+    for hexdigest in {blob.hexdigest for _, blob in blobs}:
+        cache.record_blob("sha256", hexdigest)
+
+
+def _link_or_copy(src: Path, dst: Path) -> None:
+    try:
+        os.link(src, dst)
+    except OSError as exc:
+        if exc.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP):
+            raise
+        shutil.copyfile(src, dst)
+        os.chmod(dst, READ_ONLY_FILE)

@@ -35,6 +35,10 @@ class interrupts_raise:
         return self
 
     def __exit__(self, *exc: object) -> None:
+        if self._count:
+            # Interrupted: the process is on its way out (exit 130). A signal arriving now must not
+            # turn that into a death by signal, so ours stays installed and keeps holding them.
+            return
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)
         self._previous.clear()

@@ -176,6 +176,10 @@ class Cache:
 
     def lookup(self, algorithm: str, hexdigest: str) -> Blob | None:
         """The entry when present: one stat of its content-addressed path, no open, no read."""
+        found = self._stat_blob(algorithm, hexdigest)
+        return found[0] if found else None
+
+    def _stat_blob(self, algorithm: str, hexdigest: str) -> tuple[Blob, os.stat_result] | None:
         path = self.blob_path(algorithm, hexdigest)
         try:
             st = os.stat(path)
@@ -183,7 +187,7 @@ class Cache:
             return None
         if not stat.S_ISREG(st.st_mode):
             return None
-        return Blob(algorithm, hexdigest, path, st.st_size, fetched=False)
+        return Blob(algorithm, hexdigest, path, st.st_size, fetched=False), st
 
     def lookup_tree(self, algorithm: str, hexdigest: str) -> Path | None:
         """The unpacked tree when present: one stat."""
@@ -196,16 +200,12 @@ class Cache:
 
     def probe(self, algorithm: str, hexdigest: str) -> Probe | None:
         """The blob when present, and whether its stat still equals its fingerprint: one stat, one small read."""
-        path = self.blob_path(algorithm, hexdigest)
-        try:
-            st = os.stat(path)
-        except (FileNotFoundError, NotADirectoryError):
+        found = self._stat_blob(algorithm, hexdigest)
+        if found is None:
             return None
-        if not stat.S_ISREG(st.st_mode):
-            return None
+        blob, st = found
         recorded = self.read_fingerprint(algorithm, hexdigest, "blob")
-        return Probe(Blob(algorithm, hexdigest, path, st.st_size, fetched=False),
-                     trusted=recorded == file_fingerprint(st), fingerprinted=recorded is not None)
+        return Probe(blob, trusted=recorded == file_fingerprint(st), fingerprinted=recorded is not None)
 
     def tree_trusted(self, algorithm: str, hexdigest: str) -> bool:
         """Whether every member of the tree (and its listing) still has the stat recorded at verification."""

@@ -24,6 +24,7 @@ from typing import Any
 
 from runner.errors import IntegrityError, UsageError
 from runner.fetch.archive import UnsafeMember, safe_name
+from runner.fetch.cache import walk_tree
 
 HEADER = b"xrun-tree/v1\n"
 LISTING_NAME = ".xrun-tree.json"
@@ -109,21 +110,14 @@ def scan_directory(root: Path) -> list[tuple[str, Path, os.stat_result]]:
     The listing file at the root is not part of the dataset.
     """
     found: list[tuple[str, Path, os.stat_result]] = []
-    stack = [""]
-    while stack:
-        prefix = stack.pop()
-        with os.scandir(root / prefix if prefix else root) as it:
-            for entry in it:
-                rel = f"{prefix}/{entry.name}" if prefix else entry.name
-                st = entry.stat(follow_symlinks=False)
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
-                elif stat.S_ISREG(st.st_mode):
-                    if rel != LISTING_NAME:
-                        found.append((rel, Path(entry.path), st))
-                else:
-                    raise UsageError(f"{root / rel}: a directory dataset holds regular files only (this is a symlink "
-                                     "or special file); copy the target in or remove it")
+    for rel, st in walk_tree(root):
+        if stat.S_ISDIR(st.st_mode):
+            continue
+        if not stat.S_ISREG(st.st_mode):
+            raise UsageError(f"{root / rel}: a directory dataset holds regular files only (this is a symlink "
+                             "or special file); copy the target in or remove it")
+        if rel != LISTING_NAME:
+            found.append((rel, root / rel, st))
     found.sort(key=lambda item: item[0].encode("utf-8", "surrogateescape"))
     return found
 

@@ -37,6 +37,7 @@ class RunOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
     reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
     backend: str = "local"
+    mlflow: str | None = None  # --mlflow URI (runner/trackers/track.py resolves the rest)
 
 
 class ProgressSink(Protocol):

@@ -87,6 +87,14 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """`tracking.mlflow`: the MLflow experiment (and optionally the server) runs are logged to."""
+
+    experiment: str
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
 class Seeds:
     global_seed: int
     apply: bool = True
@@ -109,6 +117,7 @@ class Manifest:
     hardware_class: str
     run: RunSpec
     outputs: tuple[OutputSpec, ...]
+    mlflow: TrackingSpec | None = None  # not in the plan: tracking never changes a plan or build digest
 
     @property
     def root(self) -> Path:
@@ -460,7 +469,13 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
         outputs=tuple(OutputSpec(path=_norm(o["path"]), metrics=bool(o.get("metrics", False)),
                                  tolerance=dict(o.get("tolerance") or {}))
                       for o in raw["outputs"]),
+        mlflow=_mlflow_spec(raw.get("tracking")),
     )
+
+
+def _mlflow_spec(tracking: dict[str, Any] | None) -> TrackingSpec | None:
+    block = (tracking or {}).get("mlflow")
+    return TrackingSpec(experiment=block["experiment"], uri=block.get("uri")) if block else None
 
 
 def _norm(path: str) -> str:

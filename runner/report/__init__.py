@@ -1,0 +1,1 @@
+"""Renderers of typed results; html.py writes the self-contained HTML report of runs (`xrun report`)."""

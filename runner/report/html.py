@@ -324,7 +324,7 @@ def _figures(runs: list[ReportRun]) -> list[tuple[str, dict[str, Any]]]:
         band = _mean_band([dict((p[0], p[1]) for p in pairs) for _, pairs in lines if pairs])
         if band:
             steps, mean, low, high = band
-            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=high + low[::-1], fill="toself", hoverinfo="skip",
+            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=high + low[::-1], fill="toself", hoverinfo="skip", mode="lines",
                                      fillcolor="rgba(180,35,24,0.12)", line={"width": 0}, name="± 1 std"))
             fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name="mean", line={"color": "#b42318", "width": 3}))
         _layout(fig, f"{key} per step", "step", key)

@@ -47,6 +47,9 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         """The run.json object (camelCase; unset fields left out)."""
         data = fields_to_wire(self, omit_none=True)
+        for optional in ("metricSteps", "tracking"):  # absent unless used: older readers see what they knew
+            if not data.get(optional):
+                data.pop(optional, None)
         extra = data.pop("extra", {})
         return {**extra, **data}
 

@@ -159,7 +159,8 @@ def _inputs(dependencies: dict[str, dict[str, Any]]) -> tuple[Input, ...]:
         kind = next((k for prefix, k in _KINDS if str(name).startswith(prefix)), None)
         if kind is None:
             continue  # "image" is the built image, drawn as its own node
-        digest = dep.get("digest") if isinstance(dep.get("digest"), dict) else {}
+        raw = dep.get("digest")
+        digest: dict[str, Any] = raw if isinstance(raw, dict) else {}
         algo = "sha256" if "sha256" in digest else next(iter(digest), "")
         label = str(name).split("/", 1)[1] if "/" in str(name) and kind != "reproduced" else str(name)
         out.append(Input(kind, label, f"{algo}:{digest[algo]}" if algo else str(dep.get("uri", ""))))
@@ -323,10 +324,10 @@ def _figures(runs: list[ReportRun]) -> list[tuple[str, dict[str, Any]]]:
                                          name=label, opacity=0.55 if len(runs) > 1 else 1))
         band = _mean_band([dict((p[0], p[1]) for p in pairs) for _, pairs in lines if pairs])
         if band:
-            steps, mean, low, high = band
-            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=high + low[::-1], fill="toself", hoverinfo="skip", mode="lines",
-                                     fillcolor="rgba(180,35,24,0.12)", line={"width": 0}, name="± 1 std"))
-            fig.add_trace(go.Scatter(x=steps, y=mean, mode="lines", name="mean", line={"color": "#b42318", "width": 3}))
+            steps, center, low, high = band
+            fig.add_trace(go.Scatter(x=steps + steps[::-1], y=high + low[::-1], fill="toself", hoverinfo="skip",
+                                     mode="lines", fillcolor="rgba(180,35,24,0.12)", line={"width": 0}, name="± 1 std"))
+            fig.add_trace(go.Scatter(x=steps, y=center, mode="lines", name="mean", line={"color": "#b42318", "width": 3}))
         _layout(fig, f"{key} per step", "step", key)
         out.append((f"fig-{len(out)}", fig.to_plotly_json()))
     return [(fid, _plain(fig)) for fid, fig in out]

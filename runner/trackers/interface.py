@@ -183,7 +183,8 @@ def _statement(attestation: Path) -> dict[str, Any]:
 
 
 def _seed(plan: dict[str, Any]) -> int | None:
-    seeds = plan.get("seeds") if isinstance(plan.get("seeds"), dict) else {}
+    raw = plan.get("seeds")
+    seeds: dict[str, Any] = raw if isinstance(raw, dict) else {}
     value = seeds.get("global", plan.get("seed"))
     return value if isinstance(value, int) else None
 

@@ -81,7 +81,10 @@ def after_run(ctx: RunContext, run_dir: Path) -> dict[str, Any]:
             ctx.progress.warn(f"{manifest.file}: tracking.mlflow names no server: pass --mlflow URI or set "
                               f"{ENV_URI} (the run was not logged)")
         return {}
-    verified = _self_verified(run_dir, ctx) if ctx.signer is not None else False
+    try:
+        verified = _self_verified(run_dir, ctx) if ctx.signer is not None else False
+    except Exception:  # the tag is a convenience; the run and its logging go on without it
+        verified = None
     return {MLFLOW: track_run(run_dir, destination, ctx.progress, verified=verified).to_json()}
 
 

@@ -214,9 +214,13 @@ def test_server_down_mid_run_the_run_succeeds_and_sync_sends_it_once(tmp_path, b
 
         server.start()
         assert server.runs_tagged(run_dir.name) == []
-        assert subprocess.run([sys.executable, "-m", "runner.cli", "runs", "sync", "--runs-dir", str(runs_dir),
-                               "--json"], env=env, capture_output=True, check=True).returncode == 0
+        first = subprocess.run([sys.executable, "-m", "runner.cli", "runs", "sync", "--runs-dir", str(runs_dir),
+                                "--json"], env=env, capture_output=True, text=True, check=True)
         [logged] = server.runs_tagged(run_dir.name)
+        # stdout holds xrun's JSON only (the MLflow client would print "View run … at" there)
+        assert json.loads(first.stdout) == [{"runId": run_dir.name, "state": "logged", "uri": server.uri,
+                                             "experiment": "outage", "mlflowRunId": logged["info"]["run_id"],
+                                             "error": None}]
         record = RunRecord.load(run_dir / "run.json")
         assert record is not None and record.tracking["mlflow"] == {
             "state": "logged", "uri": server.uri, "experiment": "outage", "externalId": logged["info"]["run_id"]}

@@ -230,7 +230,8 @@ def _tracking_and_report_commands(sub: Any, runs_sub: Any, command: Any) -> None
     q = runs_sub.add_parser(
         "sync", help="send runs to MLflow that could not be logged when they ran (each exactly once)",
         description="send runs to MLflow: the given runs, or every run whose logging is pending (the server was "
-                    "down); a run already logged is found by its xrun.runId tag and never sent twice",
+                    "down); a run already logged is found by its xrun.runId tag and never sent twice; exit 4 when a run "
+                    "could still not be sent (it stays pending)",
         epilog="example: xrun runs sync --manifest experiment.yaml --mlflow http://127.0.0.1:5000",
         formatter_class=argparse.RawDescriptionHelpFormatter)
     q.set_defaults(handler=_cmd_runs_sync)

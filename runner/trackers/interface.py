@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import abc
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -223,11 +223,3 @@ def _run_with_attestation(runs_dir: Path, sha256: str) -> str | None:
             continue
     return None
 
-
-@dataclass(frozen=True)
-class TrackingConfig:
-    """Where runs go: an MLflow URI and experiment, resolved from --mlflow, MLFLOW_TRACKING_URI, the manifest."""
-
-    uri: str
-    experiment: str
-    sources: tuple[str, ...] = field(default=())

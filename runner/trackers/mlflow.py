@@ -55,8 +55,7 @@ class MlflowTracker(Tracker):
         if existing is not None:  # cut off half-way last time: replace it rather than log twice
             client.delete_run(existing.info.run_id)
         created = client.create_run(experiment_id, start_time=run.started_ms,
-                                    tags={**run.tags(), "mlflow.runName": f"{run.name}-{run.run_id}"},
-                                    run_name=f"{run.name}-{run.run_id}")
+                                    tags=run.tags(), run_name=f"{run.name}-{run.run_id}")
         mlflow_id = str(created.info.run_id)
         self._log_values(client, mlflow_id, run)
         self._log_files(client, mlflow_id, run)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import re
@@ -161,3 +162,22 @@ def test_report_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, cap
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
     assert not list(tmp_path.glob("*.html")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_provenance_graph_counts_the_wheels_it_does_not_draw_and_sends_data_to_the_run(tmp_path):
+    from runner.report.html import MAX_WHEELS_SHOWN, _inputs, _provenance_svg, collect
+    from runner.runs.store import load_run
+
+    fake_run(tmp_path, 1)
+    [run] = collect([load_run(next(tmp_path.iterdir()))], [])
+    deps = {"base-image": {"digest": {"sha256": "1" * 64}}, "image": {"digest": {"sha256": "2" * 64}},
+            "code": {"digest": {"sha256": "3" * 64}}, "data/<b>iris</b>": {"digest": {"md5": "4" * 32}},
+            **{f"wheel/pkg{i}": {"digest": {"sha256": f"{i:064d}"}} for i in range(MAX_WHEELS_SHOWN + 4)}}
+    inputs = _inputs(deps)
+    assert {(i.kind, i.name) for i in inputs} >= {("base image", "base-image"), ("data", "<b>iris</b>"), ("code", "code")}
+    assert ("data", "<b>iris</b>", "md5:" + "4" * 32) in {(i.kind, i.name, i.digest) for i in inputs}
+    svg = _provenance_svg([dataclasses.replace(run, inputs=inputs)])
+    assert "+4 more wheels" in svg and svg.count("<title>wheel: ") == MAX_WHEELS_SHOWN + 1
+    assert "&lt;b&gt;iris&lt;/b&gt;" in svg and "<b>" not in svg
+    # base, code, the wheels and "+N more" → image; data → run (mounted, not built in); image → run; run → output
+    assert svg.count('stroke-width="1.2"') == 2 + MAX_WHEELS_SHOWN + 1 + 1 + 1 + 1

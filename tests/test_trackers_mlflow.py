@@ -238,3 +238,22 @@ def test_server_down_mid_run_the_run_succeeds_and_sync_sends_it_once(tmp_path, b
         assert len(server.history(logged["info"]["run_id"], "loss")) == 3
     finally:
         server.stop()
+
+
+def test_a_server_that_refuses_leaves_the_run_pending_with_one_warning(tmp_path, mlflow_server, capsys):
+    from runner.context import StderrProgress
+    from runner.trackers.track import track_run
+
+    created = mlflow_server.api("POST", "experiments/create", json={"name": "trk-deleted"})
+    mlflow_server.api("POST", "experiments/delete", json={"experiment_id": created["experiment_id"]})
+    run = tmp_path / "runs" / "20250101T000000Z-bbbbbb"
+    (run / "outputs").mkdir(parents=True)
+    RunRecord(run_id=run.name, name="x", status="succeeded", manifest="/m", manifest_sha256="a", plan_digest="b",
+              started_on="2025-01-01T00:00:00Z", metrics={"m.json": {"acc": 1.0}}).save(run / "run.json")
+    state = track_run(run, Destination(mlflow_server.uri, "trk-deleted"), StderrProgress())
+    assert state.state == "pending" and "deleted" in (state.error or "")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "xrun runs sync" in err[0] and "restore it" in err[0]
+    record = RunRecord.load(run / "run.json")
+    assert record is not None and record.tracking["mlflow"]["state"] == "pending"
+    assert mlflow_server.runs_tagged(run.name) == []

@@ -149,6 +149,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-hardware-mismatch", action="store_true", help="re-run even on a host outside the class")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="do not stream the training log")
+    _mlflow_arg(p)
     _verify_data_arg(p)
 
     p = command("build", "build (or find in the image cache) the hermetic image of an experiment",
@@ -249,7 +250,73 @@ def build_parser() -> argparse.ArgumentParser:
                        help="the experiment whose runs to use (default: ./experiment.yaml)")
         q.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
         q.add_argument("--json", action="store_true", help="print as JSON")
+    _tracking_and_report_commands(sub, runs_sub, command)
     return parser
+
+
+# --- MLflow sync and the HTML report (runner/trackers, runner/report) ------------------------------------
+
+
+def _tracking_and_report_commands(sub: Any, runs_sub: Any, command: Any) -> None:
+    q = runs_sub.add_parser(
+        "sync", help="send runs to MLflow that could not be logged when they ran (each exactly once)",
+        description="send runs to MLflow: the given runs, or every run whose logging is pending (the server was "
+                    "down); a run already logged is found by its xrun.runId tag and never sent twice; exit 4 when a run "
+                    "could still not be sent (it stays pending)",
+        epilog="example: xrun runs sync --manifest experiment.yaml --mlflow http://127.0.0.1:5000",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    q.set_defaults(handler=_cmd_runs_sync)
+    q.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest' (default: pending)")
+    q.add_argument("--mlflow", metavar="URI", help="the MLflow tracking URI (default: where each run was meant to "
+                                                   "go, else $MLFLOW_TRACKING_URI)")
+    q.add_argument("--key", dest="keys", type=Path, action="append", default=[],
+                   help="trusted public key: tag each run xrun.verified by checking its attestation (repeatable)")
+    q.add_argument("--manifest", type=Path, default=Path("experiment.yaml"),
+                   help="the experiment whose runs to use (default: ./experiment.yaml)")
+    q.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
+    q.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = command("report", "write one self-contained HTML page about runs: metrics plots, outputs, provenance",
+                "xrun report --sweep mnist --key xrun.pub --out report.html", _cmd_report)
+    p.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest'")
+    p.add_argument("--sweep", action="append", default=[], metavar="NAME",
+                   help="every finished run of the experiment NAME (e.g. one per seed; repeatable)")
+    p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default: report.html)")
+    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
+                   help="trusted public key: show each run's verification result (repeatable)")
+    p.add_argument("--manifest", type=Path, default=Path("experiment.yaml"),
+                   help="the experiment whose runs to use (default: ./experiment.yaml)")
+    p.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
+    p.add_argument("--json", action="store_true", help="print what was written as JSON")
+
+
+def _cmd_runs_sync(args: argparse.Namespace) -> int:
+    from runner.context import StderrProgress
+    from runner.runs.store import find_run, list_runs
+    from runner.trackers.track import sync_runs
+
+    runs = [find_run(_runs_dir(args), ref) for ref in args.run] if args.run else list_runs(_runs_dir(args))
+    results = sync_runs([r.path for r in runs], explicit=bool(args.run), flag_uri=args.mlflow, keys=args.keys,
+                        progress=StderrProgress(args.json))
+    if args.json:
+        _print_json([r.to_json() for r in results])
+    else:
+        for r in results:
+            print(f"run {r.run_id}: {r.state}" + (f" (MLflow run {r.mlflow_run_id}, {r.uri})" if r.mlflow_run_id else ""))
+        if not results:
+            print("nothing to send: no run is pending")
+    return 0 if all(r.state != "pending" for r in results) else 4
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from runner.report.html import write_report
+
+    written = write_report(_runs_dir(args), args.run, args.sweep, args.out, keys=args.keys)
+    if args.json:
+        _print_json(written.to_json())
+    else:
+        print(f"{written.path}: {len(written.run_ids)} run(s), {written.size_bytes // 1024} KiB")
+    return 0
 
 
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -279,7 +346,13 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--runs-dir", type=Path, help="where run directories go (default: <manifest folder>/.xrun/runs)")
     p.add_argument("--allow-hardware-mismatch", action="store_true",
                    help="run even if this host cannot satisfy the hardware class, and record that")
+    _mlflow_arg(p)
     _verify_data_arg(p)
+
+
+def _mlflow_arg(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--mlflow", metavar="URI", help="also log the run to this MLflow tracking server (default: "
+                   "$MLFLOW_TRACKING_URI, else the manifest's tracking.mlflow.uri; needs `pip install 'xrun[mlflow]'`)")
 
 
 def _verify_data_arg(p: argparse.ArgumentParser) -> None:
@@ -302,7 +375,7 @@ def _run_options_from(args: argparse.Namespace) -> Any:
     password = os.environ.get("XRUN_KEY_PASSWORD")
     return RunOptions(runs_dir=args.runs_dir, key=args.key, key_password=password.encode() if password else None,
                       allow_hardware_mismatch=args.allow_hardware_mismatch, quiet=args.quiet or args.json,
-                      fetch=FetchOptions(quiet=args.quiet or args.json, verify=_verify_data(args)))
+                      fetch=FetchOptions(quiet=args.quiet or args.json, verify=_verify_data(args)), mlflow=args.mlflow)
 
 
 # --- handlers --------------------------------------------------------------------------------------

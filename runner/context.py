@@ -37,6 +37,7 @@ class RunOptions:
     fetch: FetchOptions = field(default_factory=FetchOptions)
     reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
     backend: str = "local"
+    mlflow: str | None = None  # --mlflow URI (runner/trackers/track.py resolves the rest)
 
 
 def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:

@@ -124,6 +124,14 @@ class OutputSpec:
 
 
 @dataclass(frozen=True)
+class TrackingSpec:
+    """`tracking.mlflow`: the MLflow experiment (and optionally the server) runs are logged to."""
+
+    experiment: str
+    uri: str | None = None
+
+
+@dataclass(frozen=True)
 class Seeds:
     global_seed: int
     apply: bool = True
@@ -146,6 +154,7 @@ class Manifest:
     hardware_class: str
     run: RunSpec
     outputs: tuple[OutputSpec, ...]
+    mlflow: TrackingSpec | None = None  # not in the plan: tracking never changes a plan or build digest
 
     @property
     def root(self) -> Path:
@@ -563,6 +572,7 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
         outputs=tuple(OutputSpec(path=_norm(o["path"]), metrics=bool(o.get("metrics", False)),
                                  tolerance=dict(o.get("tolerance") or {}))
                       for o in raw["outputs"]),
+        mlflow=_mlflow_spec(raw.get("tracking")),
     )
 
 
@@ -589,6 +599,11 @@ def _data_item(d: dict[str, Any]) -> DataItem:
     return DataItem(name=d["name"], uri=f"lfs:{oid or spec.get('pointer')}", digests={"sha256": oid} if oid else {},
                     path=path, source=LfsSpec(oid=oid, size=spec.get("size"), url=spec.get("url"),
                                               pointer=spec.get("pointer")))
+
+
+def _mlflow_spec(tracking: dict[str, Any] | None) -> TrackingSpec | None:
+    block = (tracking or {}).get("mlflow")
+    return TrackingSpec(experiment=block["experiment"], uri=block.get("uri")) if block else None
 
 
 def _norm(path: str) -> str:

@@ -7,7 +7,7 @@ import math
 import os
 import shutil
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,8 @@ class Outputs:
     """Every output file (declared files, and the files of declared folders) and the metrics read."""
 
     files: tuple[FileDigest, ...]  # paths relative to /outputs, sorted
-    metrics: dict[str, dict[str, float]]  # metrics file path → flattened numbers
+    metrics: dict[str, dict[str, float]]  # metrics file path → flattened numbers (a list's last value)
+    steps: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)  # file → key → [[step, value], …]
 
     def digests(self) -> dict[str, str]:
         """path → sha256 hex."""
@@ -71,8 +72,9 @@ def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path,
         progress.warn(f"output {item.path} {item.reason}: not hashed, removed from outputs/")
     _set_aside_undeclared(root, specs, found, progress)
     files = hash_files(sorted(found.items()))
-    metrics = {s.path: read_metrics(root / s.path, s.path) for s in specs if s.metrics}
-    return Outputs(files=tuple(files), metrics=metrics)
+    read = {s.path: read_metric_file(root / s.path, s.path) for s in specs if s.metrics}
+    return Outputs(files=tuple(files), metrics={p: m.values for p, m in read.items()},
+                   steps={p: m.steps for p, m in read.items() if m.steps})
 
 
 def _refusal(path: Path, root: Path) -> str | None:
@@ -154,8 +156,22 @@ def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict
              f"{UNDECLARED}/ beside outputs/ (declare them in `outputs` to attest them)")
 
 
+@dataclass(frozen=True)
+class MetricFile:
+    """One metrics file read: final values, and the per-step series of keys that held lists."""
+
+    values: dict[str, float]  # flattened key → number (for a list: its last value)
+    steps: dict[str, list[list[float]]]  # flattened key → [[step, value], …], only keys that held lists
+
+
 def read_metrics(path: Path, name: str) -> dict[str, float]:
-    """A metrics file: a JSON object of numbers (nested objects flatten to dotted keys)."""
+    """A metrics file's final values (see read_metric_file)."""
+    return read_metric_file(path, name).values
+
+
+def read_metric_file(path: Path, name: str) -> MetricFile:
+    """A metrics file: a JSON object of numbers; nested objects flatten to dotted keys, and a list of numbers
+    (or of objects, each with an optional "step") is a per-step series whose last value is the metric."""
     if path.is_dir():
         raise TrainingFailed(f"metrics output {name!r} is a folder; metrics must be one JSON file")
     try:
@@ -165,16 +181,35 @@ def read_metrics(path: Path, name: str) -> dict[str, float]:
     if not isinstance(data, dict):
         raise TrainingFailed(f"metrics output {name!r} is not a JSON object; write {{\"name\": number, …}}")
     flat: dict[str, float] = {}
-    _flatten(data, "", flat, name)
-    return flat
+    steps: dict[str, list[list[float]]] = {}
+    _flatten(data, "", flat, name, steps)
+    for key, series in steps.items():
+        series.sort(key=lambda pair: pair[0])
+        flat[key] = series[-1][1]
+    return MetricFile(values=flat, steps=steps)
 
 
-def _flatten(value: Any, prefix: str, out: dict[str, float], name: str) -> None:
+def _flatten(value: Any, prefix: str, out: dict[str, float], name: str,
+             steps: dict[str, list[list[float]]] | None = None, step: float | None = None) -> None:
     if isinstance(value, dict):
         for key, item in value.items():
-            _flatten(item, f"{prefix}{key}" if not prefix else f"{prefix}.{key}", out, name)
+            if step is not None and key == "step":
+                continue
+            _flatten(item, f"{prefix}{key}" if not prefix else f"{prefix}.{key}", out, name, steps, step)
+        return
+    if isinstance(value, list) and steps is not None and step is None and prefix:
+        for index, item in enumerate(value):
+            at = item.get("step", index) if isinstance(item, dict) else index
+            if isinstance(at, bool) or not isinstance(at, (int, float)) or not math.isfinite(at):
+                raise TrainingFailed(f"metrics output {name!r}: {prefix}[{index}].step is not a number; "
+                                     "give each entry's step as a number (or leave it out)")
+            _flatten(item, prefix, out, name, steps, at)
         return
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise TrainingFailed(f"metrics output {name!r}: {prefix!r} is {json.dumps(value)[:40]}, not a finite number; "
-                             "metrics files hold numbers only")
-    out[prefix] = float(value) if isinstance(value, float) else value
+                             "metrics files hold numbers, lists of numbers (per step) or lists of objects of numbers")
+    number = float(value) if isinstance(value, float) else value
+    if step is not None and steps is not None:
+        steps.setdefault(prefix, []).append([step, number])
+    else:
+        out[prefix] = number

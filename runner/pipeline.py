@@ -7,8 +7,9 @@ described from those results alone.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ class RunSummary:
     bundle: Path | None
     signed: bool
     keyid: str | None
+    tracking: dict[str, Any] = field(default_factory=dict)  # tracker → its state (runner/trackers)
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` object."""
@@ -75,7 +77,7 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
     # From here on, a runner killed in any phase leaves the clean-up to the watchdog.
     watchdog = Watchdog.start(run.path)
     try:
-        return _execute(ctx, run, record)
+        summary = _execute(ctx, run, record)
     except KeyboardInterrupt:
         _finish(run, record, "interrupted", "interrupted by the user")
         raise Interrupted("interrupted: the run was stopped; no attestation was written") from None
@@ -87,6 +89,9 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
         raise
     finally:
         watchdog.close()
+    from runner.trackers.track import after_run  # after the attestation; a tracker never fails the run
+
+    return dataclasses.replace(summary, tracking=after_run(ctx, run.path))
 
 
 def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
@@ -106,6 +111,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
     _check_inputs_unchanged(ctx, fetched)
     outputs = collect_outputs(plan.outputs, run.outputs, ctx.progress)
     record.status, record.outputs, record.metrics = "succeeded", outputs.digests(), outputs.metrics
+    record.metric_steps = outputs.steps
     record.attestation, record.signed = run.attestation.name, ctx.signer is not None
     record.save(run.record)
     done = CompletedRun(run=run, fetched=fetched, image=image, execution=execution, outputs=outputs)

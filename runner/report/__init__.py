@@ -1,1 +1,1 @@
-"""Renderers of typed results: text for people (text.py), JSON for machines (json.py), a page (html.py)."""
+"""Renderers of typed results: text for people (text.py), JSON for machines (json.py), the HTML report (html.py)."""

@@ -47,6 +47,8 @@ def run_summary(summary: RunSummary) -> str:
         lines.append(f"  metrics     {path}: {shown}")
     signed = f"signed, keyid {summary.keyid}" if summary.signed else "UNSIGNED"
     lines.append(f"  attestation {summary.attestation} ({signed})")
+    for tracker, state in summary.tracking.items():
+        lines.append(f"  {tracker:<11} {state.get('externalId') or state.get('state')} ({state.get('uri')})")
     return "\n".join(lines)
 
 

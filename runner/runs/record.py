@@ -36,14 +36,20 @@ class RunRecord:
     container_status: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # path under /outputs → sha256
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics file → key → value
+    metric_steps: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)  # file → key → [[step, v]…]
     attestation: str | None = None  # its file name in the run directory once signed/written
     signed: bool | None = None
     error: str | None = None
+    # tracker name → its state (runner/trackers TrackingState); written after the attestation, never attested
+    tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer xrun, kept as they were
 
     def to_json(self) -> dict[str, Any]:
         """The run.json object (camelCase; unset fields left out)."""
         data = fields_to_wire(self, omit_none=True)
+        for optional in ("metricSteps", "tracking"):  # absent unless used: older readers see what they knew
+            if not data.get(optional):
+                data.pop(optional, None)
         extra = data.pop("extra", {})
         return {**extra, **data}
 

@@ -235,4 +235,4 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 def managed_containers(client: Any, run_id: str | None = None) -> Iterator[Any]:
     """Containers xrun created that still exist (of one run when run_id is given; none after any run)."""
     label = f"org.xrun.run-id={run_id}" if run_id else f"{MANAGED_LABEL}=true"
-    yield from client.containers.list(all=True, filters={"label": label})
+    yield from client.containers.list(all=True, filters={"label": label}, ignore_removed=True)

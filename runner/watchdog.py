@@ -117,7 +117,9 @@ def remove_containers(identity: str, client: Any = None) -> int:
         except EnvironmentProblem:
             return 0
     removed = 0
-    for container in client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={identity}"}):
+    # ignore_removed: a container that goes between the list and its inspect is not an error.
+    mine = {"label": f"{RUNNER_LABEL}={identity}"}
+    for container in client.containers.list(all=True, filters=mine, ignore_removed=True):
         try:
             container.remove(force=True)
             removed += 1
@@ -165,7 +167,7 @@ def reap_orphans(runs_dir: Path, client: Any = None) -> list[str]:
 
 
 def _remove_dead_runners_containers(client: Any) -> None:
-    for container in client.containers.list(all=True, filters={"label": RUNNER_LABEL}):
+    for container in client.containers.list(all=True, filters={"label": RUNNER_LABEL}, ignore_removed=True):
         identity = (container.labels or {}).get(RUNNER_LABEL, "")
         if is_gone(identity):
             try:

@@ -54,7 +54,9 @@ def _containers_of(client, runs: Path) -> list:
     if not runs.is_dir() or not [p for p in runs.iterdir() if (p / "run.json").is_file()]:
         return []
     runner = _record(runs).get("runner")
-    return client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={runner}"}) if runner else []
+    if not runner:
+        return []
+    return client.containers.list(all=True, filters={"label": f"{RUNNER_LABEL}={runner}"}, ignore_removed=True)
 
 
 def _slow_data(server: FaultServer, root: Path, base_image: str) -> Path:
@@ -132,13 +134,13 @@ def test_sigkill_during_fetch_leaves_no_entry_and_marks_the_run(tmp_path, base_i
 def test_sigkill_during_build_leaves_no_container(tmp_path, base_image, cache_dir, docker_client):
     manifest = _fresh_build(tmp_path / "exp", base_image)
     runs = tmp_path / "runs"
-    before = {c.id for c in docker_client.containers.list(all=True)}
+    before = {c.id for c in docker_client.containers.list(all=True, ignore_removed=True)}
     proc = _start(manifest, runs, cache_dir, quiet=False)
     _until_building(proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=10)
     _assert_marked_killed(runs, docker_client)
-    _wait_for(lambda: not ({c.id for c in docker_client.containers.list(all=True)} - before),
+    _wait_for(lambda: not ({c.id for c in docker_client.containers.list(all=True, ignore_removed=True)} - before),
               "removal of every container the build made", 30)
 
 

@@ -23,6 +23,7 @@ class RecordedRun:
     metrics: dict[str, dict[str, float]]
     gpus: tuple[str, ...]
     engine: str | None  # the docker-engine builder dependency's URI
+    seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -46,6 +47,7 @@ class RecordedRun:
             metrics=_metrics(byproducts, details),
             gpus=_gpus(byproducts),
             engine=_builder_dependency(details, "docker-engine"),
+            seed=external.get("seed") if isinstance(external.get("seed"), int) else None,
         )
 
 

@@ -35,7 +35,8 @@ from runner.wire import fields_to_wire
 
 BACKENDS = ("local", "slurm", "kubernetes")
 MAX_SEEDS = 10_000
-POLL_S = 2.0
+POLL_S = 0.25  # the first poll of the scheduler; then 1.5× longer each time, up to POLL_MAX_S
+POLL_MAX_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -173,7 +174,8 @@ def _prepare(manifest: Path, options: SubmitOptions) -> tuple[RunContext, Path]:
     cache_dir = shared_cache(options)
     run_options = dataclasses.replace(options.run, allow_hardware_mismatch=True, cache_dir=cache_dir, seed=None)
     ctx = RunContext.create(manifest, run_options)
-    fetch_data(ctx.plan, ctx.cache, dataclasses.replace(ctx.options.fetch, verify=True))
+    # Verified as `xrun run` verifies: fingerprints, or every byte re-hashed with --verify-data.
+    fetch_data(ctx.plan, ctx.cache, ctx.options.fetch)
     return ctx, cache_dir
 
 
@@ -235,14 +237,17 @@ def _member_plan(plan: Any, seed: int | None) -> Any:
 
 
 def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSource, cache_dir: Path,
-                  scheduler: SchedulerInfo, allow_mismatch: bool) -> list[RunDir]:
-    """One run directory per seed: manifest copy, plan, job.json, run.json ('submitted')."""
+                  scheduler: SchedulerInfo, allow_mismatch: bool, *, sweep: bool) -> list[RunDir]:
+    """One run directory per seed: manifest copy, plan, job.json, run.json ('submitted').
+
+    A sweep's members are <sweep id>-<array index>, so Slurm's %a finds each member's log folder.
+    """
     base = new_run_id()
     runs: list[RunDir] = []
     try:
         for index, seed in enumerate(seeds):
             plan = _member_plan(ctx.plan, seed)
-            run_id = base if len(seeds) == 1 and scheduler.sweep is None else f"{base}-{index}"
+            run_id = f"{base}-{index}" if sweep else base
             run = RunDir(run_id, ctx.runs_dir / run_id)
             try:
                 (run.path / "logs").mkdir(parents=True)
@@ -255,8 +260,8 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
             write_json(run.path / "plan.json", plan.to_json())
             NodeJob(manifest=str(plan.manifest.file), plan_digest=plan.digest, image=image, cache_dir=str(cache_dir),
                     seed=seed, allow_hardware_mismatch=allow_mismatch).save(run.path / JOB_FILE)
-            member = dataclasses.replace(scheduler, seed=seed, array_index=index if scheduler.sweep else None,
-                                         sweep=scheduler.sweep and base)
+            member = dataclasses.replace(scheduler, seed=seed, array_index=index if sweep else None,
+                                         sweep=base if sweep else None)
             RunRecord(run_id=run_id, name=plan.manifest.name, status="submitted", manifest=str(plan.manifest.file),
                       manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
                       hardware_class=plan.hardware.name, image_id=image.id, scheduler=member).save(run.record)
@@ -287,9 +292,8 @@ def _submit_slurm(manifest: Path, options: SubmitOptions) -> SubmitResult:
     image = distribute_image(ctx, built, options, cache_dir)
     seeds: list[int | None] = list(options.seeds) or [None]
     sweep = bool(options.seeds)
-    scheduler = SchedulerInfo(backend="slurm", state="pending", cluster=cluster or None,
-                              sweep="pending" if sweep else None)
-    runs = _prepare_runs(ctx, seeds, image, cache_dir, scheduler, options.run.allow_hardware_mismatch)
+    scheduler = SchedulerInfo(backend="slurm", state="pending", cluster=cluster or None)
+    runs = _prepare_runs(ctx, seeds, image, cache_dir, scheduler, options.run.allow_hardware_mismatch, sweep=sweep)
     try:
         first = runs[0]
         log = (str(first.path.parent / f"{first.run_id.rsplit('-', 1)[0]}-%a" / "logs" / "slurm.log") if sweep
@@ -461,6 +465,7 @@ def _state(record: RunRecord) -> str:
 def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = None,
              poll_s: float = POLL_S) -> SubmittedRun:
     """Block until the scheduler is done with the run's job, then collect it (sign when a key is given)."""
+    # Short jobs are seen finished soon; long ones do not poll the controller more than every POLL_MAX_S.
     while True:
         record = refresh(run_dir)
         if record is None:
@@ -469,6 +474,7 @@ def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = No
         if sched is None or sched.final or (sched.backend == "local"):
             return collect(run_dir, key=key, key_password=key_password)
         time.sleep(poll_s)
+        poll_s = min(poll_s * 1.5, POLL_MAX_S)
 
 
 def cancel_run(run_dir: Path) -> RunRecord:
@@ -515,6 +521,7 @@ class SweepSummary:
     sweep: str
     members: int
     succeeded: int
+    unfinished: int  # pending or running: not in the statistics yet
     seeds: tuple[int, ...]
     metrics: tuple[MetricSummary, ...]
     failed: tuple[FailedMember, ...] = field(default_factory=tuple)
@@ -546,15 +553,15 @@ def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
     members = sweep_members(runs_dir, sweep)
     values: dict[str, list[float]] = {}
     failed: list[FailedMember] = []
-    succeeded = 0
+    succeeded = unfinished = 0
     for path, record in members:
         sched = record.scheduler
         assert sched is not None
-        if record.status != "succeeded" or (sched.backend != "local" and sched.state not in ("completed", "running",
-                                                                                           "pending")):
-            failed.append(FailedMember(record.run_id, sched.seed, _state(record), record.error))
+        if record.status in ("submitted", "running") and not sched.final:
+            unfinished += 1
             continue
-        if record.status != "succeeded":
+        if record.status != "succeeded" or sched.state in ("failed", "cancelled", "timed-out"):
+            failed.append(FailedMember(record.run_id, sched.seed, _state(record), record.error))
             continue
         succeeded += 1
         for file, metrics in sorted(record.metrics.items()):
@@ -565,14 +572,15 @@ def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
                                min=min(v), max=max(v)) for k, v in sorted(values.items()))
     sweep_id = members[0][1].scheduler.sweep  # type: ignore[union-attr]
     seeds = tuple(r.scheduler.seed for _, r in members if r.scheduler and r.scheduler.seed is not None)
-    return SweepSummary(sweep=str(sweep_id), members=len(members), succeeded=succeeded, seeds=seeds, metrics=rows,
-                        failed=tuple(failed))
+    return SweepSummary(sweep=str(sweep_id), members=len(members), succeeded=succeeded, unfinished=unfinished,
+                        seeds=seeds, metrics=rows, failed=tuple(failed))
 
 
 def format_sweep(summary: SweepSummary) -> str:
     """The text table of `xrun runs summary`."""
-    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded "
-             f"(seeds {', '.join(map(str, summary.seeds))})"]
+    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
+             + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
+             + f" (seeds {', '.join(map(str, summary.seeds))})"]
     header = ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]
     rows = [[m.key, str(m.n), f"{m.mean:.6g}", f"{m.std:.6g}", f"{m.min:.6g}", f"{m.max:.6g}"] for m in summary.metrics]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]

@@ -84,6 +84,13 @@ def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slu
     assert scheduler["jobId"] == result.job_id and scheduler["node"] == slurm_cluster.node
     assert scheduler["slurmVersion"] and scheduler["cluster"] == slurm_cluster.name
     assert any(d["name"] == "slurm" for d in details["builder"]["builderDependencies"])
+    # The official protobuf bindings parse it strictly (no field outside SLSA v1).
+    from google.protobuf import json_format
+    from in_toto_attestation.predicates.provenance.v1 import provenance_pb2
+    from in_toto_attestation.v1 import statement_pb2
+
+    json_format.Parse(json.dumps(statement), statement_pb2.Statement())
+    json_format.ParseDict(statement["predicate"], provenance_pb2.Provenance())
     # The same checks from the command line: `xrun verify` accepts it.
     out = subprocess.run([sys.executable, "-m", "runner.cli", "verify", str(member.attestation), "--key",
                           str(keys[1])], capture_output=True, text=True)
@@ -159,6 +166,18 @@ def test_gpu_class_is_scheduled_on_the_fake_gpu_and_refused_on_the_node(tmp_path
     assert member.state == "failed" and "GPU" in record.error, record.error
     log = (member.run_dir / "logs" / "slurm.log").read_text()
     assert "xrun: error:" in log and "GPU" in log
+    assert _exit_code(result.job_id) == "4:0"  # xrun's environment exit code, as Slurm saw it
+
+
+def test_gpu_class_with_allow_hardware_mismatch_is_recorded(tmp_path, base_image, slurm_cluster, shared, keys):
+    manifest = write_experiment(tmp_path / "exp", base_image, cls="gpu-1x-any")
+    result = submit(manifest, _options(tmp_path, shared, keys[0], wait=True, allow_hardware_mismatch=True))
+    member = result.runs[0]
+    assert member.state == "completed" and member.attestation, member
+    statement = verify_attestation(member.attestation, [keys[1]], []).statement
+    internal = statement["predicate"]["buildDefinition"]["internalParameters"]
+    assert any("GPU" in m for m in internal["hardwareMismatch"]) and internal["isolation"]["gpus"] == 0
+    assert RunRecord.load(member.run_dir / "run.json").hardware_mismatch
 
 
 def test_a_different_image_under_the_same_tag_is_refused(tmp_path, base_image, base_image_id, slurm_cluster, shared,
@@ -177,7 +196,7 @@ def test_a_different_image_under_the_same_tag_is_refused(tmp_path, base_image, b
     assert done.state == "failed"
     record = RunRecord.load(member.run_dir / "run.json")
     assert "refusing to run a different image" in record.error, record.error
-    assert "exit code 3" in (member.run_dir / "logs" / "slurm.log").read_text() or record.error
+    assert _exit_code(result.job_id) == "3:0"  # xrun's integrity exit code, as Slurm saw it
 
 
 def test_time_limit_is_timed_out(tmp_path, base_image, slurm_cluster, shared, docker_client):
@@ -188,6 +207,11 @@ def test_time_limit_is_timed_out(tmp_path, base_image, slurm_cluster, shared, do
     record = RunRecord.load(member.run_dir / "run.json")
     assert record.status == "failed" and "time limit" in record.error
     assert not [c for c in managed_containers(docker_client) if c.labels.get("org.xrun.run-id") == member.run_id]
+
+
+def _exit_code(job_id: str) -> str:
+    out = subprocess.run(["scontrol", "show", "job", job_id], capture_output=True, text=True, check=True).stdout
+    return out.split("ExitCode=", 1)[1].split()[0]
 
 
 def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProcess:
@@ -226,3 +250,25 @@ def test_bad_input_submits_nothing(tmp_path, base_image, slurm_cluster, shared, 
     assert not runs.exists() or not list(runs.iterdir())
     after = subprocess.run(["squeue", "-h", "-t", "all", "-o", "%i"], capture_output=True, text=True).stdout
     assert after == before  # nothing submitted
+
+
+def test_command_line_submit_logs_wait_and_runs_ls(tmp_path, base_image, slurm_cluster, shared, keys):
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    runs = str(tmp_path / "runs")
+    out = _cli(["submit", str(manifest), "--backend", "slurm", "--shared-dir", str(shared), "--runs-dir", runs,
+                "--json", "--quiet"])
+    assert out.returncode == 0, out.stderr
+    submitted = json.loads(out.stdout)
+    run_id = submitted["runs"][0]["runId"]
+    assert submitted["jobId"] and submitted["runs"][0]["state"] == "pending"
+    logs = _cli(["logs", run_id, "-f", "--runs-dir", runs])
+    assert logs.returncode == 0 and "probe done" in logs.stdout, logs.stderr
+    waited = _cli(["wait", run_id, "--runs-dir", runs, "--key", str(keys[0]), "--json"])
+    assert waited.returncode == 0, waited.stderr
+    assert json.loads(waited.stdout)["state"] == "completed"
+    listed = json.loads(_cli(["runs", "ls", "--runs-dir", runs, "--json"]).stdout)
+    (row,) = [r for r in listed if r["runId"] == run_id]
+    assert row["scheduler"]["state"] == "completed" and row["scheduler"]["jobId"] == submitted["jobId"]
+    assert row["attested"] and row["status"] == "succeeded"
+    text = _cli(["runs", "ls", "--runs-dir", runs]).stdout
+    assert "succeeded (completed)" in text

@@ -126,8 +126,9 @@ def ensure_image(ctx: Any, source: ImageSource) -> Any:
         if source.reference:
             _pull(client, source.reference)
             image = client.images.get(source.reference)
-            repo, _, tag = source.tag.rpartition(":")
-            client.api.tag(image.id, repo, tag, force=False) if image.id == source.id else None
+            if image.id == source.id:  # the plan's tag, so the image's build labels are found as for a local run
+                repo, _, tag = source.tag.rpartition(":")
+                client.api.tag(image.id, repo, tag, force=False)
         else:
             try:
                 image = client.images.get(source.tag)

@@ -30,7 +30,7 @@ from runner.backends.node import JOB_FILE, ImageSource, NodeJob
 from runner.context import RunContext, RunOptions, with_seed
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.rundir import RunDir, new_run_id, rfc3339, utc_now, write_atomic, write_json
-from runner.runs.record import RunRecord, SchedulerInfo
+from runner.runs.record import FINAL_SCHEDULER_STATES, RunRecord, SchedulerInfo
 from runner.wire import fields_to_wire
 
 BACKENDS = ("local", "slurm", "kubernetes")
@@ -305,7 +305,8 @@ def _submit_slurm(manifest: Path, options: SubmitOptions) -> SubmitResult:
             account=options.account, qos=options.qos, extra=options.sbatch_args)
         script = (first.path.parent / f".{first.run_id}.sbatch") if sweep else first.path / "job.sbatch"
         write_atomic(script, slurm.render_script(spec).encode(), mode=0o755)
-        job_id = slurm.sbatch(script)
+        # Held until run.json names the job: the node must never start before the submitter's last write.
+        job_id = slurm.sbatch(script, hold=True)
     except BaseException:
         _remove(runs)
         if sweep:
@@ -320,6 +321,8 @@ def _submit_slurm(manifest: Path, options: SubmitOptions) -> SubmitResult:
         assert record is not None and record.scheduler is not None
         record.scheduler.job_id = job_id
         record.save(run.record)
+    if not _holds(options.sbatch_args):
+        slurm.release(job_id)
     result_runs = tuple(SubmittedRun(run_id=r.run_id, run_dir=r.path, seed=s, job=job_id if not sweep else
                                      f"{job_id}_{i}", state="pending") for i, (r, s) in enumerate(zip(runs, seeds)))
     result = SubmitResult(backend="slurm", sweep=runs[0].run_id.rsplit("-", 1)[0] if sweep else None, job_id=job_id,
@@ -329,6 +332,11 @@ def _submit_slurm(manifest: Path, options: SubmitOptions) -> SubmitResult:
                          for r in result_runs)
         result = dataclasses.replace(result, runs=finished)
     return result
+
+
+def _holds(sbatch_args: Sequence[str]) -> bool:
+    """Whether the user asked Slurm to hold the job (--sbatch-arg=--hold): then it stays held for them."""
+    return any(a in ("--hold", "-H") for a in sbatch_args)
 
 
 def _submit_local(manifest: Path, options: SubmitOptions) -> SubmitResult:
@@ -383,9 +391,16 @@ def refresh(run_dir: Path) -> RunRecord | None:
     state = states.get(sched.job_ref or "")
     if state is None:
         return record
+    if state.state not in FINAL_SCHEDULER_STATES:
+        # The node owns run.json while its job runs: the state is only reported, never written, here.
+        sched.state, sched.node, sched.reason = state.state, state.node or sched.node, state.reason
+        return record
+    # The job is over, so the node's last write is on disk: read it again, then add the scheduler's word.
+    record = RunRecord.load(run_dir / "run.json") or record
+    sched = record.scheduler or sched
+    record.scheduler = sched
     sched.state, sched.node, sched.reason = state.state, state.node or sched.node, state.reason
-    if sched.final:
-        _settle(record, state.slurm_state)
+    _settle(record, state.slurm_state)
     record.save(run_dir / "run.json")
     return record
 

@@ -100,6 +100,30 @@ def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slu
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=2G" in script
 
 
+def test_registry_image_is_pulled_by_digest_on_the_node(tmp_path, base_image, slurm_cluster, shared, keys, registry,
+                                                        docker_client):
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    result = submit(manifest, _options(tmp_path, shared, keys[0], registry=f"{registry.host}/xrun-slurm",
+                                       sbatch_args=("--hold",)))
+    member = result.runs[0]
+    reference = result.image_reference
+    assert reference and reference.startswith(f"{registry.host}/xrun-slurm@sha256:")
+    job = json.loads((member.run_dir / "job.json").read_text())
+    assert job["image"]["reference"] == reference and job["image"]["archive"] is None
+    # The engine here does not know the pushed name (xrun drops its push tag): the node has to pull by digest.
+    import docker.errors
+
+    with pytest.raises(docker.errors.ImageNotFound):
+        docker_client.images.get(reference)
+    subprocess.run(["scontrol", "release", result.job_id], check=True)
+    done = wait_run(member.run_dir, key=keys[0])
+    assert done.state == "completed", RunRecord.load(member.run_dir / "run.json").error
+    assert reference in (docker_client.images.get(job["image"]["id"]).attrs.get("RepoDigests") or [])
+    statement = verify_attestation(done.attestation, [keys[1]], []).statement
+    scheduler = statement["predicate"]["buildDefinition"]["internalParameters"]["scheduler"]
+    assert scheduler["imageReference"] == reference
+
+
 def test_seed_sweep_is_one_array_with_a_summary(tmp_path, base_image, slurm_cluster, shared, keys):
     manifest = write_experiment(tmp_path / "exp", base_image)
     result = submit(manifest, _options(tmp_path, shared, keys[0], seeds=(1, 2, 3), wait=True))

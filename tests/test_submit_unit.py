@@ -58,3 +58,35 @@ def test_scheduler_field_round_trips():
                                         ("OUT_OF_MEMORY", "failed")])
 def test_state_map(word, state):
     assert slurm.STATE_MAP[word] == state
+
+
+def test_refresh_never_overwrites_the_nodes_record(tmp_path, monkeypatch):
+    """While the job runs the node owns run.json; once it is over, the node's last write is what gets the state.
+
+    Before the fix, a refresh that read run.json while the node was running and heard 'COMPLETED' a moment
+    later wrote its stale copy back: the node's outputs vanished from the record.
+    """
+    import runner.submit as submit_mod
+
+    answers = iter([slurm.JobState("7", "running", "RUNNING", "n1", None),
+                    slurm.JobState("7", "completed", "COMPLETED", "n1", None)])
+    record_path = tmp_path / "run.json"
+    running = RunRecord(run_id="r", name="n", status="running", manifest="m", manifest_sha256="s", plan_digest="p",
+                        started_on="t", scheduler=SchedulerInfo(backend="slurm", state="pending", job_id="7"))
+    running.save(record_path)
+    before = record_path.read_bytes()
+
+    def states(ids):
+        state = next(answers)
+        if state.state == "completed":  # the node finished between our read and the scheduler's answer
+            running.status, running.outputs = "succeeded", {"a.txt": "ab" * 32}
+            running.save(record_path)
+        return {"7": state}
+
+    monkeypatch.setattr(slurm, "job_states", states)
+    monkeypatch.setattr(submit_mod.shutil, "which", lambda name: "/usr/bin/" + name)
+    seen = submit_mod.refresh(tmp_path)
+    assert seen.scheduler.state == "running" and record_path.read_bytes() == before  # reported, not written
+    done = submit_mod.refresh(tmp_path)
+    assert done.status == "succeeded" and done.outputs == {"a.txt": "ab" * 32} and done.scheduler.state == "completed"
+    assert RunRecord.load(record_path).outputs == {"a.txt": "ab" * 32}

@@ -103,7 +103,7 @@ def node_run(run_dir: Path) -> Any:
         raise
     record.host, record.hardware_mismatch = ctx.host.to_json(), list(ctx.hardware_mismatch)
     record.save(run.record)
-    facts = (lambda f: with_slurm_builder(f, slurm, run.run_id)) if slurm else None
+    facts = (lambda f: with_slurm_builder(f, slurm, run.run_id, job.image.reference)) if slurm else None
     hooks = StageHooks(image=lambda c: ensure_image(c, job.image), facts=facts, attestation=NODE_STATEMENT)
     return run_in(ctx, run, record, hooks)
 

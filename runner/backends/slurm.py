@@ -109,8 +109,10 @@ def job_from_env(environ: Mapping[str, str] = os.environ) -> SlurmJob | None:
     )
 
 
-def with_slurm_builder(facts: ProvenanceFacts, job: SlurmJob, run_id: str) -> ProvenanceFacts:
-    """The node's facts with the Slurm builder: its id, Slurm as a builder dependency, the job in the invocation."""
+def with_slurm_builder(facts: ProvenanceFacts, job: SlurmJob, run_id: str,
+                       image_reference: str | None = None) -> ProvenanceFacts:
+    """The node's facts with the Slurm builder: its id, Slurm as a builder dependency, the job in the invocation
+    and internalParameters.scheduler (with the REPO@sha256 the node pulled, when it pulled)."""
     import dataclasses
 
     from runner.attest.statement import ResourceDescriptor
@@ -121,7 +123,7 @@ def with_slurm_builder(facts: ProvenanceFacts, job: SlurmJob, run_id: str) -> Pr
     return dataclasses.replace(
         facts, builder_id=job.builder_id(), builder_dependencies=(*facts.builder_dependencies, slurm),
         invocation_id=f"{run_id}/slurm/{job.cluster or 'unknown'}/{job.ref}",
-        internal={**facts.internal, "scheduler": job.to_json()},
+        internal={**facts.internal, "scheduler": {**job.to_json(), "imageReference": image_reference}},
     )
 
 
@@ -234,9 +236,9 @@ def _safe(value: str) -> str:
     return value
 
 
-def sbatch(script: Path) -> str:
-    """Submit the script; the job id. UsageError with sbatch's own words when Slurm refuses it."""
-    out = _tool(["sbatch", "--parsable", str(script)])
+def sbatch(script: Path, *, hold: bool = False) -> str:
+    """Submit the script (held: it waits for `release`); the job id. UsageError with sbatch's words when refused."""
+    out = _tool(["sbatch", "--parsable", *(["--hold"] if hold else []), str(script)])
     if out.returncode != 0:
         raise UsageError(f"sbatch refused the job: {_first_line(out.stderr) or 'no reason given'}; nothing was submitted")
     return out.stdout.strip().split(";", 1)[0]
@@ -251,7 +253,10 @@ def cancel(ref: str) -> None:
 
 def release(ref: str) -> None:
     """scontrol release JOB (a job submitted held)."""
-    _tool(["scontrol", "release", ref])
+    out = _tool(["scontrol", "release", ref])
+    if out.returncode != 0:
+        raise EnvironmentProblem(f"scontrol release {ref} failed: {_first_line(out.stderr)}; the job stays held "
+                                 f"(release it with `scontrol release {ref}`, or `xrun cancel`)")
 
 
 def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from runner.attest.statement import ProvenanceFacts
 from runner.backends.interface import Execution, get_backend
 from runner.build.image import BuiltImage
-from runner.attest.statement import ProvenanceFacts
 from runner.context import RunContext, RunOptions, signing_key_path
 from runner.errors import Interrupted, XrunError
 from runner.execute import raise_for_status
@@ -84,11 +84,11 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
     return run_in(ctx, run, record)
 
 
-def new_record(ctx: RunContext, run: RunDir, status: str = "running") -> RunRecord:
+def new_record(ctx: RunContext, run: RunDir) -> RunRecord:
     """The run.json of a run starting now in `run`."""
     plan = ctx.plan
     return RunRecord(
-        run_id=run.run_id, name=plan.manifest.name, status=status, manifest=str(plan.manifest.file),
+        run_id=run.run_id, name=plan.manifest.name, status="running", manifest=str(plan.manifest.file),
         manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
         host=ctx.host.to_json(), hardware_class=plan.hardware.name, hardware_mismatch=list(ctx.hardware_mismatch),
         runner=runner_identity(), scheduler=ctx.options.scheduler,

@@ -160,7 +160,7 @@ def test_copied_attestation_needs_a_stated_code_tree_and_never_writes_into_it(re
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["changedInputs"] == []
     assert _tree(manifest.parent) == before
-    fresh = read_statement(Path(json.loads(proc.stdout)["run_dir"]) / "provenance.intoto.jsonl")
+    fresh = read_statement(Path(json.loads(proc.stdout)["runDir"]) / "provenance.intoto.jsonl")
     old = read_statement(summary.attestation)
     code = [{d["name"]: d for d in s["predicate"]["buildDefinition"]["resolvedDependencies"]}["code"]
             for s in (old, fresh)]

@@ -124,6 +124,31 @@ def test_registry_image_is_pulled_by_digest_on_the_node(tmp_path, base_image, sl
     assert scheduler["imageReference"] == reference
 
 
+def test_image_is_loaded_from_the_shared_directory_on_the_node(tmp_path, base_image, slurm_cluster, shared,
+                                                              docker_client):
+    import uuid
+
+    root = tmp_path / "exp"
+    manifest = write_experiment(root, base_image)
+    (root / "unique.txt").write_text(uuid.uuid4().hex)  # an image of this test's own, safe to remove
+    result = submit(manifest, _options(tmp_path, shared, sbatch_args=("--hold",)))
+    member = result.runs[0]
+    job = json.loads((member.run_dir / "job.json").read_text())
+    archive = Path(job["image"]["archive"])
+    assert archive.is_file() and archive.parent == shared / "cache" / "images" and job["image"]["reference"] is None
+    docker_client.images.remove(job["image"]["id"], force=True)  # the node's engine does not have it
+    try:
+        subprocess.run(["scontrol", "release", result.job_id], check=True)
+        done = wait_run(member.run_dir, key=None)
+        assert done.state == "completed", RunRecord.load(member.run_dir / "run.json").error
+        assert docker_client.images.get(job["image"]["tag"]).id == job["image"]["id"]  # loaded, same ID
+    finally:
+        try:
+            docker_client.images.remove(job["image"]["id"], force=True)
+        except Exception:  # noqa: BLE001 - already gone
+            pass
+
+
 def test_seed_sweep_is_one_array_with_a_summary(tmp_path, base_image, slurm_cluster, shared, keys):
     manifest = write_experiment(tmp_path / "exp", base_image)
     result = submit(manifest, _options(tmp_path, shared, keys[0], seeds=(1, 2, 3), wait=True))

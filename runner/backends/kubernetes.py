@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,10 @@ from runner.resources import resource_dir
 from runner.rundir import new_run_id, write_atomic
 
 if TYPE_CHECKING:
+    from runner.build.image import BuiltImage
+    from runner.context import RunContext
+    from runner.fetch import FetchedData
+    from runner.rundir import RunDir
     from runner.submit import SubmitOptions, SubmitResult
 
 NOBODY = 65534
@@ -55,7 +60,8 @@ class KubernetesBackend(Backend):
 
     name = "kubernetes"
 
-    def execute(self, ctx, run, image, fetched, labels) -> Execution:  # type: ignore[no-untyped-def]
+    def execute(self, ctx: RunContext, run: RunDir, image: BuiltImage, fetched: Sequence[FetchedData],
+                labels: dict[str, str]) -> Execution:
         """Not a synchronous stage: say how to use it."""
         raise UsageError("the kubernetes backend renders Jobs: `xrun submit MANIFEST --backend kubernetes --render DIR`")
 

@@ -26,6 +26,10 @@ from runner.resources import resource_dir
 
 if TYPE_CHECKING:
     from runner.attest.statement import ProvenanceFacts
+    from runner.build.image import BuiltImage
+    from runner.context import RunContext
+    from runner.fetch import FetchedData
+    from runner.rundir import RunDir
 
 BUILDER_ID_PREFIX = "https://xrun.dev/builders/slurm/v1/"
 # Slurm's time limit is the run's timeout plus room for loading the image, fetching from the shared
@@ -50,7 +54,8 @@ class SlurmBackend(Backend):
 
     name = "slurm"
 
-    def execute(self, ctx, run, image, fetched, labels) -> Execution:  # type: ignore[no-untyped-def]
+    def execute(self, ctx: RunContext, run: RunDir, image: BuiltImage, fetched: Sequence[FetchedData],
+                labels: dict[str, str]) -> Execution:
         """Not a synchronous stage: say how to use it."""
         raise UsageError("the slurm backend runs through `xrun submit MANIFEST --backend slurm`; "
                          "`xrun run` runs on this host (backend local)")

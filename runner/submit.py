@@ -460,7 +460,11 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
         differ = sorted(k for k in set(claimed) | set(outputs.digests()) if claimed.get(k) != outputs.digests().get(k))
         raise IntegrityError(f"{run.outputs}: the outputs on shared storage differ from the node's statement "
                              f"({', '.join(differ[:3])}); not signed")
-    recorded_job = (statement["predicate"]["buildDefinition"].get("internalParameters") or {}).get("scheduler") or {}
+    internal = statement["predicate"]["buildDefinition"].get("internalParameters") or {}
+    if internal.get("planDigest") != record.plan_digest:
+        raise IntegrityError(f"{node_statement}: the statement is for plan {str(internal.get('planDigest'))[:12]}, but "
+                             f"this run was submitted with plan {record.plan_digest[:12]}; not signed")
+    recorded_job = internal.get("scheduler") or {}
     if sched is not None and sched.job_id and recorded_job.get("jobId") not in (None, sched.job_id):
         raise IntegrityError(f"{node_statement}: the statement is for job {recorded_job.get('jobId')}, but this run "
                              f"was submitted as job {sched.job_id}; not signed")

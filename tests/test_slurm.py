@@ -149,6 +149,20 @@ def test_image_is_loaded_from_the_shared_directory_on_the_node(tmp_path, base_im
             pass
 
 
+def test_outputs_changed_on_shared_storage_are_not_signed(tmp_path, base_image, slurm_cluster, shared, keys):
+    from runner.errors import IntegrityError
+    from runner.submit import collect
+
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    member = submit(manifest, _options(tmp_path, shared)).runs[0]
+    _wait_state(member.run_dir, ("completed", "failed"))
+    (member.run_dir / "outputs" / "probe.json").write_text("{}")  # after the node hashed it, before signing
+    with pytest.raises(IntegrityError, match="differ from the node's statement"):
+        collect(member.run_dir, key=keys[0])
+    assert not (member.run_dir / "provenance.intoto.jsonl").exists()
+    assert not (member.run_dir / "provenance.sigstore.json").exists()
+
+
 def test_seed_sweep_is_one_array_with_a_summary(tmp_path, base_image, slurm_cluster, shared, keys):
     manifest = write_experiment(tmp_path / "exp", base_image)
     result = submit(manifest, _options(tmp_path, shared, keys[0], seeds=(1, 2, 3), wait=True))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 import traceback
@@ -234,6 +235,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned attestation (SLSA L1)")
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
 
+    _cluster_commands(command)
+
     runs = command("runs", "list, show and compare past runs", "xrun runs ls --manifest experiment.yaml",
                    lambda a: _help(runs))
     runs_sub = runs.add_subparsers(title="runs commands", metavar="SUBCOMMAND")
@@ -241,6 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("ls", "list runs (newest last)", _cmd_runs_ls, 0),
         ("show", "show one run (id, id prefix, path or 'latest')", _cmd_runs_show, 1),
         ("diff", "compare two runs side by side", _cmd_runs_diff, 2),
+        ("summary", "per-metric mean, std, min, max and n across a seed sweep (SWEEP: its id), failed members "
+                    "listed; example: xrun runs summary 20261129T1718Z-ab12cd --json", _cmd_runs_summary, 1),
     ):
         q = runs_sub.add_parser(name, help=help_text, description=help_text)
         q.set_defaults(handler=handler)
@@ -619,7 +624,10 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 def _cmd_runs_ls(args: argparse.Namespace) -> int:
     from runner.runs.store import list_runs
 
+    from runner.submit import refresh
+
     runs = list_runs(_runs_dir(args))
+    runs = [dataclasses.replace(r, record=refresh(r.path) or r.record) for r in runs]  # cluster runs: ask the scheduler
     if args.json:
         _print_json([r.to_json() for r in runs])
         return 0
@@ -648,6 +656,144 @@ def _cmd_runs_diff(args: argparse.Namespace) -> int:
         return 0
     print(text.runs_diff(a, b, diff))
     return 0
+
+
+
+
+# --- clusters: submit, node-run, collect, wait, cancel, logs, runs summary (runner/submit.py) ------
+
+
+def _cluster_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
+    p = command("submit", "run the experiment through a cluster's scheduler (Slurm), render Kubernetes Jobs, or "
+                "sweep seeds (one job array; one run and attestation per seed)",
+                "xrun submit experiment.yaml --backend slurm --shared-dir /shared/xrun --seeds 1-10 --partition gpu",
+                _cmd_submit)
+    _manifest_arg(p)
+    _run_options(p)
+    p.add_argument("--backend", choices=["slurm", "kubernetes", "local"], default="slurm",
+                   help="where the runs go (default slurm; local: this host, in sequence or --parallel N)")
+    p.add_argument("--seeds", help="a seed sweep: 1-10 or 1,5,9; each seed replaces seeds.global in its own run")
+    p.add_argument("--shared-dir", type=Path, help="a directory every node mounts at the same path: the verified "
+                   "data cache and the image archive go there (default: $XRUN_CACHE_DIR)")
+    p.add_argument("--registry", metavar="HOST[:PORT]/REPO",
+                   help="push the image there; nodes pull it by digest (default: ship it through --shared-dir)")
+    p.add_argument("--partition", help="Slurm partition (sbatch --partition)")
+    p.add_argument("--account", help="Slurm account (sbatch --account)")
+    p.add_argument("--qos", help="Slurm QOS (sbatch --qos)")
+    p.add_argument("--sbatch-arg", dest="sbatch_args", action="append", default=[], metavar="OPTION",
+                   help="an extra #SBATCH line, e.g. --sbatch-arg=--constraint=a100 (repeatable)")
+    p.add_argument("--parallel", type=int, default=1, help="local backend: runs at once (default 1)")
+    p.add_argument("--wait", action="store_true", help="wait for the jobs, then check and sign their attestations")
+    p.add_argument("--render", type=Path, metavar="DIR", help="kubernetes: write the manifests to DIR, submit nothing")
+
+    p = command("node-run", "(run by the job script on a compute node) run a directory prepared by xrun submit",
+                "xrun node-run /shared/runs/20261129T171800Z-ab12cd", _cmd_node_run)
+    p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
+
+    for name, help_text, example, handler in (
+        ("collect", "check a finished cluster run's outputs against the node's statement and sign it here",
+         "xrun collect latest --key xrun.key", _cmd_collect),
+        ("wait", "wait until a cluster run's job ends, then collect it (sign with --key)",
+         "xrun wait 20261129T171800Z-ab12cd --key xrun.key", _cmd_wait),
+        ("cancel", "cancel a cluster run's job (scancel)", "xrun cancel 20261129T171800Z-ab12cd", _cmd_cancel),
+        ("logs", "print a cluster run's job log (-f: follow until the job ends)", "xrun logs latest -f", _cmd_logs),
+    ):
+        q = command(name, help_text, example, handler)
+        q.add_argument("run", metavar="RUN", help="run id, id prefix, run directory or 'latest'")
+        q.add_argument("--manifest", type=Path, default=Path("experiment.yaml"),
+                       help="the experiment whose runs to use (default: ./experiment.yaml)")
+        q.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
+        if name in ("collect", "wait"):
+            q.add_argument("--key", type=Path, help="signing key (default: $XRUN_SIGNING_KEY; none: unsigned)")
+            q.add_argument("--json", action="store_true", help="print as JSON")
+        if name == "logs":
+            q.add_argument("-f", "--follow", action="store_true", help="follow the log until the job ends")
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from runner.submit import SubmitOptions, format_submit, parse_seeds, submit
+
+    options = SubmitOptions(
+        run=_run_options_from(args), backend=args.backend, seeds=parse_seeds(args.seeds) if args.seeds else (),
+        shared_dir=args.shared_dir, registry=args.registry, partition=args.partition, account=args.account,
+        qos=args.qos, sbatch_args=tuple(args.sbatch_args), parallel=max(1, args.parallel), wait=args.wait,
+        render=args.render)
+    result = submit(Path(args.manifest), options)
+    if args.json:
+        _print_json(result.to_json())
+    else:
+        print(format_submit(result))
+    failed = [r for r in result.runs if r.state not in ("pending", "succeeded", "completed")]
+    return 1 if failed and (args.wait or args.backend == "local") else 0
+
+
+def _cmd_node_run(args: argparse.Namespace) -> int:
+    from runner.backends.node import node_run
+
+    summary = node_run(args.run_dir)
+    print(f"xrun: run {summary.run_id} succeeded on this node; the statement awaits signing by the submitter "
+          "(xrun collect)", file=sys.stderr)
+    return 0
+
+
+def _cluster_run(args: argparse.Namespace) -> Path:
+    from runner.runs.store import find_run
+
+    return find_run(_runs_dir(args), args.run).path
+
+
+def _cmd_collect(args: argparse.Namespace) -> int:
+    from runner.submit import collect
+
+    password = os.environ.get("XRUN_KEY_PASSWORD")
+    result = collect(_cluster_run(args), key=args.key, key_password=password.encode() if password else None)
+    return _print_collected(args, result)
+
+
+def _cmd_wait(args: argparse.Namespace) -> int:
+    from runner.submit import wait_run
+
+    password = os.environ.get("XRUN_KEY_PASSWORD")
+    result = wait_run(_cluster_run(args), key=args.key, key_password=password.encode() if password else None)
+    return _print_collected(args, result)
+
+
+def _print_collected(args: argparse.Namespace, result: Any) -> int:
+    from runner.wire import to_wire
+
+    if args.json:
+        _print_json(to_wire(result))
+    else:
+        print(f"run {result.run_id}: {result.state}" + (f", attestation {result.attestation}" if result.attestation
+                                                        else f" ({result.error})" if result.error else ""))
+    return 0 if result.attestation else 1
+
+
+def _cmd_cancel(args: argparse.Namespace) -> int:
+    from runner.submit import cancel_run
+
+    record = cancel_run(_cluster_run(args))
+    job = record.scheduler.job_ref if record.scheduler else "?"
+    print(f"run {record.run_id}: cancel requested for job {job}")
+    return 0
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    from runner.submit import stream_log
+
+    stream_log(_cluster_run(args), sys.stdout, follow=args.follow)
+    return 0
+
+
+def _cmd_runs_summary(args: argparse.Namespace) -> int:
+    from runner.submit import format_sweep, summarize_sweep
+
+    summary = summarize_sweep(_runs_dir(args), args.run[0])
+    if args.json:
+        _print_json(summary.to_json())
+    else:
+        print(format_sweep(summary))
+    return 1 if summary.failed else 0
 
 
 if __name__ == "__main__":

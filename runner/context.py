@@ -8,6 +8,7 @@ This is the seam every backend plugs into.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -16,13 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from runner import hardware
 from runner.fetch import Cache, FetchOptions
-from runner.manifest import load_manifest
+from runner.manifest import Manifest, load_manifest
 from runner.plan import Plan, resolve_plan
 from runner.progress import ProgressSink, StderrProgress
 from runner.rundir import default_runs_dir
 
 if TYPE_CHECKING:
     from runner.attest import ResourceDescriptor, Signer
+    from runner.runs.record import SchedulerInfo
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class RunOptions:
     reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
     backend: str = "local"
     mlflow: str | None = None  # --mlflow URI (runner/trackers/track.py resolves the rest)
+    seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
+    cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
+    scheduler: SchedulerInfo | None = None  # what run.json's `scheduler` starts as (sweep members)
 
 
 def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -46,6 +51,13 @@ def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.envi
         return explicit
     value = environ.get("XRUN_SIGNING_KEY")
     return Path(value) if value else None
+
+
+def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
+    """The manifest with seeds.global replaced (raw text and digest unchanged: the override is recorded apart)."""
+    if seed is None:
+        return manifest
+    return dataclasses.replace(manifest, seeds=dataclasses.replace(manifest.seeds, global_seed=seed))
 
 
 @dataclass(frozen=True)
@@ -68,7 +80,7 @@ class RunContext:
         from runner.attest import load_signer
         from runner.docker_client import docker_client
 
-        plan = resolve_plan(load_manifest(manifest_path))
+        plan = resolve_plan(with_seed(load_manifest(manifest_path), options.seed))
         host = hardware.detect_host()
         mismatch = hardware.shortfalls(plan.hardware, host)
         if mismatch and not options.allow_hardware_mismatch:
@@ -76,6 +88,6 @@ class RunContext:
         key_path = signing_key_path(options.key)
         signer = load_signer(key_path, options.key_password) if key_path else None
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
-                   cache=Cache.default(),
+                   cache=Cache(options.cache_dir) if options.cache_dir else Cache.default(),
                    runs_dir=(options.runs_dir or default_runs_dir(plan.manifest.root)).absolute(),
                    options=options, progress=progress or StderrProgress(options.quiet))

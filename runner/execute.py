@@ -86,12 +86,14 @@ def container_spec(*, image_id: str, command: tuple[str, ...], env: dict[str, st
     """Turn the plan's run section and the class's limits into a container spec."""
     # Docker refuses more CPUs than the host has; with --allow-hardware-mismatch we clamp and record.
     cpus = max(1, min(hardware.cpus, host.cpu_count))
+    # Likewise the engine refuses GPUs the host lacks: the run gets the ones there are (recorded as gpus).
+    gpus = min(hardware.gpus, len(host.gpus))
     mounts = [Mount(str(host_path), container_path, True) for host_path, container_path in data_mounts]
     mounts.append(Mount(str(outputs_dir), "/outputs", False))
     return ContainerSpec(
         image=image_id, command=command, env={**env, "HOME": "/tmp"}, workdir=workdir,
         user=container_user(), mounts=tuple(mounts), nano_cpus=cpus * 10**9,
-        mem_limit_bytes=hardware.memory_gib * 2**30, pids_limit=PIDS_LIMIT, gpus=hardware.gpus,
+        mem_limit_bytes=hardware.memory_gib * 2**30, pids_limit=PIDS_LIMIT, gpus=gpus,
         timeout_s=timeout_s, labels={MANAGED_LABEL: "true", **labels},
     )
 

@@ -11,8 +11,9 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from runner.attest.statement import ProvenanceFacts
 from runner.backends.interface import Execution, get_backend
 from runner.build.image import BuiltImage
 from runner.context import RunContext, RunOptions, signing_key_path
@@ -25,7 +26,11 @@ from runner.runs.record import RunRecord
 from runner.watchdog import RUNNER_LABEL, Watchdog, reap_orphans, runner_identity
 from runner.wire import fields_to_wire
 
-__all__ = ["CompletedRun", "RunOptions", "RunSummary", "run_experiment", "signing_key_path"]
+__all__ = ["CompletedRun", "RunOptions", "RunSummary", "StageHooks", "new_record", "run_experiment", "run_in",
+           "signing_key_path"]
+
+
+NODE_STATEMENT = "node.intoto.jsonl"  # a cluster node's unsigned statement, signed by the submitter (runner/submit.py)
 
 
 @dataclass(frozen=True)
@@ -61,23 +66,43 @@ class CompletedRun:
     outputs: Outputs
 
 
+@dataclass(frozen=True)
+class StageHooks:
+    """What a backend's node side changes in the stages (runner/backends/slurm.py); the defaults are `xrun run`'s."""
+
+    image: Callable[[RunContext], BuiltImage] | None = None  # default: build (or find) the plan's image
+    facts: Callable[[ProvenanceFacts], ProvenanceFacts] | None = None  # e.g. the cluster's builder id
+    attestation: str | None = None  # file name of the statement in the run dir (default provenance.intoto.jsonl)
+
+
 def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
     """Run one experiment end to end; raises XrunError with the exit code on any failure."""
     ctx = RunContext.create(manifest_path, options)
     reap_orphans(ctx.runs_dir, ctx.client)
     plan = ctx.plan
     run = create_run_dir(ctx.runs_dir, plan.manifest.text, plan.to_json())
-    record = RunRecord(
+    record = new_record(ctx, run)
+    record.save(run.record)
+    return run_in(ctx, run, record)
+
+
+def new_record(ctx: RunContext, run: RunDir) -> RunRecord:
+    """The run.json of a run starting now in `run`."""
+    plan = ctx.plan
+    return RunRecord(
         run_id=run.run_id, name=plan.manifest.name, status="running", manifest=str(plan.manifest.file),
         manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
         host=ctx.host.to_json(), hardware_class=plan.hardware.name, hardware_mismatch=list(ctx.hardware_mismatch),
-        runner=runner_identity(),
+        runner=runner_identity(), scheduler=ctx.options.scheduler,
     )
-    record.save(run.record)
+
+
+def run_in(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks = StageHooks()) -> RunSummary:
+    """Run the stages in a run directory whose record is saved; failures are recorded, then raised."""
     # From here on, a runner killed in any phase leaves the clean-up to the watchdog.
     watchdog = Watchdog.start(run.path)
     try:
-        summary = _execute(ctx, run, record)
+        summary = _execute(ctx, run, record, hooks)
     except KeyboardInterrupt:
         _finish(run, record, "interrupted", "interrupted by the user")
         raise Interrupted("interrupted: the run was stopped; no attestation was written") from None
@@ -89,12 +114,14 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
         raise
     finally:
         watchdog.close()
+    if hooks.attestation is not None:
+        return summary  # a node's unsigned statement: trackers see the run once the submitter has signed it
     from runner.trackers.track import after_run  # after the attestation; a tracker never fails the run
 
     return dataclasses.replace(summary, tracking=after_run(ctx, run.path))
 
 
-def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
+def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks) -> RunSummary:
     from runner.attest import write_attestation
     from runner.attest.statement import build_statement
     from runner.build.image import build_image
@@ -102,7 +129,8 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
 
     plan = ctx.plan
     fetched = tuple(fetch_data(plan, ctx.cache, ctx.options.fetch))
-    image = build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress)
+    image = (hooks.image(ctx) if hooks.image
+             else build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress))
     record.image_id = image.id
     labels = {"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name, RUNNER_LABEL: str(record.runner)}
     execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
@@ -110,19 +138,23 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord) -> RunSummary:
     raise_for_status(execution.result, plan.timeout_s)
     _check_inputs_unchanged(ctx, fetched)
     outputs = collect_outputs(plan.outputs, run.outputs, ctx.progress)
+    attestation = run.path / (hooks.attestation or run.attestation.name)
     record.status, record.outputs, record.metrics = "succeeded", outputs.digests(), outputs.metrics
     record.metric_steps = outputs.steps
-    record.attestation, record.signed = run.attestation.name, ctx.signer is not None
+    record.attestation, record.signed = attestation.name, ctx.signer is not None
     record.save(run.record)
     done = CompletedRun(run=run, fetched=fetched, image=image, execution=execution, outputs=outputs)
     subjects, facts = describe(ctx, done, record_sha256=hashlib.sha256(run.record.read_bytes()).hexdigest())
-    written = write_attestation(build_statement(subjects, facts), ctx.signer, run.attestation, run.bundle)
-    if ctx.signer is None:
+    if hooks.facts is not None:
+        facts = hooks.facts(facts)
+    written = write_attestation(build_statement(subjects, facts), ctx.signer, attestation,
+                                run.bundle if hooks.attestation is None else None)
+    if ctx.signer is None and hooks.attestation is None:
         ctx.progress.warn("no signing key (--key or XRUN_SIGNING_KEY): the attestation is UNSIGNED "
                           "(SLSA Build L1); create a key with `xrun keygen`")
     return RunSummary(
         run_id=run.run_id, run_dir=run.path, status="succeeded", image_id=image.id, plan_digest=plan.digest,
-        outputs=outputs.digests(), metrics=outputs.metrics, attestation=run.attestation,
+        outputs=outputs.digests(), metrics=outputs.metrics, attestation=attestation,
         bundle=run.bundle if run.bundle.exists() else None, signed=ctx.signer is not None,
         keyid=getattr(written, "keyid", None),
     )
@@ -151,7 +183,7 @@ def _finish(run: RunDir, record: RunRecord, status: str, reason: str) -> None:
     record.attestation = None
     record.save(run.record)
     # A partly written attestation must never outlive a failed run.
-    for path in (run.attestation, run.bundle):
+    for path in (run.attestation, run.bundle, run.path / NODE_STATEMENT):
         try:
             path.unlink()
         except FileNotFoundError:

@@ -230,6 +230,7 @@ def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tupl
                                uri=purl("generic", engine.runtime, engine.runtime_version or None)),
         ),
         invocation_id=f"{run_id}/{uuid.uuid4()}",
+        seed=ctx.options.seed,
         started_on=result.started_on,
         finished_on=result.finished_on,
         byproducts=tuple(d for d in (

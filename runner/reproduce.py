@@ -342,7 +342,9 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
     link = ResourceDescriptor(name="attestation/reproduced", uri=f"file:{attestation.name}",
                               digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()})
     try:
-        summary = run_experiment(path, dataclasses.replace(options, reproduces=link))
+        # A seed sweep member was run with a seed from the command line: re-run with that seed.
+        seed = RecordedRun.from_statement(statement).seed
+        summary = run_experiment(path, dataclasses.replace(options, reproduces=link, seed=seed))
     finally:
         if temporary:
             path.unlink(missing_ok=True)

@@ -178,3 +178,24 @@ def push_image(client, registry: Registry, image_id: str, repo: str, tag: str = 
     # The engine records the RepoDigest on push; resolve_base relies on finding the image by it.
     assert pinned in (client.images.get(image_id).attrs.get("RepoDigests") or []), pinned
     return pinned
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node Slurm cluster (slurmctld + slurmd, munged when none runs), SLURM_CONF set; stopped by PID."""
+    from slurmcluster import SlurmUnavailable, start_cluster, stop_cluster
+
+    try:
+        cluster = start_cluster(tmp_path_factory.mktemp("slurm"))
+    except SlurmUnavailable as exc:
+        pytest.fail(f"the Slurm tests need slurm-wlm and munge (scripts/setup installs them): {exc}", pytrace=False)
+    old = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if old is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = old
+        stop_cluster(cluster)

@@ -64,6 +64,7 @@ class RecordedRun:
     lockfile_path: str | None = None  # relative to the manifest's folder
     xrun_version: str | None = None
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
+    seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -96,6 +97,7 @@ class RecordedRun:
             lockfile_path=_str(_dict(_dict(deps.get("lockfile")).get("annotations")).get("path")),
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
             listings=_listings(byproducts),
+            seed=external.get("seed") if isinstance(external.get("seed"), int) else None,
         )
 
 

@@ -89,6 +89,7 @@ class ProvenanceFacts:
     started_on: datetime  # aware
     finished_on: datetime  # aware
     byproducts: tuple[ResourceDescriptor, ...] = ()
+    seed: int | None = None  # a seed given on the command line (seed sweeps): overrides the manifest's seeds.global
 
 
 def builder_id_for_host(hostname: str) -> str:
@@ -152,6 +153,7 @@ def build_statement(subjects: list[Subject], facts: ProvenanceFacts) -> dict[str
                 "externalParameters": {
                     "manifest": facts.manifest,
                     "manifestDigest": {"sha256": facts.manifest_sha256},
+                    **({"seed": facts.seed} if facts.seed is not None else {}),
                 },
                 "internalParameters": facts.internal,
                 "resolvedDependencies": [d.to_json() for d in facts.dependencies],

@@ -43,9 +43,11 @@ class Backend(abc.ABC):
 
 def get_backend(name: str) -> Backend:
     """The backend called `name`; a usage error listing the known ones otherwise."""
+    from runner.backends.kubernetes import KubernetesBackend
     from runner.backends.local import LocalBackend
+    from runner.backends.slurm import SlurmBackend
 
-    known: dict[str, type[Backend]] = {LocalBackend.name: LocalBackend}
+    known: dict[str, type[Backend]] = {b.name: b for b in (LocalBackend, SlurmBackend, KubernetesBackend)}
     if name not in known:
         raise UsageError(f"unknown backend {name!r}; known: {', '.join(sorted(known))}")
     return known[name]()

@@ -152,7 +152,9 @@ def runs_list(runs: Sequence[RunInfo], runs_dir: Path) -> str:
         rec = r.record
         metrics = "; ".join(f"{k}={v:.4g}" for values in rec.metrics.values() for k, v in list(values.items())[:2])
         digests = " ".join(f"{p}:{d[:8]}" for p, d in list(rec.outputs.items())[:2])
-        rows.append([r.run_id, rec.name or "-", rec.status, rec.started_on or "-",
+        sched = rec.scheduler
+        status = rec.status if sched is None or sched.backend == "local" else f"{rec.status} ({sched.state})"
+        rows.append([r.run_id, rec.name or "-", status, rec.started_on or "-",
                      f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", metrics or "-", digests or "-"])
     return (table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
             else f"no runs under {runs_dir}")

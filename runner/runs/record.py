@@ -10,7 +10,52 @@ from typing import Any
 
 from runner.wire import camel, fields_to_wire, snake
 
-STATUSES = ("running", "succeeded", "failed", "interrupted")
+STATUSES = ("submitted", "running", "succeeded", "failed", "interrupted")
+# What a cluster's scheduler says of a run's job (runner/backends/slurm.py maps Slurm's states to these).
+SCHEDULER_STATES = ("pending", "running", "completed", "failed", "cancelled", "timed-out")
+FINAL_SCHEDULER_STATES = ("completed", "failed", "cancelled", "timed-out")
+
+
+@dataclass
+class SchedulerInfo:
+    """Where a submitted run's job is: backend, cluster, job id, array index, its state, its sweep."""
+
+    backend: str  # "slurm", "kubernetes", or "local" for a local seed sweep
+    state: str  # one of SCHEDULER_STATES
+    job_id: str | None = None  # the scheduler's id of the job (the array's id for a sweep member)
+    array_index: int | None = None  # the member's index in a job array / seed sweep
+    cluster: str | None = None
+    node: str | None = None
+    sweep: str | None = None  # the sweep id shared by every member of one seed sweep
+    seed: int | None = None  # the seed this member runs with (overrides seeds.global)
+    reason: str | None = None  # what the scheduler said about a pending or failed job
+
+    @property
+    def job_ref(self) -> str | None:
+        """The id Slurm's tools accept for this one member: JOB or JOB_INDEX."""
+        if self.job_id is None:
+            return None
+        return self.job_id if self.array_index is None or self.backend != "slurm" else f"{self.job_id}_{self.array_index}"
+
+    @property
+    def final(self) -> bool:
+        """Whether the scheduler has finished with the job."""
+        return self.state in FINAL_SCHEDULER_STATES
+
+    def to_json(self) -> dict[str, Any]:
+        """camelCase, unset fields left out."""
+        return fields_to_wire(self, omit_none=True)
+
+    @classmethod
+    def from_json(cls, data: Any) -> "SchedulerInfo | None":
+        """Read back; None when absent or not an object."""
+        if not isinstance(data, dict):
+            return None
+        known = {f.name for f in dataclasses.fields(cls)}
+        values = {snake(k): v for k, v in data.items() if snake(k) in known}
+        values.setdefault("backend", "")
+        values.setdefault("state", "")
+        return cls(**values)
 
 
 @dataclass
@@ -42,6 +87,7 @@ class RunRecord:
     error: str | None = None
     # tracker name → its state (runner/trackers TrackingState); written after the attestation, never attested
     tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
+    scheduler: SchedulerInfo | None = None  # cluster runs and seed sweeps only
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer xrun, kept as they were
 
     def to_json(self) -> dict[str, Any]:
@@ -50,6 +96,8 @@ class RunRecord:
         for optional in ("metricSteps", "tracking"):  # absent unless used: older readers see what they knew
             if not data.get(optional):
                 data.pop(optional, None)
+        if self.scheduler is not None:
+            data["scheduler"] = self.scheduler.to_json()
         extra = data.pop("extra", {})
         return {**extra, **data}
 
@@ -65,6 +113,8 @@ class RunRecord:
                 values[name] = value
             else:
                 extra[key] = value
+        if "scheduler" in values:
+            values["scheduler"] = SchedulerInfo.from_json(values["scheduler"])
         for required in ("run_id", "name", "status", "manifest", "manifest_sha256", "plan_digest", "started_on"):
             values.setdefault(required, "")
         return cls(**values, extra=extra)

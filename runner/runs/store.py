@@ -43,7 +43,8 @@ class RunInfo:
         return {"runId": self.run_id, "runDir": str(self.path), "name": r.name or None, "status": r.status,
                 "startedOn": r.started_on or None, "durationSeconds": self.duration_s,
                 "planDigest": r.plan_digest or None, "outputs": r.outputs, "metrics": r.metrics,
-                "attested": self.attested}
+                "attested": self.attested,
+                "scheduler": r.scheduler.to_json() if r.scheduler is not None else None}
 
 
 def load_run(path: Path) -> RunInfo | None:

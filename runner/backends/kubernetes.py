@@ -1,0 +1,157 @@
+"""The Kubernetes backend: render the Jobs that run an experiment with xrun's guarantees.
+
+`xrun submit M --backend kubernetes --render DIR` writes (templates/kubernetes.yaml): a data volume
+and an outputs volume; a staging Job that fetches every data item and checks its sha256 into the
+data volume; a NetworkPolicy denying the training pod all egress and ingress; the training Job
+(image by digest, read-only root, non-root, no privilege escalation, all capabilities dropped,
+seccomp RuntimeDefault, the class's CPU/memory/`nvidia.com/gpu`, a nodeSelector on the GPU product
+label, activeDeadlineSeconds from run.timeout, backoffLimit 0, and an Indexed Job for a seed sweep).
+Submitting to an API server and signing from Kubernetes are not implemented (README says so).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from string import Template
+from typing import TYPE_CHECKING, Any
+
+import yaml
+
+from runner.backends.interface import Backend, Execution
+from runner.errors import UsageError
+from runner.resources import resource_dir
+from runner.rundir import new_run_id, write_atomic
+
+if TYPE_CHECKING:
+    from runner.build.image import BuiltImage
+    from runner.context import RunContext
+    from runner.fetch import FetchedData
+    from runner.rundir import RunDir
+    from runner.submit import SubmitOptions, SubmitResult
+
+NOBODY = 65534
+DEADLINE_MARGIN_S = 300
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"  # set by NVIDIA GPU feature discovery
+
+# Runs in the staging container (the training image's python3): download, check sha256, rename.
+STAGE_SCRIPT = r'''
+import hashlib, json, os, sys, urllib.request
+for item in json.loads(sys.argv[1]):
+    dest = os.path.join("/data", item["path"])
+    if os.path.exists(dest) and hashlib.sha256(open(dest, "rb").read()).hexdigest() == item["sha256"]:
+        continue
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    tmp, h = dest + ".partial", hashlib.sha256()
+    with urllib.request.urlopen(item["uri"], timeout=60) as r, open(tmp, "wb") as f:
+        for chunk in iter(lambda: r.read(1 << 20), b""):
+            h.update(chunk); f.write(chunk)
+    if h.hexdigest() != item["sha256"]:
+        os.unlink(tmp); sys.exit(f"{item['name']}: sha256 {h.hexdigest()} is not the pinned {item['sha256']}")
+    os.replace(tmp, dest)
+'''
+
+
+class KubernetesBackend(Backend):
+    """Kubernetes runs go through `xrun submit --backend kubernetes --render DIR`."""
+
+    name = "kubernetes"
+
+    def execute(self, ctx: RunContext, run: RunDir, image: BuiltImage, fetched: Sequence[FetchedData],
+                labels: dict[str, str]) -> Execution:
+        """Not a synchronous stage: say how to use it."""
+        raise UsageError("the kubernetes backend renders Jobs: `xrun submit MANIFEST --backend kubernetes --render DIR`")
+
+
+def _dns_name(text: str) -> str:
+    cleaned = "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    return cleaned[:40].strip("-") or "xrun"
+
+
+def render_objects(plan: Any, image_ref: str, seeds: tuple[int, ...], run_id: str) -> list[dict[str, Any]]:
+    """The Kubernetes objects for the plan (one Indexed Job member per seed)."""
+    hw = plan.hardware
+    name = f"xrun-{_dns_name(plan.manifest.name)}-{run_id.lower()[-6:]}"
+    labels = {"app.kubernetes.io/managed-by": "xrun", "app.kubernetes.io/name": _dns_name(plan.manifest.name),
+              "xrun.dev/run": run_id.lower()}
+    pod_security = {"runAsNonRoot": True, "runAsUser": NOBODY, "runAsGroup": NOBODY, "fsGroup": NOBODY,
+                    "seccompProfile": {"type": "RuntimeDefault"}}
+    container_security = {"readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False, "runAsNonRoot": True,
+                          "privileged": False, "capabilities": {"drop": ["ALL"]},
+                          "seccompProfile": {"type": "RuntimeDefault"}}
+    limits: dict[str, Any] = {"cpu": str(hw.cpus), "memory": f"{hw.memory_gib}Gi"}
+    if hw.gpus:
+        limits["nvidia.com/gpu"] = str(hw.gpus)
+    env = [{"name": k, "value": v} for k, v in plan.env.items()] + [{"name": "HOME", "value": "/tmp"}]
+    command = list(plan.command)
+    outputs_mount: dict[str, Any] = {"name": "outputs", "mountPath": "/outputs"}
+    if seeds:
+        # Each index runs its own seed and writes its own outputs folder.
+        env = [e for e in env if e["name"] not in ("XRUN_SEED", "PYTHONHASHSEED")]
+        env += [{"name": f"XRUN_SEED_{i}", "value": str(s)} for i, s in enumerate(seeds)]
+        command = ["/bin/sh", "-c", 'eval "export XRUN_SEED=\\$XRUN_SEED_$JOB_COMPLETION_INDEX"; '
+                   'export PYTHONHASHSEED="$XRUN_SEED"; exec "$@"', "xrun-seed", *command]
+        outputs_mount["subPathExpr"] = "$(JOB_COMPLETION_INDEX)"
+    mounts = [{"name": "data", "mountPath": "/data", "readOnly": True}, outputs_mount,
+              {"name": "tmp", "mountPath": "/tmp"}]
+    items = [{"name": d.item.name, "uri": d.item.uri, "path": d.item.path, "sha256": d.item.digests.get("sha256")}
+             for d in plan.data]
+    missing = [i["name"] for i in items if not i["sha256"] or not i["uri"].startswith(("http://", "https://"))]
+    data_gib = max(1, math.ceil(sum(d.item.size or 0 for d in plan.data if getattr(d.item, "size", None)) / 2**30) + 1)
+    values = {
+        "data_claim": f"{name}-data", "outputs_claim": f"{name}-outputs", "stage_name": f"{name}-stage",
+        "policy_name": f"{name}-deny-egress", "train_name": f"{name}-train", "labels": labels, "stage_labels": {**labels, "xrun.dev/role": "stage"},
+        "train_labels": {**labels, "xrun.dev/role": "train"}, "image": image_ref,
+        "pod_security": pod_security, "container_security": container_security,
+        "stage_script": STAGE_SCRIPT, "stage_items": json.dumps([i for i in items if i["name"] not in missing]),
+        "data_storage": f"{data_gib}Gi", "outputs_storage": "10Gi",
+        "deadline": (plan.timeout_s or 24 * 3600) + DEADLINE_MARGIN_S,
+        "completion_mode": "Indexed" if seeds else "NonIndexed", "completions": max(1, len(seeds)),
+        "node_selector": {GPU_PRODUCT_LABEL: hw.gpu_model} if hw.gpus and hw.gpu_model else {},
+        "command": command, "workdir": plan.manifest.run.workdir, "env": env,
+        "resources": {"requests": limits, "limits": limits}, "mounts": mounts,
+    }
+    template = Template((resource_dir("templates") / "kubernetes.yaml").read_text(encoding="utf-8"))
+    text = template.substitute({k: json.dumps(v) for k, v in values.items()})
+    objects = [o for o in yaml.safe_load_all(text) if o]
+    if not objects[4]["spec"]["template"]["spec"]["nodeSelector"]:
+        del objects[4]["spec"]["template"]["spec"]["nodeSelector"]
+    if missing:
+        objects[2]["metadata"]["annotations"] = {
+            "xrun.dev/not-staged": ", ".join(missing) + ": not an http(s) URI with a sha256; copy it into the "
+                                                        "data volume before the training Job starts"}
+    return objects
+
+
+def submit_kubernetes(manifest: Path, options: SubmitOptions) -> SubmitResult:
+    """Plan, build, push by digest and render (--render DIR); submitting to a cluster is not implemented."""
+    from runner.build.image import build_image
+    from runner.context import RunContext
+    from runner.submit import SubmitResult, _push, check_registry
+
+    if options.render is None:
+        raise UsageError("--backend kubernetes needs --render DIR: xrun writes the manifests for `kubectl apply -f "
+                         "DIR`; submitting through the Kubernetes API is not implemented yet")
+    if not options.registry:
+        raise UsageError("--backend kubernetes needs --registry HOST[:PORT]/REPO: pods pull the image by digest")
+    check_registry(options.registry)
+    ctx = RunContext.create(manifest, dataclasses.replace(options.run, allow_hardware_mismatch=True))
+    built = build_image(ctx.plan, ctx.cache, ctx.client, quiet=ctx.options.quiet)
+    reference = _push(ctx.client, built, options.registry)
+    run_id = new_run_id()
+    objects = render_objects(ctx.plan, reference, options.seeds, run_id)
+    out = options.render
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"--render {out}: cannot create it ({exc.strerror})") from None
+    written = []
+    for index, obj in enumerate(objects):
+        path = out / f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+        write_atomic(path, yaml.safe_dump(obj, sort_keys=False).encode())
+        written.append(path)
+    return SubmitResult(backend="kubernetes", sweep=run_id if options.seeds else None, job_id=None,
+                        image_id=built.id, image_reference=reference, script=None, runs=(), rendered=tuple(written))

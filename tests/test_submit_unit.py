@@ -1,0 +1,92 @@
+"""Edge cases of the submitting side that need no cluster: seed lists, the job script, state mapping."""
+
+from __future__ import annotations
+
+import pytest
+
+from runner.backends import slurm
+from runner.errors import UsageError
+from runner.hardware import lookup
+from runner.runs.record import RunRecord, SchedulerInfo
+from runner.submit import parse_seeds
+
+
+@pytest.mark.parametrize("text,seeds", [("1-3", (1, 2, 3)), ("1,5,9", (1, 5, 9)), ("1-2,7,2", (1, 2, 7)), ("0", (0,))])
+def test_parse_seeds(text, seeds):
+    assert parse_seeds(text) == seeds
+
+
+@pytest.mark.parametrize("text", ["", "a", "3-1", "1-", "-1", "1,,2"])
+def test_parse_seeds_refuses(text):
+    with pytest.raises(UsageError, match="--seeds"):
+        parse_seeds(text)
+
+
+def test_script_from_the_class(tmp_path):
+    spec = slurm.ScriptSpec(job_name="xrun-probe", log=str(tmp_path / "r-%a" / "slurm.log"),
+                            hardware=lookup("gpu-1x-h100-80gb"), timeout_s=600, run_dirs=(tmp_path / "a", tmp_path / "b"),
+                            xrun=("/usr/bin/python3", "-m", "runner.cli"), array=True, partition="gpu",
+                            account="proj", qos="high", extra=("--constraint=a100",))
+    script = slurm.render_script(spec)
+    for line in ("--cpus-per-task=8", "--mem=64G", "--time=15", "--gres=gpu:h100:1", "--array=0-1",
+                 "--partition=gpu", "--account=proj", "--qos=high", "--constraint=a100", "--job-name=xrun-probe"):
+        assert f"#SBATCH {line}\n" in script
+    assert 'exec /usr/bin/python3 -m runner.cli node-run "$RUN_DIR"' in script
+    assert "${SLURM_ARRAY_TASK_ID:-0}" in script
+
+
+def test_sbatch_arg_must_be_an_option(tmp_path):
+    spec = slurm.ScriptSpec(job_name="x", log="l", hardware=lookup("cpu-1"), timeout_s=None, run_dirs=(tmp_path,),
+                            xrun=("xrun",), extra=("echo hi",))
+    with pytest.raises(UsageError, match="--sbatch-arg"):
+        slurm.render_script(spec)
+
+
+def test_scheduler_field_round_trips():
+    record = RunRecord(run_id="r", name="n", status="submitted", manifest="m", manifest_sha256="s", plan_digest="p",
+                       started_on="t", scheduler=SchedulerInfo(backend="slurm", state="pending", job_id="7",
+                                                               array_index=2, sweep="sw", seed=3))
+    data = record.to_json()
+    assert data["scheduler"] == {"backend": "slurm", "state": "pending", "jobId": "7", "arrayIndex": 2, "sweep": "sw",
+                                 "seed": 3}
+    back = RunRecord.from_json(data)
+    assert back.scheduler == record.scheduler and back.scheduler.job_ref == "7_2" and not back.extra
+
+
+@pytest.mark.parametrize("word,state", [("PENDING", "pending"), ("RUNNING", "running"), ("COMPLETED", "completed"),
+                                        ("CANCELLED", "cancelled"), ("TIMEOUT", "timed-out"), ("FAILED", "failed"),
+                                        ("OUT_OF_MEMORY", "failed")])
+def test_state_map(word, state):
+    assert slurm.STATE_MAP[word] == state
+
+
+def test_refresh_never_overwrites_the_nodes_record(tmp_path, monkeypatch):
+    """While the job runs the node owns run.json; once it is over, the node's last write is what gets the state.
+
+    Before the fix, a refresh that read run.json while the node was running and heard 'COMPLETED' a moment
+    later wrote its stale copy back: the node's outputs vanished from the record.
+    """
+    import runner.submit as submit_mod
+
+    answers = iter([slurm.JobState("7", "running", "RUNNING", "n1", None),
+                    slurm.JobState("7", "completed", "COMPLETED", "n1", None)])
+    record_path = tmp_path / "run.json"
+    running = RunRecord(run_id="r", name="n", status="running", manifest="m", manifest_sha256="s", plan_digest="p",
+                        started_on="t", scheduler=SchedulerInfo(backend="slurm", state="pending", job_id="7"))
+    running.save(record_path)
+    before = record_path.read_bytes()
+
+    def states(ids):
+        state = next(answers)
+        if state.state == "completed":  # the node finished between our read and the scheduler's answer
+            running.status, running.outputs = "succeeded", {"a.txt": "ab" * 32}
+            running.save(record_path)
+        return {"7": state}
+
+    monkeypatch.setattr(slurm, "job_states", states)
+    monkeypatch.setattr(submit_mod.shutil, "which", lambda name: "/usr/bin/" + name)
+    seen = submit_mod.refresh(tmp_path)
+    assert seen.scheduler.state == "running" and record_path.read_bytes() == before  # reported, not written
+    done = submit_mod.refresh(tmp_path)
+    assert done.status == "succeeded" and done.outputs == {"a.txt": "ab" * 32} and done.scheduler.state == "completed"
+    assert RunRecord.load(record_path).outputs == {"a.txt": "ab" * 32}

@@ -155,3 +155,17 @@ def test_entry_locks_exclude_other_holders_of_the_same_entry(cache: Cache):
         thread.join()
         with locks.hold("sha256", "ab" * 32):  # released and taken again through the same descriptor
             pass
+
+
+def test_a_warm_run_reports_the_dataset_from_its_summary_or_else_its_listing(tmp_path: Path, cache: Cache, capsys):
+    data = write_files(tmp_path / "set", FILES)
+    pin = digest_of(FILES)
+    path = manifest(tmp_path, [{"name": "set", "directory": {"uri": str(data), "treeDigest": pin}}])
+    rc, cold = fetch(path, capsys)
+    assert rc == 0, cold
+    summary = cache.state_path("sha256", pin, "dataset")
+    for _ in range(2):  # with the summary, then without it (a cache from before it existed)
+        rc, warm = fetch(path, capsys)
+        assert rc == 0 and warm[0]["cacheHit"], warm
+        assert (warm[0]["files"], warm[0]["size"], warm[0]["uri"]) == (cold[0]["files"], cold[0]["size"], cold[0]["uri"])
+        summary.unlink(missing_ok=True)

@@ -222,12 +222,14 @@ class Cache:
     def tree_fingerprint(self, algorithm: str, hexdigest: str) -> str:
         """One stat per member of the tree plus its listing, folded into a sha256 (no file is read)."""
         root = self.tree_path(algorithm, hexdigest)
-        h = hashlib.sha256()
-        h.update(b"listing " + file_fingerprint(os.stat(self.tree_listing_path(algorithm, hexdigest))).encode())
-        h.update(b"\n. " + file_fingerprint(os.lstat(root)).encode())
-        for rel, st in sorted(walk_tree(root), key=lambda item: item[0]):
-            h.update(b"\n" + rel.encode("utf-8", "surrogateescape") + b"\0" + file_fingerprint(st).encode())
-        return h.hexdigest()
+        head = (f"listing {file_fingerprint(os.stat(self.tree_listing_path(algorithm, hexdigest)))}"
+                f"\n. {file_fingerprint(os.lstat(root))}")
+        # One string, encoded and hashed once: a call per member cost as much as its lstat.
+        # The fields are file_fingerprint's, inlined for the same reason.
+        members = "".join(
+            f"\n{rel}\0{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:{st.st_mode:o}"
+            for rel, st in sorted(walk_tree(root), key=_first))
+        return hashlib.sha256((head + members).encode("utf-8", "surrogateescape")).hexdigest()
 
     def read_fingerprint(self, algorithm: str, hexdigest: str, kind: str) -> str | None:
         """The fingerprint recorded when the entry was last verified (None when there is none)."""
@@ -437,6 +439,10 @@ def file_fingerprint(st: os.stat_result) -> str:
     return f"{st.st_size}:{st.st_mtime_ns}:{st.st_ctime_ns}:{st.st_ino}:{st.st_dev}:{st.st_mode:o}"
 
 
+def _first(item: tuple[str, os.stat_result]) -> str:
+    return item[0]
+
+
 def hash_file(path: Path, algorithm: str = "sha256") -> str:
     """Hex digest of a file in any of the cache's algorithms, read once in large chunks."""
     with open(path, "rb", buffering=0) as f:
@@ -450,16 +456,29 @@ def hash_file(path: Path, algorithm: str = "sha256") -> str:
 
 def walk_tree(root: Path) -> Iterator[tuple[str, os.stat_result]]:
     """(relative path, lstat) of everything under root, folders included; links are not followed."""
-    stack = [""]
-    while stack:
-        prefix = stack.pop()
-        with os.scandir(root / prefix if prefix else root) as it:
-            for entry in it:
-                rel = f"{prefix}/{entry.name}" if prefix else entry.name
-                st = entry.stat(follow_symlinks=False)
-                yield rel, st
-                if stat.S_ISDIR(st.st_mode):
-                    stack.append(rel)
+    # Folders are scanned through descriptors: each member's lstat is then an fstatat relative to
+    # its folder, with no lookup of the whole path again (the warm check is one of these per member).
+    stack = [("", os.open(root, _DIR_FLAGS & ~_NOFOLLOW))]  # the root itself may be a link to a folder
+    try:
+        while stack:
+            prefix, fd = stack.pop()
+            try:
+                with os.scandir(fd) as it:
+                    for entry in it:
+                        rel = f"{prefix}/{entry.name}" if prefix else entry.name
+                        st = entry.stat(follow_symlinks=False)
+                        yield rel, st
+                        if stat.S_ISDIR(st.st_mode):
+                            stack.append((rel, os.open(entry.name, _DIR_FLAGS, dir_fd=fd)))
+            finally:
+                os.close(fd)
+    finally:
+        for _, fd in stack:  # the walk was abandoned (an error, or the caller stopped early)
+            os.close(fd)
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC | _NOFOLLOW
 
 
 def _open_creating_parents(path: Path, flags: int) -> int:

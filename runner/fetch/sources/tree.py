@@ -52,6 +52,7 @@ T = TypeVar("T")
 ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
 TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
 DIR_ALIAS_KIND = "dvc-tree"
+SUMMARY_KIND = "dataset"  # state/sha256/<ab>/<tree digest>.dataset: uri, size and file count
 PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs more than a small copy)
 
 
@@ -132,12 +133,47 @@ def _ready(planned: PlannedData, source: DataSource, known: tuple[str, str], cac
             return None
         if cache.lookup_tree("sha256", hexdigest) is None:
             return None
-    listing = _read_cache_listing(cache, hexdigest)
+    summary = _tree_summary(cache, hexdigest)
     cache.mark_used("sha256", hexdigest)
-    return FetchedData(name=item.name, uri=str(listing.get("dataset", {}).get("uri", item.uri)), algorithm="sha256",
+    return FetchedData(name=item.name, uri=summary.uri or item.uri, algorithm="sha256",
                        hexdigest=hexdigest, host_path=tree, container_path=planned.container_path,
-                       size=sum(int(f["size"]) for f in listing.get("files", [])), unpacked=False, cache_hit=True,
-                       kind=source.kind, files=len(listing.get("files", [])))
+                       size=summary.size, unpacked=False, cache_hit=True, kind=source.kind, files=summary.files)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What a warm run reports about a dataset tree, without parsing its listing of every file."""
+
+    uri: str | None
+    size: int
+    files: int
+
+
+def _tree_summary(cache: Cache, hexdigest: str) -> _Summary:
+    """The tree's summary (state/…/<digest>.dataset), else counted from its listing."""
+    try:
+        with open(cache.state_path("sha256", hexdigest, SUMMARY_KIND), "rb") as f:
+            doc = json.loads(f.read(1 << 16))
+        return _Summary(str(doc["uri"]) if doc.get("uri") is not None else None, int(doc["size"]), int(doc["files"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    listing = _read_cache_listing(cache, hexdigest)
+    files = listing.get("files", [])
+    uri = listing.get("dataset", {}).get("uri")
+    return _Summary(str(uri) if uri is not None else None, sum(int(f["size"]) for f in files), len(files))
+
+
+def _write_summary(cache: Cache, hexdigest: str, uri: str, size: int, files: int) -> None:
+    """Best effort, like a fingerprint: without it a warm run parses the listing instead."""
+    path = cache.state_path("sha256", hexdigest, SUMMARY_KIND)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"uri": uri, "size": size, "files": files}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def dataset_listing(cache: Cache, hexdigest: str) -> list[ListedFile] | None:
@@ -459,6 +495,7 @@ def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict
             os.rename(work, final)
             fsync_dir(final.parent)
             cache.record_tree("sha256", digest)
+            _write_summary(cache, digest, description["uri"], sum(f.size for f in staged.files), len(staged.files))
             # Blobs that were already there got a link more (ctime moved): vouch for them as they are now.
             for sha in shared:
                 cache.record_blob("sha256", sha)
@@ -586,6 +623,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             raise
         _record_blobs(cache, blobs)
         cache.record_tree("sha256", digest)
+        _write_summary(cache, digest, description["uri"], sum(blob.size for _, blob in blobs), len(blobs))
     return final, True
 
 

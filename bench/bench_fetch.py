@@ -15,7 +15,8 @@ Rows:
       (c'') the warm check of an unpacked 10,000-file tree (one stat per member) vs hashing it.
   (d) a 10,000-file directory dataset (`directory:` pinned by a tree digest): cold fetch + verify vs
       `sha256sum` of every file + `cp -r` + `sync` (goal ≤ 1.3×), and the warm re-check vs hashing it
-      (goal < 1 %). `python bench/bench_fetch.py --only-directory` runs these rows alone.
+      (goal < 1 %); (d2) and (d2') the same with 1,000 files of 1 MiB. `python bench/bench_fetch.py
+      --only-directory` runs these rows alone.
 `run(quick)` returns the rows as dicts for a later `bench/run` collector.
 """
 
@@ -279,21 +280,27 @@ def bench_warm_tree(work: Path, count: int, runs: int) -> list[dict[str, Any]]:
                 note="one stat per member vs its fingerprint; cold hashing would also read the disk")]
 
 
-def bench_directory(work: Path, count: int, runs: int) -> list[dict[str, Any]]:
+def bench_directory(work: Path, count: int, runs: int, size: int | None = None) -> list[dict[str, Any]]:
     """(d) a directory dataset of `count` files pinned by one tree digest: cold fetch + verify (goal ≤ 1.3×
-    `sha256sum` of every file + `cp` + `sync`) and the warm re-check (goal < 1 % of hashing it)."""
+    `sha256sum` of every file + `cp` + `sync`) and the warm re-check (goal < 1 % of hashing it).
+
+    Files are 1–4 KiB unless `size` is given: (d2)/(d2') use 1 MiB files, where hashing a file costs
+    more than the one lstat per member that the warm check needs.
+    """
     from runner.fetch.sources.listing import digest_directory, tree_digest
 
-    src = work / "dir-src"
+    tag = "" if size is None else f"-{size}"
+    src = work / f"dir-src{tag}"
     for i in range(count):
         path = src / f"{i // 1000:02}" / f"f{i:05}.bin"
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(os.urandom(1024 + (i % 7) * 512))
+        path.write_bytes(os.urandom(size if size is not None else 1024 + (i % 7) * 512))
     pin = tree_digest(digest_directory(src))
     item = {"name": "set", "directory": {"uri": str(src), "treeDigest": f"sha256:{pin}"}}
-    plan = resolve_plan(load_manifest(_manifest(work, [item])))
-    cache_root = work / "cache-dir"
-    out = work / "dir-baseline-out"
+    (work / f"dir-manifest{tag}").mkdir(exist_ok=True)
+    plan = resolve_plan(load_manifest(_manifest(work / f"dir-manifest{tag}", [item])))
+    cache_root = work / f"cache-dir{tag}"
+    out = work / f"dir-baseline-out{tag}"
 
     def fresh_cache() -> None:
         if cache_root.exists():
@@ -326,10 +333,13 @@ def bench_directory(work: Path, count: int, runs: int) -> list[dict[str, Any]]:
     warm_s = median_time(warm, 5)
     hash_s = median_time(hash_all, 5)
     fresh_cache()
+    what = "" if size is None else f" ({size >> 20} MiB files)"
+    mark, warm_mark = ("(d)", "(d')") if size is None else ("(d2)", "(d2')")
     return [
-        row(f"(d) cold fetch + verify of a {count:,}-file directory dataset", cold, cold_base, 1.3,
-            baseline="sha256sum each + cp -r + sync", note=f"{count / cold:,.0f} files/s; one syncfs, then renames"),
-        row(f"(d') warm re-check of the {count:,}-file directory dataset", warm_s, hash_s, 0.01,
+        row(f"{mark} cold fetch + verify of a {count:,}-file directory dataset{what}", cold, cold_base, 1.3,
+            baseline="sha256sum each + cp -r + sync",
+            note=f"{count / cold:,.0f} files/s; one syncfs, then links into blobs/ and one rename"),
+        row(f"{warm_mark} warm re-check of the {count:,}-file directory dataset{what}", warm_s, hash_s, 0.01,
             baseline="sha256 of its files (hashlib, page cache warm)", note="one stat per member vs the tree fingerprint"),
     ]
 
@@ -343,6 +353,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         rows += bench_warm(work, 10, (64 << 20) if quick else GIB, 5)
         rows += bench_warm_tree(work, 1_000 if quick else 10_000, 5)
         rows += bench_directory(work, 1_000 if quick else 10_000, 1 if quick else 3)
+        rows += bench_directory(work, 100 if quick else 1_000, 1 if quick else 3, size=1 << 20)
         return rows
 
 
@@ -370,7 +381,10 @@ def main() -> None:
     args = parser.parse_args()
     if args.only_directory:
         with tempfile.TemporaryDirectory(prefix="xrun-bench-", dir=os.environ.get("XRUN_BENCH_DIR")) as tmp:
-            print(markdown(bench_directory(Path(tmp), 1_000 if args.quick else 10_000, 1 if args.quick else 3)))
+            work = Path(tmp)
+            rows = bench_directory(work, 1_000 if args.quick else 10_000, 1 if args.quick else 3)
+            rows += bench_directory(work, 100 if args.quick else 1_000, 1 if args.quick else 3, size=1 << 20)
+            print(markdown(rows))
         return
     print(markdown(run(args.quick)))
 

@@ -134,6 +134,8 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
 
 def _remove_entry(cache: Cache, entry: CacheEntry) -> None:
     cache.drop_fingerprint(entry.algorithm, entry.hexdigest, entry.kind)
+    if entry.kind == "tree":
+        cache.drop_fingerprint(entry.algorithm, entry.hexdigest, "dataset")  # a dataset tree's summary
     if entry.kind == "blob":
         remove_tree(entry.path)
     else:

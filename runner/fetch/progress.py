@@ -207,8 +207,12 @@ class DatasetProgress:
 
     def file_done(self) -> None:
         """One more file is in the cache."""
+        self.files_done(1)
+
+    def files_done(self, count: int) -> None:
+        """`count` more files are in the cache (a bulk copy reports in batches: one label per batch)."""
         with self._lock:
-            self._done_files += 1
+            self._done_files += count
             self._task.rename(self._label())
 
     def note(self, message: str) -> None:

@@ -8,6 +8,14 @@ folders read-only, with the archive-style listing beside it, so `xrun cache veri
 fingerprint and `recheck_tree` treat it like an unpacked archive. Linking a blob changes its ctime,
 so blob fingerprints are recorded after the tree is linked; a blob shared by a second dataset
 later is re-hashed once by the first tree's next run (its members' ctime moved).
+
+A local folder takes a bulk path (`_stage_folder`, `_commit_folder`): each file is read once,
+hashed and written straight to its place in a temporary tree (no fsync per file), the tree digest
+is checked against the pin, one syncfs makes all of it durable, and only then does each distinct
+content become a blob (a hard link, under its entry lock) and the tree get renamed into place. Its
+new blobs get no fingerprint file of their own (a file per blob cost more than the copy): they are
+the tree's members, inode for inode, so the tree's fingerprint vouches for them; another user of
+such a blob re-hashes it once.
 """
 
 from __future__ import annotations
@@ -20,8 +28,9 @@ import os
 import shutil
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -43,6 +52,8 @@ T = TypeVar("T")
 ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
 TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
 DIR_ALIAS_KIND = "dvc-tree"
+SUMMARY_KIND = "dataset"  # state/sha256/<ab>/<tree digest>.dataset: uri, size and file count
+PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs more than a small copy)
 
 
 def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: Cache, options: FetchOptions,
@@ -67,11 +78,13 @@ def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: C
     progress = DatasetProgress(ctx.reporter, item.name, count, total)
     try:
         if scanned is not None:
-            blobs = _ingest(cache, scanned, item.name, progress, ctx.cancel)
+            staged = _stage_folder(cache, scanned, item.name, resolved.tree_digest, progress, ctx.cancel)
         else:
             blobs = _fetch_requests(cache, resolved.requests, item.name, root, options, progress, ctx)
     finally:
         progress.close()
+    if scanned is not None:
+        return _finish_folder(planned, source, resolved, cache, staged)
     files = [ListedFile(rel, blob.size, blob.hexdigest) for rel, blob in blobs]
     fetched = any(blob.fetched for _, blob in blobs)
     if resolved.single_file:
@@ -120,12 +133,47 @@ def _ready(planned: PlannedData, source: DataSource, known: tuple[str, str], cac
             return None
         if cache.lookup_tree("sha256", hexdigest) is None:
             return None
-    listing = _read_cache_listing(cache, hexdigest)
+    summary = _tree_summary(cache, hexdigest)
     cache.mark_used("sha256", hexdigest)
-    return FetchedData(name=item.name, uri=str(listing.get("dataset", {}).get("uri", item.uri)), algorithm="sha256",
+    return FetchedData(name=item.name, uri=summary.uri or item.uri, algorithm="sha256",
                        hexdigest=hexdigest, host_path=tree, container_path=planned.container_path,
-                       size=sum(int(f["size"]) for f in listing.get("files", [])), unpacked=False, cache_hit=True,
-                       kind=source.kind, files=len(listing.get("files", [])))
+                       size=summary.size, unpacked=False, cache_hit=True, kind=source.kind, files=summary.files)
+
+
+@dataclass(frozen=True)
+class _Summary:
+    """What a warm run reports about a dataset tree, without parsing its listing of every file."""
+
+    uri: str | None
+    size: int
+    files: int
+
+
+def _tree_summary(cache: Cache, hexdigest: str) -> _Summary:
+    """The tree's summary (state/…/<digest>.dataset), else counted from its listing."""
+    try:
+        with open(cache.state_path("sha256", hexdigest, SUMMARY_KIND), "rb") as f:
+            doc = json.loads(f.read(1 << 16))
+        return _Summary(str(doc["uri"]) if doc.get("uri") is not None else None, int(doc["size"]), int(doc["files"]))
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        pass
+    listing = _read_cache_listing(cache, hexdigest)
+    files = listing.get("files", [])
+    uri = listing.get("dataset", {}).get("uri")
+    return _Summary(str(uri) if uri is not None else None, sum(int(f["size"]) for f in files), len(files))
+
+
+def _write_summary(cache: Cache, hexdigest: str, uri: str, size: int, files: int) -> None:
+    """Best effort, like a fingerprint: without it a warm run parses the listing instead."""
+    path = cache.state_path("sha256", hexdigest, SUMMARY_KIND)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps({"uri": uri, "size": size, "files": files}), encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
 
 
 def dataset_listing(cache: Cache, hexdigest: str) -> list[ListedFile] | None:
@@ -244,82 +292,287 @@ def _adopt(cache: Cache, blob: Blob, sha: str) -> Path:
     return final
 
 
-def _ingest(cache: Cache, scanned: list[tuple[str, Path, os.stat_result]], name: str, progress: DatasetProgress,
-            cancel: threading.Event) -> list[tuple[str, Blob]]:
-    """Copy a local folder in, hashing while copying; one syncfs for all files, then rename each into place.
+@dataclass
+class _Staged:
+    """A local folder copied into a temporary tree beside the cache's trees, each file hashed while copied."""
 
-    The digest of a local file is only known once it is read, so the copy goes to a temporary file
-    first. Nothing is an entry before it is durable: the sync comes before the renames.
+    work: Path  # trees/sha256/<ab>/.tmp-…: renamed into place once verified, removed otherwise
+    files: list[ListedFile]
+    first: dict[str, str]  # sha256 → the member holding that content first (the one that becomes its blob)
+    later: list[tuple[str, str]]  # (member, sha256) of repeats: hard links to the first
+    dirs: set[str]
+
+    def discard(self) -> None:
+        """Remove what is left of the temporary tree (nothing once it was renamed into place)."""
+        _remove_tree(self.work)
+
+
+def _stage_folder(cache: Cache, scanned: list[tuple[str, Path, os.stat_result]], name: str, pin: str | None,
+                  progress: DatasetProgress, cancel: threading.Event) -> _Staged:
+    """Copy a local folder into a temporary tree in the cache, hashing each file once while it is copied.
+
+    The digest of a local file is only known once it is read, so its bytes go straight to their
+    place in the tree; identical files become hard links to the first. Nothing here is an entry yet.
     """
-    work = cache.root / "blobs" / "sha256" / ".ingest"
-    work.mkdir(parents=True, exist_ok=True)
-    staged: list[tuple[str, Path, str, int]] = []
+    parent = cache.root / "trees" / "sha256" / ((pin or "00")[:2])
     try:
-        for index, (rel, path, _) in enumerate(scanned):
+        parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".tmp-{pin or 'ingest'}-", dir=parent))
+    except OSError as exc:
+        raise _cache_write_error(cache, exc) from None
+    staged = _Staged(work, [], {}, [], set())
+    base = str(work)
+    pending_files = pending_bytes = 0
+    try:
+        for rel, path, st in scanned:
             if cancel.is_set():
                 raise Cancelled()
-            tmp = work / f"{os.getpid()}-{threading.get_ident()}-{index}.partial"
+            folder = rel.rpartition("/")[0]
+            if folder and folder not in staged.dirs:
+                _make_dirs(base, folder, staged.dirs, cache)
+            src, dst = os.fspath(path), f"{base}/{rel}"
             try:
-                sha, size = _copy_hashing(path, tmp, progress)
+                sha, size = _copy_hashing(src, dst, st.st_size, staged.first, base)
+            except _ReadError as exc:
+                raise FetchError(f"{name}: cannot read {path}: {exc.reason}; fix its permissions") from None
             except OSError as exc:
-                if exc.filename == str(path) or exc.filename is None and not tmp.exists():
-                    raise FetchError(f"{name}: cannot read {path}: {exc.strerror or exc}; fix its permissions") from None
-                raise FetchError(f"{name}: cannot write to the cache {cache.root}: {exc.strerror or exc}; free "
-                                 "space or fix permissions there, or set XRUN_CACHE_DIR") from None
-            staged.append((rel, tmp, sha, size))
-            progress.file_done()
-        _sync_filesystem(work)
-        out: list[tuple[str, Blob]] = []
-        for rel, tmp, sha, size in staged:
-            out.append((rel, _commit_staged(cache, tmp, sha, size)))
-        return out
-    finally:
-        for _, tmp, _, _ in staged:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
+                raise _cache_write_error(cache, exc) from None
+            if sha in staged.first:
+                staged.later.append((rel, sha))
+            else:
+                staged.first[sha] = rel
+            staged.files.append(ListedFile(rel, size, sha))
+            pending_files += 1
+            pending_bytes += size
+            if pending_files >= PROGRESS_BATCH:
+                progress.advance(pending_bytes)
+                progress.files_done(pending_files)
+                pending_files = pending_bytes = 0
+        if pending_files:
+            progress.advance(pending_bytes)
+            progress.files_done(pending_files)
+    except BaseException:
+        staged.discard()
+        raise
+    return staged
 
 
-def _copy_hashing(src: Path, dst: Path, progress: DatasetProgress) -> tuple[str, int]:
-    h = hashlib.sha256()
-    size = 0
-    fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+class _ReadError(Exception):
+    """The source file could not be read (as opposed to the cache not being writable)."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _make_dirs(base: str, folder: str, made: set[str], cache: Cache) -> None:
     try:
-        fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        os.makedirs(f"{base}/{folder}", exist_ok=True)
+    except OSError as exc:
+        raise _cache_write_error(cache, exc) from None
+    parts = folder.split("/")
+    made.update("/".join(parts[:k]) for k in range(1, len(parts) + 1))
+
+
+def _cache_write_error(cache: Cache, exc: OSError) -> FetchError:
+    return FetchError(f"cannot write to the cache {cache.root}: {exc.strerror or exc}; free space or fix "
+                      "permissions there, or set XRUN_CACHE_DIR")
+
+
+def _copy_hashing(src: str, dst: str, size_hint: int, first: dict[str, str], base: str) -> tuple[str, int]:
+    """Copy src to dst hashing the bytes read (the ones written); a repeat of earlier content becomes a link."""
+    try:
+        fd_in = os.open(src, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise _ReadError(exc.strerror or str(exc)) from None
+    try:
         try:
-            while True:
-                chunk = os.read(fd_in, CHUNK)
-                if not chunk:
-                    break
-                h.update(chunk)
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd_out, view):]
-                size += len(chunk)
-                progress.advance(len(chunk))
-            os.fchmod(fd_out, READ_ONLY_FILE)
-        finally:
-            os.close(fd_out)
+            # A read that returns less than asked for is at the end: a small file costs one read.
+            ask = min(size_hint, CHUNK) + 1
+            data = os.read(fd_in, ask)
+        except OSError as exc:
+            raise _ReadError(exc.strerror or str(exc)) from None
+        if len(data) < ask:
+            sha = hashlib.sha256(data).hexdigest()
+            if sha in first:
+                os.link(f"{base}/{first[sha]}", dst)
+            else:
+                _write_new(dst, (data,))
+            return sha, len(data)
+        return _copy_streaming(fd_in, data, dst, first, base)
     finally:
         os.close(fd_in)
-    return h.hexdigest(), size
 
 
-def _commit_staged(cache: Cache, tmp: Path, sha: str, size: int) -> Blob:
-    """The staged copy becomes the entry unless a good one is there already (then the copy is dropped)."""
-    final = cache.blob_path("sha256", sha)
-    with cache.lock("sha256", sha):
-        probe = cache.probe("sha256", sha)
-        if probe is not None and (probe.trusted or cache.rehash_blob(probe.blob)):
-            return Blob("sha256", sha, probe.blob.path, probe.blob.size, fetched=False)
-        if probe is not None:
-            cache.remove_blob("sha256", sha)
+def _copy_streaming(fd_in: int, head: bytes, dst: str, first: dict[str, str], base: str) -> tuple[str, int]:
+    h = hashlib.sha256(head)
+    size = len(head)
+
+    def chunks() -> Iterator[bytes]:
+        nonlocal size
+        yield head
+        while True:
+            try:
+                chunk = os.read(fd_in, CHUNK)
+            except OSError as exc:
+                raise _ReadError(exc.strerror or str(exc)) from None
+            if not chunk:
+                return
+            h.update(chunk)
+            size += len(chunk)
+            yield chunk
+
+    _write_new(dst, chunks())
+    sha = h.hexdigest()
+    if sha in first:
+        os.unlink(dst)
+        os.link(f"{base}/{first[sha]}", dst)
+    return sha, size
+
+
+def _write_new(dst: str, chunks: Iterable[bytes]) -> None:
+    """Create dst read-only with these bytes; no fsync here (one syncfs covers the whole tree)."""
+    fd_out = os.open(dst, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, READ_ONLY_FILE)
+    try:
+        for chunk in chunks:
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd_out, view):]
+        os.fchmod(fd_out, READ_ONLY_FILE)  # exactly 0444 whatever the umask
+    finally:
+        os.close(fd_out)
+
+
+def _finish_folder(planned: PlannedData, source: DataSource, resolved: Resolved, cache: Cache,
+                   staged: _Staged) -> FetchedData:
+    """Check the staged folder against the pin, then make it the tree and its files blobs."""
+    from runner.fetch.stage import FetchedData
+
+    item = planned.item
+    try:
+        digest = tree_digest(staged.files)
+        _check_pin(item.name, resolved, digest, staged.files, what="tree")
+        path, made = _commit_folder(cache, digest, staged, {"source": source.kind, "uri": resolved.uri})
+    finally:
+        staged.discard()
+    cache.mark_used("sha256", digest)
+    return FetchedData(name=item.name, uri=resolved.uri, algorithm="sha256", hexdigest=digest, host_path=path,
+                       container_path=planned.container_path, size=sum(f.size for f in staged.files),
+                       unpacked=False, cache_hit=not made, kind=source.kind, files=len(staged.files))
+
+
+def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict[str, str]) -> tuple[Path, bool]:
+    """One syncfs, then each new content becomes a blob (a hard link) and the tree is renamed into place.
+
+    Nothing becomes visible before its bytes are durable: the sync comes before the first link into
+    blobs/ and before the rename. A blob already in the cache is used instead of the new copy (after
+    a re-hash when its fingerprint does not vouch for it), so identical files are stored once.
+    """
+    found = cache.lookup_tree("sha256", digest)
+    if found is not None and (cache.tree_trusted("sha256", digest)
+                              or not recheck_tree(cache, "sha256", digest, verify=False)):
+        if cache.lookup_tree("sha256", digest) is not None:
+            return found, False
+    final = cache.tree_path("sha256", digest)
+    work = staged.work
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with cache.lock("sha256", digest, "tree"):
+            if cache.lookup_tree("sha256", digest) is not None:
+                if cache.tree_trusted("sha256", digest):
+                    return final, False  # another run made it meanwhile
+                _drop_tree(cache, digest)  # untrusted, and ours is verified: replace it
+            _sync_filesystem(work)
+            shared = _link_blobs(cache, staged)
+            for rel in sorted(staged.dirs, key=lambda d: d.count("/"), reverse=True):
+                os.chmod(work / rel, READ_ONLY_DIR)
+            os.chmod(work, READ_ONLY_DIR)
+            listing = {"version": LISTING_VERSION, "dataset": description,
+                       "files": [{"path": f.path, "sha256": f.sha256, "size": f.size, "mode": 0o644}
+                                 for f in staged.files],
+                       "symlinks": [], "dirs": sorted(staged.dirs)}
+            _write_cache_listing(cache, digest, listing)
+            os.rename(work, final)
+            fsync_dir(final.parent)
+            cache.record_tree("sha256", digest)
+            _write_summary(cache, digest, description["uri"], sum(f.size for f in staged.files), len(staged.files))
+            # Blobs that were already there got a link more (ctime moved): vouch for them as they are now.
+            for sha in shared:
+                cache.record_blob("sha256", sha)
+    except OSError as exc:
+        raise FetchError(f"cannot build the dataset tree in the cache {cache.root}: {exc.strerror or exc}; free "
+                         "space or fix permissions there") from None
+    return final, True
+
+
+def _link_blobs(cache: Cache, staged: _Staged) -> list[str]:
+    """Each distinct content of the staged tree becomes its blob (a hard link); returns blobs already present.
+
+    The new blobs get no fingerprint of their own: they are the tree's members (same inode), which
+    the tree's fingerprint covers. Another user of such a blob re-hashes it once, then fingerprints it.
+    """
+    shared: list[str] = []
+    blobs = cache.root / "blobs" / "sha256"
+    made: set[str] = set()
+    work = str(staged.work)
+    with cache.entry_locks() as locks:
+        for sha, rel in staged.first.items():
+            fan = sha[:2]
+            target = f"{blobs}/{fan}/{sha}"
+            with locks.hold("sha256", sha):
+                if fan not in made:
+                    os.makedirs(f"{blobs}/{fan}", exist_ok=True)
+                    made.add(fan)
+                try:
+                    os.link(f"{work}/{rel}", target)
+                    continue
+                except FileExistsError:
+                    pass
+                if _use_existing(cache, staged, sha, rel):
+                    shared.append(sha)
+                else:
+                    cache.remove_blob("sha256", sha)
+                    os.link(f"{work}/{rel}", target)
+    return shared
+
+
+def _use_existing(cache: Cache, staged: _Staged, sha: str, rel: str) -> bool:
+    """Point the members with this content at the blob already in the cache, if it still holds it."""
+    probe = cache.probe("sha256", sha)
+    if probe is None:
+        raise FetchError(f"the cache entry {cache.blob_path('sha256', sha)} is not a regular file; remove it")
+    if not (probe.trusted or cache.rehash_blob(probe.blob)):
+        return False
+    members = [rel, *(later for later, other in staged.later if other == sha)]
+    for member in members:
+        path = staged.work / member
+        tmp = path.with_name(f".{path.name}.xrun-link")
         try:
-            os.replace(tmp, final)
-        except FileNotFoundError:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp, final)
-    # The fingerprint is recorded once the tree links it (a link changes ctime).
-    return Blob("sha256", sha, final, size, fetched=True)
+            os.link(probe.blob.path, tmp)
+        except OSError as exc:
+            if exc.errno not in (errno.EMLINK, errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                raise
+            return True  # it keeps its own verified copy: correct, only not shared
+        os.replace(tmp, path)
+    return True
+
+
+def _drop_tree(cache: Cache, digest: str) -> None:
+    cache.drop_fingerprint("sha256", digest, "tree")
+    _remove_tree(cache.tree_path("sha256", digest))
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(cache.tree_listing_path("sha256", digest))
+
+
+def _write_cache_listing(cache: Cache, digest: str, listing: dict[str, Any]) -> None:
+    """The tree's listing beside it, durable before the tree is renamed into place."""
+    listing_path = cache.tree_listing_path("sha256", digest)
+    tmp = listing_path.with_name(f".{listing_path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        json.dump(listing, f, separators=(",", ":"))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, listing_path)
 
 
 # --- the tree ---------------------------------------------------------------------------------------
@@ -358,13 +611,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
                        "files": [{"path": rel, "sha256": blob.hexdigest, "size": blob.size, "mode": 0o644}
                                  for rel, blob in sorted(blobs, key=lambda b: b[0])],
                        "symlinks": [], "dirs": sorted(dirs)}
-            listing_path = cache.tree_listing_path("sha256", digest)
-            tmp = listing_path.with_name(f".{listing_path.name}.tmp")
-            with open(tmp, "w", encoding="utf-8") as f:
-                json.dump(listing, f, separators=(",", ":"))
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, listing_path)
+            _write_cache_listing(cache, digest, listing)
             os.rename(work, final)
             fsync_dir(final.parent)
         except OSError as exc:
@@ -376,6 +623,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             raise
         _record_blobs(cache, blobs)
         cache.record_tree("sha256", digest)
+        _write_summary(cache, digest, description["uri"], sum(blob.size for _, blob in blobs), len(blobs))
     return final, True
 
 

@@ -169,3 +169,27 @@ def test_a_warm_run_reports_the_dataset_from_its_summary_or_else_its_listing(tmp
         assert rc == 0 and warm[0]["cacheHit"], warm
         assert (warm[0]["files"], warm[0]["size"], warm[0]["uri"]) == (cold[0]["files"], cold[0]["size"], cold[0]["uri"])
         summary.unlink(missing_ok=True)
+
+
+def test_materialize_rechecks_an_untrusted_tree_without_locking_itself_out(tmp_path: Path, cache: Cache):
+    # A tree whose fingerprint no longer holds (here: a member's ctime moved) is re-hashed under the
+    # tree's lock; materialize used to call that re-check while holding the same lock, and OFD locks
+    # of one process on one entry wait for each other for ever.
+    from runner.fetch.download import fetch_blob
+
+    files = {"a.txt": b"alpha\n", "sub/b.txt": b"beta\n"}
+    src = write_files(tmp_path / "src", files)
+    blobs = [(rel, fetch_blob(cache, str(src / rel), {"sha256": hashlib.sha256(data).hexdigest()}, name=rel))
+             for rel, data in files.items()]
+    digest = digest_of(files)
+    path, made = tree_mod.materialize(cache, digest, blobs, {"uri": str(src)})
+    assert made and cache.tree_trusted("sha256", digest)
+    os.chmod(path / "a.txt", 0o444)  # same mode, new ctime: the fingerprint no longer vouches for it
+    assert not cache.tree_trusted("sha256", digest)
+    result: list[tuple[Path, bool]] = []
+    worker = threading.Thread(target=lambda: result.append(tree_mod.materialize(cache, digest, blobs,
+                                                                                {"uri": str(src)})), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert not worker.is_alive(), "materialize hung on its own lock"
+    assert result == [(path, False)] and cache.tree_trusted("sha256", digest)

@@ -582,18 +582,24 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
                 description: dict[str, str]) -> tuple[Path, bool]:
     """trees/sha256/<ab>/<digest>/ of links to the blobs, read-only, with its listing; (path, made now)."""
     found = cache.lookup_tree("sha256", digest)
-    if found is not None and cache.tree_trusted("sha256", digest):
-        _record_blobs(cache, blobs)
-        return found, False
+    # recheck_tree takes the tree's lock itself, so it runs before ours: OFD locks do not nest, and a
+    # second lock of the same entry from this process would wait for ever.
+    if found is not None and (cache.tree_trusted("sha256", digest)
+                              or not recheck_tree(cache, "sha256", digest, verify=False)):
+        if cache.lookup_tree("sha256", digest) is not None:
+            _record_blobs(cache, blobs)
+            return found, False
     final = cache.tree_path("sha256", digest)
     final.parent.mkdir(parents=True, exist_ok=True)
     with cache.lock("sha256", digest, "tree"):
         found = cache.lookup_tree("sha256", digest)
         if found is not None:
-            if cache.tree_trusted("sha256", digest) or not recheck_tree(cache, "sha256", digest, verify=False):
-                if cache.lookup_tree("sha256", digest) is not None:
-                    _record_blobs(cache, blobs)
-                    return found, False
+            if cache.tree_trusted("sha256", digest):  # made by another process while we waited
+                _record_blobs(cache, blobs)
+                return found, False
+            _remove_tree(found)  # changed after the re-check: made again below
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(cache.tree_listing_path("sha256", digest))
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{digest}-", dir=final.parent))
         try:
             dirs: set[str] = set()

@@ -6,15 +6,19 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from datatools import dvc, git_lfs_available, giftless, http_root, make_bucket, moto_endpoint, run, s3_env  # noqa: F401
 from runner.cli import main
 from runner.fetch.sources.listing import ListedFile, tree_digest
 
 FILES = {"a.txt": b"one\n", "sub/b.txt": b"two\n", "sub/deep/c.bin": os.urandom(3000)}
+
+REPO = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True)
@@ -404,3 +408,28 @@ def test_reproduce_names_the_changed_file_inside_a_dataset():
     new = recorded({"a.txt": "1" * 64, "sub/b.txt": "3" * 64, "c.txt": "4" * 64}, "b" * 64)
     names = [c.name for c in changed_inputs(old, new)]
     assert names == ["data/images/c.txt", "data/images/sub/b.txt"]
+
+
+@pytest.mark.docker
+def test_the_dvc_example_trains_as_its_readme_says(tmp_path: Path, base_image: str, monkeypatch: pytest.MonkeyPatch):
+    """examples/dvc: make the data, `dvc add` + `dvc push` with real DVC, then xrun trains on it."""
+    from runner.pipeline import RunOptions, run_experiment
+
+    example = tmp_path / "dvc"
+    shutil.copytree(REPO / "examples" / "dvc", example)
+    store = tmp_path / "dvc-store"
+    run("git", "init", "-q", cwd=example)
+    dvc("init", "-q", cwd=example)
+    run(sys.executable, "make_data.py", cwd=example)
+    dvc("add", "-q", "images", cwd=example)
+    dvc("remote", "add", "-d", "store", str(store), cwd=example)
+    dvc("push", "-q", cwd=example)
+    manifest = example / "experiment.yaml"
+    spec = yaml.safe_load(manifest.read_text())
+    spec["data"][0]["dvc"]["remote"] = store.as_uri()
+    spec["image"] = {"base": base_image}  # the example's bootstrap base is the same packages; skip the minute
+    manifest.write_text(yaml.safe_dump(spec))
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
+    summary = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
+    assert summary.metrics["metrics.json"] == {"files": 40, "classes": 2}
+    assert set(json.loads((summary.run_dir / "outputs" / "model.json").read_text())) == {"cats", "dogs"}

@@ -148,6 +148,10 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
     finally:
         if container is not None:
             _remove(container)
+        else:
+            # Interrupted between the engine creating the container and the SDK handing it back:
+            # find it by the run's label, so that it cannot outlive the run.
+            _remove_labelled(client, spec.labels)
         if os.getuid() == 0 and spec.user == NOBODY:
             _chown_tree(Path(outputs), 0, 0)
     finished = utc_now()
@@ -221,6 +225,17 @@ def _remove(container: Any) -> None:
     try:
         container.remove(force=True)
     except Exception:  # already removed (e.g. by a concurrent clean-up)
+        pass
+
+
+def _remove_labelled(client: Any, labels: dict[str, str]) -> None:
+    run_id = labels.get("org.xrun.run-id")
+    if not run_id:
+        return
+    try:
+        for found in managed_containers(client, run_id):
+            _remove(found)
+    except Exception:  # noqa: BLE001 - the engine is gone: the watchdog or the next run's sweep removes it
         pass
 
 

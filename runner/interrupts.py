@@ -36,8 +36,11 @@ class interrupts_raise:
 
     def __exit__(self, *exc: object) -> None:
         if self._count:
-            # Interrupted: the process is on its way out (exit 130). A signal arriving now must not
-            # turn that into a death by signal, so ours stays installed and keeps holding them.
+            # Interrupted: the process is on its way out (exit 130) and its clean-up is done. A signal
+            # arriving now must not turn that into a death by signal: ignore them. (A Python handler
+            # would not do: the interpreter puts the default back while it finalizes.)
+            for signum in self._previous:
+                signal.signal(signum, signal.SIG_IGN)
             return
         for signum, previous in self._previous.items():
             signal.signal(signum, previous)

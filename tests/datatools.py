@@ -7,6 +7,7 @@ The venvs are made once per machine by scripts/setup-data-tools (called here too
 from __future__ import annotations
 
 import functools
+import hashlib
 import http.server
 import json
 import os
@@ -19,6 +20,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from runner.fetch.sources.listing import ListedFile, tree_digest
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("XRUN_TEST_CACHE") or Path.home() / ".cache" / "xrun-test")
@@ -153,3 +156,28 @@ def giftless(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def write_files(root: Path, files: dict[str, bytes]) -> Path:
+    """Write files (relative path → bytes) under root."""
+    for rel, data in files.items():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(data)
+    return root
+
+
+def digest_of(files: dict[str, bytes]) -> str:
+    """The tree digest xrun computes for these files."""
+    return tree_digest(ListedFile(p, len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items())
+
+
+def manifest(root: Path, data: list[dict]) -> Path:
+    """A manifest in root whose only interesting part is `data` (for fetch and plan tests)."""
+    doc = {"apiVersion": "xrun/v1", "kind": "Experiment", "name": "data",
+           "image": {"base": "alpine@sha256:" + "0" * 64}, "code": {"path": "code"},
+           "data": data, "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
+           "run": {"command": ["ls"]}, "outputs": [{"path": "x"}]}
+    (root / "code").mkdir(parents=True, exist_ok=True)
+    path = root / "experiment.yaml"
+    path.write_text(json.dumps(doc, indent=1))
+    return path

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datatools import dvc, git_lfs_available, giftless, http_root, make_bucket, moto_endpoint, run, s3_env  # noqa: F401
+from datatools import (digest_of, dvc, git_lfs_available, giftless, http_root, make_bucket, manifest,  # noqa: F401
+                       moto_endpoint, run, s3_env, write_files)
 from runner.cli import main
-from runner.fetch.sources.listing import ListedFile, tree_digest
 
 FILES = {"a.txt": b"one\n", "sub/b.txt": b"two\n", "sub/deep/c.bin": os.urandom(3000)}
 
@@ -26,26 +26,7 @@ def cache_env(tmp_path, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
 
 
-def write_files(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
-
-def digest_of(files: dict[str, bytes]) -> str:
-    return tree_digest(ListedFile(p, len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items())
-
-
-def manifest(root: Path, data: list[dict]) -> Path:
-    doc = {"apiVersion": "xrun/v1", "kind": "Experiment", "name": "data",
-           "image": {"base": "alpine@sha256:" + "0" * 64}, "code": {"path": "code"},
-           "data": data, "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
-           "run": {"command": ["ls"]}, "outputs": [{"path": "x"}]}
-    (root / "code").mkdir(parents=True, exist_ok=True)
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(doc, indent=1))
-    return path
 
 
 def fetch(path: Path, capsys) -> tuple[int, list[dict] | str]:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
+from datatools import digest_of, manifest, write_files
 from runner.cli import main
 from runner.fetch.cache import Cache
 from runner.fetch.sources import tree as tree_mod
-from runner.fetch.sources.listing import ListedFile, tree_digest
 
 FILES = {"a.txt": b"same\n", "sub/b.txt": b"same\n", "sub/deep/c.bin": os.urandom(3000),
          "big.bin": os.urandom((1 << 20) + 4097)}  # larger than one read: the streaming copy
@@ -25,26 +25,7 @@ def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Cache:
     return Cache(tmp_path / "cache")
 
 
-def write_files(root: Path, files: dict[str, bytes]) -> Path:
-    for rel, data in files.items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_bytes(data)
-    return root
 
-
-def digest_of(files: dict[str, bytes]) -> str:
-    return tree_digest(ListedFile(p, len(d), hashlib.sha256(d).hexdigest()) for p, d in files.items())
-
-
-def manifest(root: Path, data: list[dict]) -> Path:
-    doc = {"apiVersion": "xrun/v1", "kind": "Experiment", "name": "data",
-           "image": {"base": "alpine@sha256:" + "0" * 64}, "code": {"path": "code"},
-           "data": data, "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
-           "run": {"command": ["ls"]}, "outputs": [{"path": "x"}]}
-    (root / "code").mkdir(parents=True, exist_ok=True)
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(doc, indent=1))
-    return path
 
 
 def fetch(path: Path, capsys: pytest.CaptureFixture[str]) -> tuple[int, list[dict] | str]:

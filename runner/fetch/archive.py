@@ -293,6 +293,11 @@ def _write_listing(path: Path, blob: Blob, builder: _Builder) -> None:
         "symlinks": [{"path": p, "target": t} for p, t in sorted(builder.symlinks.items())],
         "dirs": sorted(builder.dirs),
     }
+    write_listing(path, listing)
+
+
+def write_listing(path: Path, listing: dict[str, Any]) -> None:
+    """A tree's JSON listing written durably (fsynced, then renamed) before the tree itself is renamed."""
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(listing, f, separators=(",", ":"))

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree
+from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree, write_listing
 from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
 from runner.fetch.download import Cancelled, fetch_blob
 from runner.fetch.interface import CHUNK, FetchOptions
@@ -566,13 +566,7 @@ def _drop_tree(cache: Cache, digest: str) -> None:
 
 def _write_cache_listing(cache: Cache, digest: str, listing: dict[str, Any]) -> None:
     """The tree's listing beside it, durable before the tree is renamed into place."""
-    listing_path = cache.tree_listing_path("sha256", digest)
-    tmp = listing_path.with_name(f".{listing_path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(listing, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, listing_path)
+    write_listing(cache.tree_listing_path("sha256", digest), listing)
 
 
 # --- the tree ---------------------------------------------------------------------------------------

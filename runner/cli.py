@@ -135,13 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = command("reproduce", "re-run what an attestation records and compare the outputs (CI)",
                 "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub --rtol 1e-6", _cmd_reproduce)
-    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
+    _attestation_args(p, "verify the attestation before re-running")
     p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
-    p.add_argument("--code", type=Path, metavar="DIR",
-                   help="the code folder to re-run (checked against the recorded code digest; default: the recorded "
-                        "run's folder, from run.json beside the attestation), e.g. --code ./")
-    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
-                   help="trusted public key: verify the attestation before re-running (repeatable)")
     p.add_argument("--signing-key", type=Path, help="key that signs the new run's attestation")
     p.add_argument("--rtol", type=float, help="relative tolerance for metrics files")
     p.add_argument("--atol", type=float, help="absolute tolerance for metrics files")
@@ -168,12 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
                 "image ID (auditors)", "xrun rebuild .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub "
                 "--code ./checkout\n\nexit 0 identical · 3 different (what differs is named: base, package, wheel, "
                 "code file, layer) or the attestation does not verify · 4 an input cannot be had", _cmd_rebuild)
-    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
-    p.add_argument("--code", type=Path, metavar="DIR",
-                   help="the code folder (checked against the recorded tree digest; default: the recorded run's "
-                        "folder, from run.json beside the attestation)")
-    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
-                   help="trusted public key: verify the attestation first (repeatable)")
+    _attestation_args(p, "verify the attestation first")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress")
 
@@ -338,6 +328,16 @@ def _age(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not an age: use a number followed by s, m, h or d "
                                          "(for example 90m, 12h, 1.5d, 30d)")
     return value * AGE_UNITS[unit]
+
+
+def _attestation_args(p: argparse.ArgumentParser, key_use: str) -> None:
+    """ATTESTATION, --code DIR and --key PUB: what `reproduce` and `rebuild` read."""
+    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
+    p.add_argument("--code", type=Path, metavar="DIR",
+                   help="the code folder (checked against the recorded code digest; default: the recorded run's "
+                        "folder, from run.json beside the attestation), e.g. --code ./")
+    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
+                   help=f"trusted public key: {key_use} (repeatable)")
 
 
 def _manifest_arg(p: argparse.ArgumentParser, many: bool = False) -> None:

@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,10 +117,20 @@ def remove_containers(identity: str, client: Any = None) -> int:
             client = docker_client(timeout=30)
         except EnvironmentProblem:
             return 0
+    return _remove_where(client, f"{RUNNER_LABEL}={identity}", lambda _: True)
+
+
+def _remove_where(client: Any, label: str, dead: Callable[[str], bool]) -> int:
+    """Force-remove the containers with `label` whose runner identity `dead` accepts; how many went."""
+    try:
+        # ignore_removed: a container that goes between the list and its inspect is not an error.
+        found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+    except Exception:  # noqa: BLE001 - the engine did not answer: the next sweep tries again
+        return 0
     removed = 0
-    # ignore_removed: a container that goes between the list and its inspect is not an error.
-    mine = {"label": f"{RUNNER_LABEL}={identity}"}
-    for container in client.containers.list(all=True, filters=mine, ignore_removed=True):
+    for container in found:
+        if not dead((container.labels or {}).get(RUNNER_LABEL, "")):
+            continue
         try:
             container.remove(force=True)
             removed += 1
@@ -162,18 +173,8 @@ def reap_orphans(runs_dir: Path, client: Any = None) -> list[str]:
             if identity and is_gone(identity) and mark_killed(run_dir, identity):
                 reaped.append(run_dir.name)
     if client is not None:
-        _remove_dead_runners_containers(client)
+        _remove_where(client, RUNNER_LABEL, is_gone)
     return reaped
-
-
-def _remove_dead_runners_containers(client: Any) -> None:
-    for container in client.containers.list(all=True, filters={"label": RUNNER_LABEL}, ignore_removed=True):
-        identity = (container.labels or {}).get(RUNNER_LABEL, "")
-        if is_gone(identity):
-            try:
-                container.remove(force=True)
-            except Exception:  # noqa: BLE001 - removed meanwhile
-                pass
 
 
 def _unfinished(run_dir: Path, record: RunRecord) -> bool:

@@ -14,7 +14,6 @@ import os
 import shutil
 import socket
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from runner.manifest import BootstrapSpec
+from servers import wait_until_serving
 
 TEST_BASE = BootstrapSpec(suite="bookworm", packages=("python3", "python3-numpy"), variant="minbase")
 BASE_REPO = "xrun-base"
@@ -65,8 +65,6 @@ def _free_port(preferred: int = 5000) -> int:
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory) -> Iterator[Registry]:
     """Debian's docker-registry serving 127.0.0.1:PORT from a temporary folder, stopped at the end."""
-    import requests
-
     exe = shutil.which("docker-registry")
     if exe is None:
         pytest.fail("docker-registry is not installed (apt-get install docker-registry); scripts/setup does it",
@@ -82,18 +80,8 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
     log = open(root / "registry.log", "wb")
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     host = f"127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            if requests.get(f"http://{host}/v2/", timeout=1).status_code == 200:
-                break
-        except requests.RequestException:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"docker-registry did not start on {host}: {(root / 'registry.log').read_text()[-2000:]}",
-                        pytrace=False)
-        time.sleep(0.1)
+    wait_until_serving(f"http://{host}/v2/", proc, root / "registry.log", name="docker-registry", timeout=30,
+                       stop=proc.kill)
     try:
         yield Registry(host, root)
     finally:

@@ -6,12 +6,13 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
+
+from servers import wait_until_serving
 
 
 def mlflow_exe() -> Path:
@@ -52,18 +53,8 @@ class MlflowServer:
              "--artifacts-destination", str(self.root / "artifacts"), "--workers", "1"],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                pytest.fail(f"mlflow server did not start on {self.uri}: "
-                            f"{(self.root / 'server.log').read_text(errors='replace')[-2000:]}", pytrace=False)
-            time.sleep(0.3)
+        wait_until_serving(f"{self.uri}/health", self.proc, self.root / "server.log", name="mlflow server",
+                           timeout=timeout, stop=self.stop)
 
     def stop(self) -> None:
         """Stop it (its process group: the server runs its workers as children) and wait until the port is free."""

@@ -18,7 +18,6 @@ xrun cache (`builds/`), keyed by the plan's build digest.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import tempfile
@@ -39,6 +38,7 @@ from runner.interrupts import interrupts_raise
 from runner.manifest import BootstrapSpec
 from runner.plan import CodeTree, ImageRef, Plan
 from runner.progress import ProgressSink, StderrProgress
+from runner.rundir import write_json
 from runner.resources import resource_dir
 
 __all__ = ["Assembly", "BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "assemble",
@@ -395,14 +395,7 @@ def save_build_record(cache: Any, build_digest: str, image: BuiltImage) -> None:
     """Write the build record atomically (a reader never sees half of one)."""
     path = build_record_path(cache, build_digest)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(image.to_record(), f, sort_keys=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_json(path, image.to_record())
 
 
 def load_build_record(cache: Any, build_digest: str) -> BuiltImage | None:

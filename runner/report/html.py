@@ -11,18 +11,17 @@ from __future__ import annotations
 
 import html
 import json
-import os
 import statistics
 import string
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner import __version__
-from runner.errors import UsageError
+from runner.errors import EnvironmentProblem, UsageError
 from runner.resources import resource_dir
+from runner.rundir import write_atomic
 from runner.runs.record import RunRecord
 from runner.runs.store import RunInfo, find_run, list_runs
 from runner.wire import fields_to_wire
@@ -106,9 +105,13 @@ def write_report(runs_dir: Path, refs: list[str], sweeps: list[str], out: Path, 
     started = time.monotonic()
     if not out.parent.absolute().is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere")
+    try:
+        import plotly  # noqa: F401 - an optional extra: say so before any work
+    except ImportError:
+        raise EnvironmentProblem("xrun report draws its plots with plotly: pip install 'xrun[report]'") from None
     runs = collect(select_runs(runs_dir, refs, sweeps), keys)
     data = render(runs, title=_title(runs, sweeps)).encode("utf-8")
-    _write_atomic(out, data)
+    write_atomic(out, data)
     return WrittenReport(path=out, run_ids=tuple(r.info.run_id for r in runs), size_bytes=len(data),
                          seconds=round(time.monotonic() - started, 3))
 
@@ -440,19 +443,5 @@ def _title(runs: list[ReportRun], sweeps: list[str]) -> str:
     names = sorted({r.record.name for r in runs})
     what = f"sweep {', '.join(sweeps)}" if sweeps else ", ".join(names)
     return f"xrun report: {what}"
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.absolute().parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from runner.errors import UsageError
 from runner.reproduce import diff_fields
 from runner.runs.record import RunRecord
-from runner.watchdog import reap_orphans
+from runner.engine.watchdog import reap_orphans
 
 
 @dataclass(frozen=True)

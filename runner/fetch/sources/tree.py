@@ -38,20 +38,16 @@ from runner.errors import FetchError, IntegrityError
 from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree, write_listing
 from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
 from runner.fetch.download import Cancelled, fetch_blob
-from runner.fetch.interface import CHUNK, FetchOptions
+from runner.fetch.interface import CHUNK, FetchedData, FetchOptions
 from runner.fetch.pool import JobContext, _ThreadFetchers
 from runner.fetch.progress import DatasetProgress
-from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
+from runner.fetch.sources.interface import ALIAS_KIND, DIR_ALIAS_KIND, DataSource, FileRequest, Resolved, SourceEnv
 from runner.fetch.sources.listing import ListedFile, scan_directory, tree_digest
 
 if TYPE_CHECKING:
-    from runner.fetch.stage import FetchedData
     from runner.plan import PlannedData
 
 T = TypeVar("T")
-ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
-TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
-DIR_ALIAS_KIND = "dvc-tree"
 SUMMARY_KIND = "dataset"  # state/sha256/<ab>/<tree digest>.dataset: uri, size and file count
 PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs more than a small copy)
 
@@ -59,8 +55,6 @@ PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs
 def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: Cache, options: FetchOptions,
                   ctx: JobContext) -> FetchedData:
     """The item's files verified in the cache and mounted as a tree (or one file): a stat per file when warm."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     known = source.known_result(cache)
     if known is not None:
@@ -109,8 +103,6 @@ def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: C
 def _ready(planned: PlannedData, source: DataSource, known: tuple[str, str], cache: Cache, options: FetchOptions,
            ctx: JobContext) -> FetchedData | None:
     """A tree (or blob) already in the cache serves the run while its fingerprint vouches for it."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     kind, hexdigest = known
     if kind == "blob":
@@ -446,8 +438,6 @@ def _write_new(dst: str, chunks: Iterable[bytes]) -> None:
 def _finish_folder(planned: PlannedData, source: DataSource, resolved: Resolved, cache: Cache,
                    staged: _Staged) -> FetchedData:
     """Check the staged folder against the pin, then make it the tree and its files blobs."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     try:
         digest = tree_digest(staged.files)

@@ -35,11 +35,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree, write_listing
+from runner.fetch.archive import LISTING_VERSION, remove_tree, sync_filesystem, recheck_tree, write_listing
 from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
 from runner.fetch.download import Cancelled, fetch_blob
 from runner.fetch.interface import CHUNK, FetchedData, FetchOptions
-from runner.fetch.pool import JobContext, _ThreadFetchers
+from runner.fetch.pool import JobContext, ThreadFetchers
 from runner.fetch.progress import DatasetProgress
 from runner.fetch.sources.interface import ALIAS_KIND, DIR_ALIAS_KIND, DataSource, FileRequest, Resolved, SourceEnv
 from runner.fetch.sources.listing import ListedFile, scan_directory, tree_digest
@@ -209,7 +209,7 @@ def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFil
 def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, root: Path, options: FetchOptions,
                     progress: DatasetProgress, ctx: JobContext) -> list[tuple[str, Blob]]:
     """Every request through the transports, in a bounded pool of its own (one Session per thread)."""
-    fetchers = _ThreadFetchers(options)
+    fetchers = ThreadFetchers(options)
 
     def one(request: FileRequest) -> tuple[str, Blob]:
         if ctx.cancel.is_set():
@@ -296,7 +296,7 @@ class _Staged:
 
     def discard(self) -> None:
         """Remove what is left of the temporary tree (nothing once it was renamed into place)."""
-        _remove_tree(self.work)
+        remove_tree(self.work)
 
 
 def _stage_folder(cache: Cache, scanned: list[tuple[str, Path, os.stat_result]], name: str, pin: str | None,
@@ -472,7 +472,7 @@ def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict
                 if cache.tree_trusted("sha256", digest):
                     return final, False  # another run made it meanwhile
                 _drop_tree(cache, digest)  # untrusted, and ours is verified: replace it
-            _sync_filesystem(work)
+            sync_filesystem(work)
             shared = _link_blobs(cache, staged)
             for rel in sorted(staged.dirs, key=lambda d: d.count("/"), reverse=True):
                 os.chmod(work / rel, READ_ONLY_DIR)
@@ -549,7 +549,7 @@ def _use_existing(cache: Cache, staged: _Staged, sha: str, rel: str) -> bool:
 
 def _drop_tree(cache: Cache, digest: str) -> None:
     cache.drop_fingerprint("sha256", digest, "tree")
-    _remove_tree(cache.tree_path("sha256", digest))
+    remove_tree(cache.tree_path("sha256", digest))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cache.tree_listing_path("sha256", digest))
 
@@ -581,7 +581,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             if cache.tree_trusted("sha256", digest):  # made by another process while we waited
                 _record_blobs(cache, blobs)
                 return found, False
-            _remove_tree(found)  # changed after the re-check: made again below
+            remove_tree(found)  # changed after the re-check: made again below
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cache.tree_listing_path("sha256", digest))
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{digest}-", dir=final.parent))
@@ -605,11 +605,11 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             os.rename(work, final)
             fsync_dir(final.parent)
         except OSError as exc:
-            _remove_tree(work)
+            remove_tree(work)
             raise FetchError(f"cannot build the dataset tree in the cache {cache.root}: {exc.strerror or exc}; free "
                              "space or fix permissions there") from None
         except BaseException:
-            _remove_tree(work)
+            remove_tree(work)
             raise
         _record_blobs(cache, blobs)
         cache.record_tree("sha256", digest)

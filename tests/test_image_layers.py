@@ -144,3 +144,17 @@ def _cleanup(docker_client):
             docker_client.images.remove(img.id, force=True)
         except Exception:  # noqa: BLE001
             pass
+
+
+def test_a_killed_builds_folder_counts_in_cache_gc(tmp_path):
+    from runner.fetch import Cache, gc_cache
+
+    cache = Cache(tmp_path / "cache")
+    stale = cache.root / "tmp" / "xrun-build-abc"
+    stale.mkdir(parents=True)
+    (stale / "deps.tar").write_bytes(b"x" * 5000)
+    os.utime(stale, (1.0e9, 1.0e9))
+    dry = gc_cache(cache, keep=set(), older_than_s=3600, dry_run=True)
+    assert [(r.kind, r.path, r.size) for r in dry] == [("partial", stale, 5000)] and stale.exists()
+    gc_cache(cache, keep=set(), older_than_s=3600)
+    assert not stale.exists()

@@ -28,7 +28,6 @@ from typing import Any
 
 from runner import __version__
 from runner.build.bootstrap import DebPackage, ensure_bootstrap_image, installed_debs
-from runner.build.depslayer import check_disk, deps_key, held_layer, save_record
 from runner.build.layers import ImageConfig, Layer, LayerBuilder, LayerWriter, history_entry, image_exists, \
     load_image, load_stream, remove_untagged, write_layer
 from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
@@ -442,6 +441,9 @@ def cached_image(client: Any, plan: Plan, cache: Any) -> BuiltImage | None:
 
 
 def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, progress: ProgressSink) -> BuiltImage:
+    # Only a build needs these: a warm run of an unchanged plan stops at cached_image.
+    from runner.build.depslayer import check_disk, deps_key, held_layer, save_record
+
     base = resolve_base(plan, client, cache, progress=progress)
     python = inspect_python(client, base.image_id, cache)
     wheels: list[tuple[ResolvedWheel, Path]] = []

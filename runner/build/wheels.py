@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from packaging import tags as ptags
@@ -33,10 +33,12 @@ from runner.engine.client import ProbeFailed, cached_probe, run_offline
 from runner.fetch.interface import FetchOptions
 from runner.errors import FetchError, IntegrityError, ManifestError, XrunError
 from runner.hashing import sha256_file
-from runner.build.layers import LayerWriter
 from runner.lockfiles import LockEntry, select_for_environment
 from runner.lockfiles.interface import lock_error, verifiable
 from runner.lockfiles import Lockfile
+
+if TYPE_CHECKING:
+    from runner.build.layers import LayerWriter
 
 VENV = "/opt/xrun/venv"
 INDEX_TIMEOUT_S = 30

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.errors import XrunError
 from runner.runs.record import RunRecord
 from runner.wire import fields_to_wire
 
@@ -172,14 +173,12 @@ def _json(path: Path) -> dict[str, Any]:
 
 def _statement(attestation: Path) -> dict[str, Any]:
     """The statement of the attestation's first envelope, unverified (verification is the caller's choice)."""
-    from runner.attest.verify import read_attestation
+    from runner.attest.recorded import read_statement
 
     try:
-        envelope = read_attestation(attestation).envelopes[0]
-        value = json.loads(envelope.payload)
-    except Exception:  # an unreadable attestation still leaves the run.json facts to log
+        return read_statement(attestation)
+    except XrunError:  # an unreadable attestation still leaves the run.json facts to log
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 def _seed(plan: dict[str, Any]) -> int | None:

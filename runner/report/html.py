@@ -55,8 +55,7 @@ class ReportRun:
     @property
     def seed(self) -> int | None:
         """The global seed of its plan."""
-        value = (self.info.plan.get("seeds") or {}).get("global")
-        return value if isinstance(value, int) else None
+        return self.info.plan.seed
 
     @property
     def label(self) -> str:

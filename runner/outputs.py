@@ -223,11 +223,18 @@ def read_metric_file(path: Path, name: str) -> MetricFile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise TrainingFailed(f"metrics output {name!r} is not valid JSON ({exc}); write a JSON object of numbers") from None
+    except RecursionError:
+        raise TrainingFailed(f"metrics output {name!r} nests objects too deeply; write a flat JSON object of "
+                             "numbers") from None
     if not isinstance(data, dict):
         raise TrainingFailed(f"metrics output {name!r} is not a JSON object; write {{\"name\": number, …}}")
     flat: dict[str, float] = {}
     steps: dict[str, list[list[float]]] = {}
-    _flatten(data, "", flat, name, steps)
+    try:
+        _flatten(data, "", flat, name, steps)
+    except RecursionError:
+        raise TrainingFailed(f"metrics output {name!r} nests objects too deeply; write a flat JSON object of "
+                             "numbers") from None
     for key, series in steps.items():
         series.sort(key=lambda pair: pair[0])
         flat[key] = series[-1][1]

@@ -135,3 +135,48 @@ def test_max_download_setting(value, expected):
 def test_max_download_setting_refused(value):
     with pytest.raises(UsageError, match="XRUN_MAX_DOWNLOAD"):
         max_download({"XRUN_MAX_DOWNLOAD": value})
+
+
+# --- listings and DVC files that lie ------------------------------------------------------------------
+
+
+def directory_item(server: FaultServer, listing: dict, pin: str) -> list[dict]:
+    server.add("/ds/.xrun-tree.json", json.dumps(listing).encode())
+    return [{"name": "set", "directory": {"uri": server.url("/ds/"), "treeDigest": f"sha256:{pin}"}}]
+
+
+def test_a_listing_that_names_itself_is_refused(tmp_path, capsys):
+    files = [ListedFile("a.txt", 1, hashlib.sha256(b"a").hexdigest()),
+             ListedFile(".xrun-tree.json", 1, hashlib.sha256(b"b").hexdigest())]
+    with FaultServer() as server:
+        server.add("/ds/a.txt", b"a")
+        server.add("/ds/.xrun-tree.json", b"b")
+        rc, err = fetch(manifest(tmp_path, directory_item(server, listing_json(files), tree_digest(files))), capsys)
+    assert rc == 3 and "names .xrun-tree.json itself" in err, err
+
+
+def test_a_listing_whose_own_tree_digest_is_wrong_is_refused(tmp_path, capsys):
+    files = [ListedFile("a.txt", 1, hashlib.sha256(b"a").hexdigest())]
+    listing = {**listing_json(files), "treeDigest": "sha256:" + "0" * 64}
+    with FaultServer() as server:
+        server.add("/ds/a.txt", b"a")
+        rc, err = fetch(manifest(tmp_path, directory_item(server, listing, tree_digest(files))), capsys)
+    assert rc == 3 and "own treeDigest" in err and "0" * 64 in err, err
+
+
+def test_a_listing_nested_too_deeply_is_refused(tmp_path, capsys):
+    with FaultServer() as server:
+        server.add("/ds/.xrun-tree.json", ("[" * 100_000 + "]" * 100_000).encode())
+        item = [{"name": "set", "directory": {"uri": server.url("/ds/"), "treeDigest": "sha256:" + "1" * 64}}]
+        rc, err = fetch(manifest(tmp_path, item), capsys)
+    assert rc == 3 and "nested too deeply" in err, err
+
+
+@pytest.mark.parametrize("md5", ["../..", "../../../etc/passwd", "0" * 31 + "g", "0" * 32 + "/.."])
+def test_a_dvc_md5_that_is_not_an_md5_is_named(tmp_path, capsys, md5):
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "a.dvc").write_text(json.dumps({"outs": [{"md5": md5, "path": "a", "hash": "md5"}]}))
+    path = manifest(tmp_path, [{"name": "a", "dvc": {"file": "code/a.dvc", "remote": "http://127.0.0.1:9/store"}}])
+    rc, err = fetch(path, capsys)
+    assert rc == 2 and "is not an md5" in err and "has no md5" not in err, err
+    assert len(err.strip().splitlines()) == 1, err

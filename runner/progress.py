@@ -15,6 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from runner.redact import redact
+
 
 class ProgressSink(Protocol):
     """Where library code reports what a person should see."""
@@ -38,16 +40,16 @@ class StderrProgress:
     def info(self, message: str) -> None:
         """Print unless quiet."""
         if not self.quiet:
-            print(f"xrun: {message}", file=sys.stderr, flush=True)
+            print(f"xrun: {redact(message)}", file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
         """Always print."""
-        print(f"xrun: warning: {message}", file=sys.stderr, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=sys.stderr, flush=True)
 
     def detail(self, message: str) -> None:
         """Print indented unless quiet."""
         if not self.quiet:
-            print(f"  {message}", file=sys.stderr, flush=True)
+            print(f"  {redact(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass

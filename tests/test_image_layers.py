@@ -122,6 +122,11 @@ def test_a_bumped_wheel_writes_the_dependency_layer_again(tmp_path, base_image):
     assert "wrote the dependency layer (" in bumped and "in the engine already" not in bumped
     assert after["layers"][-2] != first["layers"][-2]
     assert len(list((cache / "layers").rglob("*.json"))) == 2
+    # `xrun cache ls` counts both (their bytes are in the engine, the records in the cache).
+    listed = json.loads(xrun("cache", "ls", "--json", cache=cache).stdout)["layers"]
+    assert {r["diffId"] for r in listed} == {first["layers"][-2], after["layers"][-2]}
+    assert all(r["size"] > BIG and r["images"] for r in listed)
+    assert "DEPENDENCY LAYER (in the engine)" in xrun("cache", "ls", cache=cache).stdout
 
 
 def test_too_small_a_disk_is_exit_4_before_writing(tmp_path, base_image, docker_client):

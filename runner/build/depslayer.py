@@ -81,6 +81,13 @@ def save_record(cache: Any, key: str, layer: Layer, image_id: str) -> None:
     write_json(path, DepsRecord(key, layer.diff_id, layer.size, images[:HOLDERS_KEPT]).to_json())
 
 
+def list_records(cache: Any) -> list[DepsRecord]:
+    """Every dependency layer built with this cache, largest first (`xrun cache ls`)."""
+    root = cache.root / "layers"
+    records = (load_record(cache, path.stem) for path in sorted(root.glob("*/*.json"))) if root.is_dir() else ()
+    return sorted((r for r in records if r is not None), key=lambda r: (-r.size, r.key))
+
+
 def held_layer(client: Any, cache: Any, key: str, base_diff_ids: tuple[str, ...]) -> Layer | None:
     """The recorded layer when the engine holds it on this base (an image it was loaded with is still there)."""
     import docker.errors

@@ -80,17 +80,20 @@ def test_code_edit_loads_only_the_code_layer_and_gives_the_from_scratch_id(tmp_p
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
 
     cold, first = build(manifest, cache)
-    assert "wrote the dependency layer (" in cold  # the plain progress lines of a non-terminal
+    assert "wrote 3 of 3 dependency layers (" in cold  # the plain progress lines of a non-terminal
     assert "loaded the image (" in cold and loaded_bytes(cold) >= BIG * 0.9
     records = list((cache / "layers").rglob("*.json"))
-    assert len(records) == 1
-    deps = json.loads(records[0].read_text())
-    assert deps["diffId"] == first["layers"][-2] and deps["images"] == [first["imageId"]]
+    # The seed hook and venv, then one layer per wheel, the largest (beta) first; the code last.
+    assert len(records) == 3
+    deps = {json.loads(r.read_text())["diffId"]: json.loads(r.read_text()) for r in records}
+    assert set(deps) == set(first["layers"][-4:-1])
+    assert all(d["images"] == [first["imageId"]] for d in deps.values())
 
     # One line of code changed: the run's build writes and loads the code layer only.
     (exp / "train.py").write_text(TRAIN + "# one line changed\n")
     run = xrun("run", manifest, "--key", str(key), "--runs-dir", str(tmp_path / "runs"), cache=cache)
-    assert "in the engine already" in run.stderr and "wrote the dependency layer" not in run.stderr
+    assert "3 of 3 dependency layers" in run.stderr and "in the engine already" in run.stderr
+    assert "wrote" not in run.stderr
     assert loaded_bytes(run.stderr) < BIG // 4  # the code layer, not the 4 MiB deps layer
     attestation = next((tmp_path / "runs").glob("*/provenance.intoto.jsonl"))
     rundir = attestation.parent
@@ -103,7 +106,7 @@ def test_code_edit_loads_only_the_code_layer_and_gives_the_from_scratch_id(tmp_p
     docker_client.images.remove(edited["imageId"], force=True)
     docker_client.images.remove(first["imageId"], force=True)
     scratch, again = build(manifest, tmp_path / "cache-empty")
-    assert "wrote the dependency layer (" in scratch
+    assert "wrote 3 of 3 dependency layers (" in scratch
     assert again["imageId"] == edited["imageId"]
 
     # And an auditor's rebuild of what the run recorded (assembled from scratch, never loaded): identical.
@@ -112,20 +115,21 @@ def test_code_edit_loads_only_the_code_layer_and_gives_the_from_scratch_id(tmp_p
     assert json.loads(rebuilt.stdout)["identical"] is True
 
 
-def test_a_bumped_wheel_writes_the_dependency_layer_again(tmp_path, base_image):
+def test_a_bumped_wheel_rewrites_only_its_layer(tmp_path, base_image):
     exp = tmp_path / "exp"
     manifest = str(write_experiment(exp, base_image))
     cache = tmp_path / "cache"
     first = json.loads(xrun("build", manifest, "--json", cache=cache).stdout)
-    write_lock(exp, "1.1")
+    write_lock(exp, "1.1")  # alpha, the smallest wheel: its layer is the top dependency layer
     bumped, after = build(manifest, cache)
-    assert "wrote the dependency layer (" in bumped and "in the engine already" not in bumped
-    assert after["layers"][-2] != first["layers"][-2]
-    assert len(list((cache / "layers").rglob("*.json"))) == 2
+    assert "2 of 3 dependency layers" in bumped and "wrote 1 of 3 dependency layers (" in bumped
+    assert loaded_bytes(bumped) < BIG // 4  # beta's 4 MiB layer was not sent again
+    assert after["layers"][:-2] == first["layers"][:-2] and after["layers"][-2] != first["layers"][-2]
+    assert len(list((cache / "layers").rglob("*.json"))) == 4
     # `xrun cache ls` counts both (their bytes are in the engine, the records in the cache).
     listed = json.loads(xrun("cache", "ls", "--json", cache=cache).stdout)["layers"]
-    assert {r["diffId"] for r in listed} == {first["layers"][-2], after["layers"][-2]}
-    assert all(r["size"] > BIG and r["images"] for r in listed)
+    assert {r["diffId"] for r in listed} == set(first["layers"][-4:-1]) | {after["layers"][-2]}
+    assert listed[0]["size"] > BIG and len(listed[0]["images"]) == 2 and all(r["images"] for r in listed)
     assert "DEPENDENCY LAYER (in the engine)" in xrun("cache", "ls", cache=cache).stdout
 
 
@@ -134,8 +138,8 @@ def test_too_small_a_disk_is_exit_4_before_writing(tmp_path, base_image, docker_
     cache = tmp_path / "cache"
     proc = xrun("build", manifest, cache=cache, extra={"XRUN_BUILD_DISK_RESERVE": str(1 << 60)}, code=4)
     line = proc.stderr.strip().splitlines()[-1]
-    assert str(cache / "tmp") in line and "the dependency layer needs about" in line and "free" in line
-    assert "Traceback" not in proc.stderr and "wrote the dependency layer" not in proc.stderr
+    assert str(cache / "tmp") in line and "the dependency layers need about" in line and "free" in line
+    assert "Traceback" not in proc.stderr and "wrote" not in proc.stderr
     assert list((cache / "tmp").iterdir()) == []
     assert not (cache / "layers").exists()
     assert docker_client.images.list(name=f"xrun/{NAME}-disk") == []
@@ -163,3 +167,16 @@ def test_a_killed_builds_folder_counts_in_cache_gc(tmp_path):
     assert [(r.kind, r.path, r.size) for r in dry] == [("partial", stale, 5000)] and stale.exists()
     gc_cache(cache, keep=set(), older_than_s=3600)
     assert not stale.exists()
+
+
+def test_two_wheels_that_install_one_file_are_exit_2_naming_both(tmp_path):
+    from runner.build.wheels import ResolvedWheel, check_overlaps
+    from runner.errors import ManifestError
+
+    first, _ = make_wheel(tmp_path / "a", "gamma", "1.0", "X = 1\n")
+    second, _ = make_wheel(tmp_path / "b", "gamma", "2.0", "X = 2\n")
+    wheels = [(ResolvedWheel("gamma", v, p.name, "", "0" * 64), p) for v, p in (("1.0", first), ("2.0", second))]
+    with pytest.raises(ManifestError) as info:
+        check_overlaps(wheels)
+    assert info.value.exit_code == 2 and "gamma.py" in str(info.value)
+    assert first.name in str(info.value) and second.name in str(info.value)

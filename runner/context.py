@@ -43,6 +43,7 @@ class RunOptions:
     seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
     cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
     scheduler: SchedulerInfo | None = None  # what run.json's `scheduler` starts as (sweep members)
+    tsa: str | None = None  # --tsa URL: an RFC 3161 timestamp over the signature (default $XRUN_TSA_URL)
 
 
 def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:
@@ -51,6 +52,19 @@ def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.envi
         return explicit
     value = environ.get("XRUN_SIGNING_KEY")
     return Path(value) if value else None
+
+
+def timestamp_authority(given: str | None, signed: bool, environ: Mapping[str, str] = os.environ) -> str | None:
+    """--tsa, else $XRUN_TSA_URL; a timestamp countersigns a signature, so it needs a signing key."""
+    from runner.attest.timestamp import TSA_ENV, tsa_url
+
+    url = tsa_url(given, environ)
+    if url is not None and not signed:
+        from runner.errors import UsageError
+
+        raise UsageError(f"--tsa/{TSA_ENV} timestamps the attestation's signature: give a signing key too "
+                         "(--key or XRUN_SIGNING_KEY)")
+    return url
 
 
 def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
@@ -73,6 +87,7 @@ class RunContext:
     runs_dir: Path
     options: RunOptions
     progress: ProgressSink
+    tsa_url: str | None = None  # the Time-Stamping Authority the attestation's signature is sent to
 
     @classmethod
     def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
@@ -87,7 +102,8 @@ class RunContext:
             hardware.check_host(plan.hardware, host)
         key_path = signing_key_path(options.key)
         signer = load_signer(key_path, options.key_password) if key_path else None
+        tsa = timestamp_authority(options.tsa, signer is not None)
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
                    cache=Cache(options.cache_dir) if options.cache_dir else Cache.default(),
                    runs_dir=(options.runs_dir or default_runs_dir(plan.manifest.root)).absolute(),
-                   options=options, progress=progress or StderrProgress(options.quiet))
+                   options=options, progress=progress or StderrProgress(options.quiet), tsa_url=tsa)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
+import hashlib
 import fnmatch
 import functools
 import json
@@ -266,6 +268,7 @@ class Policy:
     max_age: str | None = None
     timestamp_required: bool = False
     timestamp_max_age: str | None = None
+    sha256: str | None = None  # of the policy file's bytes (what a VSA names the policy by)
 
     def rules(self, now: datetime) -> list[Rule]:
         """The rules this policy asks for, in a stable order."""
@@ -351,7 +354,7 @@ def load_policy(path: Path | str) -> Policy:
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise ManifestError(f"{shown}: invalid policy ({count})", lines=[f"{shown}{p}" for p in problems])
-    return Policy.from_json(data, shown)
+    return dataclasses.replace(Policy.from_json(data, shown), sha256=hashlib.sha256(text).hexdigest())
 
 
 def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]:

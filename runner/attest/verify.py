@@ -14,6 +14,7 @@ from runner.attest.keys import Verifier, load_verifier
 from runner.attest.models import Check, Verdict
 from runner.attest.policy import CLOCK_SKEW, Policy, TimestampRequirement
 from runner.attest.statement import loads_strict, parse_rfc3339, parse_statement, statement_problems
+from runner.attest.vsa import is_vsa, summary_checks
 from runner.attest.timestamp import Timestamp, TrustedTsa, rfc3339, verify_timestamp
 from runner.errors import UsageError
 from runner.userfiles import read_user_file
@@ -136,6 +137,9 @@ def verify_envelope(envelope: Envelope, verifiers: list[Verifier], policy: Polic
         checks.append(Check("statement", False, skipped))
         checks += [Check(r.name, False, skipped) for r in rules]
         return EnvelopeResult(checks, None)
+    summary = _vsa_checks(envelope.payload, policy)
+    if summary is not None:  # a VSA: the provenance rules do not apply, its own result does
+        return EnvelopeResult(checks + summary[1], summary[0], timestamp)
     statement, structure = statement_check(envelope.payload)
     checks.append(structure)
     if statement is None:
@@ -224,6 +228,18 @@ def signature_check(envelope: Envelope, verifiers: list[Verifier], allow_unsigne
     return Check(name, False, f"no signature verifies with a trusted key (signature keyids: {keyids}; "
                               f"trusted: {trusted}); the payload, its type or the signature was changed, "
                               "or it was signed by another key")
+
+
+def _vsa_checks(payload: bytes, policy: Policy | None) -> tuple[dict[str, Any] | None, list[Check]] | None:
+    """The checks of a VSA payload, None when the payload is not a VSA."""
+    try:
+        parsed = parse_statement(payload)
+    except ValueError:
+        return None  # statement_check reports it
+    if not is_vsa(parsed):
+        return None
+    checks = summary_checks(parsed, policy.sha256 if policy is not None else None)
+    return (parsed if all(c.name != "statement" or c.ok for c in checks) else None), checks
 
 
 def statement_check(payload: bytes) -> tuple[dict[str, Any] | None, Check]:

@@ -223,6 +223,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a file whose sha256 must be among the subjects (repeatable)")
     p.add_argument("--policy", type=Path, help="policy file (YAML or JSON; `xrun schema policy`)")
     p.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned attestation (SLSA L1)")
+    _evidence_args(p)
     p.add_argument("--json", action="store_true", help="print the checks as JSON")
 
     _cluster_commands(command)
@@ -340,6 +341,22 @@ def _attestation_args(p: argparse.ArgumentParser, key_use: str) -> None:
                    help=f"trusted public key: {key_use} (repeatable)")
 
 
+def _evidence_args(p: argparse.ArgumentParser) -> None:
+    """verify's trusted time, VSA and registry gate flags."""
+    p.add_argument("--tsa-cert", dest="tsa_certs", type=Path, action="append", default=[], metavar="CHAIN.pem",
+                   help="trust this Time-Stamping Authority (PEM chain: TSA certificate first, root last; repeatable)")
+    p.add_argument("--trusted-root", type=Path, metavar="trusted_root.json",
+                   help="trust the timestampAuthorities of a Sigstore trusted root (what cosign --trusted-root reads)")
+    p.add_argument("--vsa-out", type=Path, metavar="FILE",
+                   help="write a signed SLSA Verification Summary (VSA) of this verification to FILE")
+    p.add_argument("--vsa-key", type=Path, metavar="KEY",
+                   help="the private key that signs the VSA (the verifier's own, not the producer's)")
+    p.add_argument("--mlflow", metavar="URI", help="the MLflow server whose Model Registry --register uses")
+    p.add_argument("--register", metavar="NAME",
+                   help="after a PASSED verification, register the --artifact files as a new version of model NAME "
+                        "with the VSA and the attestation attached (needs --mlflow and --vsa-key); nothing otherwise")
+
+
 def _manifest_arg(p: argparse.ArgumentParser, many: bool = False) -> None:
     p.add_argument("manifest", nargs="+" if many else None, metavar="MANIFEST", help="the experiment manifest (YAML)")
 
@@ -348,6 +365,8 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object describing the run")
     p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or streamed logs")
     p.add_argument("--key", type=Path, help="signing key (PEM; default: $XRUN_SIGNING_KEY; none: unsigned)")
+    p.add_argument("--tsa", metavar="URL", help="get an RFC 3161 timestamp over the signature from this "
+                                                "Time-Stamping Authority (default: $XRUN_TSA_URL; none: no timestamp)")
     p.add_argument("--runs-dir", type=Path, help="where run directories go (default: <manifest folder>/.xrun/runs)")
     p.add_argument("--allow-hardware-mismatch", action="store_true",
                    help="run even if this host cannot satisfy the hardware class, and record that")
@@ -380,7 +399,8 @@ def _run_options_from(args: argparse.Namespace) -> Any:
     password = os.environ.get("XRUN_KEY_PASSWORD")
     return RunOptions(runs_dir=args.runs_dir, key=args.key, key_password=password.encode() if password else None,
                       allow_hardware_mismatch=args.allow_hardware_mismatch, quiet=args.quiet or args.json,
-                      fetch=FetchOptions(quiet=args.quiet or args.json, verify=_verify_data(args)), mlflow=args.mlflow)
+                      fetch=FetchOptions(quiet=args.quiet or args.json, verify=_verify_data(args)), mlflow=args.mlflow,
+                      tsa=getattr(args, "tsa", None))
 
 
 # --- handlers --------------------------------------------------------------------------------------
@@ -588,17 +608,69 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from runner.attest import load_policy, verify_attestation
+    from runner.attest.timestamp import load_trusted_root, load_tsa_chain
 
     if not args.keys and not args.allow_unsigned:
         raise XrunError("give at least one trusted public key with --key xrun.pub (or --allow-unsigned)")
+    _check_gate_args(args)
     policy = load_policy(args.policy) if args.policy else None
+    tsas = [load_tsa_chain(p) for p in args.tsa_certs] + (load_trusted_root(args.trusted_root) if args.trusted_root
+                                                          else [])
     verdict = verify_attestation(args.attestation, args.keys, args.artifacts, policy,
-                                 allow_unsigned=args.allow_unsigned)
+                                 allow_unsigned=args.allow_unsigned, tsas=tsas)
+    out: dict[str, Any] = verdict.to_json()
+    lines = verdict.lines()
+    if args.vsa_out or args.register:
+        statement, vsa = _write_vsa(args, verdict, policy)
+        out["vsa"] = str(vsa)
+        lines.append(f"wrote the {statement['predicate']['verificationResult']} verification summary {vsa}")
+        if args.register:
+            lines.append(_register(args, verdict, statement, vsa, out))
     if args.json:
-        _print_json(verdict.to_json())
+        _print_json(out)
     else:
-        print("\n".join(verdict.lines()))
+        print("\n".join(lines))
     return verdict.exit_code
+
+
+def _check_gate_args(args: argparse.Namespace) -> None:
+    """The VSA and registry flags' requirements, checked before any work."""
+    if (args.vsa_out or args.register) and not args.vsa_key:
+        raise XrunError("--vsa-out/--register sign a verification summary: give the verifier's key with --vsa-key KEY")
+    if args.register and not args.mlflow:
+        raise XrunError("--register NAME needs the MLflow server: --mlflow URI")
+    if args.register and not args.artifacts:
+        raise XrunError("--register NAME registers the verified model files: give them with --artifact FILE")
+
+
+def _write_vsa(args: argparse.Namespace, verdict: Any, policy: Any) -> tuple[dict[str, Any], Path]:
+    import tempfile
+
+    from runner.attest import key_password, load_signer
+    from runner.attest.vsa import summarize
+
+    signer = load_signer(args.vsa_key, key_password())
+    out = args.vsa_out or Path(tempfile.mkdtemp(prefix="xrun-vsa-")) / "vsa.intoto.jsonl"
+    return summarize(verdict, Path(args.attestation), policy, signer, out)
+
+
+def _register(args: argparse.Namespace, verdict: Any, vsa_statement: dict[str, Any], vsa: Path,
+              out: dict[str, Any]) -> str:
+    """The registry gate: only a passed verification reaches the registry."""
+    from runner.attest.vsa import read_summary
+    from runner.trackers.registry import Evidence, register_verified
+
+    if not verdict.ok:
+        out["registered"] = None
+        return f"NOT REGISTERED: the verification failed; nothing was sent to {args.mlflow}"
+    summary = read_summary(vsa_statement)
+    evidence = Evidence(model_files=tuple(args.artifacts), attestation=Path(args.attestation), vsa=vsa,
+                        result=summary.result, policy_sha256=summary.policy_sha256, levels=summary.levels,
+                        signed_at=verdict.timestamp.to_json()["time"] if verdict.timestamp else None)
+    registered = register_verified(args.mlflow, args.register, evidence)
+    out["registered"] = registered.to_json()
+    state = "already registered as" if registered.existing else "registered as"
+    return f"{state} model {registered.name!r} version {registered.version} at {args.mlflow}"
 
 
 def _cmd_reproduce(args: argparse.Namespace) -> int:

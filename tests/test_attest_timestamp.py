@@ -20,6 +20,7 @@ from runner.attest.sign import write_attestation
 from runner.attest.statement import Subject, build_statement
 from runner.attest.timestamp import load_trusted_root, load_tsa_chain
 from runner.attest.verify import verify_attestation
+from runner.cli import main
 from runner.errors import EnvironmentProblem, UsageError
 from tsaserver import TsaServer
 
@@ -199,3 +200,18 @@ def test_cosign3_without_the_insecure_flag_wants_a_transparency_log_entry(cosign
     argv = [a for a in _cosign3_cmd(cosign3, stamped, root) if a != "--insecure-ignore-tlog"]
     proc = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0 and "transparency log" in proc.stderr
+def test_cli_verify_reports_the_signing_time(stamped, tsa, capsys):
+    code = main(["verify", str(stamped["bundle"]), "--key", str(stamped["pub"]), "--tsa-cert", str(tsa.chain),
+                 "--artifact", str(stamped["model"]), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == 0, out
+    assert out["timestamp"]["authority"].startswith("CN=xrun test TSA")
+
+
+def test_cli_verify_refuses_a_timestamp_from_an_untrusted_tsa(tmp_path, other_tsa, tsa, capsys):
+    att = _attest(tmp_path, other_tsa.url)
+    code = main(["verify", str(att["bundle"]), "--key", str(att["pub"]), "--tsa-cert", str(tsa.chain)])
+    assert code == 3
+    assert "FAIL  timestamp" in capsys.readouterr().out
+
+

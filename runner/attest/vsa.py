@@ -21,6 +21,7 @@ from urllib.parse import quote
 from runner.attest.files import replace_all
 from runner.attest.keys import Signer
 from runner.attest.models import Check, Verdict
+from runner.attest.policy import Policy
 from runner.attest.sign import sign_statement
 from runner.attest.statement import STATEMENT_TYPE, parse_rfc3339
 from runner.errors import UsageError
@@ -200,3 +201,12 @@ def write_vsa(statement: dict[str, Any], signer: Signer, path: Path) -> Path:
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the VSA ({exc.strerror or exc}); nothing was written") from None
     return Path(path)
+
+
+def summarize(verdict: Verdict, attestation: Path, policy: Policy | None, signer: Signer, out: Path,
+              now: datetime | None = None) -> tuple[dict[str, Any], Path]:
+    """Build, sign and write the VSA of this verification; the statement and where it went."""
+    facts = summary_facts(attestation, Path(policy.source) if policy else None, policy.sha256 if policy else None,
+                          verdict, bool(policy and policy.allowed_builders), now)
+    statement = build_vsa(verdict, facts)
+    return statement, write_vsa(statement, signer, out)

@@ -215,3 +215,35 @@ def test_cli_verify_refuses_a_timestamp_from_an_untrusted_tsa(tmp_path, other_ts
     assert "FAIL  timestamp" in capsys.readouterr().out
 
 
+
+
+# --- a real run --------------------------------------------------------------------------------
+
+@pytest.mark.docker
+def test_xrun_run_with_tsa_timestamps_the_bundle_and_a_tsa_down_fails_it_with_exit_4(
+        tmp_path, tsa, base_image, monkeypatch, capsys):
+    from tests.test_run import write_experiment
+
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.delenv("XRUN_TSA_URL", raising=False)
+    key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
+    manifest = write_experiment(tmp_path / "exp", base_image, seed=5)
+    runs = tmp_path / "runs"
+    assert main(["run", str(manifest), "--key", str(key), "--tsa", tsa.url, "--runs-dir", str(runs), "-q",
+                 "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    bundle = Path(summary["bundle"])
+    assert len(_replies(bundle)) == 1
+    assert main(["verify", str(bundle), "--key", str(pub), "--tsa-cert", str(tsa.chain)]) == 0
+    assert "PASS  timestamp: signed no later than" in capsys.readouterr().out
+
+    down = TsaServer(tmp_path / "down").start()
+    monkeypatch.setenv("XRUN_TSA_URL", down.url)  # the CI setting, without --tsa
+    down.stop()
+    assert main(["run", str(manifest), "--key", str(key), "--runs-dir", str(runs), "-q"]) == 4
+    assert "the TSA at" in capsys.readouterr().err
+    (failed,) = [d for d in runs.iterdir() if d.name != Path(summary["runDir"]).name and d.is_dir()]
+    record = json.loads((failed / "run.json").read_text())
+    assert record["status"] == "failed" and "TSA" in record["error"]
+    assert not (failed / "provenance.intoto.jsonl").exists() and not (failed / "provenance.sigstore.json").exists()
+    assert (failed / "outputs" / "probe.json").exists()  # the outputs stay; only the attestation is missing

@@ -16,7 +16,7 @@ from runner.attest.samples import sample_facts
 from runner.attest.sign import write_attestation
 from runner.attest.statement import Subject, build_statement
 from runner.attest.verify import verify_attestation
-from runner.attest.vsa import VSA_PREDICATE_TYPE, build_vsa, summary_facts, write_vsa
+from runner.attest.vsa import VSA_PREDICATE_TYPE, summarize, write_vsa
 
 json_format = pytest.importorskip("google.protobuf.json_format")
 statement_pb2 = pytest.importorskip("in_toto_attestation.v1.statement_pb2")
@@ -45,10 +45,7 @@ def world(tmp_path: Path) -> dict[str, Path]:
 def _vsa(world: dict[str, Path], policy: Path, name: str = "vsa.intoto.jsonl") -> tuple[dict, Path]:
     loaded = load_policy(policy)
     verdict = verify_attestation(world["att"], [world["pub"]], [world["model"]], loaded)
-    facts = summary_facts(world["att"], policy, loaded.sha256, verdict, bool(loaded.allowed_builders))
-    statement = build_vsa(verdict, facts)
-    path = write_vsa(statement, load_signer(world["vsa_key"]), world["dir"] / name)
-    return statement, path
+    return summarize(verdict, world["att"], loaded, load_signer(world["vsa_key"]), world["dir"] / name)
 
 
 def strict_predicate(predicate: dict):
@@ -112,3 +109,20 @@ def test_a_vsa_with_an_unknown_field_is_refused(world):
     path = write_vsa(statement, load_signer(world["vsa_key"]), world["dir"] / "odd.intoto.jsonl")
     verdict = verify_attestation(path, [world["vsa_pub"]], [])
     assert not verdict.ok and "predicate.xrunExtra: unknown field" in str(verdict.lines())
+
+
+def test_cli_writes_a_vsa_and_verifies_it_back(world, capsys):
+    from runner.cli import main
+
+    out = world["dir"] / "cli-vsa.intoto.jsonl"
+    assert main(["verify", str(world["att"]), "--key", str(world["pub"]), "--artifact", str(world["model"]),
+                 "--policy", str(world["policy"]), "--vsa-out", str(out), "--vsa-key", str(world["vsa_key"])]) == 0
+    assert f"wrote the PASSED verification summary {out}" in capsys.readouterr().out
+    assert main(["verify", str(out), "--key", str(world["vsa_pub"]), "--artifact", str(world["model"]),
+                 "--policy", str(world["policy"]), "--json"]) == 0
+    checks = {c["name"]: c for c in json.loads(capsys.readouterr().out)["checks"]}
+    assert checks["summary"]["ok"] and checks["summary"]["detail"].startswith("PASSED")
+    # A failed verification still writes its (FAILED) summary, and exits 3.
+    assert main(["verify", str(world["att"]), "--key", str(world["pub"]), "--policy", str(world["other"]),
+                 "--vsa-out", str(out), "--vsa-key", str(world["vsa_key"])]) == 3
+    assert _payload(out)["predicate"]["verificationResult"] == "FAILED"

@@ -55,15 +55,21 @@ def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.envi
 
 
 def timestamp_authority(given: str | None, signed: bool, environ: Mapping[str, str] = os.environ) -> str | None:
-    """--tsa, else $XRUN_TSA_URL; a timestamp countersigns a signature, so it needs a signing key."""
-    from runner.attest.timestamp import TSA_ENV, tsa_url
+    """--tsa, else $XRUN_TSA_URL; a timestamp countersigns a signature, so an unsigned run gets none.
+
+    An explicit --tsa without a signing key is a usage error; the CI-wide XRUN_TSA_URL simply does
+    not apply to the unsigned runs of that CI.
+    """
+    from runner.attest.timestamp import tsa_url
 
     url = tsa_url(given, environ)
     if url is not None and not signed:
-        from runner.errors import UsageError
+        if given:
+            from runner.errors import UsageError
 
-        raise UsageError(f"--tsa/{TSA_ENV} timestamps the attestation's signature: give a signing key too "
-                         "(--key or XRUN_SIGNING_KEY)")
+            raise UsageError("--tsa timestamps the attestation's signature: give a signing key too "
+                             "(--key or XRUN_SIGNING_KEY)")
+        return None
     return url
 
 

@@ -247,3 +247,16 @@ def test_xrun_run_with_tsa_timestamps_the_bundle_and_a_tsa_down_fails_it_with_ex
     assert record["status"] == "failed" and "TSA" in record["error"]
     assert not (failed / "provenance.intoto.jsonl").exists() and not (failed / "provenance.sigstore.json").exists()
     assert (failed / "outputs" / "probe.json").exists()  # the outputs stay; only the attestation is missing
+
+
+def test_the_tsa_comes_from_the_flag_or_the_ci_setting_and_needs_a_signing_key():
+    from runner.context import timestamp_authority
+
+    env = {"XRUN_TSA_URL": "http://127.0.0.1:1/tsr"}
+    assert timestamp_authority(None, True, env) == env["XRUN_TSA_URL"]
+    assert timestamp_authority("https://tsa.example/", True, env) == "https://tsa.example/"
+    assert timestamp_authority(None, False, env) is None  # the CI-wide setting skips unsigned runs
+    with pytest.raises(UsageError, match="signing key"):
+        timestamp_authority("https://tsa.example/", False, env)
+    with pytest.raises(UsageError, match="not an http"):
+        timestamp_authority("tsa.example", True, {})

@@ -204,8 +204,7 @@ def _attestation_commands(command: Command) -> None:
                 "policy; optionally sign a summary and register the model",
                 "xrun verify run/provenance.sigstore.json --key xrun.pub --tsa-cert tsa.pem --artifact model.npy "
                 "--policy policy.yaml --vsa-out model.vsa.intoto.jsonl --vsa-key auditor.key "
-                "[--mlflow http://mlflow:5000 --register iris]\n\nexit codes: 0 verified (and registered) · 2 bad "
-                "usage · 3 a check failed (nothing registered) · 4 the registry cannot be reached",
+                "[--mlflow http://mlflow:5000 --register iris]",
                 "keys:verify", [shared.trusted_keys("verify the signature with it"), shared.json_flag(),
                                 shared.evidence()])
     p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl, provenance.sigstore.json or a VSA")

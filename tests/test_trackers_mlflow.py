@@ -60,15 +60,6 @@ def write_experiment(root: Path, base_image: str, *, seed: int = 1, name: str = 
     return path
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """One MLflow server for the session."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture()
 def cache_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

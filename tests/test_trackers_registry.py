@@ -18,14 +18,6 @@ from runner.attest.statement import Subject, build_statement
 from runner.cli import main
 
 
-@pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow-registry"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture()
 def world(tmp_path: Path, monkeypatch) -> dict[str, Path]:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)

@@ -260,3 +260,19 @@ def test_the_tsa_comes_from_the_flag_or_the_ci_setting_and_needs_a_signing_key()
         timestamp_authority("https://tsa.example/", False, env)
     with pytest.raises(UsageError, match="not an http"):
         timestamp_authority("tsa.example", True, {})
+
+
+def test_the_policy_schema_checks_the_timestamp_block(tmp_path):
+    from runner.attest.policy import load_policy
+    from runner.errors import ManifestError
+
+    path = tmp_path / "policy.yaml"
+    path.write_text("apiVersion: xrun/v1\nkind: Policy\ntimestamp: {maxAge: 30d}\n")
+    policy = load_policy(path)
+    assert policy.timestamp_required and policy.timestamp_requirement().max_age == timedelta(days=30)
+    for bad, said in (("{maxAge: 0d}", "timestamp.maxAge: the duration '0d' is zero"),
+                      ("{required: yes-please}", "timestamp.required"), ("{when: now}", "timestamp")):
+        path.write_text(f"apiVersion: xrun/v1\nkind: Policy\ntimestamp: {bad}\n")
+        with pytest.raises(ManifestError) as caught:
+            load_policy(path)
+        assert said in " ".join(caught.value.lines), caught.value.lines

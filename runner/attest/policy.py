@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import hashlib
 import fnmatch
 import functools
+import hashlib
 import json
 import re
 from dataclasses import dataclass

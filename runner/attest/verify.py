@@ -14,8 +14,8 @@ from runner.attest.keys import Verifier, load_verifier
 from runner.attest.models import Check, Verdict
 from runner.attest.policy import CLOCK_SKEW, Policy, TimestampRequirement
 from runner.attest.statement import loads_strict, parse_rfc3339, parse_statement, statement_problems
-from runner.attest.vsa import is_vsa, summary_checks
 from runner.attest.timestamp import Timestamp, TrustedTsa, rfc3339, verify_timestamp
+from runner.attest.vsa import is_vsa, summary_checks
 from runner.errors import UsageError
 from runner.userfiles import read_user_file
 from runner.hashing import sha256_file
@@ -153,25 +153,29 @@ def verify_envelope(envelope: Envelope, verifiers: list[Verifier], policy: Polic
 
 def timestamp_checks(envelope: Envelope, authenticated: bool, time: TimeEvidence,
                      now: datetime) -> tuple[Timestamp | None, list[Check]]:
-    """The RFC 3161 timestamp over the signature: verified against trusted TSAs, and the policy's demand."""
+    """The RFC 3161 timestamp over the signature, verified against trusted TSAs; then the policy's age limit."""
     if not time.asked:
         return None, []
+    stamp, check = _timestamp_check(envelope, authenticated, time)
+    if time.requirement is None:
+        return stamp, [check]
+    age = (time.requirement.age_check(stamp.time, now) if stamp is not None
+           else Check("policy: timestamp age", False, "not checked: no verified timestamp"))
+    return stamp, [check, age]
+
+
+def _timestamp_check(envelope: Envelope, authenticated: bool, time: TimeEvidence) -> tuple[Timestamp | None, Check]:
     name, required = "timestamp", time.requirement is not None
-    age: list[Check] = []
     if not authenticated:
-        skipped = "not checked: no authenticated signature to timestamp"
-        return None, [Check(name, False, skipped)] + ([Check("policy: timestamp age", False, skipped)]
-                                                       if required else [])
+        return None, Check(name, False, "not checked: no authenticated signature to timestamp")
     if not time.replies:
         where = "" if time.format == "bundle" else " (a .intoto.jsonl has no room for one: give provenance.sigstore.json)"
-        check = Check(name, not (required or time.trusted),
-                      f"the attestation carries no RFC 3161 timestamp{where}; runs get one with --tsa URL")
-        return None, [check] + ([Check("policy: timestamp age", False, "no timestamp")] if required else [])
+        return None, Check(name, not (required or time.trusted),
+                           f"the attestation carries no RFC 3161 timestamp{where}; runs get one with --tsa URL")
     count = f"{len(time.replies)} RFC 3161 timestamp{'s' if len(time.replies) > 1 else ''}"
     if not time.trusted:
-        check = Check(name, not required, f"the bundle carries {count}, NOT CHECKED: trust its TSA with "
-                                          "--tsa-cert CHAIN.pem or --trusted-root trusted_root.json")
-        return None, [check] + ([Check("policy: timestamp age", False, "no trusted timestamp")] if required else [])
+        return None, Check(name, not required, f"the bundle carries {count}, NOT CHECKED: trust its TSA with "
+                                               "--tsa-cert CHAIN.pem or --trusted-root trusted_root.json")
     problems = []
     for reply in time.replies:
         try:
@@ -179,12 +183,9 @@ def timestamp_checks(envelope: Envelope, authenticated: bool, time: TimeEvidence
         except ValueError as exc:
             problems.append(str(exc))
             continue
-        detail = f"signed no later than {rfc3339(stamp.time)} (RFC 3161, {stamp.authority}, trusted via {stamp.source})"
-        if time.requirement is not None:
-            age = [time.requirement.age_check(stamp.time, now)]
-        return stamp, [Check(name, True, detail)] + age
-    check = Check(name, False, f"{count}, none valid for this signature: {'; '.join(problems)}")
-    return None, [check] + ([Check("policy: timestamp age", False, "no valid timestamp")] if required else [])
+        return stamp, Check(name, True, f"signed no later than {rfc3339(stamp.time)} (RFC 3161, {stamp.authority}, "
+                                        f"trusted via {stamp.source})")
+    return None, Check(name, False, f"{count}, none valid for this signature: {'; '.join(problems)}")
 
 
 def finished_before_check(statement: dict[str, Any], stamp: Timestamp) -> Check:

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pathspec
 
 from runner.errors import UsageError
 
@@ -39,25 +40,17 @@ def sha256_file(path: Path | str) -> str:
         return h.hexdigest()
 
 
-def is_excluded(rel: str, is_dir: bool, patterns: tuple[str, ...]) -> bool:
-    """gitignore-like matching: 'data/' matches folders only; a pattern without '/' matches any component."""
-    name = rel.rsplit("/", 1)[-1]
-    for pattern in patterns:
-        dir_only = pattern.endswith("/")
-        pat = pattern.rstrip("/")
-        if dir_only and not is_dir:
-            continue
-        if "/" in pat:
-            if fnmatch.fnmatchcase(rel, pat.lstrip("/")):
-                return True
-        elif fnmatch.fnmatchcase(name, pat):
-            return True
-    return False
+def ignore_rules(patterns: Iterable[str]) -> Callable[[str, bool], bool]:
+    """gitignore matching by pathspec: 'data/' matches folders only, '!' re-includes, 'x' matches at any depth."""
+    spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
+    return lambda rel, is_dir: spec.match_file(rel + "/" if is_dir else rel)
 
 
-def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links: bool = True) -> list[tuple[str, str]]:
-    """Sorted (relative posix path, absolute path) of the regular files under root, excludes applied.
+def list_tree(root: Path, exclude: Callable[[str, bool], bool] | None = None, *,
+              follow_inside_links: bool = True) -> list[tuple[str, str]]:
+    """Sorted (relative posix path, absolute path) of the regular files under root.
 
+    `exclude(relative path, is a folder)` leaves a file or a whole folder out (a folder is not walked).
     Symlinks are followed only when they stay inside root; one pointing outside is an error,
     because its target would silently become part of the tree.
     """
@@ -70,14 +63,14 @@ def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links:
             for entry in entries:
                 rel = prefix + entry.name
                 link = entry.is_symlink()
+                is_dir = entry.is_dir()
+                if exclude is not None and exclude(rel, is_dir):
+                    continue
                 if link:
                     target = Path(entry.path).resolve()
                     if not follow_inside_links or not (target == root or root in target.parents):
                         raise UsageError(f"{entry.path}: symlink points outside {root} (to {target}); "
                                          "copy the file in or exclude the link")
-                is_dir = entry.is_dir()
-                if exclude and is_excluded(rel, is_dir, exclude):
-                    continue
                 if is_dir:
                     stack.append((entry.path, rel + "/"))
                 elif entry.is_file():
@@ -138,7 +131,7 @@ def _mode(st_mode: int) -> int:
     return 0o755 if st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) else 0o644
 
 
-def hash_tree(root: Path, exclude: tuple[str, ...] = ()) -> list[FileDigest]:
+def hash_tree(root: Path, exclude: Callable[[str, bool], bool] | None = None) -> list[FileDigest]:
     """Hash every regular file under root (sorted by relative path)."""
     return hash_files(list_tree(root, exclude))
 

@@ -104,8 +104,12 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class CodeSpec:
+    """`code`: the folder, where its file list comes from, what to leave out, what only looks secret."""
+
     path: Path  # absolute
     exclude: tuple[str, ...]
+    source: str = "folder"  # `code.from`: "folder" | "git"
+    not_secret: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -173,9 +177,6 @@ RESERVED_ENV = ("XRUN_SEED", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
 # Query parameters that carry credentials in pre-signed URLs; they would end up in the attestation.
 CREDENTIAL_PARAMS = ("x-amz-signature", "x-amz-credential", "x-amz-security-token", "sig", "signature",
                      "token", "access_token", "x-goog-signature", "x-goog-credential")
-DEFAULT_EXCLUDES = (".git", ".xrun", "__pycache__", "*.pyc")
-
-
 __all__ = ["Manifest", "Problem", "field_path", "load_manifest", "parse_yaml", "validate_document"]
 
 
@@ -562,8 +563,8 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
             lockfile=(root / image["lockfile"]) if image.get("lockfile") else None,
             lockfile_format=image.get("lockfileFormat"),
         ),
-        code=CodeSpec(path=(root / code.get("path", ".")).resolve(),
-                      exclude=tuple(code.get("exclude", ())) ),
+        code=CodeSpec(path=(root / code.get("path", ".")).resolve(), exclude=tuple(code.get("exclude", ())),
+                      source=code.get("from", "folder"), not_secret=tuple(code.get("notSecret", ()))),
         data=tuple(_data_item(d) for d in raw.get("data") or ()),
         seeds=Seeds(global_seed=raw["seeds"]["global"], apply=raw["seeds"].get("apply", True)),
         hardware_class=raw["hardware"]["class"],

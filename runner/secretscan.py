@@ -1,0 +1,83 @@
+"""Recognise private keys and credentials among the files about to go into an image.
+
+Cheap by design: only the first HEAD bytes of a file are read (private keys and credential files are
+small, and their markers sit at the top), so a tree of big binaries costs one short read per file.
+Each rule names what it found, so the refusal can say it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+HEAD = 64 << 10
+
+# Any PEM private key block: PKCS#8 (plain and ENCRYPTED), RSA/EC/DSA (traditional), OPENSSH, PGP.
+_PEM = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
+_PUTTY = re.compile(rb"^PuTTY-User-Key-File-\d+:", re.MULTILINE)
+# An ini/shell line assigning an AWS secret (credentials/config files, or one pasted into code).
+_AWS = re.compile(rb"^\s*(?:export\s+)?aws_secret_access_key\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{16,}", re.MULTILINE | re.IGNORECASE)
+_ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
+_ENV_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|_KEY$|^KEY$")
+_REFERENCE = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")  # TOKEN=${CI_TOKEN} names a secret, holds none
+_NETRC_PASSWORD = re.compile(rb"(?:^|\s)password\s+\S", re.MULTILINE)
+_PYPIRC_PASSWORD = re.compile(rb"^\s*password\s*[=:]\s*\S", re.MULTILINE)
+
+
+@dataclass(frozen=True)
+class Finding:
+    """A file that holds a secret: its path in the tree and what it holds."""
+
+    path: str
+    what: str  # "a PEM private key", "a .env file with TOKEN=…", …
+
+
+def _is_env_file(name: str) -> bool:
+    return name == ".env" or name.startswith(".env.") or name.endswith(".env")
+
+
+def _env_secret(head: bytes) -> str | None:
+    """The first `NAME=value` line whose name says secret and whose value is not empty."""
+    for line in head.decode("utf-8", "replace").splitlines():
+        match = _ENV_LINE.match(line)
+        if not match:
+            continue
+        name, value = match[1], match[2].split(" #", 1)[0].strip().strip("\"'")
+        if value and not _REFERENCE.match(value) and _ENV_NAME.search(name.upper()):
+            return name
+    return None
+
+
+def inspect(name: str, head: bytes) -> str | None:
+    """What secret a file holds, judged by its name and its first bytes; None when it looks harmless."""
+    if _PEM.search(head):
+        return "a private key (PEM block)"
+    if _PUTTY.search(head) and b"Private-Lines:" in head:
+        return "a private key (PuTTY)"
+    if _AWS.search(head):
+        return "an AWS secret access key (aws_secret_access_key)"
+    if _is_env_file(name):
+        variable = _env_secret(head)
+        if variable:
+            return f"a .env file assigning {variable}"
+    if name in (".netrc", "_netrc") and _NETRC_PASSWORD.search(head):
+        return "a .netrc with a password"
+    if name == ".pypirc" and _PYPIRC_PASSWORD.search(head):
+        return "a .pypirc with a password"
+    return None
+
+
+def scan(files: list[tuple[str, str]], allowed: Callable[[str], bool]) -> list[Finding]:
+    """Findings among (relative path, absolute path) files, skipping those `allowed` says are not secrets."""
+    found = []
+    for rel, path in files:
+        if allowed(rel):
+            continue
+        with open(path, "rb") as f:
+            head = f.read(HEAD)
+        what = inspect(os.path.basename(rel), head)
+        if what:
+            found.append(Finding(rel, what))
+    return found

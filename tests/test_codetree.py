@@ -213,3 +213,32 @@ def test_a_folder_tree_is_planned_as_before(tmp_path):
     manifest = write_experiment(tmp_path / "exp")
     code = resolve_plan(load_manifest(manifest), OwnPaths()).to_json()["code"]
     assert set(code) == {"digest", "files", "path", "gitCommit", "gitDirty"}
+
+
+LIST_WORKSPACE = ("import json, os; json.dump(sorted(os.path.relpath(os.path.join(d, f), '/workspace') "
+                  "for d, _, fs in os.walk('/workspace') for f in fs), open('/outputs/listing.json', 'w'))")
+
+
+@pytest.mark.docker
+@pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
+def test_real_run_image_holds_neither_key_nor_cache_nor_git(tmp_path, base_image, monkeypatch):
+    from runner.pipeline import RunOptions, run_experiment
+
+    root = tmp_path / "exp"
+    manifest = write_experiment(root)
+    data = json.loads(manifest.read_text())
+    data["image"]["base"] = base_image
+    data["run"]["command"] = ["python3", "-c", LIST_WORKSPACE]
+    data["outputs"] = [{"path": "listing.json"}]
+    manifest.write_text(json.dumps(data))
+    assert main(["keygen", "--out", str(root / "keys")]) == 0
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    git(root, "commit", "-qm", "init")
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(root / "cache"))
+    summary = run_experiment(manifest, RunOptions(runs_dir=root / "my-runs", key=root / "keys" / "xrun.key",
+                                                  quiet=True))
+    listing = json.loads((summary.run_dir / "outputs" / "listing.json").read_text())
+    assert listing == ["keys/xrun.pub", "pkg/util.py", "train.py"]
+    assert any((root / "cache").rglob("*")), "the cache was inside the folder during the run"
+    assert summary.signed and summary.run_dir.parent == root / "my-runs"

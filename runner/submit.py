@@ -426,7 +426,7 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
     """Re-hash a finished run's outputs, check them against the node's statement, and sign it here."""
     from runner.attest import load_signer, read_attestation, write_attestation
     from runner.attest.statement import statement_problems
-    from runner.context import signing_key_path
+    from runner.codetree import signing_key_path
     from runner.manifest import OutputSpec
     from runner.outputs import collect_outputs
     from runner.pipeline import NODE_STATEMENT

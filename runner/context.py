@@ -43,6 +43,8 @@ class RunOptions:
     seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
     cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
     scheduler: SchedulerInfo | None = None  # what run.json's `scheduler` starts as (sweep members)
+    # A compute node never reads the submitter's key, but keeps it out of the code tree as the submitter did.
+    submitter_key: Path | None = None
 
 
 def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
@@ -76,7 +78,7 @@ class RunContext:
         key_path = signing_key_path(options.key)
         cache = Cache(options.cache_dir) if options.cache_dir else Cache.default()
         runs_dir = (options.runs_dir or default_runs_dir(manifest.root)).absolute()
-        plan = resolve_plan(manifest, OwnPaths(cache=cache.root, runs=runs_dir, key=key_path))
+        plan = resolve_plan(manifest, OwnPaths(cache=cache.root, runs=runs_dir, key=key_path or options.submitter_key))
         host = hardware.detect_host()
         mismatch = hardware.shortfalls(plan.hardware, host)
         if mismatch and not options.allow_hardware_mismatch:

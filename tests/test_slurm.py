@@ -100,6 +100,17 @@ def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slu
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=2G" in script
 
 
+def test_signing_key_inside_the_code_folder_stays_out_on_the_node(tmp_path, base_image, slurm_cluster, shared):
+    """The node re-plans the code tree: it must leave out the submitter's key as the submitter did (issue 20)."""
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    key, pub = generate_keypair("ecdsa-p256", tmp_path / "exp" / "keys", None)
+    result = submit(manifest, _options(tmp_path, shared, key, wait=True))
+    (member,) = result.runs
+    assert member.state == "completed", member
+    assert json.loads((member.run_dir / "job.json").read_text())["signingKey"] == str(key.absolute())
+    assert verify_attestation(member.attestation, [pub], []).ok
+
+
 def test_registry_image_is_pulled_by_digest_on_the_node(tmp_path, base_image, slurm_cluster, shared, keys, registry,
                                                         docker_client):
     manifest = write_experiment(tmp_path / "exp", base_image)

@@ -125,9 +125,10 @@ def refuse_secrets(root: Path, files: list[tuple[str, str]], not_secret: tuple[s
     if not found:
         return
     first, *rest = found
+    signing = ", name it as the signing key (--key, XRUN_SIGNING_KEY) to have it left out" if first.private_key else ""
     raise UsageError(f"{root / first.path}: {first.what} would be baked into the image; move it out of the code "
-                     f"folder or list it in {root / IGNORE_FILE} (or, if it is no secret, in the manifest's "
-                     "code.notSecret)", lines=[f"{root / f.path}: {f.what}" for f in rest])
+                     f"folder, list it in {root / IGNORE_FILE}{signing}, or, if it is no secret, list it in the "
+                     "manifest's code.notSecret", lines=[f"{root / f.path}: {f.what}" for f in rest])
 
 
 def git_files(root: Path, left_out: Callable[[str, bool], bool]) -> list[tuple[str, str]]:

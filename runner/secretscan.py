@@ -31,7 +31,12 @@ class Finding:
     """A file that holds a secret: its path in the tree and what it holds."""
 
     path: str
-    what: str  # "a PEM private key", "a .env file with TOKEN=…", …
+    what: str  # "a private key (PEM block)", "a .env file assigning HF_TOKEN", …
+
+    @property
+    def private_key(self) -> bool:
+        """A key (which xrun may sign with), not a credential file."""
+        return self.what.startswith("a private key")
 
 
 def _is_env_file(name: str) -> bool:

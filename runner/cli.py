@@ -412,13 +412,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_plan(args: argparse.Namespace) -> int:
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan
+    from runner.progress import StderrProgress
 
     plan = resolve_plan(load_manifest(args.manifest))
-    data = plan.to_json()
+    data, code_tree = plan.to_json(), plan.code.summary()
+    warning = code_tree.warning()
+    if warning:
+        StderrProgress().warn(warning)
     if args.json:
-        _print_json({"digest": plan.digest, "buildDigest": plan.build_digest, "plan": data})
+        _print_json({"digest": plan.digest, "buildDigest": plan.build_digest, "plan": data,
+                     "codeTree": code_tree.to_json()})
         return 0
-    print(text.plan_summary(data, plan.digest))
+    print(text.plan_summary(data, plan.digest, code_tree))
     return 0
 
 

@@ -24,7 +24,9 @@ from runner import secretscan
 from runner.errors import EnvironmentProblem, UsageError
 from runner.hashing import ignore_rules, list_tree
 from runner.manifest import CodeSpec
+from runner.wire import fields_to_wire
 
+BIG_TREE = 100 << 20  # a code tree over this holds data, which belongs in `data:` (fetched, verified, mounted)
 NEVER = frozenset({".git", ".xrun"})  # a user's rule cannot put these back
 DEFAULT_IGNORE = ("__pycache__", "*.pyc")
 IGNORE_FILE = ".xrunignore"
@@ -71,13 +73,45 @@ class CodeFiles:
     git_dirty: bool | None
 
 
+@dataclass(frozen=True)
+class SizedFile:
+    """A file of the tree by its size (the biggest files `xrun plan` shows)."""
+
+    path: str
+    size: int
+
+
+@dataclass(frozen=True)
+class CodeSummary:
+    """What `xrun plan` shows of the code tree: count, total size, the biggest files, xrun's paths left out."""
+
+    files: int
+    size: int
+    biggest: tuple[SizedFile, ...]
+    left_out: tuple[str, ...]
+
+    def to_json(self) -> dict[str, object]:
+        """camelCase, through wire.py."""
+        return fields_to_wire(self)
+
+    def warning(self) -> str | None:
+        """One line when the tree is over BIG_TREE, naming its biggest files; else None."""
+        if self.size <= BIG_TREE:
+            return None
+        from runner.fetch.progress import human_bytes
+
+        top = ", ".join(f"{f.path} {human_bytes(f.size)}" for f in self.biggest[:3])
+        return (f"the code tree is {human_bytes(self.size)} (over {human_bytes(BIG_TREE)}; biggest: {top}): data "
+                "belongs in data: (pinned by digest, mounted read-only), not in the image; list it in .xrunignore")
+
+
 def collect(spec: CodeSpec, own: OwnPaths, manifest_file: Path | None = None) -> CodeFiles:
     """The code files that go into the image; UsageError (exit 2) naming the first private file found."""
     root = spec.path.resolve()
     inside: dict[str, str] = {}
     for what, path in own.named():
         rel = _relative(path, root)
-        if rel is not None:
+        if rel is not None and os.path.lexists(root / rel):
             inside[rel] = what
     if manifest_file is not None:
         rel = _relative(manifest_file, root)

@@ -79,10 +79,14 @@ class RunContext:
         cache = Cache(options.cache_dir) if options.cache_dir else Cache.default()
         runs_dir = (options.runs_dir or default_runs_dir(manifest.root)).absolute()
         plan = resolve_plan(manifest, OwnPaths(cache=cache.root, runs=runs_dir, key=key_path or options.submitter_key))
+        sink = progress or StderrProgress(options.quiet)
+        warning = plan.code.summary().warning()
+        if warning:
+            sink.warn(warning)
         host = hardware.detect_host()
         mismatch = hardware.shortfalls(plan.hardware, host)
         if mismatch and not options.allow_hardware_mismatch:
             hardware.check_host(plan.hardware, host)
         signer = load_signer(key_path, options.key_password) if key_path else None
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
-                   cache=cache, runs_dir=runs_dir, options=options, progress=progress or StderrProgress(options.quiet))
+                   cache=cache, runs_dir=runs_dir, options=options, progress=sink)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import __version__
-from runner.codetree import OwnPaths, collect
+from runner.codetree import CodeSummary, OwnPaths, SizedFile, collect
 from runner.errors import ManifestError
 from runner.hardware import HardwareClass
 from runner.hardware import lookup as lookup_class
@@ -53,14 +53,11 @@ class CodeTree:
     source: str = "folder"  # code.from: "folder" | "git"
     left_out: tuple[str, ...] = ()  # xrun's own paths found inside the folder (never part of the digest or plan)
 
-    @property
-    def size(self) -> int:
-        """Bytes of all files that go in."""
-        return sum(f.size for f in self.files)
-
-    def biggest(self, count: int = 5) -> list[FileDigest]:
-        """The `count` biggest files, biggest first."""
-        return sorted(self.files, key=lambda f: (-f.size, f.path))[:count]
+    def summary(self, biggest: int = 5) -> CodeSummary:
+        """File count, total size, the `biggest` biggest files, and what of xrun's own was left out."""
+        top = sorted(self.files, key=lambda f: (-f.size, f.path))[:biggest]
+        return CodeSummary(files=len(self.files), size=sum(f.size for f in self.files),
+                           biggest=tuple(SizedFile(f.path, f.size) for f in top), left_out=self.left_out)
 
 
 @dataclass(frozen=True)

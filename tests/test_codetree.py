@@ -242,3 +242,35 @@ def test_real_run_image_holds_neither_key_nor_cache_nor_git(tmp_path, base_image
     assert listing == ["keys/xrun.pub", "pkg/util.py", "train.py"]
     assert any((root / "cache").rglob("*")), "the cache was inside the folder during the run"
     assert summary.signed and summary.run_dir.parent == root / "my-runs"
+
+
+def test_plan_shows_count_size_biggest_files_and_what_was_left_out(tmp_path, capsys, monkeypatch):
+    files = {**CODE, **{f"weights/w{i}.bin": "x" * (100 * (i + 1)) for i in range(7)}}
+    manifest = write_experiment(tmp_path / "exp", files=files)
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "exp" / "cache"))
+    (tmp_path / "exp" / "cache" / "blobs").mkdir(parents=True)
+    (tmp_path / "exp" / "cache" / "blobs" / "x").write_bytes(b"x" * 5000)
+    assert main(["plan", str(manifest), "--json"]) == 0
+    out = capsys.readouterr()
+    tree = json.loads(out.out)["codeTree"]
+    assert tree["files"] == 9 and tree["size"] == sum(len(t) for t in files.values())
+    assert [b["path"] for b in tree["biggest"]] == [f"weights/w{i}.bin" for i in (6, 5, 4, 3, 2)]
+    assert tree["biggest"][0] == {"path": "weights/w6.bin", "size": 700}
+    assert tree["leftOut"] == ["the xrun cache (cache)"]
+    assert out.err == ""  # small: no warning
+    assert main(["plan", str(manifest)]) == 0
+    text = capsys.readouterr().out
+    assert "(9 files, 2.8 KiB, sha256:" in text and "biggest: weights/w6.bin 700 B, weights/w5.bin 600 B" in text
+    assert "left out: the xrun cache (cache)" in text
+
+
+def test_plan_warns_once_on_stderr_when_the_tree_is_over_100_mib(tmp_path, capsys):
+    manifest = write_experiment(tmp_path / "exp")
+    with open(tmp_path / "exp" / "model.ckpt", "wb") as f:
+        f.truncate(101 << 20)  # sparse: no 100 MiB written on a shared machine
+    assert main(["plan", str(manifest), "--json"]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["codeTree"]["biggest"][0]["path"] == "model.ckpt"
+    (line,) = out.err.strip().splitlines()
+    assert line.startswith("xrun: warning: the code tree is 101.0 MiB") and "model.ckpt" in line
+    assert "belongs in data:" in line

@@ -22,7 +22,7 @@ import pathspec
 
 from runner import secretscan
 from runner.errors import EnvironmentProblem, UsageError
-from runner.hashing import ignore_rules, list_tree
+from runner.hashing import FileDigest, hash_files, ignore_rules, list_tree
 from runner.manifest import CodeSpec
 from runner.wire import fields_to_wire
 
@@ -65,9 +65,9 @@ class OwnPaths:
 
 @dataclass(frozen=True)
 class CodeFiles:
-    """The files that go in, sorted, and which of xrun's own paths were found inside the folder and left out."""
+    """The files that go in, hashed, and which of xrun's own paths were found inside the folder and left out."""
 
-    files: list[tuple[str, str]]  # (relative posix path, absolute path)
+    files: list[FileDigest]  # sorted by path
     left_out: tuple[str, ...]  # e.g. "the xrun cache (.cache/)"
     git_commit: str | None
     git_dirty: bool | None
@@ -106,7 +106,7 @@ class CodeSummary:
 
 
 def collect(spec: CodeSpec, own: OwnPaths, manifest_file: Path | None = None) -> CodeFiles:
-    """The code files that go into the image; UsageError (exit 2) naming the first private file found."""
+    """The code files that go into the image, hashed; UsageError (exit 2) naming the first private file found."""
     root = spec.path.resolve()
     inside: dict[str, str] = {}
     for what, path in own.named():
@@ -128,8 +128,10 @@ def collect(spec: CodeSpec, own: OwnPaths, manifest_file: Path | None = None) ->
     else:
         files = list_tree(root, left_out)
         commit, dirty = git_state(root, untracked=True)
-    refuse_secrets(root, files, spec.not_secret)
-    return CodeFiles(files, tuple(f"{what} ({rel})" for rel, what in sorted(inside.items()) if what != "the manifest"),
+    scanner = secretscan.Scanner(pathspec.GitIgnoreSpec.from_lines(list(spec.not_secret)).match_file)
+    hashed = hash_files(files, on_head=scanner)
+    refuse_secrets(root, scanner.found)
+    return CodeFiles(hashed, tuple(f"{what} ({rel})" for rel, what in sorted(inside.items()) if what != "the manifest"),
                      commit, dirty)
 
 
@@ -152,10 +154,8 @@ def read_ignore_file(root: Path) -> tuple[str, ...]:
         raise UsageError(f"{path}: cannot be read ({exc}); fix or remove it") from None
 
 
-def refuse_secrets(root: Path, files: list[tuple[str, str]], not_secret: tuple[str, ...]) -> None:
-    """UsageError naming each file that holds a private key or a credential, unless `code.notSecret` lists it."""
-    allowed = pathspec.GitIgnoreSpec.from_lines(list(not_secret))
-    found = secretscan.scan(files, allowed.match_file)
+def refuse_secrets(root: Path, found: list[secretscan.Finding]) -> None:
+    """UsageError naming each file found to hold a private key or a credential (code.notSecret already applied)."""
     if not found:
         return
     first, *rest = found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import stat
@@ -79,11 +80,14 @@ def list_tree(root: Path, exclude: Callable[[str, bool], bool] | None = None, *,
     return found
 
 
-def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = None) -> list[FileDigest]:
+def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = None, *,
+                on_head: Callable[[str, bytes], None] | None = None) -> list[FileDigest]:
     """Hash many files, keeping the input order.
 
     Small files are hashed in this thread: per-file thread hand-offs cost more than the hashing.
     Files over BIG_FILE go to a pool, where hashlib releases the GIL and cores work in parallel.
+    `on_head(relative path, first bytes)` sees each file's first chunk (up to CHUNK bytes) from the
+    read that hashes it, in this thread: a check of file heads costs no second open.
     """
     results: list[FileDigest | None] = [None] * len(files)
     workers = workers or max(2, os.cpu_count() or 1)
@@ -94,12 +98,16 @@ def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = No
             try:
                 st = os.fstat(fd)
                 if st.st_size > BIG_FILE:
+                    if on_head is not None:
+                        on_head(rel, os.pread(fd, CHUNK, 0))
                     pending.append((index, rel, st, pool.submit(_digest_fd, fd)))
                     fd = -1  # the pool task owns and closes it
                     if len(pending) >= 2 * workers:
                         _collect(pending, results)
                 else:
-                    results[index] = FileDigest(rel, _digest_fd(fd, close=False), st.st_size, _mode(st.st_mode))
+                    head = functools.partial(on_head, rel) if on_head is not None else None
+                    results[index] = FileDigest(rel, _digest_fd(fd, close=False, on_first=head), st.st_size,
+                                                _mode(st.st_mode))
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -113,11 +121,14 @@ def _collect(pending: list[Any], results: list[FileDigest | None]) -> None:
     pending.clear()
 
 
-def _digest_fd(fd: int, close: bool = True) -> str:
+def _digest_fd(fd: int, close: bool = True, on_first: Callable[[bytes], None] | None = None) -> str:
     try:
         h = hashlib.sha256()
         while True:
             chunk = os.read(fd, CHUNK)
+            if on_first is not None:
+                on_first(chunk)
+                on_first = None
             if not chunk:
                 break
             h.update(chunk)

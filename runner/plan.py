@@ -16,7 +16,7 @@ from runner.codetree import CodeSummary, OwnPaths, SizedFile, collect
 from runner.errors import ManifestError
 from runner.hardware import HardwareClass
 from runner.hardware import lookup as lookup_class
-from runner.hashing import FileDigest, hash_files, tree_digest
+from runner.hashing import FileDigest, tree_digest
 from runner.lockfiles import Lockfile, load_lockfile
 from runner.manifest import BootstrapSpec, CodeSpec, DataItem, Manifest, OutputSpec
 
@@ -143,8 +143,8 @@ def resolve_code(spec: CodeSpec, manifest_file: Path | None = None, own: OwnPath
     """Hash what of the code folder goes into the image (codetree.py decides; mtimes ignored), with its git commit."""
     own = own if own is not None else OwnPaths.default(manifest_file.parent if manifest_file else spec.path)
     chosen = collect(spec, own, manifest_file)
-    files = hash_files(chosen.files)
-    return CodeTree(root=spec.path, digest=tree_digest(files), files=tuple(files), git_commit=chosen.git_commit,
+    return CodeTree(root=spec.path, digest=tree_digest(chosen.files), files=tuple(chosen.files),
+                    git_commit=chosen.git_commit,
                     git_dirty=chosen.git_dirty, source=spec.source, left_out=chosen.left_out)
 
 

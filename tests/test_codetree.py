@@ -100,6 +100,21 @@ def test_what_counts_as_a_secret(name, text, found):
     assert (inspect(name, text.encode()) is not None) == found
 
 
+def test_a_key_at_the_head_of_a_big_file_is_found_and_only_heads_are_judged(tmp_path):
+    """Files over hashing's pool size are read by the pool; their head is still checked."""
+    manifest = write_experiment(tmp_path / "exp")
+    with open(tmp_path / "exp" / "bundle.pem", "wb") as f:
+        f.write(b"-----BEGIN EC PRIVATE KEY-----\n")
+        f.truncate(5 << 20)
+    with pytest.raises(UsageError, match="bundle.pem: a private key"):
+        paths(manifest)
+    (tmp_path / "exp" / "bundle.pem").unlink()
+    with open(tmp_path / "exp" / "weights.bin", "wb") as f:  # a marker far past the head is not looked for
+        f.seek(1 << 20)
+        f.write(b"-----BEGIN PRIVATE KEY-----\n")
+    assert "weights.bin" in paths(manifest)
+
+
 def test_not_secret_setting_allows_a_listed_path(tmp_path):
     manifest = write_experiment(tmp_path / "exp", {"notSecret": ["tests/fixtures/", ".env"]},
                                 {**CODE, "tests/fixtures/example.key": "-----BEGIN PRIVATE KEY-----\nabc\n",

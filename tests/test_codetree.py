@@ -289,3 +289,11 @@ def test_plan_warns_once_on_stderr_when_the_tree_is_over_100_mib(tmp_path, capsy
     (line,) = out.err.strip().splitlines()
     assert line.startswith("xrun: warning: the code tree is 101.0 MiB") and "model.ckpt" in line
     assert "belongs in data:" in line
+
+
+def test_bad_code_settings_are_one_line_each_with_the_fix(tmp_path, capsys):
+    manifest = write_experiment(tmp_path / "exp", {"from": "svn", "notSecret": "a.key"})
+    assert main(["validate", str(manifest)]) == 2
+    err = capsys.readouterr().err
+    assert "code.from: \"svn\" is not allowed; use one of: folder, git" in err and "code.notSecret: expected a list" in err
+    assert "Traceback" not in err

@@ -50,7 +50,7 @@ class OwnPaths:
 
     @classmethod
     def default(cls, manifest_root: Path, environ: Mapping[str, str] = os.environ) -> "OwnPaths":
-        """What a command without --cache-dir/--runs-dir/--key uses: the default cache and runs folder, XRUN_SIGNING_KEY."""
+        """What a command without --cache-dir/--runs-dir/--key uses: default cache and runs folder, XRUN_SIGNING_KEY."""
         from runner.fetch.cache import Cache
         from runner.rundir import default_runs_dir
 
@@ -68,7 +68,7 @@ class CodeFiles:
     """The files that go in, hashed, and which of xrun's own paths were found inside the folder and left out."""
 
     files: list[FileDigest]  # sorted by path
-    left_out: tuple[str, ...]  # e.g. "the xrun cache (.cache/)"
+    left_out: tuple[str, ...]  # e.g. "the signing key (keys/xrun.key)"
     git_commit: str | None
     git_dirty: bool | None
 

@@ -199,8 +199,8 @@ def resolve_code(spec: CodeSpec, manifest_file: Path | None = None, own: OwnPath
     own = own if own is not None else OwnPaths.default(manifest_file.parent if manifest_file else spec.path)
     chosen = collect(spec, own, manifest_file)
     return CodeTree(root=spec.path, digest=tree_digest(chosen.files), files=tuple(chosen.files),
-                    git_commit=chosen.git_commit,
-                    git_dirty=chosen.git_dirty, source=spec.source, left_out=chosen.left_out)
+                    git_commit=chosen.git_commit, git_dirty=chosen.git_dirty, source=spec.source,
+                    left_out=chosen.left_out)
 
 
 def run_env(manifest: Manifest) -> dict[str, str]:

@@ -18,7 +18,8 @@ HEAD = 64 << 10
 _PEM = re.compile(rb"-----BEGIN (?:[A-Z0-9]+ )*PRIVATE KEY(?: BLOCK)?-----")
 _PUTTY = re.compile(rb"^PuTTY-User-Key-File-\d+:", re.MULTILINE)
 # An ini/shell line assigning an AWS secret (credentials/config files, or one pasted into code).
-_AWS = re.compile(rb"^\s*(?:export\s+)?aws_secret_access_key\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{16,}", re.MULTILINE | re.IGNORECASE)
+_AWS = re.compile(rb"^\s*(?:export\s+)?aws_secret_access_key\s*[=:]\s*[\"']?[A-Za-z0-9/+=]{16,}",
+                  re.MULTILINE | re.IGNORECASE)
 _ENV_LINE = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_.-]*)\s*=\s*(.*)$")
 _ENV_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|_KEY$|^KEY$")
 _REFERENCE = re.compile(r"^\$\{?[A-Za-z_][A-Za-z0-9_]*\}?$")  # TOKEN=${CI_TOKEN} names a secret, holds none

@@ -83,8 +83,8 @@ def test_encrypted_key_is_refused_too(tmp_path, capsys, monkeypatch):
                    "-----BEGIN RSA PRIVATE KEY-----\nMII...\n", True),
     ("secring.asc", "-----BEGIN PGP PRIVATE KEY BLOCK-----\n", True),
     ("xrun.pub", "-----BEGIN PUBLIC KEY-----\nMCow...\n-----END PUBLIC KEY-----\n", False),
-    ("credentials", "[default]\naws_access_key_id = AKIAEXAMPLE\naws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCY\n",
-     True),
+    ("credentials", "[default]\naws_access_key_id = AKIAEXAMPLE\n"
+                    "aws_secret_access_key = wJalrXUtnFEMI/K7MDENG/bPxRfiCY\n", True),
     ("settings.py", "import os\nclient = make(aws_secret_access_key=os.environ['S'])\n", False),
     (".env", "DB_PASSWORD=\nAPI_KEY=\n", False),  # empty values: a template
     (".env", "GITHUB_TOKEN=${CI_TOKEN}\n", False),  # names a secret, holds none
@@ -169,7 +169,8 @@ def test_git_folder_is_never_put_back(tmp_path):
 
 def test_xrunignore_folders_negation_and_anchors(tmp_path):
     files = {**CODE, "data/big.bin": "x", "data/keep.txt": "k", "logs/a.log": "l", "notes/a.log": "l",
-             "notes/keep.log": "k", "build/out.o": "o", "src/build/x.py": "", "secret.key": "-----BEGIN PRIVATE KEY-----"}
+             "notes/keep.log": "k", "build/out.o": "o", "src/build/x.py": "",
+             "secret.key": "-----BEGIN PRIVATE KEY-----"}
     manifest = write_experiment(tmp_path / "exp", files=files)
     (tmp_path / "exp" / ".xrunignore").write_text(
         "# comments and blank lines are fine\n\n*.log\n!keep.log\n/build/\nlogs/\n*.bin\nsecret.key\n")
@@ -295,5 +296,6 @@ def test_bad_code_settings_are_one_line_each_with_the_fix(tmp_path, capsys):
     manifest = write_experiment(tmp_path / "exp", {"from": "svn", "notSecret": "a.key"})
     assert main(["validate", str(manifest)]) == 2
     err = capsys.readouterr().err
-    assert "code.from: \"svn\" is not allowed; use one of: folder, git" in err and "code.notSecret: expected a list" in err
+    assert "code.from: \"svn\" is not allowed; use one of: folder, git" in err
+    assert "code.notSecret: expected a list" in err
     assert "Traceback" not in err

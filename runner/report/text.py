@@ -58,8 +58,10 @@ def run_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def plan_summary(data: dict[str, Any], digest: str, code_tree: CodeSummary | None = None) -> str:
+def plan_summary(data: dict[str, Any], digest: str, code_tree: CodeSummary) -> str:
     """`xrun plan`: a human-readable summary of a plan's JSON, with the code tree's size and biggest files."""
+    from runner.fetch.progress import human_bytes
+
     img = data["image"]
     base = img["base"]["reference"] if img["base"] else f"bootstrap {img['bootstrap']['suite']}: " + ", ".join(
         img["bootstrap"]["packages"])
@@ -70,18 +72,13 @@ def plan_summary(data: dict[str, Any], digest: str, code_tree: CodeSummary | Non
                      f"sha256:{lk['sha256'][:12]})")
     code = data["code"]
     git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
-    if code_tree is None:
-        lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
-    else:
-        from runner.fetch.progress import human_bytes
-
-        source = ", from git" if code.get("from") == "git" else ""
-        lines.append(f"  code       {code['path']} ({code['files']} files, {human_bytes(code_tree.size)}, "
-                     f"{code['digest'][:19]}{git}{source})")
-        if code_tree.biggest:
-            lines.append("             biggest: " + ", ".join(f"{f.path} {human_bytes(f.size)}" for f in code_tree.biggest))
-        if code_tree.left_out:
-            lines.append("             left out: " + ", ".join(code_tree.left_out))
+    source = ", from git" if code.get("from") == "git" else ""
+    lines.append(f"  code       {code['path']} ({code['files']} files, {human_bytes(code_tree.size)}, "
+                 f"{code['digest'][:19]}{git}{source})")
+    if code_tree.biggest:
+        lines.append("             biggest: " + ", ".join(f"{f.path} {human_bytes(f.size)}" for f in code_tree.biggest))
+    if code_tree.left_out:
+        lines.append("             left out: " + ", ".join(code_tree.left_out))
     for d in data["data"]:
         if "source" in d:
             from runner.fetch.sources.render import plan_line

@@ -7,7 +7,7 @@ pass its own and receive the same messages.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 
@@ -43,22 +43,3 @@ class StderrProgress:
         """Print indented unless quiet."""
         if not self.quiet:
             print(f"  {message}", file=sys.stderr, flush=True)
-
-
-@dataclass
-class RecordingProgress:
-    """A sink that keeps every message (tests, and callers that render progress themselves)."""
-
-    messages: list[tuple[str, str]] = field(default_factory=list)
-
-    def info(self, message: str) -> None:
-        """Keep it as ('info', message)."""
-        self.messages.append(("info", message))
-
-    def warn(self, message: str) -> None:
-        """Keep it as ('warn', message)."""
-        self.messages.append(("warn", message))
-
-    def detail(self, message: str) -> None:
-        """Keep it as ('detail', message)."""
-        self.messages.append(("detail", message))

@@ -7,8 +7,10 @@ pass its own and receive the same messages.
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
+
+from runner.redact import redact
 
 
 class ProgressSink(Protocol):
@@ -33,13 +35,32 @@ class StderrProgress:
     def info(self, message: str) -> None:
         """Print unless quiet."""
         if not self.quiet:
-            print(f"xrun: {message}", file=sys.stderr, flush=True)
+            print(f"xrun: {redact(message)}", file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
         """Always print."""
-        print(f"xrun: warning: {message}", file=sys.stderr, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=sys.stderr, flush=True)
 
     def detail(self, message: str) -> None:
         """Print indented unless quiet."""
         if not self.quiet:
-            print(f"  {message}", file=sys.stderr, flush=True)
+            print(f"  {redact(message)}", file=sys.stderr, flush=True)
+
+
+@dataclass
+class RecordingProgress:
+    """A sink that keeps every message (tests, and callers that render progress themselves)."""
+
+    messages: list[tuple[str, str]] = field(default_factory=list)
+
+    def info(self, message: str) -> None:
+        """Keep it as ('info', message)."""
+        self.messages.append(("info", message))
+
+    def warn(self, message: str) -> None:
+        """Keep it as ('warn', message)."""
+        self.messages.append(("warn", message))
+
+    def detail(self, message: str) -> None:
+        """Keep it as ('detail', message)."""
+        self.messages.append(("detail", message))

@@ -205,13 +205,16 @@ def _make_dir(builder: _Builder, rel: str) -> None:
 
 
 def _make_room(builder: _Builder, rel: str) -> None:
-    """A later regular member replaces an earlier one (tar's rule); anything else twice is refused."""
+    """Parents for a new member; a name that appears twice is refused.
+
+    tar's rule is that the last copy wins, but another unpacker (or a reviewer reading the listing)
+    may see the first: an archive whose meaning depends on the tool is not unpacked.
+    """
     if rel in builder.dirs or rel in builder.symlinks:
         raise UnsafeMember(f"{rel!r} appears twice, once as a folder or symlink")
-    _make_parents(builder, rel)
     if rel in builder.files:
-        os.unlink(builder.root / rel)
-        del builder.files[rel]
+        raise UnsafeMember(f"{rel!r} appears twice (tools disagree on which copy wins)")
+    _make_parents(builder, rel)
 
 
 def _write_file(builder: _Builder, rel: str, source: IO[bytes], mode: int) -> None:

@@ -211,7 +211,7 @@ def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, ro
         if "sha256" in request.digests:
             blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                               fetchers=fetchers.get(), reporter=progress, cancel=ctx.cancel, kind="data file",
-                              headers=request.headers)
+                              headers=request.headers, size=request.size)
         else:
             blob = _fetch_by_alias(cache, request, shown, root, options, fetchers.get(), progress, ctx.cancel)
         return request.path, blob
@@ -248,7 +248,7 @@ def _fetch_by_alias(cache: Cache, request: FileRequest, shown: str, root: Path, 
             return probe.blob
     blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                       fetchers=fetchers, reporter=progress, cancel=cancel, kind="data file",  # type: ignore[arg-type]
-                      headers=request.headers)
+                      headers=request.headers, size=request.size)
     sha = hash_file(blob.path, "sha256")
     adopted = _adopt(cache, blob, sha)
     cache.write_fingerprint(algorithm, hexdigest, ALIAS_KIND, sha)

@@ -222,12 +222,12 @@ def test_cli_verify_refuses_a_timestamp_from_an_untrusted_tsa(tmp_path, other_ts
 @pytest.mark.docker
 def test_xrun_run_with_tsa_timestamps_the_bundle_and_a_tsa_down_fails_it_with_exit_4(
         tmp_path, tsa, base_image, monkeypatch, capsys):
-    from tests.test_run import write_experiment
+    from experiments import probe_experiment
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("XRUN_TSA_URL", raising=False)
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
-    manifest = write_experiment(tmp_path / "exp", base_image, seed=5)
+    manifest = probe_experiment(tmp_path / "exp", base_image, seed=5)
     runs = tmp_path / "runs"
     assert main(["run", str(manifest), "--key", str(key), "--tsa", tsa.url, "--runs-dir", str(runs), "-q",
                  "--json"]) == 0

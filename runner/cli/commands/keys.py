@@ -32,6 +32,8 @@ def verify(args: argparse.Namespace) -> int:
     if not args.keys and not args.allow_unsigned:
         raise UsageError("give at least one trusted public key with --key xrun.pub (or --allow-unsigned)")
     _check_gate_args(args)
+    # The verifier's own key is loaded first: a wrong password must not cost a verification.
+    signer = load_signer(args.vsa_key, key_password()) if args.vsa_out or args.register else None
     policy = load_policy(args.policy) if args.policy else None
     tsas = [load_tsa_chain(p) for p in args.tsa_certs]
     tsas += load_trusted_root(args.trusted_root) if args.trusted_root else []
@@ -39,8 +41,7 @@ def verify(args: argparse.Namespace) -> int:
                                  allow_unsigned=args.allow_unsigned, tsas=tsas)
     out: dict[str, Any] = verdict.to_json()
     lines = verdict.lines()
-    if args.vsa_out or args.register:
-        signer = load_signer(args.vsa_key, key_password())
+    if signer is not None:
         target = args.vsa_out or Path(tempfile.mkdtemp(prefix="xrun-vsa-")) / "vsa.intoto.jsonl"
         try:
             statement, vsa = summarize(verdict, Path(args.attestation), policy, signer, target)

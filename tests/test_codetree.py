@@ -154,7 +154,7 @@ def test_cache_and_runs_folder_inside_the_folder_are_left_out_and_the_digest_is_
     assert [f.path for f in after.code.files] == ["pkg/util.py", "train.py"]
     assert after.code.digest == before.code.digest and after.build_digest == before.build_digest
     assert after.digest == before.digest  # the plan itself does not record where the cache is
-    # `xrun plan` with XRUN_CACHE_DIR inside the folder (the 125 "code files").
+    # As `xrun plan` plans it (no --runs-dir), XRUN_CACHE_DIR inside the folder (the 125 "code files").
     by_cli = resolve_plan(load_manifest(manifest))
     assert [f.path for f in by_cli.code.files] == ["my-runs/r1/run.json", "pkg/util.py", "train.py"]
 
@@ -258,6 +258,17 @@ def test_real_run_image_holds_neither_key_nor_cache_nor_git(tmp_path, base_image
     assert listing == ["keys/xrun.pub", "pkg/util.py", "train.py"]
     assert any((root / "cache").rglob("*")), "the cache was inside the folder during the run"
     assert summary.signed and summary.run_dir.parent == root / "my-runs"
+    # Reproducing it: the key that signs the re-run is left out again, so the code tree matches the record;
+    # a re-run with no signing key named finds a private key in the folder and refuses.
+    from runner.reproduce import reproduce
+
+    key, pub = root / "keys" / "xrun.key", root / "keys" / "xrun.pub"
+    with pytest.raises(UsageError, match="xrun.key: a private key"):
+        reproduce(summary.attestation, manifest=None, keys=[pub], rtol=None, atol=None,
+                  options=RunOptions(runs_dir=root / "my-runs", quiet=True))
+    report = reproduce(summary.attestation, manifest=None, keys=[pub], rtol=None, atol=None,
+                       options=RunOptions(runs_dir=root / "my-runs", key=key, quiet=True))
+    assert report.reproduced
 
 
 def test_plan_shows_count_size_biggest_files_and_what_was_left_out(tmp_path, capsys, monkeypatch):

@@ -73,14 +73,6 @@ class DataItem:
     unpack: bool = False
     source: DataSourceSpec | None = None
 
-    @property
-    def primary_digest(self) -> tuple[str, str]:
-        """The strongest digest given: sha256, else sha512, else md5."""
-        for algo in DIGEST_ALGORITHMS:
-            if algo in self.digests:
-                return algo, self.digests[algo]
-        raise AssertionError("validated manifests always carry a digest")
-
 
 @dataclass(frozen=True)
 class BootstrapSpec:

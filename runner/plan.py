@@ -173,7 +173,6 @@ def canonical_json(value: Any) -> bytes:
 
 # --- resolution ------------------------------------------------------------------------------------
 
-SEED_ENV = ("XRUN_SEED", "PYTHONHASHSEED")
 # cuBLAS needs a fixed workspace for deterministic GEMMs; harmless on CPU-only runs.
 DETERMINISM_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 _REF = re.compile(r"^(?P<name>[^@\s]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$")

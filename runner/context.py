@@ -48,6 +48,19 @@ class RunOptions:
     # A compute node never reads the submitter's key, but keeps it out of the code tree as the submitter did.
     submitter_key: Path | None = None
 
+    def open_cache(self) -> Cache:
+        """--cache-dir, else Cache.default()."""
+        return Cache(self.cache_dir) if self.cache_dir else Cache.default()
+
+    def runs_folder(self, manifest_root: Path) -> Path:
+        """--runs-dir, else <manifest folder>/.xrun/runs; absolute."""
+        return (self.runs_dir or default_runs_dir(manifest_root)).absolute()
+
+    def own_paths(self, manifest_root: Path) -> OwnPaths:
+        """The cache, runs folder and signing key of this run: never part of its code tree."""
+        return OwnPaths(cache=self.open_cache().root, runs=self.runs_folder(manifest_root),
+                        key=signing_key_path(self.key) or self.submitter_key)
+
 
 def timestamp_authority(given: str | None, signed: bool, environ: Mapping[str, str] = os.environ) -> str | None:
     """--tsa, else $XRUN_TSA_URL; a timestamp countersigns a signature, so an unsigned run gets none.
@@ -97,10 +110,7 @@ class RunContext:
         from runner.engine.client import docker_client
 
         manifest = with_seed(load_manifest(manifest_path), options.seed)
-        key_path = signing_key_path(options.key)
-        cache = Cache(options.cache_dir) if options.cache_dir else Cache.default()
-        runs_dir = (options.runs_dir or default_runs_dir(manifest.root)).absolute()
-        plan = resolve_plan(manifest, OwnPaths(cache=cache.root, runs=runs_dir, key=key_path or options.submitter_key))
+        plan = resolve_plan(manifest, options.own_paths(manifest.root))
         sink = progress or StderrProgress(options.quiet)
         warning = plan.code.summary().warning()
         if warning:
@@ -109,7 +119,9 @@ class RunContext:
         mismatch = hardware.shortfalls(plan.hardware, host)
         if mismatch and not options.allow_hardware_mismatch:
             hardware.check_host(plan.hardware, host)
+        key_path = signing_key_path(options.key)
         signer = load_signer(key_path, options.key_password) if key_path else None
         tsa = timestamp_authority(options.tsa, signer is not None)
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
-                   cache=cache, runs_dir=runs_dir, options=options, progress=sink, tsa_url=tsa)
+                   cache=options.open_cache(), runs_dir=options.runs_folder(manifest.root), options=options,
+                   progress=sink, tsa_url=tsa)

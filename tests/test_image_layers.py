@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+import experiments
 from runner.attest import generate_keypair
 from wheelmaker import make_wheel
 
@@ -30,17 +31,11 @@ TRAIN = "import json, alpha, beta\njson.dump({'a': alpha.V, 'b': len(beta.X)}, o
 def write_experiment(root: Path, base: str, *, alpha: str = "1.0", name: str = NAME) -> Path:
     """train.py, and a lock of two local wheels: alpha (tiny) and beta (4 MiB), outside the code tree."""
     root.mkdir(parents=True, exist_ok=True)
-    (root / "train.py").write_text(TRAIN)
     write_lock(root, alpha)
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": name,
-        "image": {"base": base, "lockfile": "requirements.txt"},
-        "code": {"path": ".", "exclude": ["requirements.txt", "wheels/"]},
-        "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
-        "run": {"command": ["python3", "train.py"]}, "outputs": [{"path": "out.json"}],
-    }
-    (root / "experiment.yaml").write_text(json.dumps(manifest, indent=2))
-    return root / "experiment.yaml"
+    return experiments.write_experiment(root, {"base": base, "lockfile": "requirements.txt"},
+                                        files={"train.py": TRAIN}, command=["python3", "train.py"],
+                                        outputs=[{"path": "out.json"}], name=name,
+                                        exclude=["requirements.txt", "wheels/"])
 
 
 def write_lock(root: Path, alpha: str) -> None:

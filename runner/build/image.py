@@ -21,7 +21,7 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -566,8 +566,3 @@ def image_labels(code_digest: str, base_image_id: str, wheels: list[ResolvedWhee
         LABEL_PREFIX + "wheels": json.dumps(sorted([w.name, w.version, w.sha256] for w in wheels),
                                             **compact),  # type: ignore[arg-type]
     }
-
-
-def iter_build_images(client: Any, name: str) -> Iterator[Any]:
-    """Every image tagged xrun/<name>:… (tests and `xrun cache` use it)."""
-    yield from client.images.list(name=f"{TAG_REPO}/{name}")

@@ -467,7 +467,6 @@ class OciImage:
 
     path: Path
     manifest_digest: str  # "sha256:…" of the manifest JSON
-    config_digest: str  # = the image ID
 
 
 def oci_manifest(config: bytes, layers: Iterable[Layer]) -> bytes:
@@ -517,4 +516,4 @@ def write_oci_layout(out: Path, config: bytes, layers: Sequence[Layer], ref_name
     tmp = out / ".index.json.partial"
     tmp.write_bytes(canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}))
     os.replace(tmp, index)
-    return OciImage(out, f"sha256:{manifest_hex}", "sha256:" + hashlib.sha256(config).hexdigest())
+    return OciImage(out, f"sha256:{manifest_hex}")

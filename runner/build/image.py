@@ -24,7 +24,7 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import __version__
 from runner.build.bootstrap import DebPackage, ensure_bootstrap_image, installed_debs
@@ -40,6 +40,9 @@ from runner.plan import CodeTree, ImageRef, Plan
 from runner.progress import ProgressSink, StderrProgress, human_bytes, measured
 from runner.rundir import write_json
 from runner.resources import resource_dir
+
+if TYPE_CHECKING:
+    from runner.build.depslayer import DepsGroup
 
 __all__ = ["Assembly", "BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "assemble",
            "assemble_image", "bootstrap_base", "build_image", "image_labels", "image_tag", "load_assembly",
@@ -265,7 +268,7 @@ def image_environment(env: list[str], *, with_venv: bool) -> list[str]:
     return set_env(env, "PYTHONPATH", SITE + (f":{current['PYTHONPATH']}" if current.get("PYTHONPATH") else ""))
 
 
-def write_deps_layers(python: PythonTarget | None, groups: Sequence[Any], held: Sequence[Layer], work: Path,
+def write_deps_layers(python: PythonTarget | None, groups: Sequence[DepsGroup], held: Sequence[Layer], work: Path,
                       progress: ProgressSink | None = None) -> list[Layer]:
     """The dependency layers above the held ones, each written to work/deps-N.tar with the wheels installed
     straight into it (no folder on the host): layer 0 is /opt/xrun/site (sitecustomize: seeds at

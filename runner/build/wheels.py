@@ -529,7 +529,8 @@ def installed_paths(path: Path) -> set[str]:
             head, _, rest = name.partition("/")
             if head.endswith(".data") and "/" in rest:
                 kind, _, inner = rest.partition("/")
-                out.add({"purelib": "lib", "platlib": "lib", "scripts": "bin"}.get(kind, kind) + ":" + inner)
+                if kind != "headers":  # headers go under a folder named after the package: no overlap
+                    out.add({"purelib": "lib", "platlib": "lib", "scripts": "bin"}.get(kind, kind) + ":" + inner)
             elif not head.endswith(".dist-info"):
                 out.add("lib:" + name)
             elif name.endswith("/entry_points.txt"):

@@ -175,3 +175,20 @@ def test_two_wheels_that_install_one_file_are_exit_2_naming_both(tmp_path):
         check_overlaps(wheels)
     assert info.value.exit_code == 2 and "gamma.py" in str(info.value)
     assert first.name in str(info.value) and second.name in str(info.value)
+
+
+def test_a_long_phase_prints_periodic_lines_and_a_total_when_not_on_a_terminal(monkeypatch):
+    import time
+
+    from runner.progress import RecordingProgress, measured
+
+    monkeypatch.setenv("XRUN_PROGRESS_INTERVAL", "0.05")
+    progress = RecordingProgress()
+    with measured(progress, "writing 2 of 2 dependency layers", "wrote 2 of 2 dependency layers", 4 << 20) as meter:
+        meter.advance(1 << 20)
+        deadline = time.monotonic() + 30  # a bound, not a timing: the ticker thread prints on its own
+        while not progress.messages and time.monotonic() < deadline:
+            time.sleep(0.01)
+    lines = [m for kind, m in progress.messages if kind == "info"]
+    assert lines[0].startswith("writing 2 of 2 dependency layers: 1.0 MiB of ~4.0 MiB, ")
+    assert lines[-1].startswith("wrote 2 of 2 dependency layers (1.0 MiB of ~4.0 MiB, ") and "/s, " in lines[-1]

@@ -241,7 +241,7 @@ def _describe(error: jsonschema.ValidationError, lines: dict[str, int]) -> list[
     hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
     fix = f"; {hint}" if hint else ""
     kind = error.validator
-    if kind == "additionalProperties" and isinstance(error.instance, dict):
+    if kind == "additionalProperties" and isinstance(error.instance, dict) and isinstance(error.schema, dict):
         known = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in known]
         out = []
@@ -268,7 +268,8 @@ def _describe(error: jsonschema.ValidationError, lines: dict[str, int]) -> list[
         return [Problem(path, f"expected {_types(error.validator_value)}, got {_type_name(error.instance)}"
                         f"{quote}{fix}", _line_for(path, lines))]
     if kind in ("enum", "const"):
-        allowed = error.validator_value if kind == "enum" else [error.validator_value]
+        allowed = (error.validator_value if kind == "enum" and isinstance(error.validator_value, list)
+                   else [error.validator_value])
         return [Problem(path, f"{_short(error.instance)} is not allowed; use one of: "
                         f"{', '.join(map(str, allowed))}", _line_for(path, lines))]
     if kind in ("minimum", "maximum"):

@@ -326,7 +326,7 @@ def test_validate_one_line_errors(tmp_path, capsys, item, expected):
 def test_container_trains_on_a_dvc_directory(tmp_path, capsys, base_image, docker_client):
     from runner.attest.recorded import RecordedRun
     from runner.pipeline import RunOptions, run_experiment
-    from runner.reproduce import read_statement
+    from runner.attest.recorded import read_statement
 
     project = dvc_project(tmp_path / "proj")
     remote = tmp_path / "remote"

@@ -121,3 +121,18 @@ def test_dvc_http_remote_redirect_is_redacted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "X-Amz-Signature=REDACTED" in err, err
     assert "S1GNATURE" not in err
+
+
+def test_an_internal_error_quoting_a_signed_link_is_redacted(tmp_path, capsys, monkeypatch):
+    """Even a bug of ours (exit 70) must not print the token it stumbled over."""
+    import runner.cli.commands.fetch as fetch_command
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bad answer from https://u:pa55@h/o?jwt=eyJ.SECRET.sig")
+
+    monkeypatch.setattr(fetch_command, "fetch_data", broken)
+    path = manifest(tmp_path, [{"name": "d", "uri": "http://127.0.0.1:9/x", "sha256": "a" * 64}])
+    capsys.readouterr()
+    assert main(["fetch", str(path)]) == 70
+    err = capsys.readouterr().err
+    assert "internal error" in err and "jwt=REDACTED" in err and "SECRET" not in err and "pa55" not in err, err

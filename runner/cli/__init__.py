@@ -20,6 +20,7 @@ from runner import __version__
 from runner.cli import args as shared
 from runner.errors import EXIT_INTERRUPTED, XrunError
 from runner.interrupts import interrupts_raise
+from runner.redact import redact
 
 EXIT_INTERNAL = 70
 EPILOG = """exit codes: 0 success · 1 training command or build failed · 2 bad usage or invalid manifest/policy ·
@@ -71,10 +72,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def print_error(message: str, lines: Sequence[str] | None = None) -> None:
-    """`xrun: error: MESSAGE` and indented detail lines on stderr."""
-    print(f"xrun: error: {message}", file=sys.stderr)
+    """`xrun: error: MESSAGE` and indented detail lines on stderr, credentials redacted (an internal error too)."""
+    print(f"xrun: error: {redact(message)}", file=sys.stderr)
     for line in lines or ():
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {redact(line)}", file=sys.stderr)
 
 
 def _shorthand(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:

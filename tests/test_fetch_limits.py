@@ -180,3 +180,21 @@ def test_a_dvc_md5_that_is_not_an_md5_is_named(tmp_path, capsys, md5):
     rc, err = fetch(path, capsys)
     assert rc == 2 and "is not an md5" in err and "has no md5" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_lfs_batch_answer_that_never_ends_stops(tmp_path, capsys):
+    oid = hashlib.sha256(b"x").hexdigest()
+    with FaultServer() as server:
+        url = lfs_server(server, oid, 1, "http://127.0.0.1:9/x")
+        server.fault("/repo.git/info/lfs/objects/batch", Fault("endless", times=-1))
+        rc, err = fetch(manifest(tmp_path, [{"name": "w", "lfs": {"oid": oid, "size": 1, "url": url}}]), capsys)
+    assert rc == 3 and "batch answer" in err and "16 MiB" in err, err
+
+
+def test_an_lfs_batch_answer_nested_too_deeply_is_one_line(tmp_path, capsys):
+    oid = hashlib.sha256(b"x").hexdigest()
+    with FaultServer() as server:
+        server.add("/repo.git/info/lfs/objects/batch", b'{"objects": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        url = server.url("/repo.git/info/lfs")
+        rc, err = fetch(manifest(tmp_path, [{"name": "w", "lfs": {"oid": oid, "size": 1, "url": url}}]), capsys)
+    assert rc == 4 and "names no object" in err and "internal error" not in err, err

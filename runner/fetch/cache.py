@@ -449,7 +449,7 @@ class Cache:
         return sum(int(f.get("size", 0)) for f in files), len(files)
 
     def leftovers(self) -> Iterator[Path]:
-        """Partial downloads and unfinished unpacks (gc removes the stale ones)."""
+        """Partial downloads and unfinished unpacks (gc removes the stale ones; killed builds' folders: work_dirs)."""
         for base in (self.root / "blobs", self.root / "trees"):
             if not base.is_dir():
                 continue

@@ -198,3 +198,27 @@ def test_an_lfs_batch_answer_nested_too_deeply_is_one_line(tmp_path, capsys):
         url = server.url("/repo.git/info/lfs")
         rc, err = fetch(manifest(tmp_path, [{"name": "w", "lfs": {"oid": oid, "size": 1, "url": url}}]), capsys)
     assert rc == 4 and "names no object" in err and "internal error" not in err, err
+
+
+def test_a_wheel_stops_at_the_size_its_lock_states(tmp_path):
+    """pylock.toml and uv.lock state each wheel's size: a server sending more is exit 3, nothing cached."""
+    from runner.build.wheels import Candidate, Chosen, candidates_for, fetch_wheels
+    from runner.errors import IntegrityError
+    from runner.fetch import Cache
+    from runner.fetch.interface import FetchOptions
+    from runner.lockfiles.interface import LockEntry
+
+    wheel = b"PK\x05\x06" + bytes(18)
+    sha = hashlib.sha256(wheel).hexdigest()
+    with FaultServer() as server:
+        url = server.add("/demo-1.0-py3-none-any.whl", wheel)
+        server.fault("/demo-1.0-py3-none-any.whl", Fault("endless", times=-1))
+        entry = LockEntry("demo", "1.0", (f"sha256:{sha}",), "pylock.toml:3",
+                          artifacts=({"url": url, "filename": "demo-1.0-py3-none-any.whl", "hashes": {"sha256": sha},
+                                      "size": len(wheel)},))
+        [candidate] = candidates_for(entry, None, None, "pylock.toml")
+        assert candidate == Candidate("demo-1.0-py3-none-any.whl", url, {"sha256": sha}, len(wheel))
+        with pytest.raises(IntegrityError, match=f"declared size is {len(wheel)}") as info:
+            fetch_wheels([Chosen(entry, candidate)], Cache(tmp_path / "cache"), base_dir=tmp_path,
+                         options=FetchOptions(progress=False))
+    assert url in info.value.message and cache_files(tmp_path) == []

@@ -238,7 +238,7 @@ def test_a_signal_before_run_json_exists_leaves_no_run_folder(tmp_path, base_ima
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(cache_dir))
     monkeypatch.setattr(where, interrupted)
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert list((tmp_path / "runs").iterdir()) == []
@@ -246,7 +246,7 @@ def test_a_signal_before_run_json_exists_leaves_no_run_folder(tmp_path, base_ima
 
 def test_sigterm_right_as_the_run_folder_appears(tmp_path, base_image, cache_dir):
     """Whenever the signal lands, every run folder left has its run.json."""
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
     _wait_for(lambda: proc.poll() is not None or (runs.is_dir() and any(runs.iterdir())), "the run folder")

@@ -222,3 +222,17 @@ def test_a_wheel_stops_at_the_size_its_lock_states(tmp_path):
             fetch_wheels([Chosen(entry, candidate)], Cache(tmp_path / "cache"), base_dir=tmp_path,
                          options=FetchOptions(progress=False))
     assert url in info.value.message and cache_files(tmp_path) == []
+
+
+def test_a_dvc_dir_object_that_never_ends_stops_at_the_listing_bound(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("runner.fetch.sources.dvc.MAX_LISTING_BYTES", 1 << 20)  # 512 MiB is too much for a test
+    md5 = hashlib.md5(b"x").hexdigest()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "d.dvc").write_text(json.dumps({"outs": [{"md5": f"{md5}.dir", "path": "d", "hash": "md5"}]}))
+    with FaultServer() as server:
+        server.add(f"/store/files/md5/{md5[:2]}/{md5[2:]}.dir", b"[")
+        server.fault(f"/store/files/md5/{md5[:2]}/{md5[2:]}.dir", Fault("endless", times=-1))
+        path = manifest(tmp_path, [{"name": "d", "dvc": {"file": "code/d.dvc", "remote": server.url("/store")}}])
+        rc, err = fetch(path, capsys)
+    assert rc == 3 and ".dir object" in err and "1.0 MiB" in err and "XRUN_MAX_DOWNLOAD" not in err, err
+    assert cache_files(tmp_path) == []

@@ -74,6 +74,8 @@ class Report:
     run_dir: str
     outputs: tuple[OutputRow, ...]
     changes: tuple[InputChange, ...] = field(default_factory=tuple)
+    verified: bool = True  # False only with --no-verify: the attestation was re-run on trust
+    notes: tuple[str, ...] = ()
 
     @property
     def reproduced(self) -> bool:
@@ -89,6 +91,7 @@ class Report:
                                       "relDiff": m.rel_diff, "ok": m.ok} for m in r.metrics]}
                         for r in self.outputs],
             "changedInputs": [{"name": c.name, "recorded": c.recorded, "now": c.now} for c in self.changes],
+            "verified": self.verified, "notes": list(self.notes),
         }
 
 
@@ -106,6 +109,31 @@ def read_statement(path: Path) -> dict[str, Any]:
     if not isinstance(statement, dict) or "predicate" not in statement:
         raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
     return statement
+
+
+NOT_VERIFIED = "attestation NOT verified (--no-verify): what it records was taken on trust"
+
+
+def verified_statement(attestation: Path, keys: list[Path], *, verify: bool, action: str) -> dict[str, Any]:
+    """The statement, verified against the trusted keys; unverified only when the caller said so (verify=False).
+
+    Nothing unverified is used silently: without keys and without verify=False this is a usage error,
+    and a statement that does not verify is an IntegrityError (exit 3) before anything is `action`.
+    """
+    if not verify:
+        if keys:
+            raise UsageError("--trust and --no-verify exclude each other: give the trusted key, or say not to verify")
+        return read_statement(attestation)
+    if not keys:
+        raise UsageError(f"{attestation}: give the trusted public key with --trust PUB to verify the attestation, "
+                         f"or --no-verify to use it unverified; nothing was {action}")
+    from runner.attest import verify_attestation
+
+    verdict = verify_attestation(attestation, keys, [], None)
+    if not verdict.ok or verdict.statement is None:
+        failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
+        raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was {action}", lines=failed)
+    return verdict.statement
 
 
 # --- choosing the manifest -------------------------------------------------------------------------
@@ -315,21 +343,12 @@ def _short_dep(dep: dict[str, Any] | None) -> Any:
 
 
 def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rtol: float | None,
-              atol: float | None, options: Any, code: Path | None = None) -> Report:
-    """Verify (when keys are given), re-run the recorded experiment, and compare with the record."""
+              atol: float | None, options: Any, code: Path | None = None, verify: bool = True) -> Report:
+    """Verify (verify=False: explicitly not), re-run the recorded experiment, and compare with the record."""
     from runner.attest.statement import ResourceDescriptor
     from runner.pipeline import run_experiment
 
-    if keys:
-        from runner.attest import verify_attestation
-
-        verdict = verify_attestation(attestation, keys, [], None)
-        if not verdict.ok or verdict.statement is None:
-            failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
-            raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was re-run", lines=failed)
-        statement = verdict.statement
-    else:
-        statement = read_statement(attestation)
+    statement = verified_statement(attestation, keys, verify=verify, action="re-run")
     path = manifest_for(statement, attestation, manifest, code)
     temporary = manifest is None and path.name.startswith(".xrun-reproduce-")
     if manifest is None:
@@ -339,8 +358,10 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
             if temporary:
                 path.unlink(missing_ok=True)
             raise
+    # The new attestation records whether the one it reproduces was verified (--no-verify: it was not).
     link = ResourceDescriptor(name="attestation/reproduced", uri=f"file:{attestation.name}",
-                              digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()})
+                              digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()},
+                              annotations={"verified": verify})
     try:
         # A seed sweep member was run with a seed from the command line: re-run with that seed.
         seed = RecordedRun.from_statement(statement).seed
@@ -357,7 +378,8 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
         tolerances=tolerances, rtol=rtol, atol=atol,
     )
     return Report(attestation=str(attestation), run_id=summary.run_id, run_dir=str(summary.run_dir),
-                  outputs=rows, changes=changed_inputs(recorded, fresh))
+                  outputs=rows, changes=changed_inputs(recorded, fresh), verified=verify,
+                  notes=() if verify else (NOT_VERIFIED,))
 
 
 def _recorded_metrics(recorded: RecordedRun, attestation: Path) -> dict[str, dict[str, float]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from runner.attest import generate_keypair, load_policy, load_verifier, verify_attestation
-from runner.cli.options import key_password
+from runner.attest.keys import key_password
 from runner.errors import UsageError
 from runner.report import text
 from runner.report.json import render
@@ -23,10 +23,10 @@ def keygen(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """Verify an attestation: signature, structure, artifacts, policy; exit 3 when a check fails."""
-    if not args.keys and not args.allow_unsigned:
-        raise UsageError("give at least one trusted public key with --key xrun.pub (or --allow-unsigned)")
+    if not args.trust and not args.allow_unsigned:
+        raise UsageError("give at least one trusted public key with --trust xrun.pub (or --allow-unsigned)")
     policy = load_policy(args.policy) if args.policy else None
-    verdict = verify_attestation(args.attestation, args.keys, args.artifacts, policy,
+    verdict = verify_attestation(args.attestation, args.trust, args.artifacts, policy,
                                  allow_unsigned=args.allow_unsigned)
     print(render(verdict) if args.json else "\n".join(verdict.lines()))
     return verdict.exit_code

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import hardware
+from runner.codetree import OwnPaths, signing_key_path
 from runner.fetch import Cache, FetchOptions
 from runner.manifest import Manifest, load_manifest
 from runner.plan import Plan, resolve_plan
@@ -43,14 +43,8 @@ class RunOptions:
     seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
     cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
     scheduler: SchedulerInfo | None = None  # what run.json's `scheduler` starts as (sweep members)
-
-
-def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.environ) -> Path | None:
-    """--key, else XRUN_SIGNING_KEY, else none (unsigned)."""
-    if explicit is not None:
-        return explicit
-    value = environ.get("XRUN_SIGNING_KEY")
-    return Path(value) if value else None
+    # A compute node never reads the submitter's key, but keeps it out of the code tree as the submitter did.
+    submitter_key: Path | None = None
 
 
 def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
@@ -78,16 +72,21 @@ class RunContext:
     def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
         """Resolve everything a run needs; raises XrunError (with its exit code) before any work is done."""
         from runner.attest import load_signer
-        from runner.docker_client import docker_client
+        from runner.engine.client import docker_client
 
-        plan = resolve_plan(with_seed(load_manifest(manifest_path), options.seed))
+        manifest = with_seed(load_manifest(manifest_path), options.seed)
+        key_path = signing_key_path(options.key)
+        cache = Cache(options.cache_dir) if options.cache_dir else Cache.default()
+        runs_dir = (options.runs_dir or default_runs_dir(manifest.root)).absolute()
+        plan = resolve_plan(manifest, OwnPaths(cache=cache.root, runs=runs_dir, key=key_path or options.submitter_key))
+        sink = progress or StderrProgress(options.quiet)
+        warning = plan.code.summary().warning()
+        if warning:
+            sink.warn(warning)
         host = hardware.detect_host()
         mismatch = hardware.shortfalls(plan.hardware, host)
         if mismatch and not options.allow_hardware_mismatch:
             hardware.check_host(plan.hardware, host)
-        key_path = signing_key_path(options.key)
         signer = load_signer(key_path, options.key_password) if key_path else None
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
-                   cache=Cache(options.cache_dir) if options.cache_dir else Cache.default(),
-                   runs_dir=(options.runs_dir or default_runs_dir(plan.manifest.root)).absolute(),
-                   options=options, progress=progress or StderrProgress(options.quiet))
+                   cache=cache, runs_dir=runs_dir, options=options, progress=sink)

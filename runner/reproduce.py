@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -14,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from runner.attest.recorded import RecordedRun
+from runner.attest.recorded import NOT_VERIFIED, RecordedRun, read_statement, verified_statement
 from runner.errors import IntegrityError, UsageError
 from runner.manifest import MAX_MANIFEST_BYTES
 from runner.runs.record import RunRecord
@@ -93,47 +92,6 @@ class Report:
             "changedInputs": [{"name": c.name, "recorded": c.recorded, "now": c.now} for c in self.changes],
             "verified": self.verified, "notes": list(self.notes),
         }
-
-
-# --- reading attestations --------------------------------------------------------------------------
-
-
-def read_statement(path: Path) -> dict[str, Any]:
-    """The in-toto statement inside a .intoto.jsonl envelope or a Sigstore bundle (signature not checked)."""
-    from runner.attest import read_attestation
-
-    try:
-        statement = json.loads(read_attestation(path).envelopes[0].payload)
-    except (ValueError, IndexError):
-        raise IntegrityError(f"{path}: not a DSSE envelope or Sigstore bundle holding an in-toto statement") from None
-    if not isinstance(statement, dict) or "predicate" not in statement:
-        raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
-    return statement
-
-
-NOT_VERIFIED = "attestation NOT verified (--no-verify): what it records was taken on trust"
-
-
-def verified_statement(attestation: Path, keys: list[Path], *, verify: bool, action: str) -> dict[str, Any]:
-    """The statement, verified against the trusted keys; unverified only when the caller said so (verify=False).
-
-    Nothing unverified is used silently: without keys and without verify=False this is a usage error,
-    and a statement that does not verify is an IntegrityError (exit 3) before anything is `action`.
-    """
-    if not verify:
-        if keys:
-            raise UsageError("--trust and --no-verify exclude each other: give the trusted key, or say not to verify")
-        return read_statement(attestation)
-    if not keys:
-        raise UsageError(f"{attestation}: give the trusted public key with --trust PUB to verify the attestation, "
-                         f"or --no-verify to use it unverified; nothing was {action}")
-    from runner.attest import verify_attestation
-
-    verdict = verify_attestation(attestation, keys, [], None)
-    if not verdict.ok or verdict.statement is None:
-        failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
-        raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was {action}", lines=failed)
-    return verdict.statement
 
 
 # --- choosing the manifest -------------------------------------------------------------------------

@@ -242,8 +242,11 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
 
     A sweep's members are <sweep id>-<array index>, so Slurm's %a finds each member's log folder.
     """
+    from runner.codetree import signing_key_path
+
     base = new_run_id()
     runs: list[RunDir] = []
+    key = signing_key_path(ctx.options.key)
     try:
         for index, seed in enumerate(seeds):
             plan = _member_plan(ctx.plan, seed)
@@ -259,7 +262,8 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
             write_atomic(run.path / "manifest.yaml", plan.manifest.text)
             write_json(run.path / "plan.json", plan.to_json())
             NodeJob(manifest=str(plan.manifest.file), plan_digest=plan.digest, image=image, cache_dir=str(cache_dir),
-                    seed=seed, allow_hardware_mismatch=allow_mismatch).save(run.path / JOB_FILE)
+                    seed=seed, allow_hardware_mismatch=allow_mismatch,
+                    signing_key=str(key.absolute()) if key else None).save(run.path / JOB_FILE)
             member = dataclasses.replace(scheduler, seed=seed, array_index=index if sweep else None,
                                          sweep=base if sweep else None)
             RunRecord(run_id=run_id, name=plan.manifest.name, status="submitted", manifest=str(plan.manifest.file),
@@ -426,7 +430,7 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
     """Re-hash a finished run's outputs, check them against the node's statement, and sign it here."""
     from runner.attest import load_signer, read_attestation, write_attestation
     from runner.attest.statement import statement_problems
-    from runner.context import signing_key_path
+    from runner.codetree import signing_key_path
     from runner.manifest import OutputSpec
     from runner.outputs import collect_outputs
     from runner.pipeline import NODE_STATEMENT

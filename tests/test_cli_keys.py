@@ -18,7 +18,8 @@ from runner.attest.samples import sample_facts, sample_subjects
 from runner.cli import build_parser, main
 from runner.cli.commands.reproduce import split_keys
 from runner.report import text
-from runner.reproduce import NOT_VERIFIED, OutputRow, Report
+from runner.attest.recorded import NOT_VERIFIED
+from runner.reproduce import OutputRow, Report
 
 
 @pytest.fixture()

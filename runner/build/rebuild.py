@@ -18,14 +18,14 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.attest.recorded import RecordedBase, RecordedImage, RecordedRun, RecordedWheel
+from runner.attest.recorded import (NOT_VERIFIED, RecordedBase, RecordedImage, RecordedRun, RecordedWheel,
+                                    verified_statement)
 from runner.build.bootstrap import DebPackage
 from runner.build.image import ResolvedBase, assemble_image, bootstrap_base, code_layer, resolve_pinned_base
 from runner.build.layers import image_exists, list_layer, write_layer
 from runner.errors import BuildError, FetchError, IntegrityError, ManifestError, UsageError
 from runner.fetch.interface import FetchOptions
 from runner.plan import CodeTree
-from runner.reproduce import NOT_VERIFIED, verified_statement
 from runner.wire import fields_to_wire
 
 __all__ = ["FileChange", "LayerComparison", "RebuildReport", "rebuild", "render_text"]
@@ -299,7 +299,7 @@ def _verify_and_rebuild(attestation: Path, code: Path | None, keys: list[Path], 
         raise UsageError(f"{attestation}: the attestation records no image, base or code tree digest "
                          "(resolvedDependencies image, base-image, code); it was not written by xrun")
     if client is None:
-        from runner.docker_client import docker_client
+        from runner.engine.client import docker_client
 
         client = docker_client()
     if cache is None:
@@ -326,7 +326,7 @@ def _code_differs(attestation: Path, recorded: RecordedRun, tree: CodeTree, clie
     recorded_code = recorded.image.layers[-1] if recorded.image.layers else None
     theirs = _recorded_layers(client, recorded.image, {recorded_code} if recorded_code else set(), work)
     index = len(recorded.image.layers) or 1
-    layer = compare_layers((recorded_code,) if recorded_code else (), (ours.diff_id,), {ours.diff_id: ours.path},
+    layer = compare_layers((recorded_code,) if recorded_code else (), (ours.diff_id,), {ours.diff_id: ours.file()},
                            theirs, 0)[0]
     layer = LayerComparison(index, "code (/workspace)", layer.recorded, layer.rebuilt, layer.files, layer.note)
     differences = (f"code {tree.root}: tree digest {tree.digest}, the attestation records {recorded.code_digest}",)
@@ -361,7 +361,7 @@ def _rebuild(attestation: Path, recorded: RecordedRun, source: CodeSource, clien
     layers: tuple[LayerComparison, ...] = ()
     if not identical:
         rebuilt_ids = assembly.config.diff_ids
-        ours = {layer.diff_id: layer.path for layer in assembly.layers}
+        ours = {layer.diff_id: layer.file() for layer in assembly.layers}
         wanted = {d for i, d in enumerate(recorded.image.layers)
                   if i >= len(base.layers) and (i >= len(rebuilt_ids) or rebuilt_ids[i] != d)}
         theirs = _recorded_layers(client, recorded.image, wanted, work)

@@ -11,14 +11,14 @@ from runner.build.rebuild import rebuild as rebuild_image
 from runner.build.rebuild import render_text
 from runner.cli.messages import warn
 from runner.cli.options import fetch_options
-from runner.docker_client import docker_client
+from runner.engine.client import docker_client
 from runner.errors import EXIT_INTEGRITY
 from runner.fetch import Cache
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
 from runner.report import text
 from runner.report.json import render
-from runner.reproduce import NOT_VERIFIED
+from runner.attest.recorded import NOT_VERIFIED
 
 
 def build(args: argparse.Namespace) -> int:

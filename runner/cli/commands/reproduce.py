@@ -11,7 +11,7 @@ from runner.cli.options import run_options
 from runner.errors import EXIT_MISMATCH, UsageError
 from runner.report import text
 from runner.report.json import render
-from runner.reproduce import NOT_VERIFIED
+from runner.attest.recorded import NOT_VERIFIED
 from runner.reproduce import reproduce as reproduce_run
 
 

@@ -26,7 +26,7 @@ def ls(args: argparse.Namespace) -> int:
 def show(args: argparse.Namespace) -> int:
     """One run's record."""
     run = find_run(runs_dir(args), args.run[0])
-    print(render(RunView(run.path, run.record, run.plan)) if args.json else text.run_details(run))
+    print(render(RunView(run.path, run.record, run.plan.raw)) if args.json else text.run_details(run))
     return 0
 
 

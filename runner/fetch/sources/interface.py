@@ -20,6 +20,9 @@ from runner.fetch.progress import Reporter
 from runner.fetch.registry import Fetchers
 from runner.fetch.sources.listing import ListedFile
 
+ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
+DIR_ALIAS_KIND = "dvc-tree"
+
 
 @dataclass(frozen=True)
 class FileRequest:

@@ -32,26 +32,22 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree, write_listing
+from runner.fetch.archive import LISTING_VERSION, recheck_tree, remove_tree, sync_filesystem
 from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
 from runner.fetch.download import Cancelled, fetch_blob
-from runner.fetch.interface import CHUNK, FetchOptions
-from runner.fetch.pool import JobContext, _ThreadFetchers
+from runner.fetch.interface import CHUNK, FetchedData, FetchOptions
+from runner.fetch.pool import JobContext, ThreadFetchers
 from runner.fetch.progress import DatasetProgress
-from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
+from runner.fetch.sources.interface import ALIAS_KIND, DIR_ALIAS_KIND, DataSource, FileRequest, Resolved, SourceEnv
 from runner.fetch.sources.listing import ListedFile, scan_directory, tree_digest
 
 if TYPE_CHECKING:
-    from runner.fetch.stage import FetchedData
     from runner.plan import PlannedData
 
 T = TypeVar("T")
-ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
-TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
-DIR_ALIAS_KIND = "dvc-tree"
 SUMMARY_KIND = "dataset"  # state/sha256/<ab>/<tree digest>.dataset: uri, size and file count
 PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs more than a small copy)
 
@@ -59,8 +55,6 @@ PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs
 def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: Cache, options: FetchOptions,
                   ctx: JobContext) -> FetchedData:
     """The item's files verified in the cache and mounted as a tree (or one file): a stat per file when warm."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     known = source.known_result(cache)
     if known is not None:
@@ -109,8 +103,6 @@ def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: C
 def _ready(planned: PlannedData, source: DataSource, known: tuple[str, str], cache: Cache, options: FetchOptions,
            ctx: JobContext) -> FetchedData | None:
     """A tree (or blob) already in the cache serves the run while its fingerprint vouches for it."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     kind, hexdigest = known
     if kind == "blob":
@@ -157,7 +149,7 @@ def _tree_summary(cache: Cache, hexdigest: str) -> _Summary:
         return _Summary(str(doc["uri"]) if doc.get("uri") is not None else None, int(doc["size"]), int(doc["files"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    listing = _read_cache_listing(cache, hexdigest)
+    listing = cache.read_tree_listing("sha256", hexdigest) or {}
     files = listing.get("files", [])
     uri = listing.get("dataset", {}).get("uri")
     return _Summary(str(uri) if uri is not None else None, sum(int(f["size"]) for f in files), len(files))
@@ -178,18 +170,11 @@ def _write_summary(cache: Cache, hexdigest: str, uri: str, size: int, files: int
 
 def dataset_listing(cache: Cache, hexdigest: str) -> list[ListedFile] | None:
     """The files of a dataset tree in the cache, from its listing (None when unreadable)."""
-    listing = _read_cache_listing(cache, hexdigest)
+    listing = cache.read_tree_listing("sha256", hexdigest) or {}
     try:
         return [ListedFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in listing["files"]]
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _read_cache_listing(cache: Cache, hexdigest: str) -> dict[str, Any]:
-    try:
-        return json.loads(cache.tree_listing_path("sha256", hexdigest).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFile], *, what: str) -> None:
@@ -217,7 +202,7 @@ def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFil
 def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, root: Path, options: FetchOptions,
                     progress: DatasetProgress, ctx: JobContext) -> list[tuple[str, Blob]]:
     """Every request through the transports, in a bounded pool of its own (one Session per thread)."""
-    fetchers = _ThreadFetchers(options)
+    fetchers = ThreadFetchers(options)
 
     def one(request: FileRequest) -> tuple[str, Blob]:
         if ctx.cancel.is_set():
@@ -226,7 +211,7 @@ def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, ro
         if "sha256" in request.digests:
             blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                               fetchers=fetchers.get(), reporter=progress, cancel=ctx.cancel, kind="data file",
-                              headers=request.headers)
+                              headers=request.headers, size=request.size)
         else:
             blob = _fetch_by_alias(cache, request, shown, root, options, fetchers.get(), progress, ctx.cancel)
         return request.path, blob
@@ -263,7 +248,7 @@ def _fetch_by_alias(cache: Cache, request: FileRequest, shown: str, root: Path, 
             return probe.blob
     blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                       fetchers=fetchers, reporter=progress, cancel=cancel, kind="data file",  # type: ignore[arg-type]
-                      headers=request.headers)
+                      headers=request.headers, size=request.size)
     sha = hash_file(blob.path, "sha256")
     adopted = _adopt(cache, blob, sha)
     cache.write_fingerprint(algorithm, hexdigest, ALIAS_KIND, sha)
@@ -304,7 +289,7 @@ class _Staged:
 
     def discard(self) -> None:
         """Remove what is left of the temporary tree (nothing once it was renamed into place)."""
-        _remove_tree(self.work)
+        remove_tree(self.work)
 
 
 def _stage_folder(cache: Cache, scanned: list[tuple[str, Path, os.stat_result]], name: str, pin: str | None,
@@ -446,8 +431,6 @@ def _write_new(dst: str, chunks: Iterable[bytes]) -> None:
 def _finish_folder(planned: PlannedData, source: DataSource, resolved: Resolved, cache: Cache,
                    staged: _Staged) -> FetchedData:
     """Check the staged folder against the pin, then make it the tree and its files blobs."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     try:
         digest = tree_digest(staged.files)
@@ -482,7 +465,7 @@ def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict
                 if cache.tree_trusted("sha256", digest):
                     return final, False  # another run made it meanwhile
                 _drop_tree(cache, digest)  # untrusted, and ours is verified: replace it
-            _sync_filesystem(work)
+            sync_filesystem(work)
             shared = _link_blobs(cache, staged)
             for rel in sorted(staged.dirs, key=lambda d: d.count("/"), reverse=True):
                 os.chmod(work / rel, READ_ONLY_DIR)
@@ -491,7 +474,7 @@ def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict
                        "files": [{"path": f.path, "sha256": f.sha256, "size": f.size, "mode": 0o644}
                                  for f in staged.files],
                        "symlinks": [], "dirs": sorted(staged.dirs)}
-            _write_cache_listing(cache, digest, listing)
+            cache.write_tree_listing("sha256", digest, listing)
             os.rename(work, final)
             fsync_dir(final.parent)
             cache.record_tree("sha256", digest)
@@ -559,14 +542,9 @@ def _use_existing(cache: Cache, staged: _Staged, sha: str, rel: str) -> bool:
 
 def _drop_tree(cache: Cache, digest: str) -> None:
     cache.drop_fingerprint("sha256", digest, "tree")
-    _remove_tree(cache.tree_path("sha256", digest))
+    remove_tree(cache.tree_path("sha256", digest))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cache.tree_listing_path("sha256", digest))
-
-
-def _write_cache_listing(cache: Cache, digest: str, listing: dict[str, Any]) -> None:
-    """The tree's listing beside it, durable before the tree is renamed into place."""
-    write_listing(cache.tree_listing_path("sha256", digest), listing)
 
 
 # --- the tree ---------------------------------------------------------------------------------------
@@ -591,7 +569,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             if cache.tree_trusted("sha256", digest):  # made by another process while we waited
                 _record_blobs(cache, blobs)
                 return found, False
-            _remove_tree(found)  # changed after the re-check: made again below
+            remove_tree(found)  # changed after the re-check: made again below
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cache.tree_listing_path("sha256", digest))
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{digest}-", dir=final.parent))
@@ -611,15 +589,15 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
                        "files": [{"path": rel, "sha256": blob.hexdigest, "size": blob.size, "mode": 0o644}
                                  for rel, blob in sorted(blobs, key=lambda b: b[0])],
                        "symlinks": [], "dirs": sorted(dirs)}
-            _write_cache_listing(cache, digest, listing)
+            cache.write_tree_listing("sha256", digest, listing)
             os.rename(work, final)
             fsync_dir(final.parent)
         except OSError as exc:
-            _remove_tree(work)
+            remove_tree(work)
             raise FetchError(f"cannot build the dataset tree in the cache {cache.root}: {exc.strerror or exc}; free "
                              "space or fix permissions there") from None
         except BaseException:
-            _remove_tree(work)
+            remove_tree(work)
             raise
         _record_blobs(cache, blobs)
         cache.record_tree("sha256", digest)

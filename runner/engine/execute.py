@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from runner.engine.labels import MANAGED_LABEL, RUN_ID_LABEL
 from runner.errors import Interrupted, TrainingFailed
 from runner.hardware import HardwareClass, Host
 from runner.hashing import sha256_file
@@ -20,7 +21,6 @@ NOBODY = "65534:65534"
 PIDS_LIMIT = 4096
 TMPFS_SIZE = "2g"
 LOG_TAIL_LINES = 20
-MANAGED_LABEL = "org.xrun.managed"
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,6 @@ class RunResult:
     exit_code: int | None
     started_on: datetime
     finished_on: datetime
-    container_id: str
     log_sha256: str
     log_tail: tuple[str, ...]
     oom_killed: bool = False  # the kernel killed it at the memory limit (Docker's State.OOMKilled)
@@ -156,7 +155,6 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
             _chown_tree(Path(outputs), 0, 0)
     finished = utc_now()
     result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
-                       container_id=container.id if container is not None else "",
                        log_sha256=sha256_file(log_path), log_tail=tuple(tail), oom_killed=oom,
                        memory_bytes=spec.mem_limit_bytes)
     return result
@@ -229,7 +227,7 @@ def _remove(container: Any) -> None:
 
 
 def _remove_labelled(client: Any, labels: dict[str, str]) -> None:
-    run_id = labels.get("org.xrun.run-id")
+    run_id = labels.get(RUN_ID_LABEL)
     if not run_id:
         return
     try:
@@ -240,10 +238,21 @@ def _remove_labelled(client: Any, labels: dict[str, str]) -> None:
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
+    # Iterative: the training may leave a 10,000-deep tree (os.walk recursed until RecursionError);
+    # past PATH_MAX a folder cannot be listed and is skipped (collect_outputs refuses such a tree).
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError:
+            continue
+        for entry in found:
             try:
-                os.lchown(os.path.join(dirpath, name), uid, gid)
+                os.lchown(entry.path, uid, gid)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
             except OSError:
                 pass
     os.chown(root, uid, gid)
@@ -251,5 +260,5 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 def managed_containers(client: Any, run_id: str | None = None) -> Iterator[Any]:
     """Containers xrun created that still exist (of one run when run_id is given; none after any run)."""
-    label = f"org.xrun.run-id={run_id}" if run_id else f"{MANAGED_LABEL}=true"
+    label = f"{RUN_ID_LABEL}={run_id}" if run_id else f"{MANAGED_LABEL}=true"
     yield from client.containers.list(all=True, filters={"label": label}, ignore_removed=True)

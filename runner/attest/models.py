@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runner.errors import EXIT_INTEGRITY, EXIT_OK
+from runner.wire import fields_to_wire
 
 
 @dataclass(frozen=True)
@@ -22,7 +23,7 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         """For `xrun verify --json`."""
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return fields_to_wire(self)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runner.attest.recorded import NOT_VERIFIED
 from runner.build.export import parse_repository, publish
 from runner.build.image import build_image
 from runner.build.rebuild import rebuild as rebuild_image
@@ -18,7 +19,6 @@ from runner.manifest import load_manifest
 from runner.plan import resolve_plan
 from runner.report import text
 from runner.report.json import render
-from runner.attest.recorded import NOT_VERIFIED
 
 
 def build(args: argparse.Namespace) -> int:

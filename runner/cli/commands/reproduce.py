@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 
 from runner.attest.keys import is_public_key_file
+from runner.attest.recorded import NOT_VERIFIED
 from runner.cli.messages import warn
 from runner.cli.options import run_options
 from runner.errors import EXIT_MISMATCH, UsageError
 from runner.report import text
 from runner.report.json import render
-from runner.attest.recorded import NOT_VERIFIED
 from runner.reproduce import reproduce as reproduce_run
 
 

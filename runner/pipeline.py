@@ -103,7 +103,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
     if hooks.facts is not None:
         facts = hooks.facts(facts)
     written = write_attestation(build_statement(subjects, facts), ctx.signer, attestation,
-                                run.bundle if hooks.attestation is None else None)
+                                run.bundle if hooks.attestation is None else None, tsa_url=ctx.tsa_url)
     if ctx.signer is None and hooks.attestation is None:
         ctx.progress.warn("no signing key (--key or XRUN_SIGNING_KEY): the attestation is UNSIGNED "
                           "(SLSA Build L1); create a key with `xrun keygen`")

@@ -36,6 +36,7 @@ from runner.hashing import sha256_file
 from runner.lockfiles import LockEntry, select_for_environment
 from runner.lockfiles.interface import lock_error, verifiable
 from runner.lockfiles import Lockfile
+from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
     from runner.build.layers import LayerWriter
@@ -125,8 +126,7 @@ class ResolvedWheel:
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""
-        return {"name": self.name, "version": self.version, "filename": self.filename, "url": self.url,
-                "sha256": self.sha256}
+        return fields_to_wire(self)
 
 
 @dataclass(frozen=True)

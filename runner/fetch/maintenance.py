@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from runner.fetch.archive import check_tree, remove_tree
 from runner.fetch.cache import Cache, CacheEntry, file_fingerprint, hash_file, walk_tree
 from runner.fetch.digests import normalize_digests, primary
+from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
@@ -46,8 +47,7 @@ class Removed:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for `--json`."""
-        return {"kind": self.kind, "path": str(self.path), "size": self.size, "digest": self.digest,
-                "lastUsed": self.last_used}
+        return fields_to_wire(self)
 
 
 def list_cache(cache: Cache) -> list[CacheEntry]:

@@ -6,16 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
+from runner.attest.keys import key_password
 from runner.context import RunOptions
 from runner.fetch import FetchOptions
 from runner.fetch.interface import verify_requested
 from runner.rundir import default_runs_dir
-
-
-def key_password() -> bytes | None:
-    """$XRUN_KEY_PASSWORD, the password of an encrypted signing key (never a flag: it would show in `ps`)."""
-    password = os.environ.get("XRUN_KEY_PASSWORD")
-    return password.encode() if password else None
 
 
 def verify_data(args: argparse.Namespace) -> bool:

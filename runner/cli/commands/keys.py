@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.attest import Verdict, generate_keypair, load_policy, load_signer, load_verifier, verify_attestation
+from runner.attest.keys import key_password
 from runner.attest.timestamp import load_trusted_root, load_tsa_chain, rfc3339
 from runner.attest.vsa import read_summary, summarize
-from runner.cli.options import key_password
 from runner.errors import UsageError
 from runner.report import text
 from runner.report.json import render
@@ -29,15 +29,15 @@ def keygen(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """Verify an attestation or a VSA; optionally write a VSA and register the model; exit 3 when a check fails."""
-    if not args.keys and not args.allow_unsigned:
-        raise UsageError("give at least one trusted public key with --key xrun.pub (or --allow-unsigned)")
+    if not args.trust and not args.allow_unsigned:
+        raise UsageError("give at least one trusted public key with --trust xrun.pub (or --allow-unsigned)")
     _check_gate_args(args)
     # The verifier's own key is loaded first: a wrong password must not cost a verification.
     signer = load_signer(args.vsa_key, key_password()) if args.vsa_out or args.register else None
     policy = load_policy(args.policy) if args.policy else None
     tsas = [load_tsa_chain(p) for p in args.tsa_certs]
     tsas += load_trusted_root(args.trusted_root) if args.trusted_root else []
-    verdict = verify_attestation(args.attestation, args.keys, args.artifacts, policy,
+    verdict = verify_attestation(args.attestation, args.trust, args.artifacts, policy,
                                  allow_unsigned=args.allow_unsigned, tsas=tsas)
     out: dict[str, Any] = verdict.to_json()
     lines = verdict.lines()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from runner.build.depslayer import DepsRecord
     from runner.build.export import Published
     from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry, FetchedData
@@ -130,7 +131,7 @@ def fetched(items: Sequence[FetchedData]) -> str:
     return table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items"
 
 
-def cache_entries(root: Path, entries: Sequence[CacheEntry], layers: Sequence[Any] = ()) -> str:
+def cache_entries(root: Path, entries: Sequence[CacheEntry], layers: Sequence[DepsRecord] = ()) -> str:
     """`xrun cache ls`: the entries, then the dependency layers built here (their bytes are in the engine)."""
     rows = [[e.kind, e.digest[:23], e.size, e.files if e.files is not None else "-", ago(e.last_used)]
             for e in entries]

@@ -192,3 +192,65 @@ def test_a_long_phase_prints_periodic_lines_and_a_total_when_not_on_a_terminal(m
     lines = [m for kind, m in progress.messages if kind == "info"]
     assert lines[0].startswith("writing 2 of 2 dependency layers: 1.0 MiB of ~4.0 MiB, ")
     assert lines[-1].startswith("wrote 2 of 2 dependency layers (1.0 MiB of ~4.0 MiB, ") and "/s, " in lines[-1]
+
+
+def _wheel_with_scripts(folder: Path) -> Path:
+    """A wheel with a module, a console entry point and a `#!python` script under .data/scripts."""
+    import base64
+    import hashlib
+    import zipfile
+
+    dist = "delta-1.0.dist-info"
+    files = {"delta.py": b"def main():\n    print('d')\n",
+             "delta-1.0.data/scripts/delta-tool": b"#!python\nimport delta\ndelta.main()\n",
+             f"{dist}/METADATA": b"Metadata-Version: 2.1\nName: delta\nVersion: 1.0\n",
+             f"{dist}/WHEEL": b"Wheel-Version: 1.0\nGenerator: t\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+             f"{dist}/entry_points.txt": b"[console_scripts]\ndelta = delta:main\n"}
+    record = [f"{p},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}"
+              for p, d in files.items()] + [f"{dist}/RECORD,,"]
+    files[f"{dist}/RECORD"] = ("\n".join(record) + "\n").encode()
+    folder.mkdir(parents=True, exist_ok=True)
+    wheel = folder / "delta-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        for path, data in files.items():
+            zf.writestr(zipfile.ZipInfo(path, date_time=(2020, 1, 1, 0, 0, 0)), data)
+    return wheel
+
+
+def test_the_layer_holds_what_installer_puts_on_disk_records_and_scripts_included(tmp_path):
+    """Installing straight into the tar gives the files, bytes and modes installer writes onto a disk."""
+    import hashlib
+    import io
+    import tarfile
+
+    from installer import install
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.sources import WheelFile
+
+    from runner.build.layers import LayerWriter
+    from runner.build.wheels import VENV, ResolvedWheel, target_from_facts, write_wheels
+
+    site = f"{VENV}/lib/python3.11/site-packages"
+    target = target_from_facts({
+        "executable": "/usr/bin/python3.11", "version": [3, 11, 2], "implementation": "cpython",
+        "soabi": "cpython-311-x86_64-linux-gnu", "platform": "linux-x86_64", "bits": 64, "libc": "glibc 2.36",
+        "environment": {}, "paths": {"purelib": site, "platlib": site, "scripts": f"{VENV}/bin", "data": VENV,
+                                     "include": f"{VENV}/include/python3.11"}})
+    wheel = _wheel_with_scripts(tmp_path / "w")
+    root = tmp_path / "root"
+    scheme = {"purelib": site, "platlib": site, "scripts": f"{VENV}/bin", "data": VENV,
+              "headers": f"{VENV}/include/python3.11/site/python3.11/delta"}
+    with WheelFile.open(wheel) as source:
+        install(source, SchemeDictionaryDestination(scheme, interpreter=f"{VENV}/bin/python", script_kind="posix",
+                                                    destdir=str(root)), additional_metadata={"INSTALLER": b"xrun\n"})
+    on_disk = {str(p.relative_to(root)): (hashlib.sha256(p.read_bytes()).hexdigest(), 0o755 if p.stat().st_mode & 0o111
+                                          else 0o644) for p in root.rglob("*") if p.is_file()}
+    out = io.BytesIO()
+    layer = LayerWriter(out)
+    write_wheels(target, [(ResolvedWheel("delta", "1.0", wheel.name, "", "0" * 64), wheel)], layer)
+    layer.close(None)
+    out.seek(0)
+    with tarfile.open(fileobj=out) as tar:
+        in_tar = {m.name: (hashlib.sha256(tar.extractfile(m).read()).hexdigest(), m.mode) for m in tar if m.isfile()}
+    assert in_tar == on_disk
+    assert {"opt/xrun/venv/bin/delta", "opt/xrun/venv/bin/delta-tool"} <= set(in_tar)

@@ -30,7 +30,7 @@ from runner.rundir import write_json
 from runner.wire import fields_to_wire
 
 # Part of the key: a change to how the layers are laid out must not reuse a layer laid out the old way.
-LAYOUT = 3
+LAYOUT = 4
 MAX_LAYERS = 127  # the engine's limit on an image's layers
 HOLDERS_KEPT = 8
 # Free space a build leaves on the disk it writes to (XRUN_BUILD_DISK_RESERVE, bytes).

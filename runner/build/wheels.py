@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -610,7 +611,9 @@ def _tar_destination(scheme: dict[str, str], layer: LayerWriter) -> Any:
                 size = stream.size
             digest, written = layer.add_stream(self._name(scheme, path), stream, size,
                                                0o755 if is_executable else 0o644)
-            return RecordEntry(path, Hash("sha256", digest), written)
+            # RECORD's form (PEP 376/627): urlsafe base64 without padding, as installer writes it.
+            value = base64.urlsafe_b64encode(bytes.fromhex(digest)).decode("ascii").rstrip("=")
+            return RecordEntry(path, Hash("sha256", value), written)
 
         def write_script(self, name: str, module: str, attr: str, section: Any) -> Any:
             script_name, data = Script(name, module, attr, section).generate(self.interpreter, self.script_kind)

@@ -121,7 +121,8 @@ def test_a_bumped_wheel_rewrites_only_its_layer(tmp_path, base_image):
     assert loaded_bytes(bumped) < BIG // 4  # beta's 4 MiB layer was not sent again
     assert after["layers"][:-2] == first["layers"][:-2] and after["layers"][-2] != first["layers"][-2]
     assert len(list((cache / "layers").rglob("*.json"))) == 4
-    # `xrun cache ls` counts both (their bytes are in the engine, the records in the cache).
+    # `xrun cache ls` lists all four (their bytes are in the engine, the records in the cache); beta, the largest,
+    # first, held by both images.
     listed = json.loads(xrun("cache", "ls", "--json", cache=cache).stdout)["layers"]
     assert {r["diffId"] for r in listed} == set(first["layers"][-4:-1]) | {after["layers"][-2]}
     assert listed[0]["size"] > BIG and len(listed[0]["images"]) == 2 and all(r["images"] for r in listed)

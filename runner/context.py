@@ -106,7 +106,6 @@ class RunContext:
     @classmethod
     def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
         """Resolve everything a run needs; raises XrunError (with its exit code) before any work is done."""
-        from runner.attest import load_signer
         from runner.engine.client import docker_client
 
         manifest = with_seed(load_manifest(manifest_path), options.seed)
@@ -120,7 +119,11 @@ class RunContext:
         if mismatch and not options.allow_hardware_mismatch:
             hardware.check_host(plan.hardware, host)
         key_path = signing_key_path(options.key)
-        signer = load_signer(key_path, options.key_password) if key_path else None
+        signer = None
+        if key_path:  # only then: the signing code loads the crypto library, which an unsigned run never needs
+            from runner.attest import load_signer
+
+            signer = load_signer(key_path, options.key_password)
         tsa = timestamp_authority(options.tsa, signer is not None)
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
                    cache=options.open_cache(), runs_dir=options.runs_folder(manifest.root), options=options,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -15,6 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from runner.attest.files import create_exclusive
+from runner.attest.password import PASSWORD_ENV as PASSWORD_ENV, key_password as key_password  # their old home
 from runner.errors import UsageError
 from runner.userfiles import read_user_file
 
@@ -22,7 +22,6 @@ KeyKind = Literal["ecdsa-p256", "ed25519"]
 KEY_KINDS: tuple[str, ...] = ("ecdsa-p256", "ed25519")
 KEY_FILE = "xrun.key"
 PUB_FILE = "xrun.pub"
-PASSWORD_ENV = "XRUN_KEY_PASSWORD"
 # PEM files are small; refusing big ones keeps a mistaken `--key model.bin` from being read whole.
 MAX_KEY_FILE = 64 * 1024
 
@@ -101,12 +100,6 @@ class Signer:
 
     def __repr__(self) -> str:  # never print key material
         return f"Signer(kind={self.kind!r}, keyid={self.keyid!r}, source={self.source!r})"
-
-
-def key_password(environ: Mapping[str, str] = os.environ) -> bytes | None:
-    """The passphrase from XRUN_KEY_PASSWORD (UTF-8); unset or empty means an unencrypted key."""
-    value = environ.get(PASSWORD_ENV)
-    return value.encode("utf-8") if value else None
 
 
 def new_private_key(kind: str) -> PrivateKey:

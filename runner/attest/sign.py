@@ -5,13 +5,15 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.attest import dsse
 from runner.attest.bundle import to_bundle
 from runner.attest.files import replace_all
-from runner.attest.keys import Signer
 from runner.errors import EnvironmentProblem, IntegrityError
+
+if TYPE_CHECKING:  # an unsigned run loads no crypto library
+    from runner.attest.keys import Signer
 
 
 @dataclass(frozen=True)

@@ -18,12 +18,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError
 from runner.userfiles import read_user_file
+
+if TYPE_CHECKING:  # loaded where a certificate is read: a run without --tsa needs none of it
+    from cryptography import x509
 
 TSA_ENV = "XRUN_TSA_URL"
 QUERY_TYPE, REPLY_TYPE = "application/timestamp-query", "application/timestamp-reply"
@@ -126,6 +127,8 @@ def load_tsa_chain(path: Path | str) -> TrustedTsa:
     """A PEM file holding the TSA certificate, then its intermediates and root (cosign's --timestamp-certificate-chain)."""
     path = Path(path)
     data = read_user_file(path, "TSA certificate chain", max_bytes=MAX_TSA_FILE)
+    from cryptography import x509
+
     try:
         chain = x509.load_pem_x509_certificates(data)
     except ValueError as exc:
@@ -150,6 +153,8 @@ def load_trusted_root(path: Path | str) -> list[TrustedTsa]:
 
 
 def _authority(entry: dict[str, Any], source: str) -> TrustedTsa:
+    from cryptography import x509
+
     certificates = entry["certChain"]["certificates"]
     chain = tuple(x509.load_der_x509_certificate(base64.b64decode(c["rawBytes"], validate=True)) for c in certificates)
     if not chain:

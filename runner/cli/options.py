@@ -6,7 +6,7 @@ import argparse
 import os
 from pathlib import Path
 
-from runner.attest.keys import key_password
+from runner.attest.password import key_password
 from runner.context import RunOptions
 from runner.fetch import FetchOptions
 from runner.fetch.interface import verify_requested

@@ -23,6 +23,21 @@ def median_s(fn: Callable[[], Any], runs: int, warmup: int = 1) -> float:
     return statistics.median(samples)
 
 
+def interleaved_medians(first: Callable[[], Any], second: Callable[[], Any], runs: int,
+                        warmup: int = 1) -> tuple[float, float]:
+    """Median wall times in seconds of two commands timed in turn (a, b, a, b, …) after `warmup` rounds."""
+    for _ in range(warmup):
+        first()
+        second()
+    samples: tuple[list[float], list[float]] = ([], [])
+    for _ in range(runs):
+        for fn, into in ((first, samples[0]), (second, samples[1])):
+            start = time.perf_counter()
+            fn()
+            into.append(time.perf_counter() - start)
+    return statistics.median(samples[0]), statistics.median(samples[1])
+
+
 def row(what: str, xrun_s: float, baseline_s: float | None, goal: float | None, note: str = "",
         baseline: str = "") -> dict[str, Any]:
     """One result row; `pass` is None where there is no goal or no baseline."""

@@ -266,8 +266,8 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
                     signing_key=str(key.absolute()) if key else None).save(run.path / JOB_FILE)
             member = dataclasses.replace(scheduler, seed=seed, array_index=index if sweep else None,
                                          sweep=base if sweep else None)
-            RunRecord(run_id=run_id, name=plan.manifest.name, status=RunStatus.SUBMITTED, manifest=str(plan.manifest.file),
-                      manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
+            RunRecord(run_id=run_id, name=plan.manifest.name, status=RunStatus.SUBMITTED,
+                      manifest=str(plan.manifest.file), manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
                       hardware_class=plan.hardware.name, image_id=image.id, scheduler=member).save(run.record)
     except BaseException:
         _remove(runs)
@@ -351,7 +351,8 @@ def _submit_local(manifest: Path, options: SubmitOptions) -> SubmitResult:
     sweep = new_run_id() if options.seeds else None
 
     def one(index: int, seed: int | None) -> SubmittedRun:
-        scheduler = SchedulerInfo(backend="local", state=SchedulerState.RUNNING, sweep=sweep, array_index=index, seed=seed)
+        scheduler = SchedulerInfo(backend="local", state=SchedulerState.RUNNING, sweep=sweep, array_index=index,
+                                  seed=seed)
         run_options = dataclasses.replace(options.run, seed=seed, scheduler=scheduler if sweep else None)
         try:
             summary = run_experiment(manifest, run_options)

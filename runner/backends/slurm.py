@@ -283,8 +283,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
             parts = line.split("|")
             if len(parts) == 4:
                 ref, slurm_state, node, reason = parts
-                found[ref] = JobState(ref, STATE_MAP.get(slurm_state, SchedulerState.RUNNING), slurm_state, node or None,
-                                      None if reason in ("None", "") else reason)
+                found[ref] = JobState(ref, STATE_MAP.get(slurm_state, SchedulerState.RUNNING), slurm_state,
+                                      node or None, None if reason in ("None", "") else reason)
     missing = [j for j in set(job_ids) if not any(r == j or r.startswith(f"{j}_") for r in found)]
     if missing:
         # Jobs the controller has forgotten (MinJobAge): the accounting database, when the site has one.
@@ -294,7 +294,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
                 parts = line.split("|")
                 if len(parts) == 3:
                     word = parts[1].split()[0] if parts[1] else ""
-                    found[parts[0]] = JobState(parts[0], STATE_MAP.get(word, SchedulerState.RUNNING), word, parts[2] or None, None)
+                    found[parts[0]] = JobState(parts[0], STATE_MAP.get(word, SchedulerState.RUNNING), word,
+                                               parts[2] or None, None)
     return found
 
 

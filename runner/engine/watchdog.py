@@ -152,7 +152,8 @@ def _unfinished(run_dir: Path, record: RunRecord) -> bool:
     """Still running, or succeeded with its attestation not yet written (killed while signing)."""
     if record.status == RunStatus.RUNNING:
         return True
-    return record.status == RunStatus.SUCCEEDED and bool(record.attestation) and not (run_dir / str(record.attestation)).exists()
+    written = bool(record.attestation) and (run_dir / str(record.attestation)).exists()
+    return record.status == RunStatus.SUCCEEDED and bool(record.attestation) and not written
 
 
 def main(argv: list[str]) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import write_experiment
 from runner.cli import main
 from runner.codetree import OwnPaths
 from runner.errors import UsageError
@@ -24,22 +25,13 @@ from runner.secretscan import inspect
 CODE = {"train.py": "print('hi')\n", "pkg/util.py": "X = 1\n"}
 
 
-def write_experiment(root: Path, code_spec: dict | None = None, files: dict[str, str] | None = None) -> Path:
+def experiment(root: Path, code_spec: dict | None = None, files: dict[str, str] | None = None, *,
+               base: str = "127.0.0.1:5000/base@sha256:" + "0" * 64, command: list[str] | None = None,
+               outputs: list[dict] | None = None) -> Path:
     """An experiment whose code folder is its own folder (the layout the issue reports)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, text in (files or CODE).items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": "codetree",
-        "image": {"base": "127.0.0.1:5000/base@sha256:" + "0" * 64},
-        "code": {"path": ".", **(code_spec or {})},
-        "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
-        "run": {"command": ["python3", "train.py"]}, "outputs": [{"path": "out.txt"}],
-    }
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(manifest, indent=2))
-    return path
+    return write_experiment(root, base, files=files or CODE, command=command or ["python3", "train.py"],
+                            outputs=outputs or [{"path": "out.txt"}], name="codetree",
+                            extra={"code": {"path": ".", **(code_spec or {})}})
 
 
 def paths(manifest: Path, own: OwnPaths | None = None) -> list[str]:
@@ -53,7 +45,7 @@ def _no_default_key(monkeypatch, tmp_path):
 
 
 def test_keygen_key_and_env_token_are_refused_naming_the_file(tmp_path, capsys):
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     assert main(["keygen", "--out", str(tmp_path / "exp" / "keys")]) == 0
     capsys.readouterr()
     assert main(["plan", str(manifest)]) == 2
@@ -69,7 +61,7 @@ def test_keygen_key_and_env_token_are_refused_naming_the_file(tmp_path, capsys):
 
 
 def test_encrypted_key_is_refused_too(tmp_path, capsys, monkeypatch):
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     monkeypatch.setenv("XRUN_KEY_PASSWORD", "secret")
     assert main(["keygen", "--out", str(tmp_path / "exp" / "keys")]) == 0
     assert b"ENCRYPTED PRIVATE KEY" in (tmp_path / "exp" / "keys" / "xrun.key").read_bytes()
@@ -102,7 +94,7 @@ def test_what_counts_as_a_secret(name, text, found):
 
 def test_a_key_at_the_head_of_a_big_file_is_found_and_only_heads_are_judged(tmp_path):
     """Files over hashing's pool size are read by the pool; their head is still checked."""
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     with open(tmp_path / "exp" / "bundle.pem", "wb") as f:
         f.write(b"-----BEGIN EC PRIVATE KEY-----\n")
         f.truncate(5 << 20)
@@ -116,7 +108,7 @@ def test_a_key_at_the_head_of_a_big_file_is_found_and_only_heads_are_judged(tmp_
 
 
 def test_not_secret_setting_allows_a_listed_path(tmp_path):
-    manifest = write_experiment(tmp_path / "exp", {"notSecret": ["tests/fixtures/", ".env"]},
+    manifest = experiment(tmp_path / "exp", {"notSecret": ["tests/fixtures/", ".env"]},
                                 {**CODE, "tests/fixtures/example.key": "-----BEGIN PRIVATE KEY-----\nabc\n",
                                  ".env": "TOKEN=example\n"})
     assert paths(manifest) == [".env", "pkg/util.py", "tests/fixtures/example.key", "train.py"]
@@ -126,7 +118,7 @@ def test_not_secret_setting_allows_a_listed_path(tmp_path):
 
 
 def test_the_signing_key_inside_the_folder_is_left_out_silently(tmp_path, monkeypatch):
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     assert main(["keygen", "--out", str(tmp_path / "exp" / "keys")]) == 0
     key = tmp_path / "exp" / "keys" / "xrun.key"
     tree = resolve_plan(load_manifest(manifest), OwnPaths(key=key)).code
@@ -140,7 +132,7 @@ def test_the_signing_key_inside_the_folder_is_left_out_silently(tmp_path, monkey
 
 def test_cache_and_runs_folder_inside_the_folder_are_left_out_and_the_digest_is_of_what_goes_in(tmp_path,
                                                                                                 monkeypatch):
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     before = resolve_plan(load_manifest(manifest), OwnPaths())
     cache = tmp_path / "exp" / "cache"
     (cache / "blobs" / "sha256" / "ab").mkdir(parents=True)
@@ -154,13 +146,13 @@ def test_cache_and_runs_folder_inside_the_folder_are_left_out_and_the_digest_is_
     assert [f.path for f in after.code.files] == ["pkg/util.py", "train.py"]
     assert after.code.digest == before.code.digest and after.build_digest == before.build_digest
     assert after.digest == before.digest  # the plan itself does not record where the cache is
-    # `xrun plan` with XRUN_CACHE_DIR inside the folder (the issue's 125 "code files").
+    # As `xrun plan` plans it (no --runs-dir), XRUN_CACHE_DIR inside the folder (the issue's 125 "code files").
     by_cli = resolve_plan(load_manifest(manifest))
     assert [f.path for f in by_cli.code.files] == ["my-runs/r1/run.json", "pkg/util.py", "train.py"]
 
 
 def test_git_folder_is_never_put_back(tmp_path):
-    manifest = write_experiment(tmp_path / "exp", {"exclude": ["!.git"]})
+    manifest = experiment(tmp_path / "exp", {"exclude": ["!.git"]})
     (tmp_path / "exp" / ".git").mkdir()
     (tmp_path / "exp" / ".git" / "config").write_text("[core]\n")
     (tmp_path / "exp" / ".xrunignore").write_text("!.git/\n")
@@ -171,7 +163,7 @@ def test_xrunignore_folders_negation_and_anchors(tmp_path):
     files = {**CODE, "data/big.bin": "x", "data/keep.txt": "k", "logs/a.log": "l", "notes/a.log": "l",
              "notes/keep.log": "k", "build/out.o": "o", "src/build/x.py": "",
              "secret.key": "-----BEGIN PRIVATE KEY-----"}
-    manifest = write_experiment(tmp_path / "exp", files=files)
+    manifest = experiment(tmp_path / "exp", files=files)
     (tmp_path / "exp" / ".xrunignore").write_text(
         "# comments and blank lines are fine\n\n*.log\n!keep.log\n/build/\nlogs/\n*.bin\nsecret.key\n")
     assert paths(manifest) == [".xrunignore", "data/keep.txt", "notes/keep.log", "pkg/util.py", "src/build/x.py",
@@ -188,7 +180,7 @@ def git(root: Path, *args: str) -> None:
 
 @pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
 def test_code_from_git_takes_tracked_files_with_their_changes_and_records_dirty(tmp_path, capsys):
-    manifest = write_experiment(tmp_path / "exp", {"from": "git"}, {**CODE, ".gitignore": "*.ckpt\n"})
+    manifest = experiment(tmp_path / "exp", {"from": "git"}, {**CODE, ".gitignore": "*.ckpt\n"})
     root = tmp_path / "exp"
     git(root, "init", "-q")
     git(root, "add", "-A")
@@ -218,7 +210,7 @@ def test_code_from_git_takes_tracked_files_with_their_changes_and_records_dirty(
 
 @pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
 def test_code_from_git_outside_a_work_tree_is_exit_2(tmp_path, capsys):
-    manifest = write_experiment(tmp_path / "exp", {"from": "git"})
+    manifest = experiment(tmp_path / "exp", {"from": "git"})
     assert main(["plan", str(manifest)]) == 2
     err = capsys.readouterr().err
     assert "not in a git work tree" in err and str(tmp_path / "exp") in err and "Traceback" not in err
@@ -226,7 +218,7 @@ def test_code_from_git_outside_a_work_tree_is_exit_2(tmp_path, capsys):
 
 def test_a_folder_tree_is_planned_as_before(tmp_path):
     """No code.from: the plan's code object has the keys it always had (plan digests do not move)."""
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     code = resolve_plan(load_manifest(manifest), OwnPaths()).to_json()["code"]
     assert set(code) == {"digest", "files", "path", "gitCommit", "gitDirty"}
 
@@ -241,12 +233,8 @@ def test_real_run_image_holds_neither_key_nor_cache_nor_git(tmp_path, base_image
     from runner.pipeline import RunOptions, run_experiment
 
     root = tmp_path / "exp"
-    manifest = write_experiment(root)
-    data = json.loads(manifest.read_text())
-    data["image"]["base"] = base_image
-    data["run"]["command"] = ["python3", "-c", LIST_WORKSPACE]
-    data["outputs"] = [{"path": "listing.json"}]
-    manifest.write_text(json.dumps(data))
+    manifest = experiment(root, base=base_image, command=["python3", "-c", LIST_WORKSPACE],
+                          outputs=[{"path": "listing.json"}])
     assert main(["keygen", "--out", str(root / "keys")]) == 0
     git(root, "init", "-q")
     git(root, "add", "-A")
@@ -258,11 +246,22 @@ def test_real_run_image_holds_neither_key_nor_cache_nor_git(tmp_path, base_image
     assert listing == ["keys/xrun.pub", "pkg/util.py", "train.py"]
     assert any((root / "cache").rglob("*")), "the cache was inside the folder during the run"
     assert summary.signed and summary.run_dir.parent == root / "my-runs"
+    # Reproducing it: the key that signs the re-run is left out again, so the code tree matches the record;
+    # a re-run with no signing key named finds a private key in the folder and refuses.
+    from runner.reproduce import reproduce
+
+    key, pub = root / "keys" / "xrun.key", root / "keys" / "xrun.pub"
+    with pytest.raises(UsageError, match="xrun.key: a private key"):
+        reproduce(summary.attestation, manifest=None, keys=[pub], rtol=None, atol=None,
+                  options=RunOptions(runs_dir=root / "my-runs", quiet=True))
+    report = reproduce(summary.attestation, manifest=None, keys=[pub], rtol=None, atol=None,
+                       options=RunOptions(runs_dir=root / "my-runs", key=key, quiet=True))
+    assert report.reproduced
 
 
 def test_plan_shows_count_size_biggest_files_and_what_was_left_out(tmp_path, capsys, monkeypatch):
     files = {**CODE, **{f"weights/w{i}.bin": "x" * (100 * (i + 1)) for i in range(7)}}
-    manifest = write_experiment(tmp_path / "exp", files=files)
+    manifest = experiment(tmp_path / "exp", files=files)
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "exp" / "cache"))
     (tmp_path / "exp" / "cache" / "blobs").mkdir(parents=True)
     (tmp_path / "exp" / "cache" / "blobs" / "x").write_bytes(b"x" * 5000)
@@ -281,7 +280,7 @@ def test_plan_shows_count_size_biggest_files_and_what_was_left_out(tmp_path, cap
 
 
 def test_plan_warns_once_on_stderr_when_the_tree_is_over_100_mib(tmp_path, capsys):
-    manifest = write_experiment(tmp_path / "exp")
+    manifest = experiment(tmp_path / "exp")
     with open(tmp_path / "exp" / "model.ckpt", "wb") as f:
         f.truncate(101 << 20)  # sparse: no 100 MiB written on a shared machine
     assert main(["plan", str(manifest), "--json"]) == 0
@@ -293,7 +292,7 @@ def test_plan_warns_once_on_stderr_when_the_tree_is_over_100_mib(tmp_path, capsy
 
 
 def test_bad_code_settings_are_one_line_each_with_the_fix(tmp_path, capsys):
-    manifest = write_experiment(tmp_path / "exp", {"from": "svn", "notSecret": "a.key"})
+    manifest = experiment(tmp_path / "exp", {"from": "svn", "notSecret": "a.key"})
     assert main(["validate", str(manifest)]) == 2
     err = capsys.readouterr().err
     assert "code.from: \"svn\" is not allowed; use one of: folder, git" in err

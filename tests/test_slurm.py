@@ -102,7 +102,7 @@ def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slu
 
 def test_signing_key_inside_the_code_folder_stays_out_on_the_node(tmp_path, base_image, slurm_cluster, shared):
     """The node re-plans the code tree: it must leave out the submitter's key as the submitter did (issue 20)."""
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "exp" / "keys", None)
     result = submit(manifest, _options(tmp_path, shared, key, wait=True))
     (member,) = result.runs

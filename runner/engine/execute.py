@@ -16,6 +16,7 @@ from runner.errors import Interrupted, TrainingFailed
 from runner.hardware import HardwareClass, Host
 from runner.hashing import sha256_file
 from runner.rundir import utc_now
+from runner.runs.record import ContainerStatus
 
 NOBODY = "65534:65534"
 PIDS_LIMIT = 4096
@@ -62,7 +63,7 @@ class ContainerSpec:
 class RunResult:
     """How the container ended."""
 
-    status: str  # "succeeded" | "failed" | "timed-out" | "interrupted"
+    status: ContainerStatus
     exit_code: int | None
     started_on: datetime
     finished_on: datetime
@@ -120,7 +121,7 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
     container = None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     started = utc_now()
-    status, code, oom = "failed", None, False
+    status, code, oom = ContainerStatus.FAILED, None, False
     try:
         container = client.containers.create(**kwargs)
         log = open(log_path, "wb")
@@ -135,13 +136,13 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
         try:
             result = container.wait(timeout=spec.timeout_s) if spec.timeout_s else container.wait()
             code = int(result.get("StatusCode", -1))
-            status = "succeeded" if code == 0 else "failed"
+            status = ContainerStatus.SUCCEEDED if code == 0 else ContainerStatus.FAILED
             oom = code != 0 and _oom_killed(container)
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            status = "timed-out"
+            status = ContainerStatus.TIMED_OUT
             _stop(container)
         except KeyboardInterrupt:
-            status = "interrupted"
+            status = ContainerStatus.INTERRUPTED
             _stop(container)
         pump.join(timeout=10)
     finally:
@@ -162,17 +163,17 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
 
 def raise_for_status(result: RunResult, timeout_s: int | None) -> None:
     """Turn a failed, timed-out or interrupted run into the matching XrunError."""
-    if result.status == "interrupted":
+    if result.status == ContainerStatus.INTERRUPTED:
         raise Interrupted("interrupted: the container was stopped and removed; no attestation was written")
-    if result.status == "timed-out":
+    if result.status == ContainerStatus.TIMED_OUT:
         raise TrainingFailed(f"timed out after {timeout_s}s (run.timeout): the container was stopped and removed; "
                              "raise run.timeout or make the job faster", lines=list(result.log_tail))
-    if result.status != "succeeded" and result.oom_killed:
+    if result.status != ContainerStatus.SUCCEEDED and result.oom_killed:
         raise TrainingFailed(f"the training ran out of memory: it was killed at the hardware class's memory limit "
                              f"({result.memory_bytes / 2**30:g} GiB, exit code {result.exit_code}); choose a "
                              "class with more memory (hardware.class) or make the job use less; last log lines:",
                              lines=list(result.log_tail))
-    if result.status != "succeeded":
+    if result.status != ContainerStatus.SUCCEEDED:
         raise TrainingFailed(f"the training command exited with code {result.exit_code}; last log lines:",
                              lines=list(result.log_tail))
 

@@ -22,7 +22,7 @@ from runner import __version__
 from runner.errors import EnvironmentProblem, UsageError, XrunError
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 from runner.runs.store import RunInfo, find_run, list_runs
 from runner.wire import fields_to_wire
 
@@ -84,7 +84,8 @@ def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str]) -> list[RunI
     chosen = [find_run(runs_dir, ref) for ref in refs]
     everything = list_runs(runs_dir) if sweeps else []
     for name in sweeps:
-        members = [r for r in everything if r.record.name == name and r.record.status in ("succeeded", "failed")]
+        finished = (RunStatus.SUCCEEDED, RunStatus.FAILED)
+        members = [r for r in everything if r.record.name == name and r.record.status in finished]
         if not members:
             known = sorted({r.record.name for r in everything})
             raise UsageError(f"--sweep {name}: no finished run of experiment {name!r} under {runs_dir}"

@@ -173,8 +173,32 @@ def raise_for_status(result: RunResult, timeout_s: int | None) -> None:
                              "class with more memory (hardware.class) or make the job use less; last log lines:",
                              lines=list(result.log_tail))
     if result.status != "succeeded":
-        raise TrainingFailed(f"the training command exited with code {result.exit_code}; last log lines:",
-                             lines=list(result.log_tail))
+        raise TrainingFailed(failure_message(result.exit_code, bool(result.log_tail)), lines=list(result.log_tail))
+
+
+def failure_message(exit_code: int | None, has_log: bool) -> str:
+    """Why the training container ended: its exit code, or the signal that killed it and who may have sent it."""
+    tail = "; last log lines:" if has_log else "; it wrote nothing to its log"
+    signal_no = exit_code - 128 if exit_code is not None and 128 < exit_code < 160 else None
+    if signal_no == 9:
+        # Not the engine's OOM kill at the class's limit (handled above): someone or something outside.
+        return ("the training container was killed (SIGKILL, exit code 137) from outside xrun: not at the "
+                "class's memory limit, so by `docker kill`/`docker rm -f`, the host's OOM killer or the "
+                "scheduler (scancel --signal=KILL, a node's memory enforcement)" + tail)
+    if signal_no is not None:
+        name = _signal_name(signal_no)
+        return (f"the training container was killed by {name} (exit code {exit_code}): a signal sent from outside "
+                "xrun (`docker stop`/`docker kill`) or raised by the command itself" + tail)
+    return f"the training command exited with code {exit_code}" + tail
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _pump_logs(container: Any, log: IO[bytes], tail: deque[str], stream: bool, prefix: str) -> None:

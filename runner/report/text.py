@@ -190,11 +190,23 @@ def runs_list(runs: Sequence[RunInfo], runs_dir: Path) -> str:
         metrics = "; ".join(f"{k}={v:.4g}" for values in rec.metrics.values() for k, v in list(values.items())[:2])
         digests = " ".join(f"{p}:{d[:8]}" for p, d in list(rec.outputs.items())[:2])
         sched = rec.scheduler
-        status = rec.status if sched is None or sched.backend == "local" else f"{rec.status} ({sched.state})"
-        rows.append([r.run_id, rec.name or "-", status, rec.started_on or "-",
+        rows.append([r.run_id, rec.name or "-", run_status(rec), rec.started_on or "-",
                      f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", metrics or "-", digests or "-"])
     return (table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
             else f"no runs under {runs_dir}")
+
+
+def run_status(rec: RunRecord) -> str:
+    """The STATUS cell: the run's status, and the scheduler's word where it adds to it."""
+    sched = rec.scheduler
+    if sched is None or sched.backend == "local":
+        return rec.status
+    if rec.status in ("submitted", "running"):
+        return f"{rec.status} ({sched.state})"
+    if not sched.final:
+        # The node has finished the run; a scheduler word older than that ("running") says nothing more.
+        return rec.status if rec.attestation else f"{rec.status} (not collected)"
+    return f"{rec.status} ({sched.state})"
 
 
 def run_details(run: RunInfo) -> str:
@@ -239,7 +251,7 @@ def submitted(result: SubmitResult) -> str:
     """`xrun submit`: the backend, job, image and one line per run."""
     head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
     if result.sweep:
-        head += f", sweep {result.sweep} ({len(result.runs)} seeds)"
+        head += f", sweep {result.sweep}" + (f" ({len(result.runs)} seeds)" if result.runs else "")
     lines = [head, f"  image  {result.image_reference or result.image_id}"]
     for path in result.rendered:
         lines.append(f"  wrote  {path}")
@@ -270,10 +282,24 @@ def cancelled(record: RunRecord) -> str:
 
 def sweep_summary(summary: SweepSummary) -> str:
     """`xrun runs summary`: members, one row per metric key, the failed members."""
+    failed = [f.seed for f in summary.failed if f.seed is not None]
     lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
+             + (f", {len(summary.failed)} failed (seeds {seed_list(failed)})" if failed else "")
              + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
-             + f" (seeds {', '.join(map(str, summary.seeds))})"]
+             + (f"; seeds {seed_list(summary.seeds)}" if summary.seeds else "")]
     rows = [[m.key, m.n, number(m.mean), number(m.std), number(m.min), number(m.max)] for m in summary.metrics]
     lines.append(table(rows, ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]))
     lines += [f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}" for f in summary.failed]
     return "\n".join(lines)
+
+
+def seed_list(seeds: Sequence[int]) -> str:
+    """'1-6, 9, 11, 12': runs of three or more consecutive seeds folded, so 200 members are one short line."""
+    runs: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    parts = [f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs]
+    return ", ".join(parts) or "none"

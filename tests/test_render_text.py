@@ -6,7 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from runner.engine.execute import failure_message
-from runner.report.text import run_status, seed_list, submitted, sweep_summary
+from runner.report.text import run_status, submitted, sweep_summary
+from runner.report.views import seed_list
 from runner.runs.record import RunRecord, SchedulerInfo
 
 

@@ -20,6 +20,7 @@ from typing import Any
 
 from runner import __version__
 from runner.errors import EnvironmentProblem, UsageError, XrunError
+from runner.report.views import seed_list
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
 from runner.runs.record import RunRecord
@@ -434,15 +435,12 @@ def _run_nodes(runs: list[ReportRun], images: list[str]) -> tuple[list[tuple[str
     """The RUNS column and, per run, its node: each run, or one node per image past MAX_RUNS_DRAWN runs."""
     if len(runs) <= MAX_RUNS_DRAWN:
         return [("run", r.label, r.info.run_id) for r in runs], list(range(len(runs)))
-    from runner.report.text import seed_list
-
-    used = [i for i in images if any((r.record.image_id or "?") == i for r in runs)]
     nodes = []
-    for image in used:
+    for image in images:
         members = [r for r in runs if (r.record.image_id or "?") == image]
         seeds = [r.seed for r in members if r.seed is not None]
         nodes.append(("run", f"{len(members)} runs" + (f" · seeds {seed_list(seeds)}" if seeds else ""), ""))
-    return nodes, [used.index(r.record.image_id or "?") for r in runs]
+    return nodes, [images.index(r.record.image_id or "?") for r in runs]
 
 
 def _provenance_svg(runs: list[ReportRun]) -> str:

@@ -8,6 +8,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.report.views import seed_list
+
 if TYPE_CHECKING:
     from runner.build.export import Published
     from runner.codetree import CodeSummary
@@ -190,7 +192,6 @@ def runs_list(runs: Sequence[RunInfo], runs_dir: Path) -> str:
         rec = r.record
         metrics = "; ".join(f"{k}={v:.4g}" for values in rec.metrics.values() for k, v in list(values.items())[:2])
         digests = " ".join(f"{p}:{d[:8]}" for p, d in list(rec.outputs.items())[:2])
-        sched = rec.scheduler
         rows.append([r.run_id, rec.name or "-", run_status(rec), rec.started_on or "-",
                      f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", metrics or "-", digests or "-"])
     return (table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
@@ -293,14 +294,3 @@ def sweep_summary(summary: SweepSummary) -> str:
     lines += [f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}" for f in summary.failed]
     return "\n".join(lines)
 
-
-def seed_list(seeds: Sequence[int]) -> str:
-    """'1-6, 9, 11, 12': runs of three or more consecutive seeds folded, so 200 members are one short line."""
-    runs: list[list[int]] = []
-    for seed in sorted(set(seeds)):
-        if runs and seed == runs[-1][-1] + 1:
-            runs[-1].append(seed)
-        else:
-            runs.append([seed])
-    parts = [f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs]
-    return ", ".join(parts) or "none"

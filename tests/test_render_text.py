@@ -4,6 +4,7 @@ lines users read (issue 21's small defects); the real runs behind them are in te
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 from runner.engine.execute import failure_message
 from runner.report.text import run_status, submitted, sweep_summary
@@ -33,20 +34,21 @@ def test_seed_list_folds_runs_of_seeds():
     assert seed_list([]) == "none"
 
 
-def test_sweep_summary_header_names_the_failed_seeds():
-    from runner.submit import FailedMember, SweepSummary
+def _failed(run_id: str, seed: int) -> SimpleNamespace:
+    return SimpleNamespace(run_id=run_id, seed=seed, state="failed", error="boom")
 
-    summary = SweepSummary(sweep="s1", members=6, succeeded=4, unfinished=0, seeds=(1, 2, 3, 4, 5, 6), metrics=(),
-                           failed=(FailedMember("s1-4", 5, "failed", "boom"), FailedMember("s1-5", 6, "failed", "x")))
+
+def test_sweep_summary_header_names_the_failed_seeds():
+    # The summary's fields as the renderer reads them (the type moves with the backends' restructuring).
+    summary = SimpleNamespace(sweep="s1", members=6, succeeded=4, unfinished=0, seeds=(1, 2, 3, 4, 5, 6), metrics=(),
+                              failed=(_failed("s1-4", 5), _failed("s1-5", 6)))
     head = sweep_summary(summary).splitlines()[0]
     assert head == "sweep s1: 4 of 6 members succeeded, 2 failed (seeds 5, 6); seeds 1-6", head
 
 
 def test_kubernetes_render_does_not_say_zero_seeds():
-    from runner.submit import SubmitResult
-
-    result = SubmitResult(backend="kubernetes", sweep="abc", job_id=None, image_id="sha256:1", image_reference="r@d",
-                          script=None, runs=(), rendered=(Path("out/04-job-x.yaml"),))
+    result = SimpleNamespace(backend="kubernetes", sweep="abc", job_id=None, image_id="sha256:1",
+                             image_reference="r@d", script=None, runs=(), rendered=(Path("out/04-job-x.yaml"),))
     head = submitted(result).splitlines()[0]
     assert "0 seeds" not in head and head == "submitted to kubernetes, sweep abc", head
 

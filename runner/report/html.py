@@ -342,17 +342,21 @@ def _figures(runs: list[ReportRun]) -> list[tuple[str, dict[str, Any]]]:
 
     out: list[tuple[str, dict[str, Any]]] = []
     labels = [r.label for r in runs]
+    # A large sweep on a numeric seed axis: 200 category labels would be an unreadable band of text.
+    by_seed = len(runs) > MAX_RUNS_DRAWN and all(r.seed is not None for r in runs)
     for file, key in _metric_keys(runs):
         values = [r.record.metrics.get(file, {}).get(key) for r in runs]
         present = [float(v) for v in values if isinstance(v, (int, float))]
-        fig = go.Figure(go.Scatter(x=labels, y=values, name=key, mode="markers",
-                                   marker={"color": "#2f5bd3", "size": 11}))
+        fig = go.Figure(go.Scatter(x=[r.seed for r in runs] if by_seed else labels, y=values, name=key,
+                                   mode="markers", text=labels if by_seed else None,
+                                   marker={"color": "#2f5bd3", "size": 6 if by_seed else 11}))
         if len(present) > 1:
             mean, spread = statistics.fmean(present), statistics.stdev(present)
             fig.add_hline(y=mean, line_dash="dash", line_color="#b42318",
                           annotation_text=f"mean {mean:.4g} ± {spread:.2g}")
             fig.add_hrect(y0=mean - spread, y1=mean + spread, fillcolor="#b42318", opacity=0.08, line_width=0)
-        _layout(fig, f"{key} (final, {len(present)} run{'s' if len(present) != 1 else ''})", "run", key)
+        _layout(fig, f"{key} (final, {len(present)} run{'s' if len(present) != 1 else ''})",
+                "seed" if by_seed else "run", key)
         out.append((f"fig-{len(out)}", fig.to_plotly_json()))
     series_keys: dict[tuple[str, str], None] = {}
     for r in runs:

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 from runner.report.views import seed_list
 
 if TYPE_CHECKING:
+    from runner.build.depslayer import DepsRecord
     from runner.build.export import Published
     from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry, FetchedData
@@ -132,11 +133,15 @@ def fetched(items: Sequence[FetchedData]) -> str:
     return table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items"
 
 
-def cache_entries(root: Path, entries: Sequence[CacheEntry]) -> str:
-    """`xrun cache ls`."""
+def cache_entries(root: Path, entries: Sequence[CacheEntry], layers: Sequence[DepsRecord] = ()) -> str:
+    """`xrun cache ls`: the entries, then the dependency layers built here (their bytes are in the engine)."""
     rows = [[e.kind, e.digest[:23], e.size, e.files if e.files is not None else "-", ago(e.last_used)]
             for e in entries]
-    return table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {root} is empty"
+    out = table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {root} is empty"
+    if layers:
+        out += "\n\n" + table([[r.diff_id[:23], r.size, len(r.images)] for r in layers],
+                               ["DEPENDENCY LAYER (in the engine)", "BYTES", "IMAGES"])
+    return out
 
 
 def cache_verified(results: Sequence[Any]) -> str:

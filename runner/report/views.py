@@ -7,13 +7,14 @@ Each is a plain dataclass: `runner/report/json.py` maps its fields to camelCase 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
+    from runner.build.depslayer import DepsRecord
     from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry
     from runner.fetch.maintenance import Removed, VerifyResult
@@ -61,6 +62,7 @@ class CacheListing:
 
     root: Path
     entries: list[CacheEntry]
+    layers: list[DepsRecord] = field(default_factory=list)  # dependency layers built here (held by the engine)
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from runner.pipeline import run_experiment
 from runner.runs.record import RunRecord
 from runner.submit import SubmitOptions, cancel_run, refresh, submit, summarize_sweep, wait_run
 from experiments import probe_experiment
+from statementcheck import assert_strictly_valid
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -266,7 +267,9 @@ def test_two_gpu_jobs_on_one_node_record_the_devices_slurm_allocated(tmp_path, b
     for member in result.runs:
         done = wait_run(member.run_dir, key=keys[0])
         assert done.state == "completed" and done.attestation, done
-        internal = _statement(done.attestation)["predicate"]["buildDefinition"]["internalParameters"]
+        statement = _statement(done.attestation)
+        assert_strictly_valid(statement)  # the official bindings parse the recorded devices too
+        internal = statement["predicate"]["buildDefinition"]["internalParameters"]
         allocations.append(internal["isolation"]["gpuAllocation"])
         assert internal["isolation"]["gpuDevices"] == [] and internal["isolation"]["gpus"] == 0
     assert sorted(a["devices"] for a in allocations) == [["0"], ["1"]], allocations

@@ -211,12 +211,21 @@ def time_limit(timeout_s: int | None) -> str:
     return str(math.ceil((timeout_s + TIME_MARGIN_S) / 60))
 
 
-def gres(hardware: HardwareClass) -> str | None:
-    """--gres=gpu[:TYPE]:N from the class; the type is the class's GPU model, lowercased (site names may differ)."""
+GPU_GRES_VARIABLE = "XRUN_SLURM_GPU_GRES"
+
+
+def gres(hardware: HardwareClass, environ: Mapping[str, str] = os.environ) -> str | None:
+    """--gres=NAME[:TYPE]:N: the class's GPU count; NAME[:TYPE] is XRUN_SLURM_GPU_GRES (the cluster's gres.conf
+    name, e.g. `gpu:a100_80g` or `gpu`), else gpu:<the class's GPU model, lowercased>, or gpu for any model."""
     if not hardware.gpus:
         return None
-    kind = f":{hardware.gpu_model.lower()}" if hardware.gpu_model else ""
-    return f"gpu{kind}:{hardware.gpus}"
+    name = environ.get(GPU_GRES_VARIABLE, "").strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", name):
+        raise UsageError(f"{GPU_GRES_VARIABLE}={name!r}: give the cluster's GPU GRES as NAME or NAME:TYPE "
+                         "(gres.conf's Name and Type, e.g. gpu:a100_80g)")
+    if not name:
+        name = "gpu" + (f":{hardware.gpu_model.lower()}" if hardware.gpu_model else "")
+    return f"{name}:{hardware.gpus}"
 
 
 def render_script(spec: ScriptSpec) -> str:

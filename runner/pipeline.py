@@ -84,7 +84,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
     from runner.attest import write_attestation
     from runner.attest.statement import build_statement
     from runner.build.image import build_image
-    from runner.provenance import describe
+    from runner.provenance import ask_engine_info, describe
 
     plan = ctx.plan
     fetched = tuple(fetch_data(plan, ctx.cache, ctx.options.fetch))
@@ -92,6 +92,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
              else build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress))
     record.image_id = image.id
     labels = {RUN_ID_LABEL: run.run_id, NAME_LABEL: plan.manifest.name, RUNNER_LABEL: str(record.runner)}
+    engine = ask_engine_info(ctx.client)  # the engine's facts for the attestation, asked while the training runs
     execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
     _record_result(record, execution)
     raise_for_status(execution.result, plan.timeout_s)
@@ -103,7 +104,8 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
     record.attestation, record.signed = attestation.name, ctx.signer is not None
     record.save(run.record)
     done = CompletedRun(run=run, fetched=fetched, image=image, execution=execution, outputs=outputs)
-    subjects, facts = describe(ctx, done, record_sha256=hashlib.sha256(run.record.read_bytes()).hexdigest())
+    subjects, facts = describe(ctx, done, record_sha256=hashlib.sha256(run.record.read_bytes()).hexdigest(),
+                               engine=engine())
     if hooks.facts is not None:
         facts = hooks.facts(facts)
     written = write_attestation(build_statement(subjects, facts), ctx.signer, attestation,

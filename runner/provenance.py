@@ -6,7 +6,10 @@ import functools
 import hashlib
 import re
 import socket
+import threading
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +58,23 @@ def engine_info(client: Any) -> EngineInfo:
             runtime_version = component.get("Version", "")
     return EngineInfo(version=version.get("Version", "unknown"), runtime=runtime,
                       runtime_version=runtime_version, os=info.get("OperatingSystem", ""))
+
+
+def ask_engine_info(client: Any) -> Callable[[], EngineInfo]:
+    """engine_info asked in a background thread now; calling the result waits for it (or raises its error).
+
+    `docker info` costs tens of milliseconds: asked while the training runs, a warm run never waits for it.
+    """
+    answer: Future[EngineInfo] = Future()
+
+    def ask() -> None:
+        try:
+            answer.set_result(engine_info(client))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller, raised where it asks
+            answer.set_exception(exc)
+
+    threading.Thread(target=ask, name="xrun-engine-info", daemon=True).start()
+    return answer.result
 
 
 @functools.lru_cache(maxsize=1)
@@ -209,10 +229,11 @@ def dataset_byproducts(cache: Any, fetched: list[Any]) -> list[ResourceDescripto
     return out
 
 
-def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tuple[list[Subject], ProvenanceFacts]:
+def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str,
+             engine: EngineInfo | None = None) -> tuple[list[Subject], ProvenanceFacts]:
     """The statement's subjects and the facts of its predicate, from the context and the stages' results."""
     plan, host, outputs, result = ctx.plan, ctx.host, done.outputs, done.execution.result
-    engine = engine_info(ctx.client)
+    engine = engine or engine_info(ctx.client)
     settings = {"allowHardwareMismatch": ctx.options.allow_hardware_mismatch, "signed": ctx.signer is not None,
                 "fetch": {"retries": ctx.options.fetch.retries, "parallel": ctx.options.fetch.parallel,
                           "verify": ctx.options.fetch.verify}}

@@ -44,3 +44,21 @@ def test_an_unsigned_run_never_loads_the_crypto_library(tmp_path, base_image):
     assert signed == {"rc": 0, "loaded": ["cryptography", "runner.attest.keys"]}
     latest = max((tmp_path / "runs").iterdir(), key=lambda p: p.name)
     assert (latest / "provenance.sigstore.json").is_file()
+
+
+def test_engine_facts_asked_ahead_are_those_engine_info_gives(docker_client):
+    from runner.provenance import ask_engine_info, engine_info
+
+    assert ask_engine_info(docker_client)() == engine_info(docker_client)
+
+
+def test_engine_facts_asked_ahead_raise_the_engines_error_where_they_are_used():
+    from runner.provenance import ask_engine_info
+
+    class GoneEngine:  # an engine that stops answering during the run
+        def info(self):
+            raise ConnectionError("engine gone")
+
+    answer = ask_engine_info(GoneEngine())
+    with pytest.raises(ConnectionError, match="engine gone"):
+        answer()

@@ -109,7 +109,8 @@ class RunContext:
         """Resolve everything a run needs; raises XrunError (with its exit code) before any work is done."""
         from runner.engine.client import docker_client
 
-        manifest = with_seed(load_manifest(manifest_path), options.seed)
+        manifest = with_seed(load_manifest(manifest_path, verdicts=options.open_cache().root / "verdicts" / "manifest"),
+                             options.seed)
         plan = resolve_plan(manifest, options.own_paths(manifest.root))
         sink = progress or StderrProgress(options.quiet)
         warning = plan.code.summary().warning()

@@ -10,17 +10,21 @@ import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-import jsonschema
+import yaml
 
-from runner import hardware
+from runner import __version__, hardware
 from runner.errors import ManifestError
 from runner.redact import credential_params
 from runner.resources import resource_dir
+from runner.rundir import write_atomic
 from runner.userfiles import read_user_file
 from runner.yamlfile import Problem, field_path, parse_yaml
+
+if TYPE_CHECKING:  # jsonschema is loaded where a manifest is schema-checked: a remembered verdict skips it
+    import jsonschema
 
 DIGEST_ALGORITHMS = ("sha256", "sha512", "md5")
 
@@ -178,19 +182,62 @@ def load_schema(name: str = "experiment.schema.json") -> dict[str, Any]:
     return json.loads((resource_dir("schemas") / name).read_text(encoding="utf-8"))
 
 
-def load_manifest(path: str | Path) -> Manifest:
-    """Read, parse and validate a manifest; raise ManifestError listing every problem."""
+def load_manifest(path: str | Path, *, verdicts: Path | None = None) -> Manifest:
+    """Read, parse and validate a manifest; raise ManifestError listing every problem.
+
+    `verdicts`: a folder (the cache's) remembering manifests that passed; the same bytes under the
+    same schema, xrun and YAML parser skip the JSON Schema check (and loading jsonschema) next time.
+    The rules a schema cannot express (files that must exist, …) are checked every time.
+    """
     file = Path(path).expanduser().absolute()
     text = _read(file)
     shown = str(Path(path))
     raw, lines = parse_yaml(text, shown)
-    problems = validate_document(raw, lines, file.parent)
+    verdict = SchemaVerdict.of(verdicts, text) if verdicts is not None else None
+    problems = validate_document(raw, lines, file.parent, schema_passed=verdict is not None and verdict.passed())
     if problems:
         raise ManifestError(
             f"{shown}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found",
             lines=[p.render(shown) for p in problems],
         )
+    if verdict is not None:
+        verdict.remember()
     return _to_manifest(file, text, raw)
+
+
+@dataclass(frozen=True)
+class SchemaVerdict:
+    """The remembered fact "these manifest bytes pass this schema": a file named and filled with its key."""
+
+    file: Path
+    key: str
+
+    @classmethod
+    def of(cls, folder: Path, text: bytes) -> "SchemaVerdict":
+        """The verdict slot of a manifest's bytes under the schema, xrun and PyYAML of this process."""
+        schema = (resource_dir("schemas") / "experiment.schema.json").read_bytes()
+        key = hashlib.sha256(b"\0".join((
+            b"xrun-manifest-schema-verdict/v1", __version__.encode(), yaml.__version__.encode(),
+            hashlib.sha256(schema).hexdigest().encode(), hashlib.sha256(text).hexdigest().encode(),
+        ))).hexdigest()
+        return cls(folder / key[:2] / key, key)
+
+    def passed(self) -> bool:
+        """True when this very check passed before (a file that is not exactly the key counts as never)."""
+        try:
+            return self.file.read_bytes() == self.key.encode()
+        except OSError:
+            return False
+
+    def remember(self) -> None:
+        """Record a pass, atomically; a cache that cannot be written only costs the check next time."""
+        if self.passed():
+            return
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            write_atomic(self.file, self.key.encode())
+        except OSError:
+            pass
 
 
 def _read(file: Path) -> bytes:
@@ -201,14 +248,15 @@ def _read(file: Path) -> bytes:
 # --- validation ------------------------------------------------------------------------------------
 
 
-def validate_document(raw: Any, lines: dict[str, int], root: Path) -> list[Problem]:
-    """Every problem of a parsed manifest: the JSON Schema's, then what a schema cannot check."""
+def validate_document(raw: Any, lines: dict[str, int], root: Path, *, schema_passed: bool = False) -> list[Problem]:
+    """Every problem of a parsed manifest: the JSON Schema's (unless known to pass), then what a schema cannot check."""
     if not isinstance(raw, dict):
         return [Problem("", "the manifest must be a YAML mapping (apiVersion, kind, name, …); see `xrun schema`", 1)]
     semantic = _semantic_problems(raw, lines, root)
     # A rule of ours that names a field says more than the schema's generic complaint about it.
     explained = {p.path for p in semantic}
-    problems = [p for p in schema_problems(raw, load_schema(), lines) if p.path not in explained] + semantic
+    schema = [] if schema_passed else schema_problems(raw, load_schema(), lines)
+    problems = [p for p in schema if p.path not in explained] + semantic
     # One line per problem, in file order; the same complaint twice helps no one.
     unique = {(p.line or 0, p.path, p.message): p for p in problems}
     return [unique[k] for k in sorted(unique, key=lambda k: (k[0], k[1]))]
@@ -216,6 +264,8 @@ def validate_document(raw: Any, lines: dict[str, int], root: Path) -> list[Probl
 
 def schema_problems(raw: Any, schema: dict[str, Any], lines: dict[str, int]) -> list[Problem]:
     """Translate JSON Schema errors into one-line problems with a field path, line and fix."""
+    import jsonschema
+
     validator = jsonschema.Draft202012Validator(schema)
     problems = []
     for error in validator.iter_errors(raw):

@@ -8,18 +8,20 @@ documented in docs/buildtype.md.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import json
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
-
-import jsonschema
 
 from runner.resources import resource_dir
 from runner.yamlfile import field_path
+
+if TYPE_CHECKING:  # loaded by the first check (prepare_check: while a run's training runs, off its critical path)
+    import jsonschema
 
 STATEMENT_TYPE = "https://in-toto.io/Statement/v1"
 PREDICATE_TYPE = "https://slsa.dev/provenance/v1"
@@ -242,13 +244,27 @@ def _schema() -> dict[str, Any]:
 @functools.lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
     # Same rules, resolved once: per-instance $ref lookups were half the time on 1,000 subjects.
+    import jsonschema
+
     return jsonschema.Draft202012Validator(inline_refs(_schema()))
 
 
 @functools.lru_cache(maxsize=1)
 def _subject_validator() -> jsonschema.Draft202012Validator:
+    import jsonschema
+
     schema = _schema()
     return jsonschema.Draft202012Validator(inline_refs({"$defs": schema["$defs"], "$ref": "#/$defs/subject"}))
+
+
+def prepare_check() -> None:
+    """Load jsonschema and build the statement's validators now, so that the first check does not wait for them.
+
+    Meant for a background thread: an error here is left for the check itself to raise (nothing is cached then).
+    """
+    with contextlib.suppress(Exception):
+        _validator()
+        _subject_validator()
 
 
 def inline_refs(schema: dict[str, Any]) -> dict[str, Any]:

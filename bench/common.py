@@ -8,6 +8,7 @@ import shutil
 import statistics
 import subprocess
 import time
+from collections.abc import Sequence
 from typing import Any, Callable
 
 
@@ -23,19 +24,18 @@ def median_s(fn: Callable[[], Any], runs: int, warmup: int = 1) -> float:
     return statistics.median(samples)
 
 
-def interleaved_medians(first: Callable[[], Any], second: Callable[[], Any], runs: int,
-                        warmup: int = 1) -> tuple[float, float]:
-    """Median wall times in seconds of two commands timed in turn (a, b, a, b, …) after `warmup` rounds."""
+def interleaved_medians(timed: Sequence[Callable[[], Any]], runs: int, warmup: int = 1) -> list[float]:
+    """Median wall times in seconds of commands timed in turn (a, b, …, a, b, …) after `warmup` rounds."""
     for _ in range(warmup):
-        first()
-        second()
-    samples: tuple[list[float], list[float]] = ([], [])
+        for fn in timed:
+            fn()
+    samples: list[list[float]] = [[] for _ in timed]
     for _ in range(runs):
-        for fn, into in ((first, samples[0]), (second, samples[1])):
+        for fn, into in zip(timed, samples):
             start = time.perf_counter()
             fn()
             into.append(time.perf_counter() - start)
-    return statistics.median(samples[0]), statistics.median(samples[1])
+    return [statistics.median(s) for s in samples]
 
 
 def row(what: str, xrun_s: float, baseline_s: float | None, goal: float | None, note: str = "",

@@ -207,12 +207,12 @@ def run_status(rec: RunRecord) -> str:
     """The STATUS cell: the run's status, and the scheduler's word where it adds to it."""
     sched = rec.scheduler
     if sched is None or sched.backend == "local":
-        return rec.status
-    if rec.status in ("submitted", "running"):
+        return str(rec.status)
+    if rec.status.unfinished:
         return f"{rec.status} ({sched.state})"
     if not sched.final:
         # The node has finished the run; a scheduler word older than that ("running") says nothing more.
-        return rec.status if rec.attestation else f"{rec.status} (not collected)"
+        return str(rec.status) if rec.attestation else f"{rec.status} (not collected)"
     return f"{rec.status} ({sched.state})"
 
 

@@ -624,7 +624,7 @@ def _runs_dir(args: argparse.Namespace) -> Path:
 def _cmd_runs_ls(args: argparse.Namespace) -> int:
     from runner.runs.store import list_runs
 
-    from runner.submit import refresh
+    from runner.backends import refresh
 
     runs = list_runs(_runs_dir(args))
     runs = [dataclasses.replace(r, record=refresh(r.path) or r.record) for r in runs]  # cluster runs: ask the scheduler
@@ -660,7 +660,7 @@ def _cmd_runs_diff(args: argparse.Namespace) -> int:
 
 
 
-# --- clusters: submit, node-run, collect, wait, cancel, logs, runs summary (runner/submit.py) ------
+# --- clusters: submit, node-run, collect, wait, cancel, logs, runs summary (runner/submit.py, backends/) -
 
 
 def _cluster_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
@@ -711,7 +711,7 @@ def _cluster_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
-    from runner.submit import SubmitOptions, format_submit, parse_seeds, submit
+    from runner.submit import SubmitOptions, parse_seeds, submit
 
     options = SubmitOptions(
         run=_run_options_from(args), backend=args.backend, seeds=parse_seeds(args.seeds) if args.seeds else (),
@@ -722,13 +722,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(result.to_json())
     else:
-        print(format_submit(result))
+        print(text.submitted(result))
     failed = [r for r in result.runs if r.state not in ("pending", "succeeded", "completed")]
     return 1 if failed and (args.wait or args.backend == "local") else 0
 
 
 def _cmd_node_run(args: argparse.Namespace) -> int:
-    from runner.backends.node import node_run
+    from runner.node import node_run
 
     summary = node_run(args.run_dir)
     print(f"xrun: run {summary.run_id} succeeded on this node; the statement awaits signing by the submitter "
@@ -779,20 +779,20 @@ def _cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
-    from runner.submit import stream_log
+    from runner.backends import attach
 
-    stream_log(_cluster_run(args), sys.stdout, follow=args.follow)
+    attach(_cluster_run(args)).logs(sys.stdout, follow=args.follow)
     return 0
 
 
 def _cmd_runs_summary(args: argparse.Namespace) -> int:
-    from runner.submit import format_sweep, summarize_sweep
+    from runner.runs.sweep import summarize_sweep
 
     summary = summarize_sweep(_runs_dir(args), args.run[0])
     if args.json:
         _print_json(summary.to_json())
     else:
-        print(format_sweep(summary))
+        print(text.sweep_summary(summary))
     return 1 if summary.failed else 0
 
 

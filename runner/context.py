@@ -8,7 +8,6 @@ This is the seam every backend plugs into.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -17,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner import hardware
 from runner.fetch import Cache, FetchOptions
-from runner.manifest import Manifest, load_manifest
+from runner.manifest import load_manifest
 from runner.plan import Plan, resolve_plan
 from runner.progress import ProgressSink, StderrProgress
 from runner.rundir import default_runs_dir
@@ -38,7 +37,6 @@ class RunOptions:
     quiet: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)
     reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
-    backend: str = "local"
     mlflow: str | None = None  # --mlflow URI (runner/trackers/track.py resolves the rest)
     seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
     cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
@@ -51,13 +49,6 @@ def signing_key_path(explicit: Path | None, environ: Mapping[str, str] = os.envi
         return explicit
     value = environ.get("XRUN_SIGNING_KEY")
     return Path(value) if value else None
-
-
-def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
-    """The manifest with seeds.global replaced (raw text and digest unchanged: the override is recorded apart)."""
-    if seed is None:
-        return manifest
-    return dataclasses.replace(manifest, seeds=dataclasses.replace(manifest.seeds, global_seed=seed))
 
 
 @dataclass(frozen=True)
@@ -80,7 +71,7 @@ class RunContext:
         from runner.attest import load_signer
         from runner.docker_client import docker_client
 
-        plan = resolve_plan(with_seed(load_manifest(manifest_path), options.seed))
+        plan = resolve_plan(load_manifest(manifest_path)).with_seed(options.seed)
         host = hardware.detect_host()
         mismatch = hardware.shortfalls(plan.hardware, host)
         if mismatch and not options.allow_hardware_mismatch:

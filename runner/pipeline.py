@@ -14,11 +14,10 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner.attest.statement import ProvenanceFacts
-from runner.backends.interface import Execution, get_backend
 from runner.build.image import BuiltImage
 from runner.context import RunContext, RunOptions, signing_key_path
 from runner.errors import IntegrityError, Interrupted, XrunError
-from runner.execute import raise_for_status
+from runner.execute import Execution, container_spec, raise_for_status, run_container
 from runner.fetch import FetchedData, changed_since_fetch, fetch_data
 from runner.outputs import Outputs, collect_outputs
 from runner.rundir import RunDir, create_run_dir, rfc3339, utc_now
@@ -28,9 +27,6 @@ from runner.wire import fields_to_wire
 
 __all__ = ["CompletedRun", "RunOptions", "RunSummary", "StageHooks", "new_record", "run_experiment", "run_in",
            "signing_key_path"]
-
-
-NODE_STATEMENT = "node.intoto.jsonl"  # a cluster node's unsigned statement, signed by the submitter (runner/submit.py)
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,7 @@ class CompletedRun:
 
 @dataclass(frozen=True)
 class StageHooks:
-    """What a backend's node side changes in the stages (runner/backends/slurm.py); the defaults are `xrun run`'s."""
+    """What a cluster node changes in the stages (runner/node.py); the defaults are `xrun run`'s."""
 
     image: Callable[[RunContext], BuiltImage] | None = None  # default: build (or find) the plan's image
     facts: Callable[[ProvenanceFacts], ProvenanceFacts] | None = None  # e.g. the cluster's builder id
@@ -133,7 +129,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
              else build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress))
     record.image_id = image.id
     labels = {"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name, RUNNER_LABEL: str(record.runner)}
-    execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
+    execution = _run_container(ctx, run, image, fetched, labels)
     _record_result(record, execution)
     raise_for_status(execution.result, plan.timeout_s)
     _check_inputs_unchanged(ctx, fetched)
@@ -160,6 +156,19 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
     )
 
 
+def _run_container(ctx: RunContext, run: RunDir, image: BuiltImage, fetched: tuple[FetchedData, ...],
+                   labels: dict[str, str]) -> Execution:
+    """The run stage on this host's engine (a cluster node runs it too: runner/node.py)."""
+    plan = ctx.plan
+    spec = container_spec(
+        image_id=image.id, command=plan.command, env=plan.env, workdir=plan.manifest.run.workdir,
+        hardware=plan.hardware, host=ctx.host, data_mounts=[(f.host_path, f.container_path) for f in fetched],
+        outputs_dir=run.outputs, timeout_s=plan.timeout_s, labels=labels,
+    )
+    result = run_container(ctx.client, spec, run.log, stream=not ctx.options.quiet, prefix=plan.manifest.name)
+    return Execution(spec=spec, result=result)
+
+
 def _check_inputs_unchanged(ctx: RunContext, fetched: tuple[FetchedData, ...]) -> None:
     """The data the training read must still be the verified bytes: a cache write during the run is exit 3."""
     changed = changed_since_fetch(ctx.cache, fetched)
@@ -183,7 +192,7 @@ def _finish(run: RunDir, record: RunRecord, status: str, reason: str) -> None:
     record.attestation = None
     record.save(run.record)
     # A partly written attestation must never outlive a failed run.
-    for path in (run.attestation, run.bundle, run.path / NODE_STATEMENT):
+    for path in (run.attestation, run.bundle, run.node_statement):
         try:
             path.unlink()
         except FileNotFoundError:

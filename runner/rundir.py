@@ -41,6 +41,11 @@ class RunDir:
     def bundle(self) -> Path:
         return self.path / "provenance.sigstore.json"
 
+    @property
+    def node_statement(self) -> Path:
+        """A cluster node's unsigned statement, checked and signed by the submitter (`xrun collect`)."""
+        return self.path / "node.intoto.jsonl"
+
 
 def new_run_id(now: datetime | None = None) -> str:
     """UTC timestamp plus a short random suffix: sortable and unique."""

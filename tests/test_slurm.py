@@ -23,7 +23,9 @@ from runner.context import RunOptions
 from runner.execute import managed_containers
 from runner.pipeline import run_experiment
 from runner.runs.record import RunRecord
-from runner.submit import SubmitOptions, cancel_run, refresh, submit, summarize_sweep, wait_run
+from runner.backends import refresh
+from runner.runs.sweep import summarize_sweep
+from runner.submit import SubmitOptions, cancel_run, submit, wait_run
 from test_run import write_experiment
 
 pytestmark = pytest.mark.docker

@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from runner.backends.interface import SubmitResult
     from runner.fetch import CacheEntry, FetchedData
     from runner.hardware import HardwareClass, Host
     from runner.pipeline import RunSummary
     from runner.reproduce import Report
     from runner.runs.store import RunInfo
+    from runner.runs.sweep import SweepSummary
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -183,4 +185,34 @@ def runs_diff(a: RunInfo, b: RunInfo, diff: dict[str, Any]) -> str:
     lines += [f"metric {key}: {d['a']} → {d['b']}" for key, d in diff["metrics"].items()]
     if not any(diff[k] for k in ("manifest", "plan", "host", "outputs", "metrics")):
         lines.append("no differences")
+    return "\n".join(lines)
+
+
+def sweep_summary(summary: SweepSummary) -> str:
+    """The text table of `xrun runs summary`."""
+    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
+             + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
+             + f" (seeds {', '.join(map(str, summary.seeds))})"]
+    header = ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]
+    rows = [[m.key, str(m.n), f"{m.mean:.6g}", f"{m.std:.6g}", f"{m.min:.6g}", f"{m.max:.6g}"] for m in summary.metrics]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, *rows]:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    for f in summary.failed:
+        lines.append(f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}")
+    return "\n".join(lines)
+
+
+def submitted(result: SubmitResult) -> str:
+    """The text `xrun submit` prints."""
+    head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
+    if result.sweep:
+        head += f", sweep {result.sweep} ({len(result.runs)} seeds)"
+    lines = [head, f"  image  {result.image_reference or result.image_id}"]
+    for path in result.rendered:
+        lines.append(f"  wrote  {path}")
+    for r in result.runs:
+        seed = f" seed {r.seed}" if r.seed is not None else ""
+        lines.append(f"  run    {r.run_id or '-'}{seed}  {r.state}" + (f"  {r.attestation}" if r.attestation else "")
+                     + (f"  ({r.error})" if r.error else ""))
     return "\n".join(lines)

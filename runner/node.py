@@ -1,79 +1,34 @@
-"""The node side of a cluster run: `xrun node-run RUN_DIR`, the local run on the submitted, frozen plan.
+"""The node side of a cluster run: `xrun node-run RUN_DIR`, the pipeline on the submitted, frozen plan.
 
-The submitter (runner/submit.py) prepared RUN_DIR on shared storage: the manifest copy, plan.json,
-run.json and job.json (the manifest's path, the seed, the plan digest, the image by ID and where to
-get it, the shared cache). Here xrun re-plans the manifest and refuses a different plan, gets the
+A caller of the pipeline, not a backend. The submitter (runner/submit.py, runner/backends/slurm.py)
+prepared RUN_DIR on shared storage: the manifest copy, plan.json, run.json and job.json (the
+manifest's path, the seed, the plan digest, the image by ID and where to get it, the shared cache). Here xrun re-plans the manifest and refuses a different plan, gets the
 image (pull by digest, or `docker load` from the shared directory) and refuses a different image
-ID (exit 3), then runs the very stages of `xrun run` (runner/pipeline.py run_in) with the local
-backend. The statement it writes is unsigned (node.intoto.jsonl): no key reaches a compute node;
+ID (exit 3), then runs the very stages of `xrun run` (runner/pipeline.py run_in) on this node's
+engine. The statement it writes is unsigned (node.intoto.jsonl): no key reaches a compute node;
 the submitter re-hashes the outputs and signs.
 """
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.backends.interface import JOB_FILE, NodeJob
+from runner.backends.slurm import job_from_env, with_slurm_builder
+from runner.build.distribute import ImageSource
+from runner.context import RunContext, RunOptions
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
-from runner.rundir import RunDir, rfc3339, utc_now, write_json
+from runner.fetch import FetchOptions
+from runner.pipeline import StageHooks, run_in
+from runner.rundir import RunDir, rfc3339, utc_now
 from runner.runs.record import RunRecord
-from runner.wire import fields_to_wire, snake
-
-JOB_FILE = "job.json"
-
-
-@dataclass(frozen=True)
-class ImageSource:
-    """The image the node must run: its ID, its tag, and where to get it."""
-
-    id: str  # sha256:… image ID: the node refuses any other
-    tag: str  # xrun/<name>:<build digest prefix>
-    reference: str | None = None  # REGISTRY/REPO@sha256:… when pushed (--registry)
-    archive: str | None = None  # a `docker save` archive in the shared directory otherwise
-
-
-@dataclass(frozen=True)
-class NodeJob:
-    """What the submitter hands to the node in job.json."""
-
-    manifest: str  # absolute path on shared storage
-    plan_digest: str
-    image: ImageSource
-    cache_dir: str
-    seed: int | None = None
-    allow_hardware_mismatch: bool = False
-
-    def to_json(self) -> dict[str, Any]:
-        """job.json (camelCase)."""
-        return fields_to_wire(self)
-
-    @classmethod
-    def load(cls, path: Path) -> "NodeJob":
-        """Read job.json; a usage error naming it when it is missing or malformed."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            values = {snake(k): v for k, v in data.items()}
-            values["image"] = ImageSource(**{snake(k): v for k, v in values["image"].items()})
-            return cls(**values)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UsageError(f"{path}: not a job file written by `xrun submit` ({exc})") from None
-
-    def save(self, path: Path) -> None:
-        """Write atomically."""
-        write_json(path, self.to_json())
+from runner.watchdog import runner_identity
 
 
 def node_run(run_dir: Path) -> Any:
     """Run the prepared run in run_dir on this node; the RunSummary (raises XrunError, recorded in run.json)."""
-    from runner.backends.slurm import job_from_env, with_slurm_builder
-    from runner.context import RunContext, RunOptions
-    from runner.fetch import FetchOptions
-    from runner.pipeline import NODE_STATEMENT, StageHooks, run_in
-    from runner.watchdog import runner_identity
-
     run_dir = run_dir.absolute()
     run = RunDir(run_dir.name, run_dir)
     record = RunRecord.load(run.record)
@@ -104,7 +59,7 @@ def node_run(run_dir: Path) -> Any:
     record.host, record.hardware_mismatch = ctx.host.to_json(), list(ctx.hardware_mismatch)
     record.save(run.record)
     facts = (lambda f: with_slurm_builder(f, slurm, run.run_id, job.image.reference)) if slurm else None
-    hooks = StageHooks(image=lambda c: ensure_image(c, job.image), facts=facts, attestation=NODE_STATEMENT)
+    hooks = StageHooks(image=lambda c: ensure_image(c, job.image), facts=facts, attestation=run.node_statement.name)
     return run_in(ctx, run, record, hooks)
 
 

@@ -1,0 +1,115 @@
+"""Seed sweeps as a thing: the members of one sweep, found by id, and their statistics (`xrun runs summary`)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UsageError
+from runner.runs.record import RunRecord
+from runner.wire import fields_to_wire
+
+
+@dataclass(frozen=True)
+class MetricSummary:
+    """One metric key across a sweep's succeeded members."""
+
+    key: str  # FILE:KEY
+    n: int
+    mean: float
+    std: float  # sample standard deviation (n - 1); 0 for one value
+    min: float
+    max: float
+
+
+@dataclass(frozen=True)
+class FailedMember:
+    """A member that ended without succeeding, and why."""
+
+    run_id: str
+    seed: int | None
+    state: str
+    error: str | None
+
+
+@dataclass(frozen=True)
+class SweepSummary:
+    """`xrun runs summary SWEEP`."""
+
+    sweep: str
+    members: int
+    succeeded: int
+    unfinished: int  # pending or running: not in the statistics yet
+    seeds: tuple[int, ...]
+    metrics: tuple[MetricSummary, ...]
+    failed: tuple[FailedMember, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict[str, Any]:
+        """The `--json` object."""
+        return fields_to_wire(self)
+
+
+def sweep_ids(runs_dir: Path) -> dict[str, list[Path]]:
+    """Every sweep under runs_dir → its members' run directories (as run.json says, without asking a scheduler)."""
+    found: dict[str, list[Path]] = {}
+    if runs_dir.is_dir():
+        for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
+            record = RunRecord.load(path / "run.json")
+            if record is not None and record.scheduler is not None and record.scheduler.sweep:
+                found.setdefault(record.scheduler.sweep, []).append(path)
+    return found
+
+
+def find_sweep(runs_dir: Path, ref: str) -> tuple[str, list[Path]] | None:
+    """The sweep named ref (its exact id first, else a unique id prefix) and its members; None when none matches."""
+    sweeps = sweep_ids(runs_dir)
+    if ref in sweeps:
+        return ref, sweeps[ref]
+    matches = [s for s in sweeps if s.startswith(ref)]
+    if len(matches) > 1:
+        raise UsageError(f"{ref!r} matches {len(matches)} sweeps under {runs_dir}; give more of the sweep id")
+    return (matches[0], sweeps[matches[0]]) if matches else None
+
+
+def sweep_members(runs_dir: Path, sweep: str) -> list[tuple[Path, RunRecord]]:
+    """The runs of one sweep (id or unique id prefix), by array index, with the scheduler's current word."""
+    from runner.backends import refresh
+
+    found = find_sweep(runs_dir, sweep)
+    if found is None:
+        raise UsageError(f"no seed sweep {sweep!r} under {runs_dir}; `xrun runs ls` shows sweep ids")
+    members = [(path, record) for path in found[1] if (record := refresh(path)) is not None]
+    return sorted(members, key=lambda m: m[1].scheduler.array_index or 0 if m[1].scheduler else 0)
+
+
+def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
+    """Mean, std, min, max and n per metric key across the sweep's succeeded members; failed members listed."""
+    from runner.backends.interface import run_state
+
+    members = sweep_members(runs_dir, sweep)
+    values: dict[str, list[float]] = {}
+    failed: list[FailedMember] = []
+    succeeded = unfinished = 0
+    for _, record in members:
+        sched = record.scheduler
+        assert sched is not None
+        if record.status in ("submitted", "running") and not sched.final:
+            unfinished += 1
+            continue
+        if record.status != "succeeded" or sched.state in ("failed", "cancelled", "timed-out"):
+            failed.append(FailedMember(record.run_id, sched.seed, run_state(record), record.error))
+            continue
+        succeeded += 1
+        for file, metrics in sorted(record.metrics.items()):
+            for key, value in metrics.items():
+                if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+                    values.setdefault(f"{file}:{key}", []).append(float(value))
+    rows = tuple(MetricSummary(key=k, n=len(v), mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0,
+                               min=min(v), max=max(v)) for k, v in sorted(values.items()))
+    sweep_id = members[0][1].scheduler.sweep  # type: ignore[union-attr]
+    seeds = tuple(r.scheduler.seed for _, r in members if r.scheduler and r.scheduler.seed is not None)
+    return SweepSummary(sweep=str(sweep_id), members=len(members), succeeded=succeeded, unfinished=unfinished,
+                        seeds=seeds, metrics=rows, failed=tuple(failed))

@@ -21,10 +21,11 @@ from runner.build.distribute import ImageSource
 from runner.context import RunContext, RunOptions
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.fetch import FetchOptions
-from runner.pipeline import StageHooks, run_in
+from runner.engine.labels import runner_identity
+from runner.pipeline import run_in
 from runner.rundir import RunDir, rfc3339, utc_now
 from runner.runs.record import RunRecord
-from runner.watchdog import runner_identity
+from runner.stages import StageHooks
 
 
 def node_run(run_dir: Path) -> Any:

@@ -12,10 +12,10 @@ if TYPE_CHECKING:
     from runner.backends.interface import SubmitResult
     from runner.fetch import CacheEntry, FetchedData
     from runner.hardware import HardwareClass, Host
-    from runner.pipeline import RunSummary
     from runner.reproduce import Report
     from runner.runs.store import RunInfo
     from runner.runs.sweep import SweepSummary
+    from runner.stages import RunSummary
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:

@@ -723,8 +723,9 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         _print_json(result.to_json())
     else:
         print(text.submitted(result))
+    # Without --wait a cluster's runs are pending: only runs that ended can have failed.
     failed = [r for r in result.runs if r.state not in ("pending", "succeeded", "completed")]
-    return 1 if failed and (args.wait or args.backend == "local") else 0
+    return 1 if failed else 0
 
 
 def _cmd_node_run(args: argparse.Namespace) -> int:

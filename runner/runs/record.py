@@ -35,7 +35,7 @@ class SchedulerInfo:
         """The id Slurm's tools accept for this one member: JOB or JOB_INDEX."""
         if self.job_id is None:
             return None
-        return self.job_id if self.array_index is None or self.backend != "slurm" else f"{self.job_id}_{self.array_index}"
+        return self.job_id if self.array_index is None else f"{self.job_id}_{self.array_index}"
 
     @property
     def final(self) -> bool:

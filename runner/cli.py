@@ -273,7 +273,8 @@ def _tracking_and_report_commands(sub: Any, runs_sub: Any, command: Any) -> None
 
     p = command("report", "write one self-contained HTML page about runs: metrics plots, outputs, provenance",
                 "xrun report --sweep mnist --key xrun.pub --out report.html", _cmd_report)
-    p.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest'")
+    p.add_argument("run", nargs="*", metavar="RUN|SWEEP", help="run ids, seed sweep ids (every member), id prefixes, "
+                   "paths or 'latest'")
     p.add_argument("--sweep", action="append", default=[], metavar="NAME",
                    help="every finished run of the experiment NAME (e.g. one per seed; repeatable)")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default: report.html)")
@@ -691,15 +692,19 @@ def _cluster_commands(command: Callable[..., argparse.ArgumentParser]) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
 
     for name, help_text, example, handler in (
-        ("collect", "check a finished cluster run's outputs against the node's statement and sign it here",
-         "xrun collect latest --key xrun.key", _cmd_collect),
-        ("wait", "wait until a cluster run's job ends, then collect it (sign with --key)",
+        ("collect", "check a finished cluster run's (or every sweep member's) outputs and dependencies against "
+         "the node's statement and sign it here; exit 3 when a statement is refused",
+         "xrun collect 20261129T171800Z-ab12cd --key xrun.key   # a run, or a whole sweep", _cmd_collect),
+        ("wait", "wait until a cluster run's job (or every sweep member) ends, then collect it (sign with --key)",
          "xrun wait 20261129T171800Z-ab12cd --key xrun.key", _cmd_wait),
-        ("cancel", "cancel a cluster run's job (scancel)", "xrun cancel 20261129T171800Z-ab12cd", _cmd_cancel),
-        ("logs", "print a cluster run's job log (-f: follow until the job ends)", "xrun logs latest -f", _cmd_logs),
+        ("cancel", "cancel a cluster run's job, or every member of a sweep (scancel)",
+         "xrun cancel 20261129T171800Z-ab12cd", _cmd_cancel),
+        ("logs", "print a cluster run's job log, or each sweep member's (-f: follow until the job ends)",
+         "xrun logs latest -f", _cmd_logs),
     ):
         q = command(name, help_text, example, handler)
-        q.add_argument("run", metavar="RUN", help="run id, id prefix, run directory or 'latest'")
+        q.add_argument("run", metavar="RUN|SWEEP", help="run id, sweep id (every member), id prefix, run directory "
+                       "or 'latest'; an exact id wins over a prefix")
         q.add_argument("--manifest", type=Path, default=Path("experiment.yaml"),
                        help="the experiment whose runs to use (default: ./experiment.yaml)")
         q.add_argument("--runs-dir", type=Path, help="the runs directory (default: <manifest folder>/.xrun/runs)")
@@ -737,52 +742,62 @@ def _cmd_node_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_run(args: argparse.Namespace) -> Path:
-    from runner.runs.store import find_run
+def _cluster_runs(args: argparse.Namespace) -> list[Path]:
+    """RUN or SWEEP: one run directory, or every member of the sweep by array index (exact ids before prefixes)."""
+    from runner.runs.store import find_runs
 
-    return find_run(_runs_dir(args), args.run).path
+    return [r.path for r in find_runs(_runs_dir(args), args.run)]
 
 
 def _cmd_collect(args: argparse.Namespace) -> int:
-    from runner.submit import collect
+    from runner.submit import collect_runs
 
     password = os.environ.get("XRUN_KEY_PASSWORD")
-    result = collect(_cluster_run(args), key=args.key, key_password=password.encode() if password else None)
-    return _print_collected(args, result)
+    results = collect_runs(_cluster_runs(args), key=args.key, key_password=password.encode() if password else None)
+    return _print_collected(args, results)
 
 
 def _cmd_wait(args: argparse.Namespace) -> int:
-    from runner.submit import wait_run
+    from runner.submit import wait_runs
 
     password = os.environ.get("XRUN_KEY_PASSWORD")
-    result = wait_run(_cluster_run(args), key=args.key, key_password=password.encode() if password else None)
-    return _print_collected(args, result)
+    results = wait_runs(_cluster_runs(args), key=args.key, key_password=password.encode() if password else None)
+    return _print_collected(args, results)
 
 
-def _print_collected(args: argparse.Namespace, result: Any) -> int:
+def _print_collected(args: argparse.Namespace, results: list[Any]) -> int:
+    from runner.errors import EXIT_INTEGRITY
     from runner.wire import to_wire
 
     if args.json:
-        _print_json(to_wire(result))
+        _print_json(to_wire(results[0]) if len(results) == 1 else [to_wire(r) for r in results])
     else:
-        print(f"run {result.run_id}: {result.state}" + (f", attestation {result.attestation}" if result.attestation
-                                                        else f" ({result.error})" if result.error else ""))
-    return 0 if result.attestation else 1
+        for result in results:
+            print(f"run {result.run_id}: {result.state}" + (
+                f", attestation {result.attestation}" if result.attestation
+                else f", REFUSED: {result.error}" if result.refused else f" ({result.error})" if result.error else ""))
+    if any(r.refused for r in results):
+        return EXIT_INTEGRITY
+    return 0 if all(r.attestation for r in results) else 1
 
 
 def _cmd_cancel(args: argparse.Namespace) -> int:
-    from runner.submit import cancel_run
+    from runner.submit import cancel_runs
 
-    record = cancel_run(_cluster_run(args))
-    job = record.scheduler.job_ref if record.scheduler else "?"
-    print(f"run {record.run_id}: cancel requested for job {job}")
+    for record in cancel_runs(_cluster_runs(args)):
+        job = record.scheduler.job_ref if record.scheduler else "?"
+        print(f"run {record.run_id}: cancel requested for job {job}")
     return 0
 
 
 def _cmd_logs(args: argparse.Namespace) -> int:
     from runner.backends import attach
 
-    attach(_cluster_run(args)).logs(sys.stdout, follow=args.follow)
+    run_dirs = _cluster_runs(args)
+    for run_dir in run_dirs:
+        if len(run_dirs) > 1:
+            print(f"==> {run_dir.name} <==", flush=True)
+        attach(run_dir).logs(sys.stdout, follow=args.follow)
     return 0
 
 

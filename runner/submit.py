@@ -14,19 +14,22 @@ from __future__ import annotations
 import dataclasses
 import os
 import tempfile
+import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from runner.backends import attach, get_backend
-from runner.backends.interface import Distribution, Prepared, SubmitOptions, SubmitResult, SubmittedRun
-from runner.errors import EnvironmentProblem, UsageError
+from runner.backends.interface import (POLL_MAX_S, POLL_S, Distribution, Handle, Prepared, SubmitOptions,
+                                       SubmitResult, SubmittedRun, run_state)
+from runner.errors import EnvironmentProblem, IntegrityError, UsageError
 from runner.runs.record import RunRecord
 
 if TYPE_CHECKING:
     from runner.attest.keys import Signer
 
-__all__ = ["MAX_SEEDS", "SubmitOptions", "SubmitResult", "SubmittedRun", "cancel_run", "collect", "load_signer_for",
-           "parse_seeds", "prepare", "shared_cache", "submit", "wait_run"]
+__all__ = ["MAX_SEEDS", "SubmitOptions", "SubmitResult", "SubmittedRun", "cancel_run", "cancel_runs", "collect",
+           "collect_runs", "load_signer_for", "parse_seeds", "prepare", "shared_cache", "submit", "wait_run", "wait_runs"]
 
 MAX_SEEDS = 10_000
 
@@ -60,16 +63,10 @@ def submit(manifest: Path, options: SubmitOptions) -> SubmitResult:
     result = backend.submit(prepare(manifest, options, backend.distribution))
     if not options.wait:
         return result
-    signer = load_signer_for(options.run.key, options.run.key_password)
-    return dataclasses.replace(result, runs=tuple(_wait_and_collect(r, signer) for r in result.runs))
-
-
-def _wait_and_collect(run: SubmittedRun, signer: Signer | None) -> SubmittedRun:
-    if not run.run_id:  # a local member that failed before its run directory existed
-        return run
-    handle = attach(run.run_dir)
-    handle.wait()
-    return handle.collect(signer)
+    followed = [r for r in result.runs if r.run_id]  # not a local member that failed before its run directory
+    done = {r.run_dir: r for r in wait_runs([r.run_dir for r in followed], key=options.run.key,
+                                            key_password=options.run.key_password)}
+    return dataclasses.replace(result, runs=tuple(done.get(r.run_dir, r) if r.run_id else r for r in result.runs))
 
 
 def load_signer_for(key: Path | None, password: bytes | None) -> Signer | None:
@@ -88,14 +85,55 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
 
 def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = None) -> SubmittedRun:
     """Block until the scheduler is done with the run's job, then collect it (sign when a key is given)."""
-    handle = attach(run_dir)
-    handle.wait()
-    return handle.collect(load_signer_for(key, key_password))
+    return wait_runs([run_dir], key=key, key_password=key_password)[0]
 
 
 def cancel_run(run_dir: Path) -> RunRecord:
     """Ask the run's scheduler to stop it (scancel for Slurm); the run's record."""
     return attach(run_dir).cancel()
+
+
+def collect_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: bytes | None = None,
+                 signer: Signer | None = None) -> list[SubmittedRun]:
+    """Collect every run in one process (the key loaded once); a member whose statement is refused is reported
+    (refused, nothing signed) and the others are still collected. One run alone raises the refusal."""
+    signer = signer or load_signer_for(key, key_password)
+    done = []
+    for run_dir in run_dirs:
+        handle = attach(run_dir)
+        try:
+            done.append(handle.collect(signer))
+        except IntegrityError as exc:
+            if len(run_dirs) == 1:
+                raise
+            record = handle.record()
+            sched = record.scheduler
+            done.append(SubmittedRun(record.run_id, run_dir, sched.seed if sched else None,
+                                     sched.job_ref if sched else None, run_state(record), error=exc.message,
+                                     refused=True))
+    return done
+
+
+def wait_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: bytes | None = None,
+              poll_s: float = POLL_S) -> list[SubmittedRun]:
+    """Block until the scheduler is done with every run, then collect them all (`xrun wait RUN|SWEEP`)."""
+    signer = load_signer_for(key, key_password)  # a wrong password fails now, not after the jobs
+    pending = [attach(d) for d in run_dirs]
+    # Short jobs are seen finished soon; long ones do not poll the controller more than every POLL_MAX_S.
+    while pending:
+        kinds: dict[type[Handle], list[Handle]] = {}
+        for handle in pending:
+            kinds.setdefault(type(handle), []).append(handle)
+        pending = [h for kind, group in kinds.items() for h, r in zip(group, kind.states(group)) if not h.finished(r)]
+        if pending:
+            time.sleep(poll_s)
+            poll_s = min(poll_s * 1.5, POLL_MAX_S)
+    return collect_runs(run_dirs, key=None, signer=signer)
+
+
+def cancel_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:
+    """Ask the scheduler to stop every run (`xrun cancel RUN|SWEEP`); their records."""
+    return [attach(d).cancel() for d in run_dirs]
 
 
 def prepare(manifest: Path, options: SubmitOptions, distribution: Distribution) -> Prepared:

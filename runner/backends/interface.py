@@ -13,6 +13,7 @@ import abc
 import enum
 import json
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, ClassVar
@@ -81,6 +82,7 @@ class SubmittedRun:
     state: str  # scheduler state, or the run's status for local runs
     attestation: Path | None = None
     error: str | None = None
+    refused: bool = False  # collect found the node's statement untrustworthy (exit 3): nothing was signed
 
 
 @dataclass(frozen=True)
@@ -155,6 +157,11 @@ class Handle(abc.ABC):
     def state(self) -> RunRecord:
         """run.json with the scheduler's current word in it (a backend without a scheduler: as on disk)."""
         return self.record()
+
+    @classmethod
+    def states(cls, handles: Sequence[Handle]) -> list[RunRecord]:
+        """The current record of each run (a scheduler is asked once for all of them where it can be)."""
+        return [h.state() for h in handles]
 
     def finished(self, record: RunRecord) -> bool:
         """Whether nothing more will happen to the run (the scheduler is done with it)."""

@@ -406,13 +406,25 @@ class SlurmHandle(Handle):
 
     def state(self) -> RunRecord:
         """run.json with the scheduler's word; written only once the job is over (the node owns it before)."""
-        record = self.record()
-        sched = record.scheduler
-        if sched is None or sched.final or not sched.job_id or shutil.which("squeue") is None:
-            return record
+        return self.states([self])[0]
+
+    @classmethod
+    def states(cls, handles: Sequence[Handle]) -> list[RunRecord]:
+        """Every run's record with the scheduler's word, from one squeue (and sacct) call for all their jobs."""
+        records = [h.record() for h in handles]
+        jobs = [r.scheduler.job_id for r in records if r.scheduler and not r.scheduler.final and r.scheduler.job_id]
+        if not jobs or shutil.which("squeue") is None:
+            return records
         try:
-            states = job_states([sched.job_id])
+            states = job_states(jobs)
         except XrunError:
+            return records
+        return [h.apply(r, states) if isinstance(h, SlurmHandle) else r for h, r in zip(handles, records)]
+
+    def apply(self, record: RunRecord, states: Mapping[str, JobState]) -> RunRecord:
+        """The record with the scheduler's word on its job; saved when the job is over."""
+        sched = record.scheduler
+        if sched is None or sched.final or not sched.job_id:
             return record
         state = states.get(sched.job_ref or "")
         if state is None:

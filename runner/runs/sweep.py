@@ -52,37 +52,19 @@ class SweepSummary:
         return fields_to_wire(self)
 
 
-def sweep_ids(runs_dir: Path) -> dict[str, list[Path]]:
-    """Every sweep under runs_dir → its members' run directories (as run.json says, without asking a scheduler)."""
-    found: dict[str, list[Path]] = {}
-    if runs_dir.is_dir():
-        for path in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
-            record = RunRecord.load(path / "run.json")
-            if record is not None and record.scheduler is not None and record.scheduler.sweep:
-                found.setdefault(record.scheduler.sweep, []).append(path)
-    return found
-
-
-def find_sweep(runs_dir: Path, ref: str) -> tuple[str, list[Path]] | None:
-    """The sweep named ref (its exact id first, else a unique id prefix) and its members; None when none matches."""
-    sweeps = sweep_ids(runs_dir)
-    if ref in sweeps:
-        return ref, sweeps[ref]
-    matches = [s for s in sweeps if s.startswith(ref)]
-    if len(matches) > 1:
-        raise UsageError(f"{ref!r} matches {len(matches)} sweeps under {runs_dir}; give more of the sweep id")
-    return (matches[0], sweeps[matches[0]]) if matches else None
-
-
 def sweep_members(runs_dir: Path, sweep: str) -> list[tuple[Path, RunRecord]]:
-    """The runs of one sweep (id or unique id prefix), by array index, with the scheduler's current word."""
+    """The runs of one sweep (its id, a unique prefix, or one member's id), by array index, with the scheduler's
+    current word."""
     from runner.backends import refresh
+    from runner.runs.store import find_runs
 
-    found = find_sweep(runs_dir, sweep)
-    if found is None:
-        raise UsageError(f"no seed sweep {sweep!r} under {runs_dir}; `xrun runs ls` shows sweep ids")
-    members = [(path, record) for path in found[1] if (record := refresh(path)) is not None]
-    return sorted(members, key=lambda m: m[1].scheduler.array_index or 0 if m[1].scheduler else 0)
+    runs = find_runs(runs_dir, sweep)
+    sched = runs[0].record.scheduler
+    if sched is None or not sched.sweep:
+        raise UsageError(f"{sweep!r} is a run, not a seed sweep; `xrun runs ls` shows sweep ids")
+    if len(runs) == 1:  # one member named: its sweep
+        runs = find_runs(runs_dir, sched.sweep)
+    return [(r.path, refresh(r.path) or r.record) for r in runs]
 
 
 def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:

@@ -10,7 +10,7 @@ import os
 import re
 import shutil
 import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +120,61 @@ def build_digest_of(plan_json: dict[str, Any]) -> str:
     keyed = {k: plan_json[k] for k in ("image", "lockfile")} | {"code": plan_json["code"]["digest"],
                                                                    "xrun": __version__}
     return hashlib.sha256(canonical_json(keyed)).hexdigest()
+
+
+@dataclass(frozen=True)
+class PlanRecord:
+    """A run directory's plan.json read back: the fields xrun reads from it, and the object as written.
+
+    The one reader of plan.json. A Plan cannot be rebuilt from it (it holds the code tree's digest,
+    not its files), so this is the typed view of the file, as RunRecord is of run.json.
+    """
+
+    raw: dict[str, Any]  # the object as written: `runs show` prints it, `runs diff` compares it
+    name: str | None = None
+    seed: int | None = None
+    git_commit: str | None = None
+    data_digests: dict[str, str] = field(default_factory=dict)  # item name → "algo:hex", the strongest pinned
+    outputs: tuple[OutputSpec, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PlanRecord":
+        """Read a plan.json object; missing or mistyped fields read as unset."""
+        code = _mapping(data.get("code"))
+        seed = _mapping(data.get("seeds")).get("global", data.get("seed"))
+        commit = code.get("gitCommit") or code.get("git_commit")  # plans before 0.2 spelled it snake_case
+        digests = {}
+        for item in (i for i in _list(data.get("data")) if isinstance(i, dict)):
+            pinned = _mapping(item.get("digests"))
+            algorithm = next((a for a in ("sha256", "sha512", "md5") if a in pinned), None)
+            if algorithm is not None:
+                digests[str(item.get("name"))] = f"{algorithm}:{pinned[algorithm]}"
+        outputs = tuple(OutputSpec(str(o["path"]), bool(o.get("metrics", False)), dict(o.get("tolerance") or {}))
+                        for o in _list(data.get("outputs")) if isinstance(o, dict) and "path" in o)
+        return cls(raw=data, name=data.get("name") if isinstance(data.get("name"), str) else None,
+                   seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                   git_commit=commit if isinstance(commit, str) else None, data_digests=digests, outputs=outputs)
+
+    @classmethod
+    def load(cls, path: Path) -> "PlanRecord | None":
+        """The plan.json at path, or None when it is missing or not a JSON object."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cls.from_json(data) if isinstance(data, dict) else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The object as written."""
+        return self.raw
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
 
 
 def canonical_json(value: Any) -> bytes:

@@ -10,6 +10,8 @@ import sys
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from runner.redact import redact
+
 
 class ProgressSink(Protocol):
     """Where library code reports what a person should see."""
@@ -33,16 +35,16 @@ class StderrProgress:
     def info(self, message: str) -> None:
         """Print unless quiet."""
         if not self.quiet:
-            print(f"xrun: {message}", file=sys.stderr, flush=True)
+            print(f"xrun: {redact(message)}", file=sys.stderr, flush=True)
 
     def warn(self, message: str) -> None:
         """Always print."""
-        print(f"xrun: warning: {message}", file=sys.stderr, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=sys.stderr, flush=True)
 
     def detail(self, message: str) -> None:
         """Print indented unless quiet."""
         if not self.quiet:
-            print(f"  {message}", file=sys.stderr, flush=True)
+            print(f"  {redact(message)}", file=sys.stderr, flush=True)
 
 
 @dataclass

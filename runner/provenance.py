@@ -20,6 +20,7 @@ from runner.hashing import hash_tree, tree_digest
 from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
 from runner.plan import ImageRef, Plan, canonical_json
+from runner.redact import redact
 
 if TYPE_CHECKING:
     from runner.context import RunContext
@@ -73,7 +74,7 @@ def data_uri(reference: str) -> str | None:
     """A remote data reference as its URI; None for a local file (a host or manifest-relative path means
     nothing to a verifier: the digest identifies it, and the manifest says where it was read from)."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", reference) and not reference.lower().startswith("file:"):
-        return reference
+        return redact(reference)
     return None
 
 

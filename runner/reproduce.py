@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import tempfile
@@ -14,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from runner.attest.recorded import RecordedRun
+from runner.attest.recorded import RecordedRun, read_statement
 from runner.errors import IntegrityError, UsageError
 from runner.manifest import MAX_MANIFEST_BYTES
 from runner.runs.record import RunRecord
@@ -90,22 +89,6 @@ class Report:
                         for r in self.outputs],
             "changedInputs": [{"name": c.name, "recorded": c.recorded, "now": c.now} for c in self.changes],
         }
-
-
-# --- reading attestations --------------------------------------------------------------------------
-
-
-def read_statement(path: Path) -> dict[str, Any]:
-    """The in-toto statement inside a .intoto.jsonl envelope or a Sigstore bundle (signature not checked)."""
-    from runner.attest import read_attestation
-
-    try:
-        statement = json.loads(read_attestation(path).envelopes[0].payload)
-    except (ValueError, IndexError):
-        raise IntegrityError(f"{path}: not a DSSE envelope or Sigstore bundle holding an in-toto statement") from None
-    if not isinstance(statement, dict) or "predicate" not in statement:
-        raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
-    return statement
 
 
 # --- choosing the manifest -------------------------------------------------------------------------

@@ -13,6 +13,8 @@ from typing import Any
 
 from runner.errors import UsageError
 
+PLAN_FILE = "plan.json"  # Plan.to_json() as the run was planned; read back by plan.PlanRecord
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -28,6 +30,10 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / "logs" / "run.log"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / PLAN_FILE
 
     @property
     def record(self) -> Path:
@@ -70,7 +76,7 @@ def create_run_dir(runs_dir: Path, manifest_text: bytes, plan_json: dict[str, An
                          "choose another with --runs-dir") from None
     run = RunDir(run_id, path)
     write_atomic(path / "manifest.yaml", manifest_text)
-    write_json(path / "plan.json", plan_json)
+    write_json(run.plan, plan_json)
     return run
 
 

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 
 from runner.attest import generate_keypair
-from runner.attest.recorded import RecordedRun
+from runner.attest.recorded import RecordedRun, read_statement
 from runner.build.bootstrap import DebPackage
 from runner.build.rebuild import file_changes, package_changes
 from runner.cli import main
-from runner.reproduce import read_statement
 from wheelmaker import make_wheel
 
 pytestmark = pytest.mark.docker

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from runner.attest import generate_keypair
+from runner.attest.recorded import read_statement
 from runner.pipeline import RunOptions, run_experiment
-from runner.reproduce import read_statement, reproduce
+from runner.reproduce import reproduce
 from tests.test_run import write_experiment
 
 pytestmark = pytest.mark.docker

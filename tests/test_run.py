@@ -215,7 +215,7 @@ def _local_wheel_experiment(root: Path, base_image: str, wheel_line: str) -> Pat
 
 def test_local_wheel_in_a_requirements_lock_runs_and_attests(tmp_path, base_image, cache_env):
     from runner.attest import generate_keypair
-    from runner.reproduce import read_statement
+    from runner.attest.recorded import read_statement
     from tests.wheelmaker import make_wheel
 
     root = tmp_path / "exp"

@@ -89,7 +89,7 @@ class RebuildReport:
 
 
 def _statement(attestation: Path, keys: list[Path]) -> dict[str, Any]:
-    from runner.reproduce import read_statement
+    from runner.attest.recorded import read_statement
 
     if not keys:
         return read_statement(attestation)

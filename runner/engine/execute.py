@@ -248,10 +248,21 @@ def _remove_labelled(client: Any, labels: dict[str, str]) -> None:
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
+    # Iterative: the training may leave a 10,000-deep tree (os.walk recursed until RecursionError);
+    # past PATH_MAX a folder cannot be listed and is skipped (collect_outputs refuses such a tree).
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError:
+            continue
+        for entry in found:
             try:
-                os.lchown(os.path.join(dirpath, name), uid, gid)
+                os.lchown(entry.path, uid, gid)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
             except OSError:
                 pass
     os.chown(root, uid, gid)

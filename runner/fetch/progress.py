@@ -7,6 +7,7 @@ import threading
 from typing import IO, Any, Protocol
 
 from runner.fetch.interface import FetchOptions
+from runner.redact import redact
 
 
 class Task(Protocol):
@@ -68,7 +69,7 @@ class NullReporter:
 
     def warn(self, message: str) -> None:
         """Printed on stderr: a warning is never dropped."""
-        print(f"xrun: warning: {message}", file=sys.stderr, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "NullReporter":
         return self
@@ -120,11 +121,11 @@ class RichReporter:
 
     def note(self, message: str) -> None:
         """Printed above the bars."""
-        self._progress.console.print(f"xrun: {message}", highlight=False, markup=False)
+        self._progress.console.print(f"xrun: {redact(message)}", highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
         """Printed above the bars."""
-        self._progress.console.print(f"xrun: warning: {message}", highlight=False, markup=False, soft_wrap=True)
+        self._progress.console.print(f"xrun: warning: {redact(message)}", highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self) -> "RichReporter":
         with self._lock:
@@ -148,11 +149,11 @@ class LineReporter:
 
     def note(self, message: str) -> None:
         """One line on stderr."""
-        print(f"xrun: {message}", file=self._stream, flush=True)
+        print(f"xrun: {redact(message)}", file=self._stream, flush=True)
 
     def warn(self, message: str) -> None:
         """One line on stderr."""
-        print(f"xrun: warning: {message}", file=self._stream, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=self._stream, flush=True)
 
     def __enter__(self) -> "LineReporter":
         return self

@@ -120,7 +120,7 @@ class S3Fetcher(Fetcher):
             body.close()
             raise
 
-    def _stream(self, response: dict[str, Any], body: Any, offset: int) -> S3Stream:
+    def _stream(self, response: Mapping[str, Any], body: Any, offset: int) -> S3Stream:
         content_range = response.get("ContentRange")
         validator = response.get("ETag")
         if content_range:

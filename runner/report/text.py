@@ -9,13 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from runner.backends.interface import SubmitResult
+    from runner.build.export import Published
     from runner.fetch import CacheEntry, FetchedData
-    from runner.hardware import HardwareClass, Host
+    from runner.report.html import WrittenReport
+    from runner.report.views import HardwareView, KeyPair, Validation
     from runner.reproduce import Report
+    from runner.runs.record import RunRecord
     from runner.runs.store import RunInfo
-    from runner.runs.sweep import SweepSummary
     from runner.stages import RunSummary
+    from runner.backends.interface import SubmitResult, SubmittedRun
+    from runner.runs.sweep import SweepSummary
+    from runner.trackers.track import SyncResult
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -85,13 +89,30 @@ def plan_summary(data: dict[str, Any], digest: str) -> str:
     return "\n".join(lines)
 
 
-def hardware_catalog(classes: Iterable[HardwareClass], host: Host, fits: dict[str, bool]) -> str:
+def validated(results: Iterable[Validation]) -> str:
+    """`xrun validate`: one line per valid manifest (the invalid ones went to stderr as errors)."""
+    return "\n".join(f"{r.manifest}: valid ({r.name}, sha256:{(r.sha256 or '')[:12]})" for r in results if r.valid)
+
+
+def hardware_catalog(view: HardwareView) -> str:
     """`xrun hardware`: the classes, whether this host fits each, and the host."""
-    rows = [[c.name, c.cpus, c.memory_gib, c.gpus, c.gpu_model or "-", "yes" if fits[c.name] else "no",
-             c.description] for c in classes]
+    host = view.host
+    rows = [[c.name, c.cpus, c.memory_gib, c.gpus, c.gpu_model or "-", "yes" if view.fits[c.name] else "no",
+             c.description] for c in view.classes.values()]
     gpus = ", ".join(g.name for g in host.gpus) or "none"
     return (table(rows, ["CLASS", "CPUS", "MEM GiB", "GPUS", "GPU MODEL", "FITS HOST", "DESCRIPTION"])
             + f"\n\nhost: {host.cpu_count} × {host.cpu_model}, {host.memory_bytes / 2**30:.1f} GiB, GPUs: {gpus}")
+
+
+def built(out: Published) -> tuple[str, str]:
+    """`xrun build`: the image ID (stdout) and what happened to it (stderr)."""
+    image = out.image
+    notes = [f"{image.tag} ({'cached: nothing built' if image.cached else 'built'}, {len(image.wheels)} wheels)"]
+    if out.oci_layout:
+        notes.append(f"OCI layout {out.oci_layout} (manifest {out.manifest_digest})")
+    if image.pushed_to:
+        notes.append(f"pushed {image.pushed_to}@{image.manifest_digest}")
+    return image.id, "\n".join(notes)
 
 
 def fetched(items: Sequence[FetchedData]) -> str:
@@ -124,6 +145,12 @@ def cache_collected(removed: Sequence[Any], dry_run: bool) -> str:
     lines.append(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if dry_run else 'removed'}, "
                  f"{sum(r.size for r in removed)} bytes")
     return "\n".join(lines)
+
+
+def keypair(pair: KeyPair) -> str:
+    """`xrun keygen`: the files written and the keyid."""
+    return (f"wrote {pair.key} (private, mode 0600{', encrypted' if pair.encrypted else ''}) and {pair.pub}\n"
+            f"keyid {pair.keyid}")
 
 
 def reproduction(report: Report) -> str:
@@ -188,23 +215,20 @@ def runs_diff(a: RunInfo, b: RunInfo, diff: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def sweep_summary(summary: SweepSummary) -> str:
-    """The text table of `xrun runs summary`."""
-    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
-             + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
-             + f" (seeds {', '.join(map(str, summary.seeds))})"]
-    header = ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]
-    rows = [[m.key, str(m.n), f"{m.mean:.6g}", f"{m.std:.6g}", f"{m.min:.6g}", f"{m.max:.6g}"] for m in summary.metrics]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    for f in summary.failed:
-        lines.append(f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}")
-    return "\n".join(lines)
+def synced(results: Sequence[SyncResult]) -> str:
+    """`xrun runs sync`: one line per run sent (or still pending)."""
+    lines = [f"run {r.run_id}: {r.state}" + (f" (MLflow run {r.mlflow_run_id}, {r.uri})" if r.mlflow_run_id else "")
+             for r in results]
+    return "\n".join(lines) if lines else "nothing to send: no run is pending"
+
+
+def report_written(written: WrittenReport) -> str:
+    """`xrun report`: the page written."""
+    return f"{written.path}: {len(written.run_ids)} run(s), {written.size_bytes // 1024} KiB"
 
 
 def submitted(result: SubmitResult) -> str:
-    """The text `xrun submit` prints."""
+    """`xrun submit`: the backend, job, image and one line per run."""
     head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
     if result.sweep:
         head += f", sweep {result.sweep} ({len(result.runs)} seeds)"
@@ -215,4 +239,34 @@ def submitted(result: SubmitResult) -> str:
         seed = f" seed {r.seed}" if r.seed is not None else ""
         lines.append(f"  run    {r.run_id or '-'}{seed}  {r.state}" + (f"  {r.attestation}" if r.attestation else "")
                      + (f"  ({r.error})" if r.error else ""))
+    return "\n".join(lines)
+
+
+def node_ran(summary: RunSummary) -> str:
+    """`xrun node-run` (stderr): the run succeeded here; the submitter signs."""
+    return (f"xrun: run {summary.run_id} succeeded on this node; the statement awaits signing by the submitter "
+            "(xrun collect)")
+
+
+def collected(result: SubmittedRun) -> str:
+    """`xrun collect` / `xrun wait`: the run's state and its attestation (or error)."""
+    return f"run {result.run_id}: {result.state}" + (
+        f", attestation {result.attestation}" if result.attestation
+        else f", REFUSED: {result.error}" if result.refused else f" ({result.error})" if result.error else "")
+
+
+def cancelled(record: RunRecord) -> str:
+    """`xrun cancel`."""
+    job = record.scheduler.job_ref if record.scheduler else "?"
+    return f"run {record.run_id}: cancel requested for job {job}"
+
+
+def sweep_summary(summary: SweepSummary) -> str:
+    """`xrun runs summary`: members, one row per metric key, the failed members."""
+    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
+             + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
+             + f" (seeds {', '.join(map(str, summary.seeds))})"]
+    rows = [[m.key, m.n, number(m.mean), number(m.std), number(m.min), number(m.max)] for m in summary.metrics]
+    lines.append(table(rows, ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]))
+    lines += [f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}" for f in summary.failed]
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """`xrun collect`: a compute node's statement checked against what the submitter knows, then signed here.
 
-The node is outside the trust boundary: its statement is read with the strict reader (one DSSE
-envelope, no duplicate keys, no NaN, the statement schema, no internal parameter xrun does not
-write), its subjects are compared with the outputs re-hashed here, and every resolved dependency
+The node is outside the trust boundary: its statement is read with the one strict reader
+(attest/recorded.py: no duplicate keys, no NaN; then the statement schema, and no internal parameter
+xrun does not write), its subjects are compared with the outputs re-hashed here, and every resolved dependency
 with the frozen plan (plan.json, whose digest the submitter recorded) and the image the submitter
 built (its build record in the shared cache): image ID, base image, wheels, Debian packages, data
 digests, code tree, lockfile. One disagreement and nothing is signed (exit 3, naming the first).
@@ -18,11 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from runner.attest.recorded import RecordedRun
-from runner.attest.statement import parse_statement, statement_problems
+from runner.attest.recorded import RecordedRun, read_statement
+from runner.attest.statement import statement_problems
 from runner.errors import IntegrityError
-from runner.plan import build_digest_of, canonical_json
-from runner.rundir import RunDir
+from runner.plan import PlanRecord, build_digest_of, canonical_json
+from runner.rundir import PLAN_FILE, RunDir
 from runner.runs.record import RunRecord
 
 # The internal parameters a node's xrun writes (runner/provenance.py, runner/backends/slurm.py).
@@ -39,7 +39,7 @@ CHECKED = ("subject", "resolvedDependencies", "internalParameters.planDigest", "
 class Submitted:
     """What the submitter handed out for one run, as it wrote it: the frozen plan and the image."""
 
-    plan: dict[str, Any]  # plan.json
+    plan: PlanRecord  # plan.json
     plan_digest: str  # run.json's planDigest, checked against plan.json
     image_id: str  # job.json's image ID
     built: Any  # the build record of that image in the shared cache (BuiltImage), None when absent
@@ -48,19 +48,10 @@ class Submitted:
 
 def read_node_statement(path: Path) -> dict[str, Any]:
     """The node's statement through the strict reader; IntegrityError naming the file and the first problem."""
-    from runner.attest import read_attestation
-    from runner.attest.dsse import PAYLOAD_TYPE
-
     try:
-        attestation = read_attestation(path)
-        if len(attestation.envelopes) != 1:
-            raise ValueError(f"{len(attestation.envelopes)} envelopes, expected one")
-        envelope = attestation.envelopes[0]
-        if envelope.payload_type != PAYLOAD_TYPE:
-            raise ValueError(f"payloadType {envelope.payload_type!r}, expected {PAYLOAD_TYPE}")
-        statement = parse_statement(envelope.payload)
-    except ValueError as exc:
-        raise IntegrityError(f"{path}: the node's statement is malformed: {exc}; not signed") from None
+        statement = read_statement(path)
+    except IntegrityError as exc:
+        raise IntegrityError(f"{exc.message} (the node's statement: not signed)") from None
     problems = statement_problems(statement)
     internal = (statement["predicate"]["buildDefinition"].get("internalParameters") or {}) if not problems else {}
     unknown = sorted(set(internal) - NODE_INTERNAL_KEYS)
@@ -76,15 +67,15 @@ def load_submitted(run: RunDir, record: RunRecord, cache_dir: Path, image_id: st
     from runner.build.image import load_build_record
     from runner.fetch import Cache
 
-    try:
-        plan = json.loads((run.path / "plan.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise IntegrityError(f"{run.path / 'plan.json'}: the submitted plan is unreadable ({exc}); not signed") from None
-    digest = hashlib.sha256(canonical_json(plan)).hexdigest()
+    plan_file = run.path / PLAN_FILE
+    plan = PlanRecord.load(plan_file)
+    if plan is None:
+        raise IntegrityError(f"{plan_file}: the submitted plan is unreadable; not signed")
+    digest = hashlib.sha256(canonical_json(plan.raw)).hexdigest()
     if digest != record.plan_digest:
-        raise IntegrityError(f"{run.path / 'plan.json'}: the plan's digest is {digest[:12]}, but the run was "
-                             f"submitted with plan {record.plan_digest[:12]} (changed on shared storage); not signed")
-    built = load_build_record(Cache(cache_dir), build_digest_of(plan))
+        raise IntegrityError(f"{plan_file}: the plan's digest is {digest[:12]}, but the run was submitted with plan "
+                             f"{record.plan_digest[:12]} (changed on shared storage); not signed")
+    built = load_build_record(Cache(cache_dir), build_digest_of(plan.raw))
     sched = record.scheduler
     return Submitted(plan=plan, plan_digest=record.plan_digest, image_id=image_id,
                      built=built if built is not None and built.id == image_id else None,
@@ -96,7 +87,7 @@ def disagreements(statement: dict[str, Any], submitted: Submitted) -> list[str]:
     found: list[str] = []
     recorded = RecordedRun.from_statement(statement)
     internal = statement["predicate"]["buildDefinition"].get("internalParameters") or {}
-    plan = submitted.plan
+    plan = submitted.plan.raw
 
     def differ(what: str, node: Any, expected: Any) -> None:
         if node != expected:

@@ -1,5 +1,7 @@
 """A seed sweep is one thing on a real Slurm (tests/slurmcluster.py): `xrun wait|collect|cancel|logs SWEEP` act on
-every member in one process, and an exact id wins over a prefix (`<sweep>-1` is not `<sweep>-10`…`-11`).
+every member in one process, an exact id wins over a prefix (`<sweep>-1` is not `<sweep>-10`…`-11`), and the
+members reach the real MLflow server (tests/mlflowserver.py) when collected: one parent run per sweep, one child per
+member, never twice.
 
 One 12-member sweep (ids -0…-11) is shared by the tests of this module; the trainings are tiny.
 """
@@ -22,6 +24,7 @@ from runner.engine.execute import managed_containers
 from runner.runs.record import RunRecord
 from runner.runs.store import find_run, find_runs
 from runner.submit import SubmitOptions, submit
+from mlflowserver import MlflowServer, tags
 from test_run import write_experiment
 
 pytestmark = pytest.mark.docker
@@ -35,12 +38,21 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory, base_image, slurm_cluster):
-    """A submitted 12-seed sweep (not waited for): (sweep id, runs dir, key, pub, submit result)."""
+def mlflow(tmp_path_factory):
+    """A real MLflow tracking server for this module."""
+    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, base_image, slurm_cluster, mlflow):
+    """A submitted 12-seed sweep (not waited for), tracked in MLflow: (sweep id, runs dir, key, pub, submit result)."""
     root = tmp_path_factory.mktemp("sweep12")
     manifest = write_experiment(root / "exp", base_image)
     key, pub = generate_keypair("ed25519", root / "keys", None)
-    options = SubmitOptions(run=RunOptions(runs_dir=root / "runs", quiet=True), backend="slurm",
+    options = SubmitOptions(run=RunOptions(runs_dir=root / "runs", quiet=True, mlflow=mlflow.uri), backend="slurm",
                             shared_dir=root / "shared", seeds=tuple(range(1, MEMBERS + 1)))
     result = submit(manifest, options)
     assert result.sweep and len(result.runs) == MEMBERS
@@ -95,6 +107,28 @@ def test_wait_and_collect_a_whole_sweep_in_one_command(sweep):
     assert json.loads(summary.stdout)["succeeded"] == MEMBERS
     logs = _cli("logs", sweep_id, "--runs-dir", str(runs))
     assert logs.returncode == 0 and logs.stdout.count("probe done") == MEMBERS, logs.stderr
+
+
+def test_members_reach_mlflow_once_under_one_parent_run(sweep, mlflow):
+    sweep_id, runs, key, _, result = sweep
+    waited = _cli("wait", sweep_id, "--runs-dir", str(runs), "--key", str(key), "--json")
+    assert waited.returncode == 0, waited.stderr
+    again = _cli("collect", sweep_id, "--runs-dir", str(runs), "--key", str(key))  # collected twice: logged once
+    assert again.returncode == 0, again.stderr
+    parents = set()
+    for index, member in enumerate(result.runs):
+        found = mlflow.runs_tagged(member.run_id)
+        assert len(found) == 1, (member.run_id, found)
+        child = tags(found[0])
+        assert child["xrun.sweep"] == sweep_id and child["xrun.seed"] == str(index + 1)
+        assert child["xrun.backend"] == "slurm" and child["xrun.jobId"] == result.job_id
+        assert child["xrun.arrayIndex"] == str(index) and child["xrun.node"] and child["xrun.signed"] == "true" and child["xrun.verified"] == "true"
+        parents.add(child["mlflow.parentRunId"])
+        record = RunRecord.load(member.run_dir / "run.json")
+        assert record.tracking["mlflow"]["state"] == "logged"
+    (parent_id,) = parents
+    parent = mlflow.api("GET", "runs/get", params={"run_id": parent_id})["run"]
+    assert tags(parent)["xrun.sweep"] == sweep_id and tags(parent)["xrun.role"] == "sweep"
 
 
 def test_cancel_a_whole_sweep(tmp_path, base_image, slurm_cluster, docker_client):

@@ -22,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from runner.backends.interface import (JOB_FILE, Backend, Distribution, Handle, NodeJob, Prepared, SubmitOptions,
                                        SubmitResult, SubmittedRun, run_state)
@@ -31,7 +31,9 @@ from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunEr
 from runner.hardware import HardwareClass
 from runner.resources import resource_dir
 from runner.rundir import RunDir, new_run_id, rfc3339, utc_now, write_atomic, write_json
+from runner.progress import StderrProgress
 from runner.runs.record import FINAL_SCHEDULER_STATES, RunRecord, SchedulerInfo
+from runner.trackers.track import submitted_tracking, track_collected
 
 if TYPE_CHECKING:
     from runner.attest.keys import Signer
@@ -316,7 +318,9 @@ class SlurmBackend(Backend):
         scheduler = SchedulerInfo(backend=self.name, state="pending", cluster=cluster or None)
         job = NodeJob(manifest=str(ctx.plan.manifest.file), plan_digest="", image=image, cache_dir=str(cache_dir),
                       allow_hardware_mismatch=options.run.allow_hardware_mismatch)
-        runs = prepare_runs(ctx, seeds, job, scheduler, sweep=sweep)
+        tracking = submitted_tracking(options.run.mlflow, ctx.plan.manifest.mlflow, ctx.plan.manifest.name,
+                                      ctx.progress)
+        runs = prepare_runs(ctx, seeds, job, scheduler, tracking, sweep=sweep)
         first = runs[0]
         sweep_id = first.run_id.rsplit("-", 1)[0] if sweep else None
         script = (first.path.parent / f".{first.run_id}.sbatch") if sweep else first.path / "job.sbatch"
@@ -356,9 +360,9 @@ class SlurmBackend(Backend):
         return SlurmHandle(run_dir)
 
 
-def prepare_runs(ctx: RunContext, seeds: Sequence[int | None], job: NodeJob, scheduler: SchedulerInfo, *,
-                 sweep: bool) -> list[RunDir]:
-    """One run directory per seed: manifest copy, plan, job.json, run.json ('submitted').
+def prepare_runs(ctx: RunContext, seeds: Sequence[int | None], job: NodeJob, scheduler: SchedulerInfo,
+                 tracking: dict[str, Any], *, sweep: bool) -> list[RunDir]:
+    """One run directory per seed: manifest copy, plan, job.json, run.json ('submitted', with where to track it).
 
     A sweep's members are <sweep id>-<array index>, so Slurm's %a finds each member's log folder.
     """
@@ -383,7 +387,8 @@ def prepare_runs(ctx: RunContext, seeds: Sequence[int | None], job: NodeJob, sch
                                          sweep=base if sweep else None)
             RunRecord(run_id=run_id, name=plan.manifest.name, status="submitted", manifest=str(plan.manifest.file),
                       manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
-                      hardware_class=plan.hardware.name, image_id=job.image.id, scheduler=member).save(run.record)
+                      hardware_class=plan.hardware.name, image_id=job.image.id, scheduler=member,
+                      tracking=tracking).save(run.record)
     except BaseException:
         remove_runs(runs)
         raise
@@ -455,7 +460,6 @@ class SlurmHandle(Handle):
         """Check the node's statement against the outputs, the plan and the image submitted, and sign it here."""
         from runner.attest import write_attestation
         from runner.collect import disagreements, load_submitted, mark_node_report, read_node_statement
-        from runner.manifest import OutputSpec
         from runner.outputs import collect_outputs
 
         record = self.state()
@@ -472,9 +476,7 @@ class SlurmHandle(Handle):
         statement = read_node_statement(run.node_statement)
         node_job = NodeJob.load(run.path / JOB_FILE)
         submitted = load_submitted(run, record, Path(node_job.cache_dir), node_job.image.id)
-        specs = tuple(OutputSpec(o["path"], o.get("metrics", False), o.get("tolerance") or {})
-                      for o in submitted.plan["outputs"])
-        outputs = collect_outputs(specs, run.outputs)
+        outputs = collect_outputs(submitted.plan.outputs, run.outputs)
         claimed = {s["name"]: s["digest"]["sha256"] for s in statement["subject"]}
         if claimed != outputs.digests():
             differ = sorted(k for k in set(claimed) | set(outputs.digests())
@@ -488,6 +490,8 @@ class SlurmHandle(Handle):
         written = write_attestation(mark_node_report(statement), signer, run.attestation, run.bundle)
         record.attestation, record.signed = run.attestation.name, written.signed
         record.save(run.record)
+        # After the attestation, as for a local run; a tracker that fails leaves the run pending for `runs sync`.
+        track_collected(run.path, StderrProgress(), verified=signer is not None)
         return SubmittedRun(run.run_id, run.path, seed, job, run_state(record), attestation=run.attestation)
 
 

@@ -70,12 +70,6 @@ class TrainingFailed(XrunError):
     exit_code = EXIT_TRAINING
 
 
-class ReproductionMismatch(XrunError):
-    """A re-run's outputs differ from the recorded ones."""
-
-    exit_code = EXIT_MISMATCH
-
-
 class Interrupted(XrunError):
     """The user pressed Ctrl-C (or the process got SIGTERM)."""
 

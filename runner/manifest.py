@@ -73,14 +73,6 @@ class DataItem:
     unpack: bool = False
     source: DataSourceSpec | None = None
 
-    @property
-    def primary_digest(self) -> tuple[str, str]:
-        """The strongest digest given: sha256, else sha512, else md5."""
-        for algo in DIGEST_ALGORITHMS:
-            if algo in self.digests:
-                return algo, self.digests[algo]
-        raise AssertionError("validated manifests always carry a digest")
-
 
 @dataclass(frozen=True)
 class BootstrapSpec:
@@ -105,8 +97,12 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class CodeSpec:
+    """`code`: the folder, where its file list comes from, what to leave out, what only looks secret."""
+
     path: Path  # absolute
     exclude: tuple[str, ...]
+    source: str = "folder"  # `code.from`: "folder" | "git"
+    not_secret: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -171,7 +167,6 @@ class Manifest:
 MAX_MANIFEST_BYTES = 4 * 2**20
 SUPPORTED_SCHEMES = ("https", "http", "file", "s3")
 RESERVED_ENV = ("XRUN_SEED", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
-DEFAULT_EXCLUDES = (".git", ".xrun", "__pycache__", "*.pyc")
 
 
 __all__ = ["Manifest", "Problem", "field_path", "load_manifest", "parse_yaml", "validate_document"]
@@ -560,8 +555,8 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
             lockfile=(root / image["lockfile"]) if image.get("lockfile") else None,
             lockfile_format=image.get("lockfileFormat"),
         ),
-        code=CodeSpec(path=(root / code.get("path", ".")).resolve(),
-                      exclude=tuple(code.get("exclude", ())) ),
+        code=CodeSpec(path=(root / code.get("path", ".")).resolve(), exclude=tuple(code.get("exclude", ())),
+                      source=code.get("from", "folder"), not_secret=tuple(code.get("notSecret", ()))),
         data=tuple(_data_item(d) for d in raw.get("data") or ()),
         seeds=Seeds(global_seed=raw["seeds"]["global"], apply=raw["seeds"].get("apply", True)),
         hardware_class=raw["hardware"]["class"],

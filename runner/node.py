@@ -45,7 +45,8 @@ def node_run(run_dir: Path) -> Any:
     record.save(run.record)
     try:
         options = RunOptions(runs_dir=run_dir.parent, allow_hardware_mismatch=job.allow_hardware_mismatch,
-                             seed=job.seed, cache_dir=Path(job.cache_dir), fetch=FetchOptions(quiet=True))
+                             seed=job.seed, cache_dir=Path(job.cache_dir), fetch=FetchOptions(quiet=True),
+                             submitter_key=Path(job.signing_key) if job.signing_key else None)
         ctx = RunContext.create(Path(job.manifest), options)
         if ctx.plan.digest != job.plan_digest:
             raise IntegrityError(f"{job.manifest}: its plan is now {ctx.plan.digest[:12]}, not the submitted "

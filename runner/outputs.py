@@ -209,11 +209,6 @@ class MetricFile:
     steps: dict[str, list[list[float]]]  # flattened key → [[step, value], …], only keys that held lists
 
 
-def read_metrics(path: Path, name: str) -> dict[str, float]:
-    """A metrics file's final values (see read_metric_file)."""
-    return read_metric_file(path, name).values
-
-
 def read_metric_file(path: Path, name: str) -> MetricFile:
     """A metrics file: a JSON object of numbers; nested objects flatten to dotted keys, and a list of numbers
     (or of objects, each with an optional "step") is a per-step series whose last value is the metric."""

@@ -16,7 +16,7 @@ from packageurl import PackageURL
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
 from runner.engine.execute import ContainerSpec
-from runner.hashing import hash_tree, tree_digest
+from runner.hashing import hash_tree, ignore_rules, tree_digest
 from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
 from runner.plan import ImageRef, Plan, canonical_json
@@ -59,7 +59,7 @@ def engine_info(client: Any) -> EngineInfo:
 def xrun_distribution_digest() -> str:
     """A tree digest of xrun's own installed code (runner/, schemas/, templates/)."""
     root = Path(__file__).resolve().parent
-    files = hash_tree(root, ("__pycache__", "*.pyc"))
+    files = hash_tree(root, ignore_rules(("__pycache__", "*.pyc")))
     return tree_digest(files).split(":", 1)[1]
 
 

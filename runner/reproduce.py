@@ -9,7 +9,7 @@ import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
@@ -17,6 +17,9 @@ from runner.attest.recorded import RecordedRun, read_statement
 from runner.errors import IntegrityError, UsageError
 from runner.manifest import MAX_MANIFEST_BYTES
 from runner.runs.record import RunRecord
+
+if TYPE_CHECKING:
+    from runner.context import RunOptions
 
 
 @dataclass(frozen=True)
@@ -159,14 +162,18 @@ def _find_manifest(root: Path, digest: str, name: str | None) -> Path | None:
     return None
 
 
-def check_code(manifest: Path, statement: dict[str, Any]) -> None:
-    """IntegrityError unless the manifest's code tree has the digest the attestation records."""
+def check_code(manifest: Path, statement: dict[str, Any], options: RunOptions | None = None) -> None:
+    """IntegrityError unless the manifest's code tree has the digest the attestation records.
+
+    The tree is chosen as the re-run will choose it: its cache, runs folder and signing key left out.
+    """
     from runner.manifest import load_manifest
     from runner.plan import resolve_code
 
     recorded = (RecordedRun.from_statement(statement).dependencies.get("code") or {}).get("digest", {}).get("sha256")
     loaded = load_manifest(manifest)
-    now = resolve_code(loaded.code, loaded.file).digest.removeprefix("sha256:")
+    own = options.own_paths(loaded.root) if options is not None else None
+    now = resolve_code(loaded.code, loaded.file, own).digest.removeprefix("sha256:")
     if recorded and now != recorded:
         raise IntegrityError(f"{loaded.code.path}: the code tree's digest is sha256:{now} but the attestation "
                              f"records sha256:{recorded}; pass --code DIR with the code the attestation was made from")
@@ -317,7 +324,7 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
     temporary = manifest is None and path.name.startswith(".xrun-reproduce-")
     if manifest is None:
         try:
-            check_code(path, statement)
+            check_code(path, statement, options)
         except BaseException:
             if temporary:
                 path.unlink(missing_ok=True)

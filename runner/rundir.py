@@ -104,16 +104,6 @@ def write_json(path: Path, value: Any) -> None:
     write_atomic(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
 
 
-def read_json(path: Path) -> Any:
-    """Read a JSON file of ours; a broken one is a usage error naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
-
-
 def utc_now() -> datetime:
     """Aware UTC now, second precision (RFC 3339 with Z when formatted by rfc3339)."""
     return datetime.now(timezone.utc).replace(microsecond=0)

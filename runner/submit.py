@@ -72,7 +72,7 @@ def submit(manifest: Path, options: SubmitOptions) -> SubmitResult:
 def load_signer_for(key: Path | None, password: bytes | None) -> Signer | None:
     """The signer of --key (else $XRUN_SIGNING_KEY), loaded once for every run a command collects; None: unsigned."""
     from runner.attest import load_signer
-    from runner.context import signing_key_path
+    from runner.codetree import signing_key_path
 
     key_path = signing_key_path(key)
     return load_signer(key_path, password) if key_path else None

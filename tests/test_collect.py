@@ -23,7 +23,7 @@ from runner.context import RunOptions
 from runner.errors import IntegrityError
 from runner.backends import attach
 from runner.submit import SubmitOptions, collect, submit
-from test_run import write_experiment
+from experiments import probe_experiment
 from wheelmaker import make_wheel
 
 pytestmark = pytest.mark.docker
@@ -37,7 +37,7 @@ def node_run(tmp_path_factory, base_image, slurm_cluster):
     root = tmp_path_factory.mktemp("collect")
     exp = root / "exp"
     wheel, sha = make_wheel(exp / "wheels", "localpkg", "1.0", "VALUE = 'wheel'\n")
-    manifest = write_experiment(exp, base_image, command=[
+    manifest = probe_experiment(exp, base_image, command=[
         "python3", "-c", "import localpkg; open('/outputs/probe.json', 'w').write(localpkg.VALUE)"],
         outputs=[{"path": "probe.json"}])
     (exp / "requirements.txt").write_text(f"./wheels/{wheel.name} --hash=sha256:{sha}\n")

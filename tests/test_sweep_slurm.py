@@ -25,7 +25,7 @@ from runner.runs.record import RunRecord
 from runner.runs.store import find_run, find_runs
 from runner.submit import SubmitOptions, submit
 from mlflowserver import MlflowServer, tags
-from test_run import write_experiment
+from experiments import probe_experiment
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +50,7 @@ def mlflow(tmp_path_factory):
 def sweep(tmp_path_factory, base_image, slurm_cluster, mlflow):
     """A submitted 12-seed sweep (not waited for), tracked in MLflow: (sweep id, runs dir, key, pub, submit result)."""
     root = tmp_path_factory.mktemp("sweep12")
-    manifest = write_experiment(root / "exp", base_image)
+    manifest = probe_experiment(root / "exp", base_image)
     key, pub = generate_keypair("ed25519", root / "keys", None)
     options = SubmitOptions(run=RunOptions(runs_dir=root / "runs", quiet=True, mlflow=mlflow.uri), backend="slurm",
                             shared_dir=root / "shared", seeds=tuple(range(1, MEMBERS + 1)))
@@ -132,7 +132,7 @@ def test_members_reach_mlflow_once_under_one_parent_run(sweep, mlflow):
 
 
 def test_cancel_a_whole_sweep(tmp_path, base_image, slurm_cluster, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "300"])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "300"])
     options = SubmitOptions(run=RunOptions(runs_dir=tmp_path / "runs", quiet=True), backend="slurm",
                             shared_dir=tmp_path / "shared", seeds=(1, 2, 3))
     result = submit(manifest, options)

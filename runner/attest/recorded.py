@@ -83,8 +83,6 @@ class RecordedRun:
     image: RecordedImage | None = None
     wheels: tuple[RecordedWheel, ...] = ()
     code_digest: str | None = None  # "sha256:…" tree digest
-    code_path: str | None = None  # relative to the manifest's folder
-    lockfile_path: str | None = None  # relative to the manifest's folder
     xrun_version: str | None = None
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
     seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
@@ -116,8 +114,6 @@ class RecordedRun:
             image=_image(deps.get("image")),
             wheels=tuple(w for w in (_wheel(d) for n, d in deps.items() if str(n).startswith("wheel/")) if w),
             code_digest=_prefixed(_dict(_dict(deps.get("code")).get("digest")).get("sha256")),
-            code_path=_str(_dict(_dict(deps.get("code")).get("annotations")).get("path")),
-            lockfile_path=_str(_dict(_dict(deps.get("lockfile")).get("annotations")).get("path")),
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
             listings=_listings(byproducts),
             seed=external.get("seed") if isinstance(external.get("seed"), int) else None,

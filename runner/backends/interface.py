@@ -113,6 +113,7 @@ class NodeJob:
     cache_dir: str
     seed: int | None = None
     allow_hardware_mismatch: bool = False
+    signing_key: str | None = None  # the submitter's key path: left out of the code tree here too, never read
 
     def to_json(self) -> dict[str, Any]:
         """job.json (camelCase)."""

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from runner.backends.interface import (JOB_FILE, Backend, Distribution, Handle, NodeJob, Prepared, SubmitOptions,
                                        SubmitResult, SubmittedRun, run_state)
 from runner.build.distribute import check_registry
+from runner.codetree import signing_key_path
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.hardware import HardwareClass
 from runner.resources import resource_dir
@@ -316,8 +317,10 @@ class SlurmBackend(Backend):
         seeds: list[int | None] = list(options.seeds) or [None]
         sweep = bool(options.seeds)
         scheduler = SchedulerInfo(backend=self.name, state="pending", cluster=cluster or None)
+        key = signing_key_path(options.run.key)
         job = NodeJob(manifest=str(ctx.plan.manifest.file), plan_digest="", image=image, cache_dir=str(cache_dir),
-                      allow_hardware_mismatch=options.run.allow_hardware_mismatch)
+                      allow_hardware_mismatch=options.run.allow_hardware_mismatch,
+                      signing_key=str(key.absolute()) if key else None)
         tracking = submitted_tracking(options.run.mlflow, ctx.plan.manifest.mlflow, ctx.plan.manifest.name,
                                       ctx.progress)
         runs = prepare_runs(ctx, seeds, job, scheduler, tracking, sweep=sweep)

@@ -137,7 +137,8 @@ def _pipeline_commands(command: Command) -> None:
             "xrun run experiment.yaml --key xrun.key", "run:run", [shared.manifest(), shared.run_options()])
     command("validate", "check a manifest against the schema and the rules a schema cannot express",
             "xrun validate experiment.yaml", "plan:validate", [shared.manifest(many=True), shared.json_flag()])
-    command("plan", "resolve a manifest into a pinned plan without running anything",
+    command("plan", "resolve a manifest into a pinned plan without running anything, and show what of the code "
+            "folder goes into the image (files, size, the five biggest; a warning over 100 MiB)",
             "xrun plan experiment.yaml --json", "plan:plan", [shared.manifest(), shared.json_flag()])
     p = command("schema", "print a JSON Schema shipped with xrun (default: the manifest's)",
                 "xrun schema > experiment.schema.json", "catalog:schema")

@@ -66,7 +66,6 @@ class RunResult:
     exit_code: int | None
     started_on: datetime
     finished_on: datetime
-    container_id: str
     log_sha256: str
     log_tail: tuple[str, ...]
     oom_killed: bool = False  # the kernel killed it at the memory limit (Docker's State.OOMKilled)
@@ -164,7 +163,6 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
             _chown_tree(Path(outputs), 0, 0)
     finished = utc_now()
     result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
-                       container_id=container.id if container is not None else "",
                        log_sha256=sha256_file(log_path), log_tail=tuple(tail), oom_killed=oom,
                        memory_bytes=spec.mem_limit_bytes)
     return result

@@ -412,7 +412,14 @@ class Cache:
         return sum(int(f.get("size", 0)) for f in files), len(files)
 
     def leftovers(self) -> Iterator[Path]:
-        """Partial downloads and unfinished unpacks (gc removes the stale ones)."""
+        """Partial downloads, unfinished unpacks and the folders of builds that were killed (gc removes the
+        stale ones: a killed build may leave a layer tar of gigabytes)."""
+        builds = self.root / "tmp"
+        if builds.is_dir():
+            with os.scandir(builds) as it:
+                for entry in it:
+                    if entry.name.startswith("xrun-build-"):
+                        yield Path(entry.path)
         for base in (self.root / "blobs", self.root / "trees"):
             if not base.is_dir():
                 continue

@@ -27,7 +27,8 @@ from runner.fetch.cache import Blob, Cache, Probe, start_writeback
 from runner.fetch.digests import DigestSpecError, MultiHasher, normalize_digests, primary
 from runner.fetch.interface import (CHUNK, MAX_DOWNLOAD_ENV, Fetcher, FetchOptions, PermanentError,
                                     RangeNotSatisfiable, RestartNeeded, Source, TransientError, max_download)
-from runner.fetch.progress import Reporter, Task, human_bytes, make_reporter
+from runner.fetch.progress import Reporter, Task, make_reporter
+from runner.progress import human_bytes
 from runner.fetch.registry import Fetchers, SourceError, parse_source
 
 

@@ -119,12 +119,6 @@ class Source:
     version_id: str | None = None  # s3 ?versionId=
     headers: tuple[tuple[str, str], ...] = ()  # extra HTTP request headers (Git LFS actions); never recorded
 
-    @property
-    def display_name(self) -> str:
-        """The last path component, for progress bars."""
-        tail = self.location.rstrip("/").rsplit("/", 1)[-1]
-        return tail or self.location
-
 
 class TransientError(Exception):
     """A fault worth retrying (reset, timeout, 429, 5xx); `retry_after` is the server's hint."""
@@ -176,7 +170,6 @@ class Stream(abc.ABC):
 class Fetcher(abc.ABC):
     """Opens sources of one or more schemes; holds its own connection state (a Session, a client)."""
 
-    schemes: tuple[str, ...] = ()
     resumable: bool = False  # whether open() honours offset > 0 (it may still fall back to 0)
 
     @abc.abstractmethod

@@ -62,7 +62,6 @@ class S3Stream(Stream):
 class S3Fetcher(Fetcher):
     """One boto3 S3 client per fetcher; retries are left to the shared download loop."""
 
-    schemes = ("s3",)
     resumable = True
 
     def __init__(self, options: FetchOptions, environ: Mapping[str, str] = os.environ) -> None:

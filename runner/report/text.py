@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from runner.build.export import Published
+    from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry, FetchedData
     from runner.report.html import WrittenReport
     from runner.report.views import HardwareView, KeyPair, Validation
@@ -58,8 +59,10 @@ def run_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def plan_summary(data: dict[str, Any], digest: str) -> str:
-    """`xrun plan`: a human-readable summary of a plan's JSON."""
+def plan_summary(data: dict[str, Any], digest: str, code_tree: CodeSummary) -> str:
+    """`xrun plan`: a human-readable summary of a plan's JSON, with the code tree's size and biggest files."""
+    from runner.fetch.progress import human_bytes
+
     img = data["image"]
     base = img["base"]["reference"] if img["base"] else f"bootstrap {img['bootstrap']['suite']}: " + ", ".join(
         img["bootstrap"]["packages"])
@@ -70,7 +73,13 @@ def plan_summary(data: dict[str, Any], digest: str) -> str:
                      f"sha256:{lk['sha256'][:12]})")
     code = data["code"]
     git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
-    lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
+    source = ", from git" if code.get("from") == "git" else ""
+    lines.append(f"  code       {code['path']} ({code['files']} files, {human_bytes(code_tree.size)}, "
+                 f"{code['digest'][:19]}{git}{source})")
+    if code_tree.biggest:
+        lines.append("             biggest: " + ", ".join(f"{f.path} {human_bytes(f.size)}" for f in code_tree.biggest))
+    if code_tree.left_out:
+        lines.append("             left out: " + ", ".join(code_tree.left_out))
     for d in data["data"]:
         if "source" in d:
             from runner.fetch.sources.render import plan_line

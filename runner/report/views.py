@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
+    from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry
     from runner.fetch.maintenance import Removed, VerifyResult
     from runner.hardware import HardwareClass, Host
@@ -36,11 +37,12 @@ class Validation:
 
 @dataclass(frozen=True)
 class PlanView:
-    """`xrun plan --json`: the plan (in its own spelling) and its two digests."""
+    """`xrun plan --json`: the plan (in its own spelling), its two digests, and what the code tree holds."""
 
     digest: str
     build_digest: str
     plan: dict[str, Any]
+    code_tree: CodeSummary
 
 
 @dataclass(frozen=True)

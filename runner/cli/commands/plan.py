@@ -8,6 +8,7 @@ from runner.cli import print_error
 from runner.errors import XrunError
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
+from runner.progress import StderrProgress
 from runner.report import text
 from runner.report.json import render
 from runner.report.views import PlanView, Validation
@@ -36,9 +37,12 @@ def validate(args: argparse.Namespace) -> int:
 def plan(args: argparse.Namespace) -> int:
     """Resolve the manifest into the pinned plan and print it."""
     resolved = resolve_plan(load_manifest(args.manifest))
-    data = resolved.to_json()
+    data, code_tree = resolved.to_json(), resolved.code.summary()
+    warning = code_tree.warning()
+    if warning:
+        StderrProgress().warn(warning)
     if args.json:
-        print(render(PlanView(resolved.digest, resolved.build_digest, data)))
+        print(render(PlanView(resolved.digest, resolved.build_digest, data, code_tree)))
     else:
-        print(text.plan_summary(data, resolved.digest))
+        print(text.plan_summary(data, resolved.digest, code_tree))
     return 0

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -129,11 +130,13 @@ def disagreements(statement: dict[str, Any], submitted: Submitted) -> list[str]:
     return found
 
 
-def mark_node_report(statement: dict[str, Any]) -> dict[str, Any]:
-    """The statement with internalParameters.collect: what the submitter checked, what is the node's word."""
+def mark_node_report(statement: dict[str, Any], scheduler_disagreements: Sequence[str] = ()) -> dict[str, Any]:
+    """The statement with internalParameters.collect: what the submitter checked, what is the node's word, and
+    where the scheduler's word differs from it."""
     definition = statement["predicate"]["buildDefinition"]
     internal = dict(definition.get("internalParameters") or {})
-    internal["collect"] = {"checkedBySubmitter": list(CHECKED), "nodeReport": list(NODE_REPORT)}
+    internal["collect"] = {"checkedBySubmitter": list(CHECKED), "nodeReport": list(NODE_REPORT),
+                           **({"schedulerDisagrees": list(scheduler_disagreements)} if scheduler_disagreements else {})}
     predicate = {**statement["predicate"], "buildDefinition": {**definition, "internalParameters": internal}}
     return {**statement, "predicate": predicate}
 

@@ -11,7 +11,10 @@ the submitter re-hashes the outputs and signs.
 
 from __future__ import annotations
 
+import fcntl
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,8 @@ def node_run(run_dir: Path) -> Any:
         raise UsageError(f"{run.record}: no run record; `xrun node-run` runs a directory prepared by `xrun submit`")
     job = NodeJob.load(run_dir / JOB_FILE)
     slurm = job_from_env()
+    if record.status != "submitted":  # the scheduler requeued the job: this directory saw an attempt already
+        _new_attempt(run, record)
     record.status, record.runner, record.error = "running", runner_identity(), None
     record.started_on = rfc3339(utc_now())
     if record.scheduler is not None:
@@ -65,6 +70,21 @@ def node_run(run_dir: Path) -> Any:
     return run_in(ctx, run, record, hooks)
 
 
+def _new_attempt(run: RunDir, record: RunRecord) -> None:
+    """Keep the earlier attempt in the record and start clean: its outputs and statement never mix with this one's."""
+    node = record.scheduler.node if record.scheduler is not None else None
+    record.attempts.append({"attempt": len(record.attempts) + 1, "status": record.status, "node": node,
+                            "startedOn": record.started_on, "finishedOn": record.finished_on,
+                            "exitCode": record.exit_code, "error": record.error})
+    for path in (run.node_statement, run.attestation, run.bundle):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(run.outputs, ignore_errors=True)
+    run.outputs.mkdir()
+    record.outputs, record.metrics, record.metric_steps, record.attestation = {}, {}, {}, None
+    record.exit_code = record.finished_on = record.container_started_on = record.container_status = None
+    record.log_sha256 = None
+
+
 def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: str = "failed") -> None:
     record.status, record.error = status, exc.message
     record.finished_on = rfc3339(utc_now())
@@ -87,11 +107,7 @@ def ensure_image(ctx: Any, source: ImageSource) -> Any:
                 repo, _, tag = source.tag.rpartition(":")
                 client.api.tag(image.id, repo, tag, force=False)
         else:
-            try:
-                image = client.images.get(source.tag)
-            except docker.errors.ImageNotFound:
-                _load(client, Path(str(source.archive)))
-                image = client.images.get(source.tag)
+            image = _loaded_once(client, source)
     except docker.errors.ImageNotFound:
         raise EnvironmentProblem(f"the image {where} is not on this node and could not be loaded") from None
     if image.id != source.id:
@@ -115,6 +131,25 @@ def _pull(client: Any, reference: str) -> None:
         client.images.pull(reference)
     except docker.errors.APIError as exc:
         raise EnvironmentProblem(f"cannot pull {reference} on this node: {exc.explanation or exc}") from None
+
+
+def _loaded_once(client: Any, source: ImageSource) -> Any:
+    """The image from the shared archive, loaded once per node: the members a node starts at once wait for the
+    first one's `docker load` (a lock in this node's temporary folder) instead of each loading it again."""
+    import docker.errors
+
+    try:
+        return client.images.get(source.tag)
+    except docker.errors.ImageNotFound:
+        pass
+    lock = Path(tempfile.gettempdir()) / f"xrun-load-{source.id.split(':', 1)[-1][:32]}.lock"
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            return client.images.get(source.tag)  # another member of this node loaded it meanwhile
+        except docker.errors.ImageNotFound:
+            _load(client, Path(str(source.archive)))
+            return client.images.get(source.tag)
 
 
 def _load(client: Any, archive: Path) -> None:

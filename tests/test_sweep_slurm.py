@@ -24,7 +24,7 @@ from runner.engine.execute import managed_containers
 from runner.runs.record import RunRecord
 from runner.runs.store import find_run, find_runs
 from runner.submit import SubmitOptions, submit
-from mlflowserver import MlflowServer, tags
+from mlflowserver import tags
 from experiments import probe_experiment
 
 pytestmark = pytest.mark.docker
@@ -38,21 +38,12 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def mlflow(tmp_path_factory):
-    """A real MLflow tracking server for this module."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, base_image, slurm_cluster, mlflow):
+def sweep(tmp_path_factory, base_image, slurm_cluster, mlflow_server):
     """A submitted 12-seed sweep (not waited for), tracked in MLflow: (sweep id, runs dir, key, pub, submit result)."""
     root = tmp_path_factory.mktemp("sweep12")
     manifest = probe_experiment(root / "exp", base_image)
     key, pub = generate_keypair("ed25519", root / "keys", None)
-    options = SubmitOptions(run=RunOptions(runs_dir=root / "runs", quiet=True, mlflow=mlflow.uri), backend="slurm",
+    options = SubmitOptions(run=RunOptions(runs_dir=root / "runs", quiet=True, mlflow=mlflow_server.uri), backend="slurm",
                             shared_dir=root / "shared", seeds=tuple(range(1, MEMBERS + 1)))
     result = submit(manifest, options)
     assert result.sweep and len(result.runs) == MEMBERS
@@ -109,7 +100,8 @@ def test_wait_and_collect_a_whole_sweep_in_one_command(sweep):
     assert logs.returncode == 0 and logs.stdout.count("probe done") == MEMBERS, logs.stderr
 
 
-def test_members_reach_mlflow_once_under_one_parent_run(sweep, mlflow):
+def test_members_reach_mlflow_once_under_one_parent_run(sweep, mlflow_server):
+    mlflow = mlflow_server
     sweep_id, runs, key, _, result = sweep
     waited = _cli("wait", sweep_id, "--runs-dir", str(runs), "--key", str(key), "--json")
     assert waited.returncode == 0, waited.stderr

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime, timezone
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
@@ -47,6 +48,8 @@ BUILDER_ID_PREFIX = "https://xrun.dev/builders/slurm/v1/"
 TIME_MARGIN_S = 300
 DEFAULT_TIME_MIN = 24 * 60  # a run without run.timeout
 TOOL_TIMEOUT_S = 60
+# A job still RUNNING this long after its node finished the run is a ghost (e.g. its slurmstepd was killed).
+GHOST_GRACE_S = 30
 
 # Slurm's job states (squeue %T / sacct State) → xrun's scheduler states (runner/runs/record.py).
 STATE_MAP = {
@@ -287,6 +290,53 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
     return found
 
 
+@dataclass(frozen=True)
+class JobDetail:
+    """What `scontrol show job` says of one job or array member (the controller's memory, no accounting needed)."""
+
+    state: JobState
+    exit_code: str | None  # "0:0": the batch script's exit status and the signal that ended it
+    restarts: int  # how often Slurm requeued it
+
+
+def job_detail(ref: str) -> JobDetail | None:
+    """`scontrol show job -o REF`; None when the controller no longer knows the job (MinJobAge passed)."""
+    out = _tool(["scontrol", "show", "job", "-o", ref])
+    if out.returncode != 0:
+        if "invalid job id" in (out.stderr + out.stdout).lower():
+            return None
+        raise EnvironmentProblem(f"scontrol show job {ref}: {_first_line(out.stderr) or 'no answer'}")
+    fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
+    word = fields.get("JobState", "")
+    node = fields.get("NodeList") or fields.get("BatchHost")
+    restarts = fields.get("Restarts", "0")
+    return JobDetail(JobState(ref, STATE_MAP.get(word, "running"), word, None if node in (None, "(null)") else node,
+                              None if fields.get("Reason") in (None, "None") else fields.get("Reason")),
+                     exit_code=fields.get("ExitCode"), restarts=int(restarts) if restarts.isdigit() else 0)
+
+
+def scheduler_disagreements(record: RunRecord, statement: Mapping[str, Any],
+                            detail: JobDetail | None) -> list[str]:
+    """Where Slurm's word on a finished run differs from the node's statement: state, exit code, node."""
+    sched = record.scheduler
+    if sched is None:
+        return []
+    ref = sched.job_ref or "?"
+    notes = []
+    if sched.state != "completed":
+        word = detail.state.slurm_state if detail else sched.state
+        notes.append(f"Slurm shows job {ref} {word} while the node's statement says the run finished (a task Slurm "
+                     "lost track of, or a job that ended after the run)")
+    if detail is not None and detail.exit_code not in (None, "0:0") and sched.state == "completed":
+        notes.append(f"Slurm recorded exit code {detail.exit_code} for job {ref}, the node's run succeeded")
+    claimed = ((statement.get("predicate", {}).get("buildDefinition", {}).get("internalParameters") or {})
+               .get("scheduler") or {}).get("node")
+    slurm_node = detail.state.node if detail else sched.node
+    if claimed and slurm_node and claimed != slurm_node:
+        notes.append(f"the node's statement says it ran on {claimed}, Slurm placed job {ref} on {slurm_node}")
+    return notes
+
+
 def _first_line(text: str) -> str:
     lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
     return lines[0].removeprefix("sbatch: error: ") if lines else ""
@@ -436,7 +486,7 @@ class SlurmHandle(Handle):
             return record
         state = states.get(sched.job_ref or "")
         if state is None:
-            return record
+            return self._forgotten(record)
         if state.state not in FINAL_SCHEDULER_STATES:
             # The node owns run.json while its job runs: the state is only reported, never written, here.
             sched.state, sched.node, sched.reason = state.state, state.node or sched.node, state.reason
@@ -447,6 +497,43 @@ class SlurmHandle(Handle):
         record.scheduler = sched
         sched.state, sched.node, sched.reason = state.state, state.node or sched.node, state.reason
         _settle(record, state.slurm_state)
+        record.save(self.run_dir / "run.json")
+        return record
+
+    def finished(self, record: RunRecord) -> bool:
+        """Slurm is done with the job, or the node finished the run GHOST_GRACE_S ago while Slurm still shows it
+        running (a task Slurm lost track of: collect names the disagreement)."""
+        if super().finished(record):
+            return True
+        if record.status not in ("succeeded", "failed") or not record.finished_on:
+            return False
+        ended = datetime.strptime(record.finished_on, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        return (utc_now() - ended).total_seconds() > GHOST_GRACE_S
+
+    def _forgotten(self, record: RunRecord) -> RunRecord:
+        """A job neither squeue nor sacct knows (no accounting, MinJobAge passed): settled from the node's record,
+        so a run does not stay 'running' for ever."""
+        sched = record.scheduler
+        assert sched is not None and sched.job_ref is not None
+        try:
+            if job_detail(sched.job_ref) is not None:
+                return record  # the controller still knows it: squeue was only slow to answer
+        except XrunError:
+            return record
+        record = self.record()  # the node's last write
+        sched = record.scheduler or sched
+        record.scheduler = sched
+        if record.status == "succeeded":
+            sched.state = "completed"
+        elif record.status in ("failed", "interrupted"):
+            sched.state = "failed" if record.status == "failed" else "cancelled"
+        else:
+            sched.state = "failed"
+            record.status = "failed"
+            record.error = (f"job {sched.job_ref} ended while the run was {record.status} on the node (Slurm no "
+                            "longer knows the job and keeps no accounting)")
+            record.finished_on = record.finished_on or rfc3339(utc_now())
+        sched.reason = "Slurm no longer knows the job (no accounting): the state is the node's record"
         record.save(self.run_dir / "run.json")
         return record
 
@@ -469,7 +556,7 @@ class SlurmHandle(Handle):
         run = RunDir(self.run_dir.name, self.run_dir)
         sched = record.scheduler
         seed, job = (sched.seed, sched.job_ref) if sched else (None, None)
-        if not self.finished(record) and record.status in ("submitted", "running"):
+        if not self.finished(record):
             raise UsageError(f"run {run.run_id} is still {run_state(record)}; `xrun wait {run.run_id}` waits for it")
         if run.attestation.exists():
             return SubmittedRun(run.run_id, run.path, seed, job, run_state(record), attestation=run.attestation)
@@ -490,11 +577,23 @@ class SlurmHandle(Handle):
         if problems:
             raise IntegrityError(f"{run.node_statement}: the node's statement disagrees with what was submitted: "
                                  f"{problems[0]}; not signed")
-        written = write_attestation(mark_node_report(statement), signer, run.attestation, run.bundle)
+        # The scheduler's word, fresh from the controller: a disagreement is named in the record and the
+        # attestation (the statement itself passed every check above).
+        try:
+            detail = job_detail(job) if job else None
+        except XrunError:
+            detail = None
+        notes = scheduler_disagreements(record, statement, detail)
+        progress = StderrProgress()
+        for note in notes:
+            progress.warn(f"run {run.run_id}: {note}; signed with the disagreement recorded")
+        written = write_attestation(mark_node_report(statement, notes), signer, run.attestation, run.bundle)
+        if sched is not None and notes:
+            sched.disagreement = "; ".join(notes)
         record.attestation, record.signed = run.attestation.name, written.signed
         record.save(run.record)
         # After the attestation, as for a local run; a tracker that fails leaves the run pending for `runs sync`.
-        track_collected(run.path, StderrProgress(), verified=signer is not None)
+        track_collected(run.path, progress, verified=signer is not None)
         return SubmittedRun(run.run_id, run.path, seed, job, run_state(record), attestation=run.attestation)
 
 

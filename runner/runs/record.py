@@ -29,6 +29,8 @@ class SchedulerInfo:
     sweep: str | None = None  # the sweep id shared by every member of one seed sweep
     seed: int | None = None  # the seed this member runs with (overrides seeds.global)
     reason: str | None = None  # what the scheduler said about a pending or failed job
+    # Where the scheduler's word and the node's statement differ (a ghost task, another node): named, then signed.
+    disagreement: str | None = None
 
     @property
     def job_ref(self) -> str | None:
@@ -88,12 +90,15 @@ class RunRecord:
     # tracker name → its state (runner/trackers TrackingState); written after the attestation, never attested
     tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
     scheduler: SchedulerInfo | None = None  # cluster runs and seed sweeps only
+    # Earlier attempts of a requeued cluster job, oldest first ({attempt, status, startedOn, finishedOn, node, …});
+    # only the last attempt's outputs and attestation remain.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer xrun, kept as they were
 
     def to_json(self) -> dict[str, Any]:
         """The run.json object (camelCase; unset fields left out)."""
         data = fields_to_wire(self, omit_none=True)
-        for optional in ("metricSteps", "tracking"):  # absent unless used: older readers see what they knew
+        for optional in ("metricSteps", "tracking", "attempts"):  # absent unless used: older readers see what they knew
             if not data.get(optional):
                 data.pop(optional, None)
         if self.scheduler is not None:

@@ -21,6 +21,7 @@ from typing import Any
 from runner.backends.interface import JOB_FILE, NodeJob
 from runner.backends.slurm import job_from_env, with_slurm_builder
 from runner.build.distribute import ImageSource
+from runner.build.image import BuiltImage, cached_image
 from runner.context import RunContext, RunOptions
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.fetch import FetchOptions
@@ -28,10 +29,10 @@ from runner.engine.labels import runner_identity
 from runner.pipeline import run_in
 from runner.rundir import RunDir, rfc3339, utc_now
 from runner.runs.record import RunRecord
-from runner.stages import StageHooks
+from runner.stages import RunSummary, StageHooks
 
 
-def node_run(run_dir: Path) -> Any:
+def node_run(run_dir: Path) -> RunSummary:
     """Run the prepared run in run_dir on this node; the RunSummary (raises XrunError, recorded in run.json)."""
     run_dir = run_dir.absolute()
     run = RunDir(run_dir.name, run_dir)
@@ -91,11 +92,9 @@ def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: str = "faile
     record.save(run.record)
 
 
-def ensure_image(ctx: Any, source: ImageSource) -> Any:
+def ensure_image(ctx: RunContext, source: ImageSource) -> BuiltImage:
     """The submitted image on this node's engine, by ID: pulled by digest or loaded; any other image is refused."""
     import docker.errors
-
-    from runner.build.image import cached_image
 
     client = ctx.client
     where = source.reference or source.tag

@@ -138,8 +138,12 @@ def _sweep_sbatch(image: str, work: Path, members: int) -> float:
     start = time.perf_counter()
     subprocess.run(["sbatch", "--parsable", f"--array=0-{members - 1}", "--cpus-per-task=1", "--mem=2G",
                     f"--output={work}/bare-{members}-%a.log", str(script)], check=True, capture_output=True)
+    deadline = time.monotonic() + 3600
     for i in range(members):
-        _wait_file(outs / str(i) / "metrics.json", timeout=3600)
+        while not (outs / str(i) / "metrics.json").exists() or not (outs / str(i) / "metrics.json").stat().st_size:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"member {i} of the plain array never wrote its output")
+            time.sleep(0.05)
     return time.perf_counter() - start
 
 
@@ -169,7 +173,9 @@ def sweep_rows(members: list[int], work: Path, shared: Path, base: str, image: s
     rows = []
     for n in members:
         ours = _sweep_xrun(manifest, work, shared, key, n)
+        print(f"{n} members: xrun {ours:.1f} s", file=sys.stderr, flush=True)
         bare = _sweep_sbatch(image, work, n)
+        print(f"{n} members: plain sbatch --array {bare:.1f} s", file=sys.stderr, flush=True)
         per = (ours - bare) / n
         rows.append(row(f"{n}-member sweep: `xrun submit --seeds` + `xrun wait SWEEP --key` (all signed) vs plain "
                         f"`sbatch --array` of the same `docker run`", ours, bare, None,

@@ -65,7 +65,7 @@ def submit(manifest: Path, options: SubmitOptions) -> SubmitResult:
         return result
     followed = [r for r in result.runs if r.run_id]  # not a local member that failed before its run directory
     done = {r.run_dir: r for r in wait_runs([r.run_dir for r in followed], key=options.run.key,
-                                            key_password=options.run.key_password)}
+                                            key_password=options.run.key_password, tsa=options.run.tsa)}
     return dataclasses.replace(result, runs=tuple(done.get(r.run_dir, r) if r.run_id else r for r in result.runs))
 
 
@@ -78,14 +78,16 @@ def load_signer_for(key: Path | None, password: bytes | None) -> Signer | None:
     return load_signer(key_path, password) if key_path else None
 
 
-def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = None) -> SubmittedRun:
+def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = None,
+            tsa: str | None = None) -> SubmittedRun:
     """Check a finished run's outputs and the node's statement, and sign it here (`xrun collect`)."""
-    return attach(run_dir).collect(load_signer_for(key, key_password))
+    return collect_runs([run_dir], key=key, key_password=key_password, tsa=tsa)[0]
 
 
-def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = None) -> SubmittedRun:
+def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = None,
+             tsa: str | None = None) -> SubmittedRun:
     """Block until the scheduler is done with the run's job, then collect it (sign when a key is given)."""
-    return wait_runs([run_dir], key=key, key_password=key_password)[0]
+    return wait_runs([run_dir], key=key, key_password=key_password, tsa=tsa)[0]
 
 
 def cancel_run(run_dir: Path) -> RunRecord:
@@ -94,15 +96,18 @@ def cancel_run(run_dir: Path) -> RunRecord:
 
 
 def collect_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: bytes | None = None,
-                 signer: Signer | None = None) -> list[SubmittedRun]:
+                 signer: Signer | None = None, tsa: str | None = None) -> list[SubmittedRun]:
     """Collect every run in one process (the key loaded once); a member whose statement is refused is reported
     (refused, nothing signed) and the others are still collected. One run alone raises the refusal."""
+    from runner.context import timestamp_authority
+
     signer = signer or load_signer_for(key, key_password)
+    tsa_url = timestamp_authority(tsa, signer is not None)
     done = []
     for run_dir in run_dirs:
         handle = attach(run_dir)
         try:
-            done.append(handle.collect(signer))
+            done.append(handle.collect(signer, tsa_url))
         except IntegrityError as exc:
             if len(run_dirs) == 1:
                 raise
@@ -115,7 +120,7 @@ def collect_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: by
 
 
 def wait_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: bytes | None = None,
-              poll_s: float = POLL_S) -> list[SubmittedRun]:
+              poll_s: float = POLL_S, tsa: str | None = None) -> list[SubmittedRun]:
     """Block until the scheduler is done with every run, then collect them all (`xrun wait RUN|SWEEP`)."""
     signer = load_signer_for(key, key_password)  # a wrong password fails now, not after the jobs
     pending = [attach(d) for d in run_dirs]
@@ -128,7 +133,7 @@ def wait_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: bytes
         if pending:
             time.sleep(poll_s)
             poll_s = min(poll_s * 1.5, POLL_MAX_S)
-    return collect_runs(run_dirs, key=None, signer=signer)
+    return collect_runs(run_dirs, key=None, signer=signer, tsa=tsa)
 
 
 def cancel_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:

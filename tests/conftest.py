@@ -191,7 +191,7 @@ def slurm_cluster(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def mlflow_server(tmp_path_factory):
-    """One real MLflow tracking server for the session (tests/mlflowserver.py)."""
+    """One real `mlflow server` on 127.0.0.1 for the session (tests/mlflowserver.py)."""
     from mlflowserver import MlflowServer
 
     server = MlflowServer(tmp_path_factory.mktemp("mlflow"))

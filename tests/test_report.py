@@ -110,6 +110,18 @@ def test_report_of_a_sweep_renders_in_chromium_with_runs_values_provenance_and_v
     assert runs_table(dom).count(">FAILED<") == 3 and 'data-ready="1"' in dom
 
 
+def test_report_trusts_keys_given_with_trust_or_the_old_key_spelling(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, 1)
+    _, pub = generate_keypair("ed25519", tmp_path / "keys")
+    for flag in ("--trust", "--key"):
+        page = tmp_path / f"{flag[2:]}.html"
+        assert main(["report", "--sweep", "fake", "--runs-dir", str(runs), flag, str(pub), "--out", str(page)]) == 0
+        assert "the run has no attestation" in page.read_text()  # verified (and failed): the key was taken
+        err = capsys.readouterr().err
+        assert ("taken as --trust" in err) == (flag == "--key")
+
+
 def html_text(value: str) -> str:
     """How a browser serializes a text node."""
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import EXIT_INTEGRITY, EXIT_OK
+from runner.wire import fields_to_wire
+
+if TYPE_CHECKING:
+    from runner.attest.timestamp import Timestamp
 
 
 @dataclass(frozen=True)
@@ -22,7 +26,7 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         """For `xrun verify --json`."""
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return fields_to_wire(self)
 
 
 @dataclass(frozen=True)
@@ -32,6 +36,7 @@ class Verdict:
     checks: tuple[Check, ...]
     attestation: str = ""
     statement: dict[str, Any] | None = field(default=None, compare=False)  # the verified payload, when parsed
+    timestamp: Timestamp | None = None  # the verified RFC 3161 time of the signature
 
     @property
     def ok(self) -> bool:
@@ -57,4 +62,7 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         """For `xrun verify --json`."""
-        return {"attestation": self.attestation, "ok": self.ok, "checks": [c.to_json() for c in self.checks]}
+        out = {"attestation": self.attestation, "ok": self.ok, "checks": [c.to_json() for c in self.checks]}
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp.to_json()
+        return out

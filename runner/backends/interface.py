@@ -184,7 +184,7 @@ class Handle(abc.ABC):
         """Ask the scheduler to stop the run; its record (UsageError where the backend cannot)."""
 
     @abc.abstractmethod
-    def collect(self, signer: Signer | None) -> SubmittedRun:
+    def collect(self, signer: Signer | None, tsa_url: str | None = None) -> SubmittedRun:
         """The finished run's attestation: checked and signed here for a node's statement; how it ended otherwise."""
 
     def logs(self, out: IO[str], *, follow: bool, poll_s: float = 1.0) -> None:

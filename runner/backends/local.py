@@ -66,7 +66,7 @@ class LocalHandle(Handle):
         """Nothing to ask: the run belongs to the xrun process that runs it."""
         raise UsageError(f"{self.run_dir}: not a cluster run; a local run stops with Ctrl-C")
 
-    def collect(self, signer: Signer | None) -> SubmittedRun:
+    def collect(self, signer: Signer | None, tsa_url: str | None = None) -> SubmittedRun:
         """The attestation the run wrote (or how it ended)."""
         record = self.record()
         sched = record.scheduler

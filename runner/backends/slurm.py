@@ -546,7 +546,7 @@ class SlurmHandle(Handle):
         cancel(record.scheduler.job_ref or "")
         return record
 
-    def collect(self, signer: Signer | None) -> SubmittedRun:
+    def collect(self, signer: Signer | None, tsa_url: str | None = None) -> SubmittedRun:
         """Check the node's statement against the outputs, the plan and the image submitted, and sign it here."""
         from runner.attest import write_attestation
         from runner.collect import disagreements, load_submitted, mark_node_report, read_node_statement
@@ -587,7 +587,8 @@ class SlurmHandle(Handle):
         progress = StderrProgress()
         for note in notes:
             progress.warn(f"run {run.run_id}: {note}; signed with the disagreement recorded")
-        written = write_attestation(mark_node_report(statement, notes), signer, run.attestation, run.bundle)
+        written = write_attestation(mark_node_report(statement, notes), signer, run.attestation, run.bundle,
+                                    tsa_url=tsa_url)
         if sched is not None and notes:
             sched.disagreement = "; ".join(notes)
         record.attestation, record.signed = run.attestation.name, written.signed

@@ -32,6 +32,7 @@ from runner.engine.client import cached_probe, run_offline
 from runner.errors import BuildError, EnvironmentProblem, IntegrityError, ManifestError
 from runner.manifest import BootstrapSpec
 from runner.progress import ProgressSink, StderrProgress
+from runner.wire import fields_to_wire
 
 RECIPE_VERSION = 1  # bump when the mmdebstrap options or the archive layout change
 HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -68,7 +69,7 @@ class DebPackage:
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""
-        return {"name": self.name, "version": self.version, "arch": self.arch}
+        return fields_to_wire(self)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ from runner.build.wheels import PythonTarget, ResolvedWheel
 from runner.errors import EnvironmentProblem
 from runner.progress import human_bytes
 from runner.rundir import write_json
+from runner.wire import fields_to_wire
 
 # Part of the key: a change to how the layer is laid out must not reuse a layer laid out the old way.
 LAYOUT = 2
@@ -43,7 +44,7 @@ class DepsRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record's wire form."""
-        return {"key": self.key, "diffId": self.diff_id, "size": self.size, "images": list(self.images)}
+        return fields_to_wire(self)
 
 
 def deps_key(base_image_id: str, python: PythonTarget | None, wheels: list[ResolvedWheel], site: bytes) -> str:

@@ -12,13 +12,13 @@ the engine holds it.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.attest.recorded import RecordedBase, RecordedImage, RecordedRun, RecordedWheel
+from runner.attest.recorded import (NOT_VERIFIED, RecordedBase, RecordedImage, RecordedRun, RecordedWheel,
+                                    verified_statement)
 from runner.build.bootstrap import DebPackage
 from runner.build.image import ResolvedBase, assemble_image, bootstrap_base, code_layer, resolve_pinned_base
 from runner.build.layers import image_exists, list_layer, write_layer
@@ -76,6 +76,7 @@ class RebuildReport:
     layers: tuple[LayerComparison, ...] = ()
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    verified: bool = True  # False only with --no-verify: the recorded inputs were taken on trust
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` object (camelCase)."""
@@ -86,20 +87,6 @@ class RebuildReport:
 
 
 # --- the inputs ------------------------------------------------------------------------------------
-
-
-def _statement(attestation: Path, keys: list[Path]) -> dict[str, Any]:
-    from runner.attest.recorded import read_statement
-
-    if not keys:
-        return read_statement(attestation)
-    from runner.attest import verify_attestation
-
-    verdict = verify_attestation(attestation, keys, [], None)
-    if not verdict.ok or verdict.statement is None:
-        failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
-        raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was rebuilt", lines=failed)
-    return verdict.statement
 
 
 @dataclass(frozen=True)
@@ -295,10 +282,17 @@ def _layer_lines(layers: tuple[LayerComparison, ...]) -> list[str]:
 
 
 def rebuild(attestation: Path, *, code: Path | None = None, keys: list[Path] | None = None, client: Any = None,
-            cache: Any = None, quiet: bool = False) -> RebuildReport:
-    """Verify (with keys), rebuild the recorded image from its recorded inputs, compare; exceptions for exit 3/4."""
+            cache: Any = None, quiet: bool = False, verify: bool = True) -> RebuildReport:
+    """Verify (verify=False: explicitly not), rebuild the recorded image from its recorded inputs, compare;
+    exceptions for exit 2/3/4."""
+    report = _verify_and_rebuild(attestation, code, list(keys or []), client, cache, quiet, verify)
+    return report if verify else replace(report, verified=False, notes=(NOT_VERIFIED, *report.notes))
+
+
+def _verify_and_rebuild(attestation: Path, code: Path | None, keys: list[Path], client: Any, cache: Any,
+                        quiet: bool, verify: bool) -> RebuildReport:
     started = time.perf_counter()
-    statement = _statement(attestation, list(keys or []))
+    statement = verified_statement(attestation, keys, verify=verify, action="rebuilt")
     recorded = RecordedRun.from_statement(statement)
     if recorded.image is None or recorded.base is None or recorded.code_digest is None:
         raise UsageError(f"{attestation}: the attestation records no image, base or code tree digest "
@@ -312,8 +306,7 @@ def rebuild(attestation: Path, *, code: Path | None = None, keys: list[Path] | N
 
         cache = Cache.default()
     source = locate_code(statement, attestation, code)
-    (cache.root / "tmp").mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="xrun-rebuild-", dir=cache.root / "tmp"))
+    work = cache.work_dir("rebuild")
     try:
         if source.tree.digest != recorded.code_digest:
             return _code_differs(attestation, recorded, source.tree, client, work, started)
@@ -389,9 +382,10 @@ def mismatch_lines(report: RebuildReport) -> list[str]:
 
 def render_text(report: RebuildReport) -> str:
     """The report as a person reads it."""
+    notes = [f"  {note}" for note in report.notes]
     if report.identical:
-        return (f"IDENTICAL  {report.recorded_image_id}\n"
-                f"  rebuilt from base {report.base_image_id}, {report.wheels} wheels, code {report.code} "
-                f"({report.code_digest}) in {report.seconds:.1f} s")
+        return "\n".join([f"IDENTICAL  {report.recorded_image_id}",
+                          f"  rebuilt from base {report.base_image_id}, {report.wheels} wheels, code {report.code} "
+                          f"({report.code_digest}) in {report.seconds:.1f} s", *notes])
     head = (f"DIFFERENT  recorded {report.recorded_image_id}, rebuilt {report.rebuilt_image_id or '(not rebuilt)'}")
-    return "\n".join([head, *(f"  {line}" for line in mismatch_lines(report))])
+    return "\n".join([head, *(f"  {line}" for line in mismatch_lines(report)), *notes])

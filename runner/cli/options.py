@@ -6,16 +6,11 @@ import argparse
 import os
 from pathlib import Path
 
+from runner.attest.keys import key_password
 from runner.context import RunOptions
 from runner.fetch import FetchOptions
 from runner.fetch.interface import verify_requested
 from runner.rundir import default_runs_dir
-
-
-def key_password() -> bytes | None:
-    """$XRUN_KEY_PASSWORD, the password of an encrypted signing key (never a flag: it would show in `ps`)."""
-    password = os.environ.get("XRUN_KEY_PASSWORD")
-    return password.encode() if password else None
 
 
 def verify_data(args: argparse.Namespace) -> bool:
@@ -32,7 +27,7 @@ def run_options(args: argparse.Namespace, signing_key: Path | None) -> RunOption
     """The options of `run`, `submit` and `reproduce` (args.parents: shared.run_options)."""
     return RunOptions(runs_dir=args.runs_dir, key=signing_key, key_password=key_password(),
                       allow_hardware_mismatch=args.allow_hardware_mismatch, quiet=args.quiet or args.json,
-                      fetch=fetch_options(args), mlflow=args.mlflow)
+                      fetch=fetch_options(args), mlflow=args.mlflow, tsa=getattr(args, "tsa", None))
 
 
 def runs_dir(args: argparse.Namespace) -> Path:

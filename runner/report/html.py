@@ -280,7 +280,7 @@ def _outputs_table(runs: list[ReportRun]) -> str:
 
 def _verification(runs: list[ReportRun]) -> str:
     if all(r.verified is None for r in runs):
-        return _section("Verification", "<p class=muted>Not checked: pass <code>--key PUB</code> to verify each "
+        return _section("Verification", "<p class=muted>Not checked: pass <code>--trust PUB</code> to verify each "
                                         "attestation.</p>")
     parts = []
     for r in runs:

@@ -180,6 +180,7 @@ def reproduction(report: Report) -> str:
             lines.append(f"  {c.name}{detail}")
     verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
     lines.append(f"\n{verdict} (new run {report.run_id} in {report.run_dir})")
+    lines += [f"  {note}" for note in report.notes]
     return "\n".join(lines)
 
 

@@ -9,8 +9,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from runner.attest.keys import key_password
 from runner.backends import attach
-from runner.cli.options import key_password, run_options, runs_dir
+from runner.cli.options import run_options, runs_dir
 from runner.errors import EXIT_INTEGRITY
 from runner.node import node_run as run_on_node
 from runner.report import text

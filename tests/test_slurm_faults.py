@@ -15,6 +15,7 @@ import pytest
 
 from runner.attest import generate_keypair, verify_attestation
 from runner.context import RunOptions
+from runner.engine.execute import managed_containers
 from runner.errors import UsageError
 from runner.runs.record import RunRecord
 from runner.submit import SubmitOptions, collect, submit, wait_run
@@ -51,9 +52,15 @@ def _record(run_dir: Path) -> RunRecord:
     return RunRecord.load(run_dir / "run.json")
 
 
-def test_a_requeued_job_ends_with_one_attestation_and_keeps_its_attempts(tmp_path, base_image, slurm_cluster, keys):
+def _container_running(docker_client, run_dir: Path) -> bool:
+    """The training container of this run exists (run.json learns of it only once it has ended)."""
+    return any(c.labels.get("org.xrun.run-id") == run_dir.name for c in managed_containers(docker_client))
+
+
+def test_a_requeued_job_ends_with_one_attestation_and_keeps_its_attempts(tmp_path, base_image, slurm_cluster, keys,
+                                                                         docker_client):
     run_dir, job = _submit(tmp_path, base_image)
-    _until("the container start", lambda: _record(run_dir).container_started_on)
+    _until("the container start", lambda: _container_running(docker_client, run_dir))
     subprocess.run(["scontrol", "requeue", job], check=True, capture_output=True)
     done = wait_run(run_dir, key=keys[0])
     assert done.state == "completed" and done.attestation, _record(run_dir).to_json()
@@ -66,9 +73,9 @@ def test_a_requeued_job_ends_with_one_attestation_and_keeps_its_attempts(tmp_pat
     assert "Restarts=1" in restarts
 
 
-def test_a_ghost_task_is_signed_with_the_disagreement_named(tmp_path, base_image, slurm_cluster, keys):
+def test_a_ghost_task_is_signed_with_the_disagreement_named(tmp_path, base_image, slurm_cluster, keys, docker_client):
     run_dir, job = _submit(tmp_path, base_image)
-    _until("the container start", lambda: _record(run_dir).container_started_on)
+    _until("the container start", lambda: _container_running(docker_client, run_dir))
     pids = subprocess.run(["pgrep", "-f", rf"slurmstepd: \[{job}\.batch\]"], capture_output=True, text=True).stdout
     assert pids.split(), f"no slurmstepd for job {job}"
     try:

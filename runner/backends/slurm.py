@@ -505,7 +505,8 @@ class SlurmHandle(Handle):
         running (a task Slurm lost track of: collect names the disagreement)."""
         if super().finished(record):
             return True
-        if record.status not in ("succeeded", "failed") or not record.finished_on:
+        running = record.scheduler is not None and record.scheduler.state == "running"  # not requeued (pending)
+        if not running or record.status not in ("succeeded", "failed") or not record.finished_on:
             return False
         ended = datetime.strptime(record.finished_on, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
         return (utc_now() - ended).total_seconds() > GHOST_GRACE_S

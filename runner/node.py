@@ -28,7 +28,7 @@ from runner.fetch import FetchOptions
 from runner.engine.labels import runner_identity
 from runner.pipeline import run_in
 from runner.rundir import RunDir, rfc3339, utc_now
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus, SchedulerState
 from runner.stages import RunSummary, StageHooks
 
 
@@ -41,12 +41,12 @@ def node_run(run_dir: Path) -> RunSummary:
         raise UsageError(f"{run.record}: no run record; `xrun node-run` runs a directory prepared by `xrun submit`")
     job = NodeJob.load(run_dir / JOB_FILE)
     slurm = job_from_env()
-    if record.status != "submitted":  # the scheduler requeued the job: this directory saw an attempt already
+    if record.status != RunStatus.SUBMITTED:  # the scheduler requeued the job: this directory saw an attempt already
         _new_attempt(run, record)
-    record.status, record.runner, record.error = "running", runner_identity(), None
+    record.status, record.runner, record.error = RunStatus.RUNNING, runner_identity(), None
     record.started_on = rfc3339(utc_now())
     if record.scheduler is not None:
-        record.scheduler.state = "running"
+        record.scheduler.state = SchedulerState.RUNNING
         record.scheduler.node = slurm.node if slurm else os.uname().nodename
     record.save(run.record)
     try:
@@ -62,7 +62,7 @@ def node_run(run_dir: Path) -> RunSummary:
         _failed(run, record, exc)
         raise
     except KeyboardInterrupt:
-        _failed(run, record, XrunError("interrupted before the run started"), status="interrupted")
+        _failed(run, record, XrunError("interrupted before the run started"), status=RunStatus.INTERRUPTED)
         raise
     record.host, record.hardware_mismatch = ctx.host.to_json(), list(ctx.hardware_mismatch)
     record.save(run.record)
@@ -86,7 +86,7 @@ def _new_attempt(run: RunDir, record: RunRecord) -> None:
     record.log_sha256 = None
 
 
-def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: str = "failed") -> None:
+def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: RunStatus = RunStatus.FAILED) -> None:
     record.status, record.error = status, exc.message
     record.finished_on = rfc3339(utc_now())
     record.save(run.record)

@@ -16,7 +16,7 @@ import pytest
 from runner.attest import build_statement, generate_keypair, load_signer, write_attestation
 from runner.attest.samples import sample_facts, sample_subjects
 from runner.cli import build_parser, main
-from runner.cli.commands.reproduce import split_keys
+from runner.cli.options import split_keys
 from runner.report import text
 from runner.attest.recorded import NOT_VERIFIED
 from runner.reproduce import OutputRow, Report
@@ -76,20 +76,20 @@ def test_reproduce_key_with_a_public_key_is_taken_as_trust(signed, tmp_path, cap
     # Verified (and failed: exit 3), not refused for want of a trusted key (exit 2) nor signed with it.
     assert main(["reproduce", str(tampered), "--key", str(pub), "--runs-dir", str(never)]) == 3
     err = capsys.readouterr().err
-    assert f"--key {pub}: a public key; taken as --trust {pub}" in err and "does not verify" in err
+    assert f"--key {pub}: a trusted public key is given with --trust {pub}" in err and "does not verify" in err
     assert not never.exists()
 
 
 def test_reproduce_key_with_a_private_key_signs(signed, tmp_path):
     good, _, key, pub = signed
     args = build_parser().parse_args(["reproduce", str(good), "--trust", str(pub), "--key", str(key)])
-    assert split_keys(args) == ([pub], key)
+    assert split_keys(args, "the new run", "--signing-key", args.signing_key) == ([pub], key)
 
 
 def test_reproduce_signing_key_is_the_old_spelling_of_key(signed, capsys):
     good, _, key, pub = signed
     args = build_parser().parse_args(["reproduce", str(good), "--key", str(pub), "--signing-key", str(key)])
-    assert split_keys(args) == ([pub], key)
+    assert split_keys(args, "the new run", "--signing-key", args.signing_key) == ([pub], key)
     assert f"--signing-key {key}: write --key {key}" in capsys.readouterr().err
 
 
@@ -146,3 +146,14 @@ def test_not_verified_shows_in_the_reproduction_text():
                     verified=False, notes=(NOT_VERIFIED,))
     assert text.reproduction(report).endswith(f"REPRODUCED (new run r in d)\n  {NOT_VERIFIED}")
     assert report.to_json()["verified"] is False and report.to_json()["notes"] == [NOT_VERIFIED]
+
+
+def test_verify_key_with_a_private_key_signs_the_summary_and_vsa_key_is_its_old_spelling(signed, tmp_path, capsys):
+    """--key means the signing key in verify too: a private key signs the VSA; --vsa-key still works, with a line."""
+    good, _, key, pub = signed
+    out = tmp_path / "a.vsa.intoto.jsonl"
+    assert main(["verify", str(good), "--trust", str(pub), "--vsa-out", str(out), "--key", str(key)]) == 0
+    assert out.exists() and capsys.readouterr().err == ""
+    old = tmp_path / "b.vsa.intoto.jsonl"
+    assert main(["verify", str(good), "--trust", str(pub), "--vsa-out", str(old), "--vsa-key", str(key)]) == 0
+    assert old.exists() and f"--vsa-key {key}: write --key {key}" in capsys.readouterr().err

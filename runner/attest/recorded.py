@@ -111,6 +111,7 @@ class RecordedRun:
     xrun_version: str | None = None
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
     seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
+    builder_id: str | None = None  # runDetails.builder.id: who ran it (a host, a Slurm cluster)
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -142,6 +143,7 @@ class RecordedRun:
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
             listings=_listings(byproducts),
             seed=external.get("seed") if isinstance(external.get("seed"), int) else None,
+            builder_id=_str(_dict(details.get("builder")).get("id")),
         )
 
 

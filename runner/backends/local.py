@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from runner.backends.interface import Backend, Distribution, Handle, Prepared, SubmitResult, SubmittedRun, run_state
 from runner.errors import UsageError, XrunError
 from runner.rundir import new_run_id
-from runner.runs.record import RunRecord, SchedulerInfo
+from runner.runs.record import RunRecord, SchedulerInfo, SchedulerState
 
 if TYPE_CHECKING:
     from runner.attest.keys import Signer
@@ -31,7 +31,8 @@ class LocalBackend(Backend):
         sweep = new_run_id() if options.seeds else None
 
         def one(index: int, seed: int | None) -> SubmittedRun:
-            scheduler = SchedulerInfo(backend="local", state="running", sweep=sweep, array_index=index, seed=seed)
+            scheduler = SchedulerInfo(backend="local", state=SchedulerState.RUNNING, sweep=sweep, array_index=index,
+                                      seed=seed)
             run_options = dataclasses.replace(options.run, seed=seed, scheduler=scheduler if sweep else None)
             try:
                 summary = run_experiment(prepared.manifest, run_options)

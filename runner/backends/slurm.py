@@ -32,9 +32,9 @@ from runner.codetree import signing_key_path
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.hardware import HardwareClass
 from runner.resources import resource_dir
-from runner.rundir import RunDir, new_run_id, rfc3339, utc_now, write_atomic, write_json
 from runner.progress import StderrProgress
-from runner.runs.record import FINAL_SCHEDULER_STATES, RunRecord, SchedulerInfo
+from runner.rundir import RunDir, new_run_id, rfc3339, utc_now, write_atomic, write_json
+from runner.runs.record import RunRecord, RunStatus, SchedulerInfo, SchedulerState
 from runner.trackers.track import submitted_tracking, track_collected
 
 if TYPE_CHECKING:
@@ -52,13 +52,16 @@ TOOL_TIMEOUT_S = 60
 GHOST_GRACE_S = 30
 
 # Slurm's job states (squeue %T / sacct State) → xrun's scheduler states (runner/runs/record.py).
-STATE_MAP = {
-    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
-    "REQUEUE_FED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "running", "STOPPED": "running",
-    "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
-    "RESIZING": "running", "COMPLETED": "completed", "CANCELLED": "cancelled", "TIMEOUT": "timed-out",
-    "DEADLINE": "timed-out", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
-    "OUT_OF_MEMORY": "failed", "PREEMPTED": "failed", "SPECIAL_EXIT": "failed", "REVOKED": "cancelled",
+STATE_MAP: dict[str, SchedulerState] = {
+    "PENDING": SchedulerState.PENDING, "CONFIGURING": SchedulerState.PENDING, "REQUEUED": SchedulerState.PENDING,
+    "REQUEUE_HOLD": SchedulerState.PENDING, "REQUEUE_FED": SchedulerState.PENDING,
+    "RESV_DEL_HOLD": SchedulerState.PENDING, "SUSPENDED": SchedulerState.RUNNING, "STOPPED": SchedulerState.RUNNING,
+    "RUNNING": SchedulerState.RUNNING, "COMPLETING": SchedulerState.RUNNING, "SIGNALING": SchedulerState.RUNNING,
+    "STAGE_OUT": SchedulerState.RUNNING, "RESIZING": SchedulerState.RUNNING, "COMPLETED": SchedulerState.COMPLETED,
+    "CANCELLED": SchedulerState.CANCELLED, "TIMEOUT": SchedulerState.TIMED_OUT,
+    "DEADLINE": SchedulerState.TIMED_OUT, "FAILED": SchedulerState.FAILED, "NODE_FAIL": SchedulerState.FAILED,
+    "BOOT_FAIL": SchedulerState.FAILED, "OUT_OF_MEMORY": SchedulerState.FAILED, "PREEMPTED": SchedulerState.FAILED,
+    "SPECIAL_EXIT": SchedulerState.FAILED, "REVOKED": SchedulerState.CANCELLED,
 }
 
 
@@ -67,10 +70,13 @@ class JobState:
     """What the scheduler says of one job (or array member)."""
 
     ref: str  # JOB or JOB_INDEX
-    state: str  # xrun's scheduler state
+    state: SchedulerState
     slurm_state: str  # Slurm's own word
     node: str | None
     reason: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", SchedulerState(str(self.state)))
 
 
 @dataclass(frozen=True)
@@ -203,12 +209,21 @@ def time_limit(timeout_s: int | None) -> str:
     return str(math.ceil((timeout_s + TIME_MARGIN_S) / 60))
 
 
-def gres(hardware: HardwareClass) -> str | None:
-    """--gres=gpu[:TYPE]:N from the class; the type is the class's GPU model, lowercased (site names may differ)."""
+GPU_GRES_VARIABLE = "XRUN_SLURM_GPU_GRES"
+
+
+def gres(hardware: HardwareClass, environ: Mapping[str, str] = os.environ) -> str | None:
+    """--gres=NAME[:TYPE]:N: the class's GPU count; NAME[:TYPE] is XRUN_SLURM_GPU_GRES (the cluster's gres.conf
+    name, e.g. `gpu:a100_80g` or `gpu`), else gpu:<the class's GPU model, lowercased>, or gpu for any model."""
     if not hardware.gpus:
         return None
-    kind = f":{hardware.gpu_model.lower()}" if hardware.gpu_model else ""
-    return f"gpu{kind}:{hardware.gpus}"
+    name = environ.get(GPU_GRES_VARIABLE, "").strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", name):
+        raise UsageError(f"{GPU_GRES_VARIABLE}={name!r}: give the cluster's GPU GRES as NAME or NAME:TYPE "
+                         "(gres.conf's Name and Type, e.g. gpu:a100_80g)")
+    if not name:
+        name = "gpu" + (f":{hardware.gpu_model.lower()}" if hardware.gpu_model else "")
+    return f"{name}:{hardware.gpus}"
 
 
 def render_script(spec: ScriptSpec) -> str:
@@ -275,8 +290,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
             parts = line.split("|")
             if len(parts) == 4:
                 ref, slurm_state, node, reason = parts
-                found[ref] = JobState(ref, STATE_MAP.get(slurm_state, "running"), slurm_state, node or None,
-                                      None if reason in ("None", "") else reason)
+                found[ref] = JobState(ref, STATE_MAP.get(slurm_state, SchedulerState.RUNNING), slurm_state,
+                                      node or None, None if reason in ("None", "") else reason)
     missing = [j for j in set(job_ids) if not any(r == j or r.startswith(f"{j}_") for r in found)]
     if missing:
         # Jobs the controller has forgotten (MinJobAge): the accounting database, when the site has one.
@@ -286,7 +301,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
                 parts = line.split("|")
                 if len(parts) == 3:
                     word = parts[1].split()[0] if parts[1] else ""
-                    found[parts[0]] = JobState(parts[0], STATE_MAP.get(word, "running"), word, parts[2] or None, None)
+                    found[parts[0]] = JobState(parts[0], STATE_MAP.get(word, SchedulerState.RUNNING), word,
+                                               parts[2] or None, None)
     return found
 
 
@@ -310,7 +326,7 @@ def job_detail(ref: str) -> JobDetail | None:
     word = fields.get("JobState", "")
     node = fields.get("NodeList") or fields.get("BatchHost")
     restarts = fields.get("Restarts", "0")
-    return JobDetail(JobState(ref, STATE_MAP.get(word, "running"), word, None if node in (None, "(null)") else node,
+    return JobDetail(JobState(ref, STATE_MAP.get(word, SchedulerState.RUNNING), word, None if node in (None, "(null)") else node,
                               None if fields.get("Reason") in (None, "None") else fields.get("Reason")),
                      exit_code=fields.get("ExitCode"), restarts=int(restarts) if restarts.isdigit() else 0)
 
@@ -323,11 +339,11 @@ def scheduler_disagreements(record: RunRecord, statement: Mapping[str, Any],
         return []
     ref = sched.job_ref or "?"
     notes = []
-    if sched.state != "completed":
+    if sched.state != SchedulerState.COMPLETED:
         word = detail.state.slurm_state if detail else sched.state
         notes.append(f"Slurm shows job {ref} {word} while the node's statement says the run finished (a task Slurm "
                      "lost track of, or a job that ended after the run)")
-    if detail is not None and detail.exit_code not in (None, "0:0") and sched.state == "completed":
+    if detail is not None and detail.exit_code not in (None, "0:0") and sched.state == SchedulerState.COMPLETED:
         notes.append(f"Slurm recorded exit code {detail.exit_code} for job {ref}, the node's run succeeded")
     claimed = ((statement.get("predicate", {}).get("buildDefinition", {}).get("internalParameters") or {})
                .get("scheduler") or {}).get("node")
@@ -366,7 +382,7 @@ class SlurmBackend(Backend):
         cluster = cluster_name()
         seeds: list[int | None] = list(options.seeds) or [None]
         sweep = bool(options.seeds)
-        scheduler = SchedulerInfo(backend=self.name, state="pending", cluster=cluster or None)
+        scheduler = SchedulerInfo(backend=self.name, state=SchedulerState.PENDING, cluster=cluster or None)
         key = signing_key_path(options.run.key)
         job = NodeJob(manifest=str(ctx.plan.manifest.file), plan_digest="", image=image, cache_dir=str(cache_dir),
                       allow_hardware_mismatch=options.run.allow_hardware_mismatch,
@@ -438,7 +454,7 @@ def prepare_runs(ctx: RunContext, seeds: Sequence[int | None], job: NodeJob, sch
             dataclasses.replace(job, plan_digest=plan.digest, seed=seed).save(run.path / JOB_FILE)
             member = dataclasses.replace(scheduler, seed=seed, array_index=index if sweep else None,
                                          sweep=base if sweep else None)
-            RunRecord(run_id=run_id, name=plan.manifest.name, status="submitted", manifest=str(plan.manifest.file),
+            RunRecord(run_id=run_id, name=plan.manifest.name, status=RunStatus.SUBMITTED, manifest=str(plan.manifest.file),
                       manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
                       hardware_class=plan.hardware.name, image_id=job.image.id, scheduler=member,
                       tracking=tracking).save(run.record)
@@ -487,7 +503,7 @@ class SlurmHandle(Handle):
         state = states.get(sched.job_ref or "")
         if state is None:
             return self._forgotten(record)
-        if state.state not in FINAL_SCHEDULER_STATES:
+        if not state.state.final:
             # The node owns run.json while its job runs: the state is only reported, never written, here.
             sched.state, sched.node, sched.reason = state.state, state.node or sched.node, state.reason
             return record
@@ -505,8 +521,8 @@ class SlurmHandle(Handle):
         running (a task Slurm lost track of: collect names the disagreement)."""
         if super().finished(record):
             return True
-        running = record.scheduler is not None and record.scheduler.state == "running"  # not requeued (pending)
-        if not running or record.status not in ("succeeded", "failed") or not record.finished_on:
+        running = record.scheduler is not None and record.scheduler.state == SchedulerState.RUNNING  # not requeued
+        if not running or record.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED) or not record.finished_on:
             return False
         ended = datetime.strptime(record.finished_on, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
         return (utc_now() - ended).total_seconds() > GHOST_GRACE_S
@@ -524,13 +540,13 @@ class SlurmHandle(Handle):
         record = self.record()  # the node's last write
         sched = record.scheduler or sched
         record.scheduler = sched
-        if record.status == "succeeded":
-            sched.state = "completed"
-        elif record.status in ("failed", "interrupted"):
-            sched.state = "failed" if record.status == "failed" else "cancelled"
+        if record.status == RunStatus.SUCCEEDED:
+            sched.state = SchedulerState.COMPLETED
+        elif record.status in (RunStatus.FAILED, RunStatus.INTERRUPTED):
+            sched.state = SchedulerState.FAILED if record.status == RunStatus.FAILED else SchedulerState.CANCELLED
         else:
-            sched.state = "failed"
-            record.status = "failed"
+            sched.state = SchedulerState.FAILED
+            record.status = RunStatus.FAILED
             record.error = (f"job {sched.job_ref} ended while the run was {record.status} on the node (Slurm no "
                             "longer knows the job and keeps no accounting)")
             record.finished_on = record.finished_on or rfc3339(utc_now())
@@ -561,7 +577,7 @@ class SlurmHandle(Handle):
             raise UsageError(f"run {run.run_id} is still {run_state(record)}; `xrun wait {run.run_id}` waits for it")
         if run.attestation.exists():
             return SubmittedRun(run.run_id, run.path, seed, job, run_state(record), attestation=run.attestation)
-        if record.status != "succeeded" or not run.node_statement.exists():
+        if record.status != RunStatus.SUCCEEDED or not run.node_statement.exists():
             return SubmittedRun(run.run_id, run.path, seed, job, run_state(record),
                                 error=record.error or "the node wrote no statement")
         statement = read_node_statement(run.node_statement)
@@ -603,14 +619,14 @@ def _settle(record: RunRecord, slurm_state: str) -> None:
     """A finished job whose run did not succeed: say why in the record (the node may never have started)."""
     sched = record.scheduler
     assert sched is not None
-    if record.status == "succeeded" and sched.state == "completed":
+    if record.status == RunStatus.SUCCEEDED and sched.state == SchedulerState.COMPLETED:
         return
-    reasons = {"cancelled": "the job was cancelled (scancel)",
-               "timed-out": "the job reached its Slurm time limit (--time) and was stopped",
-               "failed": f"the job failed ({slurm_state})"}
-    if sched.state in ("cancelled", "timed-out") or record.status in ("submitted", "running"):
-        record.status = "interrupted" if sched.state == "cancelled" else "failed"
-        node_error = f": {record.error}" if record.error and sched.state == "failed" else ""
+    reasons = {SchedulerState.CANCELLED: "the job was cancelled (scancel)",
+               SchedulerState.TIMED_OUT: "the job reached its Slurm time limit (--time) and was stopped",
+               SchedulerState.FAILED: f"the job failed ({slurm_state})"}
+    if sched.state in (SchedulerState.CANCELLED, SchedulerState.TIMED_OUT) or record.status.unfinished:
+        record.status = RunStatus.INTERRUPTED if sched.state == SchedulerState.CANCELLED else RunStatus.FAILED
+        node_error = f": {record.error}" if record.error and sched.state == SchedulerState.FAILED else ""
         record.error = reasons.get(sched.state, f"the job ended {slurm_state}") + node_error
         record.finished_on = record.finished_on or rfc3339(utc_now())
         record.attestation = None

@@ -243,12 +243,13 @@ def file_changes(recorded: Path, rebuilt: Path) -> tuple[FileChange, ...]:
 def compare_layers(recorded: tuple[str, ...], rebuilt: tuple[str, ...], ours: dict[str, Path], theirs: dict[str, Path],
                    n_base: int) -> tuple[LayerComparison, ...]:
     """Layer by layer: diff IDs, and for differing small layers both at hand, the files that differ."""
-    roles = ["deps (/opt/xrun)", "code (/workspace)"]
     out = []
-    for i in range(max(len(recorded), len(rebuilt))):
+    count = max(len(recorded), len(rebuilt))
+    for i in range(count):
         a = recorded[i] if i < len(recorded) else None
         b = rebuilt[i] if i < len(rebuilt) else None
-        role = "base" if i < n_base else roles[i - n_base] if i - n_base < len(roles) else "extra"
+        # base layers, the dependency layers (seed hook and venv, then one per wheel), the code last
+        role = "base" if i < n_base else "code (/workspace)" if i == count - 1 else "deps (/opt/xrun)"
         files: tuple[FileChange, ...] = ()
         note = None
         if a != b and b in ours:

@@ -198,9 +198,10 @@ def _attestation_commands(command: Command) -> None:
     p = command("verify", "verify an attestation (or a VSA) offline: signature, timestamp, structure, artifacts, "
                 "policy; optionally sign a summary and register the model",
                 "xrun verify run/provenance.sigstore.json --trust xrun.pub --tsa-cert tsa.pem --artifact model.npy "
-                "--policy policy.yaml --vsa-out model.vsa.intoto.jsonl --vsa-key auditor.key "
+                "--policy policy.yaml --vsa-out model.vsa.intoto.jsonl --key auditor.key "
                 "[--mlflow http://mlflow:5000 --register iris]",
-                "keys:verify", [shared.trusted_keys("verify the signature with it"), shared.trust_alias(),
+                "keys:verify", [shared.trusted_keys("verify the signature with it"),
+                                shared.key_files("the verification summary (--vsa-out, --register): the verifier's own"),
                                 shared.json_flag(), shared.evidence()])
     p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl, provenance.sigstore.json or a VSA")
     p.add_argument("--artifact", dest="artifacts", type=Path, action="append", default=[],
@@ -213,11 +214,9 @@ def _attestation_commands(command: Command) -> None:
                 "reproduce:reproduce",
                 [shared.attestation("verify the attestation before re-running"), shared.json_flag(),
                  shared.quiet_flag(), shared.runs_dir("where the new run directory goes"),
-                 shared.hardware_mismatch(), shared.mlflow(), shared.verify_data()])
+                 shared.hardware_mismatch(), shared.mlflow(), shared.verify_data(),
+                 shared.key_files("the new run's attestation (default: $XRUN_SIGNING_KEY)")])
     p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
-    p.add_argument("--key", dest="key_files", type=Path, action="append", default=[], metavar="KEY",
-                   help="signing key of the new run's attestation (default: $XRUN_SIGNING_KEY); a public key "
-                        "given here is taken as --trust, with a warning")
     p.add_argument("--signing-key", type=Path, metavar="KEY", help="the old spelling of --key KEY (still accepted)")
     p.add_argument("--rtol", type=float, help="relative tolerance for metrics files")
     p.add_argument("--atol", type=float, help="absolute tolerance for metrics files")

@@ -78,9 +78,22 @@ class _TrustAlias(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str | Sequence[Any] | None,
                  option_string: str | None = None) -> None:
-        warn(f"--key {values}: a trusted public key is given with --trust {values} (--key names the signing key); "
-             "taken as --trust")
+        warn(public_key_as_trust(values))
         setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+
+
+def public_key_as_trust(path: object) -> str:
+    """The one line for a public key given where --key (the signing key) is meant."""
+    return f"--key {path}: a trusted public key is given with --trust {path} (--key names the signing key); taken as --trust"
+
+
+def key_files(signs: str) -> argparse.ArgumentParser:
+    """--key KEY where a command both verifies and signs: a private key signs, a public one is taken as --trust."""
+    p = _parent()
+    p.add_argument("--key", dest="key_files", type=Path, action="append", default=[], metavar="KEY",
+                   help=f"the private key that signs {signs}; a public key given here is taken as --trust, "
+                        "with a warning")
+    return p
 
 
 def trust_alias() -> argparse.ArgumentParser:
@@ -134,12 +147,11 @@ def evidence() -> argparse.ArgumentParser:
                    help="trust the timestampAuthorities of a Sigstore trusted_root.json (what cosign reads)")
     p.add_argument("--vsa-out", type=Path, metavar="FILE",
                    help="also write a signed SLSA Verification Summary (VSA) of this verification to FILE")
-    p.add_argument("--vsa-key", type=Path, metavar="KEY",
-                   help="the private key that signs the VSA: the verifier's own, not the producer's")
+    p.add_argument("--vsa-key", type=Path, metavar="KEY", help="the old spelling of --key KEY (still accepted)")
     p.add_argument("--mlflow", metavar="URI", help="the MLflow server whose Model Registry --register uses")
     p.add_argument("--register", metavar="NAME",
                    help="after a PASSED verification, register the --artifact files as a new version of model NAME "
-                        "with the VSA and the attestation attached (needs --mlflow and --vsa-key)")
+                        "with the VSA and the attestation attached (needs --mlflow and --key)")
     return p
 
 

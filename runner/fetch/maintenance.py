@@ -137,7 +137,7 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
             continue
         if not gone and now - st.st_mtime < older_than_s:
             continue
-        size = sum(s.st_size for _, s in walk_tree(path) if stat.S_ISREG(s.st_mode)) if path.is_dir() else st.st_size
+        size = tree_size(path) if path.is_dir() else st.st_size
         if not dry_run:
             remove_tree(path)
         removed.append(Removed("partial", path, size, None, st.st_mtime))
@@ -147,15 +147,8 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
 
 
 def tree_size(path: Path) -> int:
-    """Bytes of the files under a folder (symlinks not followed)."""
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total
+    """Bytes of the regular files under a folder (symlinks not followed)."""
+    return sum(s.st_size for _, s in walk_tree(path) if stat.S_ISREG(s.st_mode))
 
 
 def _remove_entry(cache: Cache, entry: CacheEntry) -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UsageError
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus, SchedulerState
 from runner.wire import fields_to_wire
 
 
@@ -78,10 +78,11 @@ def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
     for _, record in members:
         sched = record.scheduler
         assert sched is not None
-        if record.status in ("submitted", "running") and not sched.final:
+        if record.status.unfinished and not sched.final:
             unfinished += 1
             continue
-        if record.status != "succeeded" or sched.state in ("failed", "cancelled", "timed-out"):
+        if record.status != RunStatus.SUCCEEDED or sched.state in (SchedulerState.FAILED, SchedulerState.CANCELLED,
+                                                                    SchedulerState.TIMED_OUT):
             failed.append(FailedMember(record.run_id, sched.seed, run_state(record), record.error))
             continue
         succeeded += 1

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from runner.errors import UsageError
 from runner.redact import REDACTED, redact
 from runner.rundir import NODE_STATEMENT
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 from runner.trackers.interface import LOGGED, PENDING, Tracker, TrackerError, TrackingState, tracked_run
 from runner.wire import fields_to_wire
 
@@ -177,7 +177,7 @@ def sync_runs(run_dirs: list[Path], *, explicit: bool, flag_uri: str | None, key
                                           f"the run is not collected yet; `xrun collect {record.run_id}` signs and "
                                           "logs it"))
             continue
-        if record.status not in ("succeeded", "failed"):
+        if record.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             if explicit:
                 results.append(SyncResult(record.run_id, "skipped", None, None, None,
                                           f"the run is {record.status}; only finished runs are sent"))

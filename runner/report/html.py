@@ -24,7 +24,7 @@ from runner.report.views import seed_list
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
 from runner.runs.record import RunRecord, RunStatus
-from runner.runs.store import RunInfo, find_run, list_runs
+from runner.runs.store import RunInfo, find_runs, list_runs
 from runner.wire import fields_to_wire
 
 MAX_WHEELS_SHOWN = 6  # a lock of hundreds of wheels would drown the graph: the rest are counted
@@ -81,10 +81,10 @@ class WrittenReport:
 
 
 def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str]) -> list[RunInfo]:
-    """The runs named (id, prefix, path, 'latest') and every finished run of each sweep (experiment name)."""
+    """The runs named (id, sweep id, prefix, path, 'latest') and the finished runs of each --sweep EXPERIMENT."""
     if not refs and not sweeps:
         raise UsageError("name the runs to report: run ids (`xrun runs ls` lists them) or --sweep EXPERIMENT")
-    chosen = [find_run(runs_dir, ref) for ref in refs]
+    chosen = [run for ref in refs for run in find_runs(runs_dir, ref)]
     everything = list_runs(runs_dir) if sweeps else []
     for name in sweeps:
         finished = (RunStatus.SUCCEEDED, RunStatus.FAILED)

@@ -17,11 +17,11 @@ REPO = Path(__file__).resolve().parent.parent
 
 # Runs the real CLI in a fresh interpreter, then says which of the heavy libraries it loaded.
 _PROBE = """
-import sys
+import json, sys
 from runner.cli import main
 rc = main(sys.argv[1:])
 print(json.dumps({"rc": rc, "loaded": sorted(m for m in ("cryptography", "runner.attest.keys") if m in sys.modules)}))
-""".replace("import sys", "import json, sys", 1)
+"""
 
 
 def _run(tmp_path: Path, *args: str) -> dict:

@@ -22,7 +22,7 @@ from runner.build.distribute import ImageSource
 from runner.context import RunOptions
 from runner.errors import UsageError
 from runner.rundir import write_json
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus, SchedulerState
 from runner.wire import fields_to_wire, snake
 
 if TYPE_CHECKING:
@@ -79,7 +79,7 @@ class SubmittedRun:
     run_dir: Path
     seed: int | None
     job: str | None  # JOB or JOB_INDEX
-    state: str  # scheduler state, or the run's status for local runs
+    state: RunStatus | SchedulerState  # the scheduler's state for a cluster run, else the run's status
     attestation: Path | None = None
     error: str | None = None
     refused: bool = False  # collect found the node's statement untrustworthy (exit 3): nothing was signed
@@ -135,7 +135,7 @@ class NodeJob:
         write_json(path, self.to_json())
 
 
-def run_state(record: RunRecord) -> str:
+def run_state(record: RunRecord) -> RunStatus | SchedulerState:
     """The word `submit`/`wait`/`collect` report: the scheduler's state for a cluster run, else the run's status."""
     if record.scheduler is not None and record.scheduler.backend != "local":
         return record.scheduler.state

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from runner.backends.interface import Backend, Distribution, Handle, Prepared, SubmitResult, SubmittedRun, run_state
 from runner.errors import UsageError, XrunError
 from runner.rundir import new_run_id
-from runner.runs.record import RunRecord, SchedulerInfo, SchedulerState
+from runner.runs.record import RunRecord, RunStatus, SchedulerInfo, SchedulerState
 
 if TYPE_CHECKING:
     from runner.attest.keys import Signer
@@ -39,9 +39,10 @@ class LocalBackend(Backend):
             except XrunError as exc:
                 if len(seeds) == 1:
                     raise
-                return SubmittedRun(run_id="", run_dir=Path(), seed=seed, job=None, state="failed", error=exc.message)
+                return SubmittedRun(run_id="", run_dir=Path(), seed=seed, job=None, state=RunStatus.FAILED,
+                                    error=exc.message)
             return SubmittedRun(run_id=summary.run_id, run_dir=summary.run_dir, seed=seed, job=None,
-                                state="succeeded", attestation=summary.attestation)
+                                state=RunStatus.SUCCEEDED, attestation=summary.attestation)
 
         if options.parallel > 1 and len(seeds) > 1:
             with ThreadPoolExecutor(max_workers=options.parallel) as pool:

@@ -420,7 +420,7 @@ class SlurmBackend(Backend):
         if not _holds(options.sbatch_args):
             release(job_id)
         members = tuple(SubmittedRun(run_id=r.run_id, run_dir=r.path, seed=s, job=f"{job_id}_{i}" if sweep else job_id,
-                                     state="pending") for i, (r, s) in enumerate(zip(runs, seeds)))
+                                     state=SchedulerState.PENDING) for i, (r, s) in enumerate(zip(runs, seeds)))
         return SubmitResult(backend=self.name, sweep=sweep_id, job_id=job_id, image_id=image.id,
                             image_reference=image.reference, script=script, runs=members)
 

@@ -16,6 +16,7 @@ from runner.errors import EXIT_INTEGRITY
 from runner.node import node_run as run_on_node
 from runner.report import text
 from runner.report.json import render
+from runner.runs.record import RunStatus, SchedulerState
 from runner.runs.store import find_runs
 from runner.runs.sweep import summarize_sweep
 from runner.submit import (SubmitOptions, SubmittedRun, cancel_runs, collect_runs, parse_seeds, submit as submit_runs,
@@ -32,7 +33,8 @@ def submit(args: argparse.Namespace) -> int:
     result = submit_runs(Path(args.manifest), options)
     print(render(result) if args.json else text.submitted(result))
     # Without --wait a cluster's runs are pending: only runs that ended can have failed.
-    failed = [r for r in result.runs if r.state not in ("pending", "succeeded", "completed")]
+    fine = (SchedulerState.PENDING, RunStatus.SUCCEEDED, SchedulerState.COMPLETED)
+    failed = [r for r in result.runs if r.state not in fine]
     return 1 if failed else 0
 
 

@@ -12,6 +12,7 @@ from runner.report.json import render
 from runner.report.views import RunView
 from runner.runs.store import diff_runs, find_run, list_runs
 from runner.backends import refresh
+from runner.trackers.interface import PENDING
 from runner.trackers.track import sync_runs
 
 
@@ -45,4 +46,4 @@ def sync(args: argparse.Namespace) -> int:
     results = sync_runs([r.path for r in runs], explicit=bool(args.run), flag_uri=args.mlflow, keys=args.trust,
                         progress=StderrProgress(args.json))
     print(render(results) if args.json else text.synced(results))
-    return 0 if all(r.state != "pending" for r in results) else 4
+    return 0 if all(r.state != PENDING for r in results) else 4

@@ -106,9 +106,10 @@ def write_report(runs_dir: Path, refs: list[str], sweeps: list[str], out: Path, 
     if not out.parent.absolute().is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere")
     try:
-        import plotly  # noqa: F401 - an optional extra: say so before any work
+        import plotly  # noqa: F401 - a dependency of xrun; an installation without it says so before any work
     except ImportError:
-        raise EnvironmentProblem("xrun report draws its plots with plotly: pip install 'xrun[report]'") from None
+        raise EnvironmentProblem("xrun report draws its plots with plotly, which this installation lacks: "
+                                 "pip install 'plotly>=5.20' (or reinstall xrun with its dependencies)") from None
     runs = collect(select_runs(runs_dir, refs, sweeps), keys)
     data = render(runs, title=_title(runs, sweeps)).encode("utf-8")
     write_atomic(out, data)

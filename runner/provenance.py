@@ -19,7 +19,7 @@ from runner.execute import ContainerSpec
 from runner.hashing import hash_tree, tree_digest
 from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
-from runner.plan import ImageRef, Plan, canonical_json
+from runner.plan import ImageRef, Plan, canonical_json, repo_path
 
 if TYPE_CHECKING:
     from runner.context import RunContext
@@ -117,7 +117,8 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
     deps.append(ResourceDescriptor(name="image", uri=purl("docker", plan.manifest.name, image.id, "xrun"),
                                    digest={"sha256": image.id.split(":", 1)[1]}, annotations=image_notes))
     for deb in image.debs:
-        deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl))
+        deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl,
+                                       digest={"sha256": deb.sha256} if deb.sha256 else {}))
     for wheel in image.wheels:
         deps.append(wheel_dependency(wheel))
     sources = {p.item.name: p.source for p in plan.data if p.source is not None}
@@ -231,6 +232,7 @@ def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str) -> tupl
         ),
         invocation_id=f"{run_id}/{uuid.uuid4()}",
         seed=ctx.options.seed,
+        manifest_path=repo_path(plan.manifest.file),
         started_on=result.started_on,
         finished_on=result.finished_on,
         byproducts=tuple(d for d in (

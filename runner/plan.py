@@ -161,6 +161,24 @@ def git_state(folder: Path) -> tuple[str | None, bool | None]:
     return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
 
 
+def repo_path(file: Path) -> str | None:
+    """file's path relative to the top of its git work tree (posix), or None outside one."""
+    git = shutil.which("git")
+    if not git:
+        return None
+    try:
+        top = subprocess.run([git, "-C", str(file.resolve().parent), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if top.returncode != 0 or not top.stdout.strip():
+        return None
+    try:
+        return file.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
 def run_env(manifest: Manifest) -> dict[str, str]:
     """The container's environment: the manifest's env plus the seed and determinism variables."""
     env = dict(manifest.run.env)

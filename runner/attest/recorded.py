@@ -65,6 +65,7 @@ class RecordedRun:
     xrun_version: str | None = None
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
     seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
+    manifest_path: str | None = None  # externalParameters.manifestPath: the manifest's path in its git repository
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -98,6 +99,7 @@ class RecordedRun:
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
             listings=_listings(byproducts),
             seed=external.get("seed") if isinstance(external.get("seed"), int) else None,
+            manifest_path=_str(external.get("manifestPath")),
         )
 
 

@@ -89,7 +89,7 @@ def _base(client: Any) -> str:
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Cold and warm build_image rows."""
     from runner.build import image as image_mod
-    from runner.docker_client import docker_client
+    from runner.engine.client import docker_client
     from runner.fetch import Cache
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan

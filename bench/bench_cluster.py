@@ -102,7 +102,7 @@ def _latency_sbatch(image: str, work: Path, i: int) -> float:
 
 def run(quick: bool = False) -> list[dict[str, Any]]:
     """Submit latency and a 4-seed sweep."""
-    from runner.docker_client import docker_client
+    from runner.engine.client import docker_client
     from slurmcluster import start_cluster, stop_cluster
     from test_run import write_experiment
 

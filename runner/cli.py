@@ -459,7 +459,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_build(args: argparse.Namespace) -> int:
     from runner.build.image import build_image
-    from runner.docker_client import docker_client
+    from runner.engine.client import docker_client
     from runner.fetch import Cache, FetchOptions
     from runner.manifest import load_manifest
     from runner.plan import resolve_plan

@@ -78,7 +78,7 @@ class RunContext:
     def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
         """Resolve everything a run needs; raises XrunError (with its exit code) before any work is done."""
         from runner.attest import load_signer
-        from runner.docker_client import docker_client
+        from runner.engine.client import docker_client
 
         plan = resolve_plan(with_seed(load_manifest(manifest_path), options.seed))
         host = hardware.detect_host()

@@ -4,7 +4,7 @@ The first signal raises KeyboardInterrupt in the main thread, whatever the phase
 run), so one clean-up path runs: container removed, run marked interrupted, no attestation.
 Signals that arrive while that clean-up runs are held back instead of breaking it half-way (two
 Ctrl-C 50 ms apart must not leave a container or a half-written file); a third one quits at once
-and leaves the rest to the watchdog (runner/watchdog.py), which removes the run's containers.
+and leaves the rest to the watchdog (runner/engine/watchdog.py), which removes the run's containers.
 """
 
 from __future__ import annotations

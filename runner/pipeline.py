@@ -9,70 +9,24 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
 
-from runner.attest.statement import ProvenanceFacts
 from runner.backends.interface import Execution, get_backend
-from runner.build.image import BuiltImage
 from runner.context import RunContext, RunOptions, signing_key_path
+from runner.engine.execute import raise_for_status
+from runner.engine.labels import NAME_LABEL, RUN_ID_LABEL, RUNNER_LABEL, runner_identity
+from runner.engine.watchdog import Watchdog, reap_orphans
 from runner.errors import IntegrityError, Interrupted, XrunError
-from runner.execute import raise_for_status
 from runner.fetch import FetchedData, changed_since_fetch, fetch_data
-from runner.outputs import Outputs, collect_outputs
+from runner.outputs import collect_outputs
 from runner.rundir import RunDir, create_run_dir, rfc3339, utc_now
 from runner.runs.record import RunRecord
-from runner.watchdog import RUNNER_LABEL, Watchdog, reap_orphans, runner_identity
-from runner.wire import fields_to_wire
+from runner.stages import CompletedRun, RunSummary, StageHooks
 
-__all__ = ["CompletedRun", "RunOptions", "RunSummary", "StageHooks", "new_record", "run_experiment", "run_in",
-           "signing_key_path"]
+__all__ = ["RunOptions", "new_record", "run_experiment", "run_in", "signing_key_path"]
 
 
 NODE_STATEMENT = "node.intoto.jsonl"  # a cluster node's unsigned statement, signed by the submitter (runner/submit.py)
-
-
-@dataclass(frozen=True)
-class RunSummary:
-    """What `xrun run` reports."""
-
-    run_id: str
-    run_dir: Path
-    status: str
-    image_id: str
-    plan_digest: str
-    outputs: dict[str, str]
-    metrics: dict[str, dict[str, float]]
-    attestation: Path | None
-    bundle: Path | None
-    signed: bool
-    keyid: str | None
-    tracking: dict[str, Any] = field(default_factory=dict)  # tracker → its state (runner/trackers)
-
-    def to_json(self) -> dict[str, Any]:
-        """The `--json` object."""
-        return fields_to_wire(self)
-
-
-@dataclass(frozen=True)
-class CompletedRun:
-    """The typed results of every stage of one run: what the provenance is described from."""
-
-    run: RunDir
-    fetched: tuple[FetchedData, ...]
-    image: BuiltImage
-    execution: Execution
-    outputs: Outputs
-
-
-@dataclass(frozen=True)
-class StageHooks:
-    """What a backend's node side changes in the stages (runner/backends/slurm.py); the defaults are `xrun run`'s."""
-
-    image: Callable[[RunContext], BuiltImage] | None = None  # default: build (or find) the plan's image
-    facts: Callable[[ProvenanceFacts], ProvenanceFacts] | None = None  # e.g. the cluster's builder id
-    attestation: str | None = None  # file name of the statement in the run dir (default provenance.intoto.jsonl)
 
 
 def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
@@ -132,7 +86,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
     image = (hooks.image(ctx) if hooks.image
              else build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress))
     record.image_id = image.id
-    labels = {"org.xrun.run-id": run.run_id, "org.xrun.name": plan.manifest.name, RUNNER_LABEL: str(record.runner)}
+    labels = {RUN_ID_LABEL: run.run_id, NAME_LABEL: plan.manifest.name, RUNNER_LABEL: str(record.runner)}
     execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
     _record_result(record, execution)
     raise_for_status(execution.result, plan.timeout_s)

@@ -15,7 +15,7 @@ from packageurl import PackageURL
 
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
-from runner.execute import ContainerSpec
+from runner.engine.execute import ContainerSpec
 from runner.hashing import hash_tree, tree_digest
 from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
@@ -23,7 +23,7 @@ from runner.plan import ImageRef, Plan, canonical_json, repo_path
 
 if TYPE_CHECKING:
     from runner.context import RunContext
-    from runner.pipeline import CompletedRun
+    from runner.stages import CompletedRun
 
 SEEDED_LIBRARIES = ("random", "numpy", "torch", "tensorflow", "jax")
 

@@ -42,7 +42,7 @@ def _test_cache() -> Path:
 @pytest.fixture(scope="session")
 def docker_client():
     """The real engine; the whole session fails loudly (not skips) when `docker info` does not answer."""
-    from runner.docker_client import docker_client as connect
+    from runner.engine.client import docker_client as connect
     from runner.errors import EnvironmentProblem
 
     try:

@@ -38,7 +38,7 @@ def plan_with(tmp_path: Path, image: dict):
 
 def test_docker_host_is_honoured(tmp_path, docker_client):
     """The engine reached through a socket path only DOCKER_HOST names (a link to the real one)."""
-    from runner.docker_client import docker_client as connect
+    from runner.engine.client import docker_client as connect
 
     real = Path("/var/run/docker.sock")
     if not real.exists():

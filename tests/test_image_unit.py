@@ -14,7 +14,7 @@ from packaging.tags import sys_tags
 
 from runner.build import bootstrap, layers
 from runner.build.bootstrap import DebPackage, write_docker_archive
-from runner.docker_client import docker_client
+from runner.engine.client import docker_client
 from runner.errors import EnvironmentProblem, ManifestError
 from runner.build.image import _matching_repo_digest, image_environment
 from runner.build.layers import LayerBuilder

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from runner.watchdog import KILLED, RUNNER_LABEL, reap_orphans, runner_identity
+from runner.engine.labels import RUNNER_LABEL, runner_identity
+from runner.engine.watchdog import KILLED, reap_orphans
 from faultserver import Fault, FaultServer
 from tests.test_run import write_experiment
 

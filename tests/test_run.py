@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import EnvironmentProblem, TrainingFailed
-from runner.execute import managed_containers
+from runner.engine.execute import managed_containers
 from runner.pipeline import RunOptions, run_experiment
 
 pytestmark = pytest.mark.docker

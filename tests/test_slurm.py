@@ -20,7 +20,7 @@ import pytest
 
 from runner.attest import generate_keypair, verify_attestation
 from runner.context import RunOptions
-from runner.execute import managed_containers
+from runner.engine.execute import managed_containers
 from runner.pipeline import run_experiment
 from runner.runs.record import RunRecord
 from runner.submit import SubmitOptions, cancel_run, refresh, submit, summarize_sweep, wait_run

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
 from runner.errors import UsageError
-from runner.execute import ContainerSpec, RunResult
+from runner.engine.execute import ContainerSpec, RunResult
 
 if TYPE_CHECKING:
     from runner.context import RunContext

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from runner.backends.interface import Backend, Execution
-from runner.execute import container_spec, run_container
+from runner.engine.execute import container_spec, run_container
 
 if TYPE_CHECKING:
     from runner.context import RunContext

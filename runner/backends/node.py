@@ -71,8 +71,9 @@ def node_run(run_dir: Path) -> Any:
     from runner.backends.slurm import job_from_env, with_slurm_builder
     from runner.context import RunContext, RunOptions
     from runner.fetch import FetchOptions
-    from runner.pipeline import NODE_STATEMENT, StageHooks, run_in
-    from runner.watchdog import runner_identity
+    from runner.pipeline import NODE_STATEMENT, run_in
+    from runner.stages import StageHooks
+    from runner.engine.labels import runner_identity
 
     run_dir = run_dir.absolute()
     run = RunDir(run_dir.name, run_dir)

@@ -27,7 +27,7 @@ from typing import Any
 
 from runner.build.layers import (SOURCE_DATE_EPOCH, ImageConfig, history_entry, image_exists, layer_from_file,
                                  load_archive, write_load_archive)
-from runner.docker_client import cached_probe, run_offline
+from runner.engine.client import cached_probe, run_offline
 from runner.errors import BuildError, EnvironmentProblem, IntegrityError, ManifestError
 from runner.manifest import BootstrapSpec
 from runner.progress import ProgressSink, StderrProgress

@@ -304,7 +304,7 @@ def rebuild(attestation: Path, *, code: Path | None = None, keys: list[Path] | N
         raise UsageError(f"{attestation}: the attestation records no image, base or code tree digest "
                          "(resolvedDependencies image, base-image, code); it was not written by xrun")
     if client is None:
-        from runner.docker_client import docker_client
+        from runner.engine.client import docker_client
 
         client = docker_client()
     if cache is None:

@@ -29,7 +29,7 @@ from packaging import tags as ptags
 from packaging.utils import InvalidWheelFilename, canonicalize_name, parse_wheel_filename
 from packaging.version import Version
 
-from runner.docker_client import ProbeFailed, cached_probe, run_offline
+from runner.engine.client import ProbeFailed, cached_probe, run_offline
 from runner.fetch.interface import FetchOptions
 from runner.errors import FetchError, IntegrityError, ManifestError, XrunError
 from runner.hashing import sha256_file

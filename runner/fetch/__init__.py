@@ -20,10 +20,10 @@ otherwise it is re-hashed, and removed and fetched again when it changed (`Fetch
 
 from runner.fetch.cache import Blob, Cache, CacheEntry
 from runner.fetch.download import Cancelled, fetch_blob
-from runner.fetch.interface import FetchOptions
+from runner.fetch.interface import FetchedData, FetchOptions
 from runner.fetch.maintenance import (Removed, VerifyResult, gc_cache, keep_for_manifest, keep_for_plan, list_cache,
                                       verify_cache)
-from runner.fetch.stage import BlobRequest, FetchedData, changed_since_fetch, fetch_blobs, fetch_data
+from runner.fetch.stage import BlobRequest, changed_since_fetch, fetch_blobs, fetch_data
 
 __all__ = ["Blob", "BlobRequest", "Cache", "CacheEntry", "Cancelled", "FetchOptions", "FetchedData", "Removed",
            "VerifyResult", "changed_since_fetch", "fetch_blob", "fetch_blobs", "fetch_data", "gc_cache",

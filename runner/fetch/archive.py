@@ -97,11 +97,11 @@ def unpack_tree(cache: Cache, blob: Blob, *, name: str, uri: str) -> Tree:
             fsync_dir(final.parent)
             cache.record_tree(blob.algorithm, blob.hexdigest)
         except OSError as exc:
-            _remove_tree(work)
+            remove_tree(work)
             raise FetchError(f"{name}: {uri}: cannot unpack into the cache {cache.root}: "
                              f"{exc.strerror or exc}; free space or fix permissions there") from None
         except BaseException:
-            _remove_tree(work)
+            remove_tree(work)
             raise
     return Tree(blob.algorithm, blob.hexdigest, final, unpacked=True)
 
@@ -261,14 +261,14 @@ def _make_hardlink(builder: _Builder, rel: str, target_name: str) -> None:
 
 def _seal(builder: _Builder) -> None:
     """Make the data durable before the rename publishes it, then make folders read-only."""
-    _sync_filesystem(builder.root)
+    sync_filesystem(builder.root)
     # Deepest first: a read-only folder cannot be changed, including by our own chmods below it.
     for rel in sorted(builder.dirs, key=lambda d: d.count("/"), reverse=True):
         os.chmod(builder.root / rel, READ_ONLY_DIR)
     os.chmod(builder.root, READ_ONLY_DIR)
 
 
-def _sync_filesystem(path: Path) -> None:
+def sync_filesystem(path: Path) -> None:
     """syncfs(2) on Linux (one call for thousands of files); sync(2) elsewhere."""
     libc_name = ctypes.util.find_library("c")
     syncfs = getattr(ctypes.CDLL(libc_name, use_errno=True), "syncfs", None) if libc_name else None
@@ -370,7 +370,7 @@ def recheck_tree(cache: Cache, algorithm: str, hexdigest: str, *, verify: bool) 
             problems = [f"unreadable: {exc.strerror or exc}"]
         if problems:
             cache.drop_fingerprint(algorithm, hexdigest, "tree")
-            _remove_tree(cache.tree_path(algorithm, hexdigest))
+            remove_tree(cache.tree_path(algorithm, hexdigest))
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cache.tree_listing_path(algorithm, hexdigest))
             return problems
@@ -383,10 +383,6 @@ def recheck_tree(cache: Cache, algorithm: str, hexdigest: str, *, verify: bool) 
 
 def remove_tree(path: Path) -> None:
     """Delete a read-only tree (folders are 0555, so make them writable on the way down)."""
-    _remove_tree(path)
-
-
-def _remove_tree(path: Path) -> None:
     if not os.path.lexists(path):
         return
     if path.is_dir() and not path.is_symlink():

@@ -1,4 +1,4 @@
-"""The fetcher interface: one implementation per URI scheme, driven by one download loop.
+"""The fetcher interface (one implementation per URI scheme, driven by one download loop) and its data types.
 
 A fetcher only knows how to open a byte stream at an offset; retries, resume, hashing, the cache
 and error messages live in `runner.fetch.download`, so every scheme behaves the same way.
@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from runner.errors import UsageError
 
@@ -47,6 +48,40 @@ class FetchOptions:
                 raise UsageError(f"fetch {name} must be ≥ 0, not {getattr(self, name)}")
         if self.timeout_s <= 0:
             raise UsageError(f"fetch timeout must be > 0 seconds, not {self.timeout_s}")
+
+
+@dataclass(frozen=True)
+class FetchedData:
+    """One data item ready for the run: what was verified, where it is, where the run sees it."""
+
+    name: str
+    uri: str
+    algorithm: str  # the digest actually verified (and the cache key)
+    hexdigest: str
+    host_path: Path  # the cache file, or the unpacked tree folder when unpack
+    container_path: str  # "/data/<path>"
+    size: int  # bytes of the fetched object (the archive when unpacked)
+    unpacked: bool
+    cache_hit: bool  # True when nothing was downloaded
+    kind: str = "file"  # "file" (a uri item, unpacked or not), "directory", "dvc", "lfs"
+    files: int | None = None  # a dataset tree's file count (host_path is then a tree of the cache)
+
+    @property
+    def is_tree(self) -> bool:
+        """Whether host_path is a tree of the cache (an unpacked archive or a dataset folder)."""
+        return self.unpacked or self.files is not None
+
+    @property
+    def digest(self) -> str:
+        """'algo:hex'."""
+        return f"{self.algorithm}:{self.hexdigest}"
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain data for `xrun fetch --json`."""
+        return {"name": self.name, "uri": self.uri, "digest": {self.algorithm: self.hexdigest},
+                "hostPath": str(self.host_path), "containerPath": self.container_path, "size": self.size,
+                "unpacked": self.unpacked, "cacheHit": self.cache_hit, "kind": self.kind,
+                **({"files": self.files} if self.files is not None else {})}
 
 
 @dataclass(frozen=True)

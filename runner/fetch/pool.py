@@ -26,7 +26,7 @@ class JobContext:
     cancel: threading.Event
 
 
-class _ThreadFetchers:
+class ThreadFetchers:
     """One Fetchers (one HTTP Session) per worker thread: Sessions are not meant to be shared."""
 
     def __init__(self, options: FetchOptions) -> None:
@@ -51,7 +51,7 @@ class _ThreadFetchers:
 
 
 class _Job(Generic[T]):
-    def __init__(self, fn: Callable[[JobContext], T], fetchers: _ThreadFetchers, reporter: Reporter,
+    def __init__(self, fn: Callable[[JobContext], T], fetchers: ThreadFetchers, reporter: Reporter,
                  cancel: threading.Event) -> None:
         self._fn, self._fetchers, self._reporter, self._cancel = fn, fetchers, reporter, cancel
 
@@ -66,7 +66,7 @@ def run_jobs(jobs: Sequence[Callable[[JobContext], T]], options: FetchOptions) -
     if not jobs:
         return []
     cancel = threading.Event()
-    fetchers = _ThreadFetchers(options)
+    fetchers = ThreadFetchers(options)
     try:
         with make_reporter(options) as reporter:
             wrapped = [_Job(job, fetchers, reporter, cancel) for job in jobs]

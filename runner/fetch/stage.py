@@ -15,45 +15,11 @@ from runner.fetch.archive import read_listing, recheck_tree, unpack_tree
 from runner.fetch.cache import Blob, Cache
 from runner.fetch.digests import primary
 from runner.fetch.download import check_request, fetch_blob
-from runner.fetch.interface import FetchOptions
+from runner.fetch.interface import FetchedData, FetchOptions
 from runner.fetch.pool import JobContext, run_jobs
 
 if TYPE_CHECKING:  # the plan module does not need us; keep the import one-way at runtime too
     from runner.plan import Plan, PlannedData
-
-
-@dataclass(frozen=True)
-class FetchedData:
-    """One data item ready for the run: what was verified, where it is, where the run sees it."""
-
-    name: str
-    uri: str
-    algorithm: str  # the digest actually verified (and the cache key)
-    hexdigest: str
-    host_path: Path  # the cache file, or the unpacked tree folder when unpack
-    container_path: str  # "/data/<path>"
-    size: int  # bytes of the fetched object (the archive when unpacked)
-    unpacked: bool
-    cache_hit: bool  # True when nothing was downloaded
-    kind: str = "file"  # "file" (a uri item, unpacked or not), "directory", "dvc", "lfs"
-    files: int | None = None  # a dataset tree's file count (host_path is then a tree of the cache)
-
-    @property
-    def is_tree(self) -> bool:
-        """Whether host_path is a tree of the cache (an unpacked archive or a dataset folder)."""
-        return self.unpacked or self.files is not None
-
-    @property
-    def digest(self) -> str:
-        """'algo:hex'."""
-        return f"{self.algorithm}:{self.hexdigest}"
-
-    def to_json(self) -> dict[str, Any]:
-        """Plain data for `xrun fetch --json`."""
-        return {"name": self.name, "uri": self.uri, "digest": {self.algorithm: self.hexdigest},
-                "hostPath": str(self.host_path), "containerPath": self.container_path, "size": self.size,
-                "unpacked": self.unpacked, "cacheHit": self.cache_hit, "kind": self.kind,
-                **({"files": self.files} if self.files is not None else {})}
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from runner.fetch import CacheEntry, FetchedData
     from runner.hardware import HardwareClass, Host
-    from runner.pipeline import RunSummary
     from runner.reproduce import Report
     from runner.runs.store import RunInfo
+    from runner.stages import RunSummary
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:

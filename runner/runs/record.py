@@ -72,7 +72,7 @@ class RunRecord:
     host: dict[str, Any] = field(default_factory=dict)
     hardware_class: str = ""
     hardware_mismatch: list[str] = field(default_factory=list)
-    runner: str | None = None  # host:pid:start of the xrun process (runner/watchdog.py)
+    runner: str | None = None  # host:pid:start of the xrun process (runner/engine/labels.py)
     image_id: str | None = None
     exit_code: int | None = None
     container_started_on: str | None = None

@@ -8,10 +8,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from runner.engine.watchdog import reap_orphans
 from runner.errors import UsageError
 from runner.reproduce import diff_fields
 from runner.runs.record import RunRecord
-from runner.watchdog import reap_orphans
 
 
 @dataclass(frozen=True)

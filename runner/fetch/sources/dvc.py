@@ -26,9 +26,8 @@ import yaml
 from runner.errors import FetchError, IntegrityError, UsageError
 from runner.fetch.cache import Cache, Blob
 from runner.fetch.download import fetch_blob
-from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
+from runner.fetch.sources.interface import ALIAS_KIND, DIR_ALIAS_KIND, DataSource, FileRequest, Resolved, SourceEnv
 from runner.fetch.sources.listing import ListedFile, check_paths
-from runner.fetch.sources.tree import ALIAS_KIND, DIR_ALIAS_KIND
 from runner.manifest import DvcSpec
 
 _HEX = set("0123456789abcdef")

@@ -35,23 +35,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.archive import LISTING_VERSION, _remove_tree, _sync_filesystem, recheck_tree, write_listing
+from runner.fetch.archive import LISTING_VERSION, remove_tree, sync_filesystem, recheck_tree, write_listing
 from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
 from runner.fetch.download import Cancelled, fetch_blob
-from runner.fetch.interface import CHUNK, FetchOptions
-from runner.fetch.pool import JobContext, _ThreadFetchers
+from runner.fetch.interface import CHUNK, FetchedData, FetchOptions
+from runner.fetch.pool import JobContext, ThreadFetchers
 from runner.fetch.progress import DatasetProgress
-from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
+from runner.fetch.sources.interface import ALIAS_KIND, DIR_ALIAS_KIND, DataSource, FileRequest, Resolved, SourceEnv
 from runner.fetch.sources.listing import ListedFile, scan_directory, tree_digest
 
 if TYPE_CHECKING:
-    from runner.fetch.stage import FetchedData
     from runner.plan import PlannedData
 
 T = TypeVar("T")
-ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
-TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
-DIR_ALIAS_KIND = "dvc-tree"
 SUMMARY_KIND = "dataset"  # state/sha256/<ab>/<tree digest>.dataset: uri, size and file count
 PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs more than a small copy)
 
@@ -59,8 +55,6 @@ PROGRESS_BATCH = 256  # files copied per progress update (a label per file costs
 def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: Cache, options: FetchOptions,
                   ctx: JobContext) -> FetchedData:
     """The item's files verified in the cache and mounted as a tree (or one file): a stat per file when warm."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     known = source.known_result(cache)
     if known is not None:
@@ -109,8 +103,6 @@ def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: C
 def _ready(planned: PlannedData, source: DataSource, known: tuple[str, str], cache: Cache, options: FetchOptions,
            ctx: JobContext) -> FetchedData | None:
     """A tree (or blob) already in the cache serves the run while its fingerprint vouches for it."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     kind, hexdigest = known
     if kind == "blob":
@@ -217,7 +209,7 @@ def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFil
 def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, root: Path, options: FetchOptions,
                     progress: DatasetProgress, ctx: JobContext) -> list[tuple[str, Blob]]:
     """Every request through the transports, in a bounded pool of its own (one Session per thread)."""
-    fetchers = _ThreadFetchers(options)
+    fetchers = ThreadFetchers(options)
 
     def one(request: FileRequest) -> tuple[str, Blob]:
         if ctx.cancel.is_set():
@@ -304,7 +296,7 @@ class _Staged:
 
     def discard(self) -> None:
         """Remove what is left of the temporary tree (nothing once it was renamed into place)."""
-        _remove_tree(self.work)
+        remove_tree(self.work)
 
 
 def _stage_folder(cache: Cache, scanned: list[tuple[str, Path, os.stat_result]], name: str, pin: str | None,
@@ -446,8 +438,6 @@ def _write_new(dst: str, chunks: Iterable[bytes]) -> None:
 def _finish_folder(planned: PlannedData, source: DataSource, resolved: Resolved, cache: Cache,
                    staged: _Staged) -> FetchedData:
     """Check the staged folder against the pin, then make it the tree and its files blobs."""
-    from runner.fetch.stage import FetchedData
-
     item = planned.item
     try:
         digest = tree_digest(staged.files)
@@ -482,7 +472,7 @@ def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict
                 if cache.tree_trusted("sha256", digest):
                     return final, False  # another run made it meanwhile
                 _drop_tree(cache, digest)  # untrusted, and ours is verified: replace it
-            _sync_filesystem(work)
+            sync_filesystem(work)
             shared = _link_blobs(cache, staged)
             for rel in sorted(staged.dirs, key=lambda d: d.count("/"), reverse=True):
                 os.chmod(work / rel, READ_ONLY_DIR)
@@ -559,7 +549,7 @@ def _use_existing(cache: Cache, staged: _Staged, sha: str, rel: str) -> bool:
 
 def _drop_tree(cache: Cache, digest: str) -> None:
     cache.drop_fingerprint("sha256", digest, "tree")
-    _remove_tree(cache.tree_path("sha256", digest))
+    remove_tree(cache.tree_path("sha256", digest))
     with contextlib.suppress(FileNotFoundError):
         os.unlink(cache.tree_listing_path("sha256", digest))
 
@@ -591,7 +581,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             if cache.tree_trusted("sha256", digest):  # made by another process while we waited
                 _record_blobs(cache, blobs)
                 return found, False
-            _remove_tree(found)  # changed after the re-check: made again below
+            remove_tree(found)  # changed after the re-check: made again below
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(cache.tree_listing_path("sha256", digest))
         work = Path(tempfile.mkdtemp(prefix=f".tmp-{digest}-", dir=final.parent))
@@ -615,11 +605,11 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
             os.rename(work, final)
             fsync_dir(final.parent)
         except OSError as exc:
-            _remove_tree(work)
+            remove_tree(work)
             raise FetchError(f"cannot build the dataset tree in the cache {cache.root}: {exc.strerror or exc}; free "
                              "space or fix permissions there") from None
         except BaseException:
-            _remove_tree(work)
+            remove_tree(work)
             raise
         _record_blobs(cache, blobs)
         cache.record_tree("sha256", digest)

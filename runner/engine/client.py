@@ -8,6 +8,7 @@ import tempfile
 from collections.abc import Mapping
 from typing import Any
 
+from runner.engine.labels import PROBE_LABEL, RUNNER_LABEL, runner_identity
 from runner.errors import EnvironmentProblem
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
@@ -49,9 +50,6 @@ def engine_platform(client: Any) -> str:
     return f"{version.get('Os', 'linux')}/{version.get('Arch', 'amd64')}"
 
 
-PROBE_LABEL = "org.xrun.probe"
-
-
 class ProbeFailed(EnvironmentProblem):
     """A probe command failed in an image; `missing` when the executable is not in the image at all."""
 
@@ -64,8 +62,6 @@ def run_offline(client: Any, image: str, argv: list[str], *, timeout_s: int = 12
     """Run argv in a throwaway container of `image` with the network off; its stdout, or EnvironmentProblem."""
     import docker.errors
     import requests
-
-    from runner.watchdog import RUNNER_LABEL, runner_identity
 
     container = None
     try:

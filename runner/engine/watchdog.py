@@ -1,9 +1,9 @@
 """No container outlives its runner: a watchdog process per run, and a sweep for runs whose runner died.
 
-Every container xrun creates carries the label `org.xrun.runner` = `host:pid:start` naming the xrun
-process that created it (its start time in clock ticks makes a reused pid a different runner).
+Every container xrun creates carries the label `org.xrun.runner` naming the xrun process that created
+it (runner/engine/labels.py).
 
-- `Watchdog.start()` spawns `python -m runner.watchdog RUN_DIR RUNNER` in its own session, tied to
+- `Watchdog.start()` spawns `python -m runner.engine.watchdog RUN_DIR RUNNER` in its own session, tied to
   xrun by a pipe. xrun never writes to the pipe; when xrun exits for any reason, SIGKILL included,
   the kernel closes it, the watchdog wakes, and if the run record still says "running" it removes the
   runner's containers and marks the run failed ("the runner was killed"). The idea is
@@ -14,8 +14,6 @@ process that created it (its start time in clock ticks makes a reused pid a diff
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,38 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.engine.labels import RUNNER_LABEL, is_gone, runner_identity
 from runner.runs.record import RunRecord
 
-RUNNER_LABEL = "org.xrun.runner"
 KILLED = "the runner was killed"
 RECHECK_S = 1.0  # a create call in flight when xrun died lands on the engine a moment later
-
-
-def runner_identity(pid: int | None = None) -> str:
-    """'host:pid:start' of this (or the given local) process."""
-    pid = os.getpid() if pid is None else pid
-    return f"{socket.gethostname()}:{pid}:{_start_ticks(pid)}"
-
-
-def is_gone(identity: str) -> bool:
-    """True when identity names a process of this host that no longer runs (other hosts: unknown, False)."""
-    host, _, rest = identity.partition(":")
-    pid_text, _, start = rest.partition(":")
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return False
-    return _start_ticks(int(pid_text)) != start
-
-
-def _start_ticks(pid: int) -> str:
-    """The process's start time since boot (/proc/PID/stat field 22); '' when it does not exist."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-    except OSError:
-        return ""
-    # The command name (field 2) may hold spaces and parentheses: split after its closing one.
-    fields = stat[stat.rfind(b")") + 2:].split()
-    return fields[19].decode() if len(fields) > 19 else ""
 
 
 @dataclass
@@ -69,7 +40,7 @@ class Watchdog:
         """Spawn the watchdog for run_dir; a run goes on without one if it cannot start (the sweep remains)."""
         try:
             process = subprocess.Popen(
-                [sys.executable, "-m", "runner.watchdog", str(run_dir), runner_identity()],
+                [sys.executable, "-m", "runner.engine.watchdog", str(run_dir), runner_identity()],
                 stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                 start_new_session=True, close_fds=True)
         except OSError:
@@ -110,7 +81,7 @@ def watch(run_dir: Path, identity: str) -> None:
 def remove_containers(identity: str, client: Any = None) -> int:
     """Force-remove every container the runner created; how many were removed."""
     if client is None:
-        from runner.docker_client import docker_client
+        from runner.engine.client import docker_client
         from runner.errors import EnvironmentProblem
 
         try:
@@ -185,9 +156,9 @@ def _unfinished(run_dir: Path, record: RunRecord) -> bool:
 
 
 def main(argv: list[str]) -> int:
-    """python -m runner.watchdog RUN_DIR RUNNER."""
+    """python -m runner.engine.watchdog RUN_DIR RUNNER."""
     if len(argv) != 2:
-        print("usage: python -m runner.watchdog RUN_DIR RUNNER", file=sys.stderr)
+        print("usage: python -m runner.engine.watchdog RUN_DIR RUNNER", file=sys.stderr)
         return 2
     watch(Path(argv[0]), argv[1])
     return 0

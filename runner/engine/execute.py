@@ -11,6 +11,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from runner.engine.labels import MANAGED_LABEL, RUN_ID_LABEL
 from runner.errors import Interrupted, TrainingFailed
 from runner.hardware import HardwareClass, Host
 from runner.hashing import sha256_file
@@ -20,7 +21,6 @@ NOBODY = "65534:65534"
 PIDS_LIMIT = 4096
 TMPFS_SIZE = "2g"
 LOG_TAIL_LINES = 20
-MANAGED_LABEL = "org.xrun.managed"
 
 
 @dataclass(frozen=True)
@@ -229,7 +229,7 @@ def _remove(container: Any) -> None:
 
 
 def _remove_labelled(client: Any, labels: dict[str, str]) -> None:
-    run_id = labels.get("org.xrun.run-id")
+    run_id = labels.get(RUN_ID_LABEL)
     if not run_id:
         return
     try:
@@ -251,5 +251,5 @@ def _chown_tree(root: Path, uid: int, gid: int) -> None:
 
 def managed_containers(client: Any, run_id: str | None = None) -> Iterator[Any]:
     """Containers xrun created that still exist (of one run when run_id is given; none after any run)."""
-    label = f"org.xrun.run-id={run_id}" if run_id else f"{MANAGED_LABEL}=true"
+    label = f"{RUN_ID_LABEL}={run_id}" if run_id else f"{MANAGED_LABEL}=true"
     yield from client.containers.list(all=True, filters={"label": label}, ignore_removed=True)

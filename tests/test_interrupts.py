@@ -199,7 +199,8 @@ def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, dock
     if "handed to the watchdog" in err:  # the engine did not confirm within xrun's patience: it said so
         _wait_for(lambda: not _containers_of(docker_client, runs), "the watchdog's removal of the container")
     # xrun exits 130 only once the engine confirmed the removal it started (or it handed it on, above).
-    assert not _containers_of(docker_client, runs)
+    left = _containers_of(docker_client, runs)
+    assert not left, (err, [(c.id, c.status, c.attrs.get("Created"), c.attrs.get("State")) for c in left])
 
 
 def test_out_of_memory_is_named(tmp_path, base_image, cache_dir, monkeypatch):
@@ -283,3 +284,23 @@ def test_watchdog_finishes_a_removal_handed_over(tmp_path, base_image_id, docker
     watchdog.close()
     live = lambda: docker_client.containers.list(all=True, filters={"label": label}, ignore_removed=True)  # noqa: E731
     _wait_for(lambda: not live(), "the watchdog's removal of the handed-over containers")
+
+
+def test_a_signal_during_a_deferred_engine_call_is_raised_when_it_returns():
+    """A create interrupted half-way would leave a container whose id nobody got: the signal waits for it."""
+    from runner.interrupts import deferred, interrupts_raise
+
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    done = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts_raise():
+                with deferred():
+                    os.kill(os.getpid(), signal.SIGINT)
+                    time.sleep(0.01)  # the handler runs here, between bytecodes: it must not raise
+                    done.append("create returned")
+                done.append("not reached")
+    finally:
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+    assert done == ["create returned"]

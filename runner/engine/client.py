@@ -11,6 +11,7 @@ from typing import Any
 
 from runner.engine.labels import PROBE_LABEL, RUNNER_LABEL, runner_identity
 from runner.errors import EnvironmentProblem
+from runner.interrupts import deferred
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 API_TIMEOUT_S = 120  # builds and loads stream for long; the SDK's default of 60 s cuts them off
@@ -98,9 +99,10 @@ def run_offline(client: Any, image: str, argv: list[str], *, timeout_s: int = 12
 
     container = None
     try:
-        container = client.containers.create(image, command=argv[1:], entrypoint=[argv[0]], network_mode="none",
-                                             user="0:0", labels={PROBE_LABEL: "true", RUNNER_LABEL: runner_identity()},
-                                             detach=True)
+        with deferred():  # a create interrupted half-way would leave a container we hold no id of
+            container = client.containers.create(image, command=argv[1:], entrypoint=[argv[0]],
+                                                 network_mode="none", user="0:0", detach=True,
+                                                 labels={PROBE_LABEL: "true", RUNNER_LABEL: runner_identity()})
         container.start()
         status = container.wait(timeout=timeout_s)
         out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")

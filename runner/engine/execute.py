@@ -15,6 +15,7 @@ from runner.engine.client import REMOVAL_PATIENCE_S, remove_confirmed
 from runner.engine.labels import MANAGED_LABEL, RUN_ID_LABEL
 from runner.errors import Interrupted, TrainingFailed
 from runner.hardware import HardwareClass, Host
+from runner.interrupts import deferred
 from runner.hashing import sha256_file
 from runner.rundir import utc_now
 
@@ -127,7 +128,8 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
     started = utc_now()
     status, code, oom = "failed", None, False
     try:
-        container = client.containers.create(**kwargs)
+        with deferred():  # a create interrupted half-way would leave a container we hold no id of
+            container = client.containers.create(**kwargs)
         log = open(log_path, "wb")
         # The pump owns the log file and closes it: the main thread never closes it under the pump.
         pump = threading.Thread(target=_pump_logs, args=(container, log, tail, stream, prefix), daemon=True)

@@ -27,6 +27,7 @@ from runner.build.layers import ImageConfig, LayerBuilder, history_entry, image_
 from runner.fetch import Cache
 
 from test_image_build import plan_for, requirements_lock, write_experiment
+from servers import PATIENCE_S
 
 pytestmark = pytest.mark.docker
 
@@ -172,7 +173,7 @@ def test_sigterm_during_the_build_leaves_no_image_and_no_temp_files(tmp_path, ba
         if "assembling" in line:
             break
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list((cache / "tmp").glob("xrun-build-*")) == []

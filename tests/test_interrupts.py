@@ -19,6 +19,7 @@ import pytest
 from runner.engine.labels import RUNNER_LABEL, runner_identity
 from runner.engine.watchdog import KILLED, reap_orphans
 from faultserver import Fault, FaultServer
+from servers import PATIENCE_S, wait_for
 from tests.test_run import write_experiment
 
 pytestmark = pytest.mark.docker
@@ -37,18 +38,6 @@ def _start(manifest: Path, runs: Path, cache: Path, *, quiet: bool = True) -> su
                             stderr=subprocess.PIPE, text=True)
 
 
-# A generous bound on waiting for a condition, not an expected duration: a busy engine (a 5 GB
-# `docker load`, other sessions' runs on 2 cores) answers in minutes, not seconds.
-PATIENCE_S = 900.0
-
-
-def _wait_for(predicate, what: str, timeout: float = PATIENCE_S) -> None:
-    give_up = time.monotonic() + timeout
-    while time.monotonic() < give_up:
-        if predicate():
-            return
-        time.sleep(0.1)
-    pytest.fail(f"{what} did not happen in {timeout:.0f}s", pytrace=False)
 
 
 def _record(runs: Path) -> dict:
@@ -94,10 +83,10 @@ def _until_building(proc: subprocess.Popen[str]) -> None:
 
 
 def _assert_marked_killed(runs: Path, docker_client) -> None:
-    _wait_for(lambda: _record(runs)["status"] == "failed", "the run being marked failed")
+    wait_for(lambda: _record(runs)["status"] == "failed", "the run being marked failed")
     record = _record(runs)
     assert KILLED in record["error"], record
-    _wait_for(lambda: not _containers_of(docker_client, runs), "removal of the dead runner's containers")
+    wait_for(lambda: not _containers_of(docker_client, runs), "removal of the dead runner's containers")
     (run_dir,) = runs.iterdir()
     assert not (run_dir / "provenance.intoto.jsonl").exists()
 
@@ -108,7 +97,7 @@ def test_sigkill_during_training_removes_the_container_and_marks_the_run(tmp_pat
                                 command=["sh", "-c", "sleep 300; echo late > /outputs/late.txt; sleep 300"])
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
-    _wait_for(lambda: _containers_of(docker_client, runs),
+    wait_for(lambda: _containers_of(docker_client, runs),
               "the training container's start")
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=PATIENCE_S)
@@ -128,7 +117,7 @@ def test_sigkill_during_fetch_leaves_no_entry_and_marks_the_run(tmp_path, base_i
         manifest = _slow_data(server, tmp_path / "exp", base_image)
         runs = tmp_path / "runs"
         proc = _start(manifest, runs, cache_dir)
-        _wait_for(lambda: server.count("/slow.bin") >= 1, "the data download's start")
+        wait_for(lambda: server.count("/slow.bin") >= 1, "the data download's start")
         time.sleep(1)
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=PATIENCE_S)
@@ -155,7 +144,7 @@ def test_signal_during_fetch_is_exit_130_and_interrupted(tmp_path, base_image, c
         manifest = _slow_data(server, tmp_path / "exp", base_image)
         runs = tmp_path / "runs"
         proc = _start(manifest, runs, cache_dir)
-        _wait_for(lambda: server.count("/slow.bin") >= 1, "the data download's start")
+        wait_for(lambda: server.count("/slow.bin") >= 1, "the data download's start")
         time.sleep(0.5)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=PATIENCE_S)
@@ -187,7 +176,7 @@ def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, dock
     manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
-    _wait_for(lambda: _containers_of(docker_client, runs),
+    wait_for(lambda: _containers_of(docker_client, runs),
               "the training container's start")
     proc.send_signal(signal.SIGINT)
     time.sleep(0.05)  # the second Ctrl-C 50 ms after the first: the delay is the test's subject
@@ -197,7 +186,7 @@ def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, dock
     assert "Traceback" not in err and "Exception in thread" not in err, err
     assert _record(runs)["status"] == "interrupted"
     if "handed to the watchdog" in err:  # the engine did not confirm within xrun's patience: it said so
-        _wait_for(lambda: not _containers_of(docker_client, runs), "the watchdog's removal of the container")
+        wait_for(lambda: not _containers_of(docker_client, runs), "the watchdog's removal of the container")
     # xrun exits 130 only once the engine confirmed the removal it started (or it handed it on, above).
     left = _containers_of(docker_client, runs)
     assert not left, (err, [(c.id, c.status, c.attrs.get("Created"), c.attrs.get("State")) for c in left])
@@ -283,7 +272,7 @@ def test_watchdog_finishes_a_removal_handed_over(tmp_path, base_image_id, docker
     watchdog.hand_over((kept[0].id, label))  # one by id, the other by the run's label
     watchdog.close()
     live = lambda: docker_client.containers.list(all=True, filters={"label": label}, ignore_removed=True)  # noqa: E731
-    _wait_for(lambda: not live(), "the watchdog's removal of the handed-over containers")
+    wait_for(lambda: not live(), "the watchdog's removal of the handed-over containers")
 
 
 def test_a_signal_during_a_deferred_engine_call_is_raised_when_it_returns():

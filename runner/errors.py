@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from runner.redact import redact, redact_lines
+
 EXIT_OK = 0
 EXIT_TRAINING = 1
 EXIT_USAGE = 2
@@ -17,10 +19,13 @@ class XrunError(Exception):
     exit_code = EXIT_USAGE
 
     def __init__(self, message: str, *, lines: list[str] | None = None) -> None:
+        # Every error reaches stderr, run.json or a tracker: a signed link's token or a URL's
+        # password is redacted here, once, whoever raised it.
+        message = redact(message)
         super().__init__(message)
         self.message = message
         # Extra lines printed after the message (e.g. one per manifest problem, a log tail).
-        self.lines = list(lines or [])
+        self.lines = redact_lines(list(lines or []))
 
 
 class UsageError(XrunError):
@@ -63,12 +68,6 @@ class TrainingFailed(XrunError):
     """The training command failed, timed out, or did not produce its outputs."""
 
     exit_code = EXIT_TRAINING
-
-
-class ReproductionMismatch(XrunError):
-    """A re-run's outputs differ from the recorded ones."""
-
-    exit_code = EXIT_MISMATCH
 
 
 class Interrupted(XrunError):

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import fnmatch
+import functools
 import hashlib
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pathspec
 
 from runner.errors import UsageError
 
@@ -39,25 +41,17 @@ def sha256_file(path: Path | str) -> str:
         return h.hexdigest()
 
 
-def is_excluded(rel: str, is_dir: bool, patterns: tuple[str, ...]) -> bool:
-    """gitignore-like matching: 'data/' matches folders only; a pattern without '/' matches any component."""
-    name = rel.rsplit("/", 1)[-1]
-    for pattern in patterns:
-        dir_only = pattern.endswith("/")
-        pat = pattern.rstrip("/")
-        if dir_only and not is_dir:
-            continue
-        if "/" in pat:
-            if fnmatch.fnmatchcase(rel, pat.lstrip("/")):
-                return True
-        elif fnmatch.fnmatchcase(name, pat):
-            return True
-    return False
+def ignore_rules(patterns: Iterable[str]) -> Callable[[str, bool], bool]:
+    """gitignore matching by pathspec: 'data/' matches folders only, '!' re-includes, 'x' matches at any depth."""
+    spec = pathspec.GitIgnoreSpec.from_lines(list(patterns))
+    return lambda rel, is_dir: spec.match_file(rel + "/" if is_dir else rel)
 
 
-def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links: bool = True) -> list[tuple[str, str]]:
-    """Sorted (relative posix path, absolute path) of the regular files under root, excludes applied.
+def list_tree(root: Path, exclude: Callable[[str, bool], bool] | None = None, *,
+              follow_inside_links: bool = True) -> list[tuple[str, str]]:
+    """Sorted (relative posix path, absolute path) of the regular files under root.
 
+    `exclude(relative path, is a folder)` leaves a file or a whole folder out (a folder is not walked).
     Symlinks are followed only when they stay inside root; one pointing outside is an error,
     because its target would silently become part of the tree.
     """
@@ -70,14 +64,14 @@ def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links:
             for entry in entries:
                 rel = prefix + entry.name
                 link = entry.is_symlink()
+                is_dir = entry.is_dir()
+                if exclude is not None and exclude(rel, is_dir):
+                    continue
                 if link:
                     target = Path(entry.path).resolve()
                     if not follow_inside_links or not (target == root or root in target.parents):
                         raise UsageError(f"{entry.path}: symlink points outside {root} (to {target}); "
                                          "copy the file in or exclude the link")
-                is_dir = entry.is_dir()
-                if exclude and is_excluded(rel, is_dir, exclude):
-                    continue
                 if is_dir:
                     stack.append((entry.path, rel + "/"))
                 elif entry.is_file():
@@ -86,11 +80,14 @@ def list_tree(root: Path, exclude: tuple[str, ...] = (), *, follow_inside_links:
     return found
 
 
-def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = None) -> list[FileDigest]:
+def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = None, *,
+                on_head: Callable[[str, bytes], None] | None = None) -> list[FileDigest]:
     """Hash many files, keeping the input order.
 
     Small files are hashed in this thread: per-file thread hand-offs cost more than the hashing.
     Files over BIG_FILE go to a pool, where hashlib releases the GIL and cores work in parallel.
+    `on_head(relative path, first bytes)` sees each file's first chunk (up to CHUNK bytes) from the
+    read that hashes it, in this thread: a check of file heads costs no second open.
     """
     results: list[FileDigest | None] = [None] * len(files)
     workers = workers or max(2, os.cpu_count() or 1)
@@ -101,12 +98,16 @@ def hash_files(files: Sequence[tuple[str, str | Path]], workers: int | None = No
             try:
                 st = os.fstat(fd)
                 if st.st_size > BIG_FILE:
+                    if on_head is not None:
+                        on_head(rel, os.pread(fd, CHUNK, 0))
                     pending.append((index, rel, st, pool.submit(_digest_fd, fd)))
                     fd = -1  # the pool task owns and closes it
                     if len(pending) >= 2 * workers:
                         _collect(pending, results)
                 else:
-                    results[index] = FileDigest(rel, _digest_fd(fd, close=False), st.st_size, _mode(st.st_mode))
+                    head = functools.partial(on_head, rel) if on_head is not None else None
+                    results[index] = FileDigest(rel, _digest_fd(fd, close=False, on_first=head), st.st_size,
+                                                _mode(st.st_mode))
             finally:
                 if fd >= 0:
                     os.close(fd)
@@ -120,11 +121,14 @@ def _collect(pending: list[Any], results: list[FileDigest | None]) -> None:
     pending.clear()
 
 
-def _digest_fd(fd: int, close: bool = True) -> str:
+def _digest_fd(fd: int, close: bool = True, on_first: Callable[[bytes], None] | None = None) -> str:
     try:
         h = hashlib.sha256()
         while True:
             chunk = os.read(fd, CHUNK)
+            if on_first is not None:
+                on_first(chunk)
+                on_first = None
             if not chunk:
                 break
             h.update(chunk)
@@ -138,7 +142,7 @@ def _mode(st_mode: int) -> int:
     return 0o755 if st_mode & (stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH) else 0o644
 
 
-def hash_tree(root: Path, exclude: tuple[str, ...] = ()) -> list[FileDigest]:
+def hash_tree(root: Path, exclude: Callable[[str, bool], bool] | None = None) -> list[FileDigest]:
     """Hash every regular file under root (sorted by relative path)."""
     return hash_files(list_tree(root, exclude))
 

@@ -11,12 +11,13 @@ import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 import jsonschema
 
 from runner import hardware
 from runner.errors import ManifestError
+from runner.redact import credential_params
 from runner.resources import resource_dir
 from runner.userfiles import read_user_file
 from runner.yamlfile import Problem, field_path, parse_yaml
@@ -72,14 +73,6 @@ class DataItem:
     unpack: bool = False
     source: DataSourceSpec | None = None
 
-    @property
-    def primary_digest(self) -> tuple[str, str]:
-        """The strongest digest given: sha256, else sha512, else md5."""
-        for algo in DIGEST_ALGORITHMS:
-            if algo in self.digests:
-                return algo, self.digests[algo]
-        raise AssertionError("validated manifests always carry a digest")
-
 
 @dataclass(frozen=True)
 class BootstrapSpec:
@@ -104,8 +97,12 @@ class ImageSpec:
 
 @dataclass(frozen=True)
 class CodeSpec:
+    """`code`: the folder, where its file list comes from, what to leave out, what only looks secret."""
+
     path: Path  # absolute
     exclude: tuple[str, ...]
+    source: str = "folder"  # `code.from`: "folder" | "git"
+    not_secret: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -170,10 +167,6 @@ class Manifest:
 MAX_MANIFEST_BYTES = 4 * 2**20
 SUPPORTED_SCHEMES = ("https", "http", "file", "s3")
 RESERVED_ENV = ("XRUN_SEED", "PYTHONHASHSEED", "CUBLAS_WORKSPACE_CONFIG")
-# Query parameters that carry credentials in pre-signed URLs; they would end up in the attestation.
-CREDENTIAL_PARAMS = ("x-amz-signature", "x-amz-credential", "x-amz-security-token", "sig", "signature",
-                     "token", "access_token", "x-goog-signature", "x-goog-credential")
-DEFAULT_EXCLUDES = (".git", ".xrun", "__pycache__", "*.pyc")
 
 
 __all__ = ["Manifest", "Problem", "field_path", "load_manifest", "parse_yaml", "validate_document"]
@@ -243,7 +236,7 @@ def _describe(error: jsonschema.ValidationError, lines: dict[str, int]) -> list[
     hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
     fix = f"; {hint}" if hint else ""
     kind = error.validator
-    if kind == "additionalProperties" and isinstance(error.instance, dict):
+    if kind == "additionalProperties" and isinstance(error.instance, dict) and isinstance(error.schema, dict):
         known = list(error.schema.get("properties", {}))
         extra = [k for k in error.instance if k not in known]
         out = []
@@ -270,7 +263,8 @@ def _describe(error: jsonschema.ValidationError, lines: dict[str, int]) -> list[
         return [Problem(path, f"expected {_types(error.validator_value)}, got {_type_name(error.instance)}"
                         f"{quote}{fix}", _line_for(path, lines))]
     if kind in ("enum", "const"):
-        allowed = error.validator_value if kind == "enum" else [error.validator_value]
+        allowed = (error.validator_value if kind == "enum" and isinstance(error.validator_value, list)
+                   else [error.validator_value])
         return [Problem(path, f"{_short(error.instance)} is not allowed; use one of: "
                         f"{', '.join(map(str, allowed))}", _line_for(path, lines))]
     if kind in ("minimum", "maximum"):
@@ -508,8 +502,7 @@ def _check_uri(uri: str, path: str, add: Any) -> None:
     if parts.username or parts.password:
         add(path, "the URI embeds credentials (user:password@), which would be recorded in the attestation; "
             "remove them and use the environment (netrc, AWS_* variables) instead")
-    query_keys = {k.lower() for k in parse_qs(parts.query, keep_blank_values=True)}
-    leaked = sorted(query_keys & set(CREDENTIAL_PARAMS))
+    leaked = credential_params(uri)
     if leaked:
         add(path, f"the URI carries credentials in its query ({', '.join(leaked)}), which would be recorded in the "
             "attestation; use an unsigned URI and credentials from the environment")
@@ -562,8 +555,8 @@ def _to_manifest(file: Path, text: bytes, raw: dict[str, Any]) -> Manifest:
             lockfile=(root / image["lockfile"]) if image.get("lockfile") else None,
             lockfile_format=image.get("lockfileFormat"),
         ),
-        code=CodeSpec(path=(root / code.get("path", ".")).resolve(),
-                      exclude=tuple(code.get("exclude", ())) ),
+        code=CodeSpec(path=(root / code.get("path", ".")).resolve(), exclude=tuple(code.get("exclude", ())),
+                      source=code.get("from", "folder"), not_secret=tuple(code.get("notSecret", ()))),
         data=tuple(_data_item(d) for d in raw.get("data") or ()),
         seeds=Seeds(global_seed=raw["seeds"]["global"], apply=raw["seeds"].get("apply", True)),
         hardware_class=raw["hardware"]["class"],

@@ -31,6 +31,9 @@ class Outputs:
 
 
 UNDECLARED = "undeclared"  # beside outputs/: what the run wrote but did not declare (kept, never attested)
+# Folders nested deeper than this are refused before any walk: no real output needs it, and a
+# 10,000-deep tree would exhaust recursion and PATH_MAX in every tool that reads it later.
+MAX_DEPTH = 256
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path,
     """
     progress = progress or StderrProgress()
     root = outputs_dir.resolve()
+    _check_depth(root)
     missing = [s.path for s in specs if not os.path.lexists(root / s.path)]
     if missing:
         raise TrainingFailed(f"the run did not produce the declared output(s) {', '.join(missing)} under /outputs; "
@@ -75,6 +79,23 @@ def collect_outputs(specs: tuple[OutputSpec, ...], outputs_dir: Path,
     read = {s.path: read_metric_file(root / s.path, s.path) for s in specs if s.metrics}
     return Outputs(files=tuple(files), metrics={p: m.values for p, m in read.items()},
                    steps={p: m.steps for p, m in read.items() if m.steps})
+
+
+def _check_depth(root: Path) -> None:
+    """TrainingFailed when a folder under /outputs is nested deeper than MAX_DEPTH (an iterative walk)."""
+    stack = [(str(root), 0)]
+    while stack:
+        folder, depth = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                subdirs = [e.path for e in entries if e.is_dir(follow_symlinks=False)]
+        except OSError:
+            continue  # unreadable: the walks below name it
+        if subdirs and depth + 1 > MAX_DEPTH:
+            shown = Path(subdirs[0]).relative_to(root).as_posix()
+            raise TrainingFailed(f"outputs: {shown[:60]}… is nested more than {MAX_DEPTH} folders deep; nothing was "
+                                 "hashed. Write a flatter tree under /outputs")
+        stack.extend((d, depth + 1) for d in subdirs)
 
 
 def _refusal(path: Path, root: Path) -> str | None:
@@ -143,6 +164,13 @@ def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict
             # An undeclared file that a kept symlink points at stays: its bytes were hashed.
             if any(h == path or path in h.parents for h in hashed):
                 continue
+            problem = _refusal(path, root)
+            if problem is not None:  # a FIFO, device or a link out of /outputs is removed, as for declared ones
+                _remove(path)
+                progress.warn(f"output {rel} {problem}: not hashed, removed from outputs/")
+                continue
+            if path.is_dir() and not path.is_symlink():
+                _drop_specials(path, root, rel, progress)
             destination = root.parent / UNDECLARED / rel
             destination.parent.mkdir(parents=True, exist_ok=True)
             os.replace(path, destination)
@@ -156,17 +184,29 @@ def _set_aside_undeclared(root: Path, specs: tuple[OutputSpec, ...], found: dict
              f"{UNDECLARED}/ beside outputs/ (declare them in `outputs` to attest them)")
 
 
+def _drop_specials(folder: Path, root: Path, prefix: str, progress: ProgressSink) -> None:
+    """Remove the FIFOs, devices and links out of /outputs inside an undeclared folder before it is set aside."""
+    stack = [(folder, prefix)]
+    while stack:
+        current, rel_dir = stack.pop()
+        with os.scandir(current) as entries:
+            found = sorted(entries, key=lambda e: e.name)
+        for entry in found:
+            path, rel = Path(entry.path), f"{rel_dir}/{entry.name}"
+            problem = _refusal(path, root)
+            if problem is not None:
+                _remove(path)
+                progress.warn(f"output {rel} {problem}: not hashed, removed from outputs/")
+            elif entry.is_dir(follow_symlinks=False):
+                stack.append((path, rel))
+
+
 @dataclass(frozen=True)
 class MetricFile:
     """One metrics file read: final values, and the per-step series of keys that held lists."""
 
     values: dict[str, float]  # flattened key → number (for a list: its last value)
     steps: dict[str, list[list[float]]]  # flattened key → [[step, value], …], only keys that held lists
-
-
-def read_metrics(path: Path, name: str) -> dict[str, float]:
-    """A metrics file's final values (see read_metric_file)."""
-    return read_metric_file(path, name).values
 
 
 def read_metric_file(path: Path, name: str) -> MetricFile:
@@ -178,11 +218,18 @@ def read_metric_file(path: Path, name: str) -> MetricFile:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise TrainingFailed(f"metrics output {name!r} is not valid JSON ({exc}); write a JSON object of numbers") from None
+    except RecursionError:
+        raise TrainingFailed(f"metrics output {name!r} nests objects too deeply; write a flat JSON object of "
+                             "numbers") from None
     if not isinstance(data, dict):
         raise TrainingFailed(f"metrics output {name!r} is not a JSON object; write {{\"name\": number, …}}")
     flat: dict[str, float] = {}
     steps: dict[str, list[list[float]]] = {}
-    _flatten(data, "", flat, name, steps)
+    try:
+        _flatten(data, "", flat, name, steps)
+    except RecursionError:
+        raise TrainingFailed(f"metrics output {name!r} nests objects too deeply; write a flat JSON object of "
+                             "numbers") from None
     for key, series in steps.items():
         series.sort(key=lambda pair: pair[0])
         flat[key] = series[-1][1]

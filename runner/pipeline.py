@@ -19,6 +19,7 @@ from runner.engine.watchdog import Watchdog, reap_orphans
 from runner.errors import IntegrityError, Interrupted, XrunError
 from runner.fetch import FetchedData, changed_since_fetch, fetch_data
 from runner.outputs import collect_outputs
+from runner.redact import redact
 from runner.rundir import RunDir, create_run_dir, rfc3339, utc_now
 from runner.runs.record import RunRecord
 from runner.stages import CompletedRun, RunSummary, StageHooks
@@ -64,7 +65,7 @@ def run_in(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks = 
         _finish(run, record, "interrupted" if isinstance(exc, Interrupted) else "failed", exc.message)
         raise
     except Exception as exc:  # a bug of ours: the run must still not look succeeded or attested
-        _finish(run, record, "failed", f"internal error: {type(exc).__name__}: {exc}")
+        _finish(run, record, "failed", redact(f"internal error: {type(exc).__name__}: {exc}"))
         raise
     finally:
         watchdog.close()

@@ -7,19 +7,18 @@ import hashlib
 import json
 import os
 import re
-import shutil
-import subprocess
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from runner import __version__
+from runner.codetree import CodeSummary, OwnPaths, SizedFile, collect
 from runner.errors import ManifestError
 from runner.hardware import HardwareClass
 from runner.hardware import lookup as lookup_class
-from runner.hashing import FileDigest, hash_tree, tree_digest
+from runner.hashing import FileDigest, tree_digest
 from runner.lockfiles import Lockfile, load_lockfile
-from runner.manifest import DEFAULT_EXCLUDES, BootstrapSpec, CodeSpec, DataItem, Manifest, OutputSpec
+from runner.manifest import BootstrapSpec, CodeSpec, DataItem, Manifest, OutputSpec
 
 
 @dataclass(frozen=True)
@@ -51,6 +50,14 @@ class CodeTree:
     files: tuple[FileDigest, ...]  # sorted by path; FileDigest(path, sha256, size, mode)
     git_commit: str | None
     git_dirty: bool | None
+    source: str = "folder"  # code.from: "folder" | "git"
+    left_out: tuple[str, ...] = ()  # xrun's own paths found inside the folder (never part of the digest or plan)
+
+    def summary(self, biggest: int = 5) -> CodeSummary:
+        """File count, total size, the `biggest` biggest files, and what of xrun's own was left out."""
+        top = sorted(self.files, key=lambda f: (-f.size, f.path))[:biggest]
+        return CodeSummary(files=len(self.files), size=sum(f.size for f in self.files),
+                           biggest=tuple(SizedFile(f.path, f.size) for f in top), left_out=self.left_out)
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,61 @@ class Plan:
         return hashlib.sha256(canonical_json(keyed)).hexdigest()
 
 
+@dataclass(frozen=True)
+class PlanRecord:
+    """A run directory's plan.json read back: the fields xrun reads from it, and the object as written.
+
+    The one reader of plan.json. A Plan cannot be rebuilt from it (it holds the code tree's digest,
+    not its files), so this is the typed view of the file, as RunRecord is of run.json.
+    """
+
+    raw: dict[str, Any]  # the object as written: `runs show` prints it, `runs diff` compares it
+    name: str | None = None
+    seed: int | None = None
+    git_commit: str | None = None
+    data_digests: dict[str, str] = field(default_factory=dict)  # item name → "algo:hex", the strongest pinned
+    outputs: tuple[OutputSpec, ...] = ()
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> "PlanRecord":
+        """Read a plan.json object; missing or mistyped fields read as unset."""
+        code = _mapping(data.get("code"))
+        seed = _mapping(data.get("seeds")).get("global", data.get("seed"))
+        commit = code.get("gitCommit") or code.get("git_commit")  # plans before 0.2 spelled it snake_case
+        digests = {}
+        for item in (i for i in _list(data.get("data")) if isinstance(i, dict)):
+            pinned = _mapping(item.get("digests"))
+            algorithm = next((a for a in ("sha256", "sha512", "md5") if a in pinned), None)
+            if algorithm is not None:
+                digests[str(item.get("name"))] = f"{algorithm}:{pinned[algorithm]}"
+        outputs = tuple(OutputSpec(str(o["path"]), bool(o.get("metrics", False)), dict(o.get("tolerance") or {}))
+                        for o in _list(data.get("outputs")) if isinstance(o, dict) and "path" in o)
+        return cls(raw=data, name=data.get("name") if isinstance(data.get("name"), str) else None,
+                   seed=seed if isinstance(seed, int) and not isinstance(seed, bool) else None,
+                   git_commit=commit if isinstance(commit, str) else None, data_digests=digests, outputs=outputs)
+
+    @classmethod
+    def load(cls, path: Path) -> "PlanRecord | None":
+        """The plan.json at path, or None when it is missing or not a JSON object."""
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return cls.from_json(data) if isinstance(data, dict) else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The object as written."""
+        return self.raw
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else []
+
+
 def canonical_json(value: Any) -> bytes:
     """Sorted keys, no whitespace, UTF-8: the bytes digests are taken over."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
@@ -111,7 +173,6 @@ def canonical_json(value: Any) -> bytes:
 
 # --- resolution ------------------------------------------------------------------------------------
 
-SEED_ENV = ("XRUN_SEED", "PYTHONHASHSEED")
 # cuBLAS needs a fixed workspace for deterministic GEMMs; harmless on CPU-only runs.
 DETERMINISM_ENV = {"CUBLAS_WORKSPACE_CONFIG": ":4096:8"}
 _REF = re.compile(r"^(?P<name>[^@\s]+?)(?::(?P<tag>[\w][\w.-]{0,127}))?@(?P<digest>sha256:[0-9a-f]{64})$")
@@ -132,51 +193,13 @@ def parse_image_ref(reference: str) -> ImageRef:
     return ImageRef(registry=registry, repository=repository, tag=match["tag"], digest=match["digest"])
 
 
-def resolve_code(spec: CodeSpec, manifest_file: Path | None = None) -> CodeTree:
-    """Hash the code tree (excludes applied, mtimes ignored) and read its git commit if any."""
-    exclude = DEFAULT_EXCLUDES + spec.exclude
-    if manifest_file is not None and spec.path in manifest_file.resolve().parents:
-        # The manifest is recorded on its own; inside the image it would make every seed change a rebuild.
-        exclude += ("/" + manifest_file.resolve().relative_to(spec.path).as_posix(),)
-    exclude = tuple(dict.fromkeys(exclude))
-    files = hash_tree(spec.path, exclude)
-    commit, dirty = git_state(spec.path)
-    return CodeTree(root=spec.path, digest=tree_digest(files), files=tuple(files), git_commit=commit, git_dirty=dirty)
-
-
-def git_state(folder: Path) -> tuple[str | None, bool | None]:
-    """(HEAD commit, dirty) when folder is inside a git work tree, else (None, None)."""
-    git = shutil.which("git")
-    if not git:
-        return None, None
-    try:
-        head = subprocess.run([git, "-C", str(folder), "rev-parse", "--verify", "-q", "HEAD"],
-                              capture_output=True, text=True, timeout=30)
-        if head.returncode != 0:
-            return None, None
-        status = subprocess.run([git, "-C", str(folder), "status", "--porcelain", "--", "."],
-                                capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.SubprocessError):
-        return None, None
-    return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
-
-
-def repo_path(file: Path) -> str | None:
-    """file's path relative to the top of its git work tree (posix), or None outside one."""
-    git = shutil.which("git")
-    if not git:
-        return None
-    try:
-        top = subprocess.run([git, "-C", str(file.resolve().parent), "rev-parse", "--show-toplevel"],
-                             capture_output=True, text=True, timeout=30)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if top.returncode != 0 or not top.stdout.strip():
-        return None
-    try:
-        return file.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
-    except ValueError:
-        return None
+def resolve_code(spec: CodeSpec, manifest_file: Path | None = None, own: OwnPaths | None = None) -> CodeTree:
+    """Hash what of the code folder goes into the image (codetree.py decides; mtimes ignored), with its git commit."""
+    own = own if own is not None else OwnPaths.default(manifest_file.parent if manifest_file else spec.path)
+    chosen = collect(spec, own, manifest_file)
+    return CodeTree(root=spec.path, digest=tree_digest(chosen.files), files=tuple(chosen.files),
+                    git_commit=chosen.git_commit, git_dirty=chosen.git_dirty, source=spec.source,
+                    left_out=chosen.left_out)
 
 
 def run_env(manifest: Manifest) -> dict[str, str]:
@@ -188,8 +211,12 @@ def run_env(manifest: Manifest) -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
-def resolve_plan(manifest: Manifest) -> Plan:
-    """Pin everything the manifest names (reads files, runs git); executes nothing."""
+def resolve_plan(manifest: Manifest, own: OwnPaths | None = None) -> Plan:
+    """Pin everything the manifest names (reads files, runs git); executes nothing.
+
+    `own`: this invocation's cache, runs folder and signing key, kept out of the code tree (default:
+    OwnPaths.default, what a command without --cache-dir/--runs-dir/--key uses).
+    """
     lockfile = None
     if manifest.image.lockfile is not None:
 
@@ -200,7 +227,7 @@ def resolve_plan(manifest: Manifest) -> Plan:
         else parse_image_ref(manifest.image.base),
         lockfile=lockfile,
         data=tuple(_planned_data(item, manifest.root) for item in manifest.data),
-        code=resolve_code(manifest.code, manifest.file),
+        code=resolve_code(manifest.code, manifest.file, own),
         hardware=lookup_class(manifest.hardware_class),
         seed=manifest.seeds.global_seed,
         apply_seeds=manifest.seeds.apply,
@@ -247,7 +274,9 @@ def plan_to_json(plan: Plan) -> dict[str, Any]:
         "image": image,
         "lockfile": lock,
         "code": {"digest": plan.code.digest, "files": len(plan.code.files), "path": _rel(plan.code.root, m.root),
-                 "gitCommit": plan.code.git_commit, "gitDirty": plan.code.git_dirty},
+                 "gitCommit": plan.code.git_commit, "gitDirty": plan.code.git_dirty,
+                 # Only when set, so the plans (and plan digests) of folder trees stay as they were.
+                 **({"from": plan.code.source} if plan.code.source != "folder" else {})},
         "data": [{"name": d.item.name, "uri": d.item.uri, "digests": dict(sorted(d.item.digests.items())),
                   "containerPath": d.container_path, "unpack": d.item.unpack,
                   **({"source": d.source} if d.source is not None else {})} for d in plan.data],

@@ -15,11 +15,13 @@ from packageurl import PackageURL
 
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
+from runner.codetree import repo_path
 from runner.engine.execute import ContainerSpec
-from runner.hashing import hash_tree, tree_digest
+from runner.hashing import hash_tree, ignore_rules, tree_digest
 from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
-from runner.plan import ImageRef, Plan, canonical_json, repo_path
+from runner.plan import ImageRef, Plan, canonical_json
+from runner.redact import redact
 
 if TYPE_CHECKING:
     from runner.context import RunContext
@@ -58,7 +60,7 @@ def engine_info(client: Any) -> EngineInfo:
 def xrun_distribution_digest() -> str:
     """A tree digest of xrun's own installed code (runner/, schemas/, templates/)."""
     root = Path(__file__).resolve().parent
-    files = hash_tree(root, ("__pycache__", "*.pyc"))
+    files = hash_tree(root, ignore_rules(("__pycache__", "*.pyc")))
     return tree_digest(files).split(":", 1)[1]
 
 
@@ -73,7 +75,7 @@ def data_uri(reference: str) -> str | None:
     """A remote data reference as its URI; None for a local file (a host or manifest-relative path means
     nothing to a verifier: the digest identifies it, and the manifest says where it was read from)."""
     if re.match(r"^[A-Za-z][A-Za-z0-9+.-]*:", reference) and not reference.lower().startswith("file:"):
-        return reference
+        return redact(reference)
     return None
 
 

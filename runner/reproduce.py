@@ -4,21 +4,23 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import math
 import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from runner.attest.recorded import RecordedRun
+from runner.attest.recorded import RecordedRun, read_statement
 from runner.errors import IntegrityError, UsageError
 from runner.manifest import MAX_MANIFEST_BYTES
 from runner.rundir import reproduce_runs_dir
 from runner.runs.record import RunRecord
+
+if TYPE_CHECKING:
+    from runner.context import RunOptions
 
 
 @dataclass(frozen=True)
@@ -91,22 +93,6 @@ class Report:
                         for r in self.outputs],
             "changedInputs": [{"name": c.name, "recorded": c.recorded, "now": c.now} for c in self.changes],
         }
-
-
-# --- reading attestations --------------------------------------------------------------------------
-
-
-def read_statement(path: Path) -> dict[str, Any]:
-    """The in-toto statement inside a .intoto.jsonl envelope or a Sigstore bundle (signature not checked)."""
-    from runner.attest import read_attestation
-
-    try:
-        statement = json.loads(read_attestation(path).envelopes[0].payload)
-    except (ValueError, IndexError):
-        raise IntegrityError(f"{path}: not a DSSE envelope or Sigstore bundle holding an in-toto statement") from None
-    if not isinstance(statement, dict) or "predicate" not in statement:
-        raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
-    return statement
 
 
 # --- choosing the manifest -------------------------------------------------------------------------
@@ -200,14 +186,18 @@ def _find_manifest(root: Path, digest: str, name: str | None) -> Path | None:
     return None
 
 
-def check_code(manifest: Path, statement: dict[str, Any]) -> None:
-    """IntegrityError unless the manifest's code tree has the digest the attestation records."""
+def check_code(manifest: Path, statement: dict[str, Any], options: RunOptions | None = None) -> None:
+    """IntegrityError unless the manifest's code tree has the digest the attestation records.
+
+    The tree is chosen as the re-run will choose it: its cache, runs folder and signing key left out.
+    """
     from runner.manifest import load_manifest
     from runner.plan import resolve_code
 
     recorded = (RecordedRun.from_statement(statement).dependencies.get("code") or {}).get("digest", {}).get("sha256")
     loaded = load_manifest(manifest)
-    now = resolve_code(loaded.code, loaded.file).digest.removeprefix("sha256:")
+    own = options.own_paths(loaded.root) if options is not None else None
+    now = resolve_code(loaded.code, loaded.file, own).digest.removeprefix("sha256:")
     if recorded and now != recorded:
         raise IntegrityError(f"{loaded.code.path}: the code tree's digest is sha256:{now} but the attestation "
                              f"records sha256:{recorded}; pass --code DIR with the code the attestation was made from")
@@ -354,23 +344,23 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
         statement = verdict.statement
     else:
         statement = read_statement(attestation)
+    # The re-run goes outside the code folder (xrun run's default, <manifest folder>/.xrun/runs, is inside it).
+    options = dataclasses.replace(options, runs_dir=options.runs_dir or reproduce_runs_dir())
     path = manifest_for(statement, attestation, manifest, code)
     temporary = manifest is None and path.name.startswith(".xrun-reproduce-")
     if manifest is None:
         try:
-            check_code(path, statement)
+            check_code(path, statement, options)
         except BaseException:
             if temporary:
                 path.unlink(missing_ok=True)
             raise
     link = ResourceDescriptor(name="attestation/reproduced", uri=f"file:{attestation.name}",
                               digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()})
-    # The re-run goes outside the code folder (its default, <manifest folder>/.xrun/runs, is inside it).
-    runs_dir = options.runs_dir or reproduce_runs_dir()
     try:
         # A seed sweep member was run with a seed from the command line: re-run with that seed.
         seed = RecordedRun.from_statement(statement).seed
-        summary = run_experiment(path, dataclasses.replace(options, reproduces=link, seed=seed, runs_dir=runs_dir))
+        summary = run_experiment(path, dataclasses.replace(options, reproduces=link, seed=seed))
     finally:
         if temporary:
             path.unlink(missing_ok=True)

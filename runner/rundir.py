@@ -14,6 +14,8 @@ from typing import Any
 
 from runner.errors import UsageError
 
+PLAN_FILE = "plan.json"  # Plan.to_json() as the run was planned; read back by plan.PlanRecord
+
 
 @dataclass(frozen=True)
 class RunDir:
@@ -29,6 +31,10 @@ class RunDir:
     @property
     def log(self) -> Path:
         return self.path / "logs" / "run.log"
+
+    @property
+    def plan(self) -> Path:
+        return self.path / PLAN_FILE
 
     @property
     def record(self) -> Path:
@@ -72,7 +78,7 @@ def create_run_dir(runs_dir: Path, manifest_text: bytes, plan_json: dict[str, An
                          "choose another with --runs-dir") from None
     run = RunDir(run_id, path)
     write_atomic(path / "manifest.yaml", manifest_text)
-    write_json(path / "plan.json", plan_json)
+    write_json(run.plan, plan_json)
     return run
 
 
@@ -97,16 +103,6 @@ def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
 def write_json(path: Path, value: Any) -> None:
     """Pretty, sorted JSON written atomically."""
     write_atomic(path, (json.dumps(value, indent=2, sort_keys=True, default=str) + "\n").encode())
-
-
-def read_json(path: Path) -> Any:
-    """Read a JSON file of ours; a broken one is a usage error naming it."""
-    try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UsageError(f"{path}: no such file") from None
-    except ValueError as exc:
-        raise UsageError(f"{path}: not valid JSON ({exc})") from None
 
 
 def utc_now() -> datetime:

@@ -242,8 +242,11 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
 
     A sweep's members are <sweep id>-<array index>, so Slurm's %a finds each member's log folder.
     """
+    from runner.codetree import signing_key_path
+
     base = new_run_id()
     runs: list[RunDir] = []
+    key = signing_key_path(ctx.options.key)
     try:
         for index, seed in enumerate(seeds):
             plan = _member_plan(ctx.plan, seed)
@@ -259,7 +262,8 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
             write_atomic(run.path / "manifest.yaml", plan.manifest.text)
             write_json(run.path / "plan.json", plan.to_json())
             NodeJob(manifest=str(plan.manifest.file), plan_digest=plan.digest, image=image, cache_dir=str(cache_dir),
-                    seed=seed, allow_hardware_mismatch=allow_mismatch).save(run.path / JOB_FILE)
+                    seed=seed, allow_hardware_mismatch=allow_mismatch,
+                    signing_key=str(key.absolute()) if key else None).save(run.path / JOB_FILE)
             member = dataclasses.replace(scheduler, seed=seed, array_index=index if sweep else None,
                                          sweep=base if sweep else None)
             RunRecord(run_id=run_id, name=plan.manifest.name, status="submitted", manifest=str(plan.manifest.file),
@@ -426,7 +430,7 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
     """Re-hash a finished run's outputs, check them against the node's statement, and sign it here."""
     from runner.attest import load_signer, read_attestation, write_attestation
     from runner.attest.statement import statement_problems
-    from runner.context import signing_key_path
+    from runner.codetree import signing_key_path
     from runner.manifest import OutputSpec
     from runner.outputs import collect_outputs
     from runner.pipeline import NODE_STATEMENT
@@ -593,36 +597,6 @@ def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
     seeds = tuple(r.scheduler.seed for _, r in members if r.scheduler and r.scheduler.seed is not None)
     return SweepSummary(sweep=str(sweep_id), members=len(members), succeeded=succeeded, unfinished=unfinished,
                         seeds=seeds, metrics=rows, failed=tuple(failed))
-
-
-def format_sweep(summary: SweepSummary) -> str:
-    """The text table of `xrun runs summary`."""
-    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
-             + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
-             + f" (seeds {', '.join(map(str, summary.seeds))})"]
-    header = ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]
-    rows = [[m.key, str(m.n), f"{m.mean:.6g}", f"{m.std:.6g}", f"{m.min:.6g}", f"{m.max:.6g}"] for m in summary.metrics]
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, *rows]:
-        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
-    for f in summary.failed:
-        lines.append(f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}")
-    return "\n".join(lines)
-
-
-def format_submit(result: SubmitResult) -> str:
-    """The text `xrun submit` prints."""
-    head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
-    if result.sweep:
-        head += f", sweep {result.sweep} ({len(result.runs)} seeds)"
-    lines = [head, f"  image  {result.image_reference or result.image_id}"]
-    for path in result.rendered:
-        lines.append(f"  wrote  {path}")
-    for r in result.runs:
-        seed = f" seed {r.seed}" if r.seed is not None else ""
-        lines.append(f"  run    {r.run_id or '-'}{seed}  {r.state}" + (f"  {r.attestation}" if r.attestation else "")
-                     + (f"  ({r.error})" if r.error else ""))
-    return "\n".join(lines)
 
 
 def stream_log(run_dir: Path, out: Any, *, follow: bool, poll_s: float = 1.0) -> None:

@@ -159,6 +159,27 @@ def giftless(tmp_path_factory) -> Iterator[tuple[str, Path]]:
         log.close()
 
 
+def lfs_repo(tmp_path: Path, url: str, content: bytes) -> Path:
+    """A git repository with weights.bin in Git LFS, pushed (objects to the LFS server at `url`)."""
+    git_lfs_available()
+    bare = tmp_path / "remote.git"
+    run("git", "init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
+    repo = tmp_path / "work"
+    repo.mkdir()
+    run("git", "init", "-q", "-b", "main", cwd=repo)
+    for key, value in (("user.email", "t@example.com"), ("user.name", "t"), ("lfs.url", url)):
+        run("git", "config", key, value, cwd=repo)
+    run("git", "lfs", "install", "--local", cwd=repo)
+    run("git", "lfs", "track", "*.bin", cwd=repo)
+    (repo / "weights.bin").write_bytes(content)
+    (repo / ".lfsconfig").write_text(f"[lfs]\n\turl = {url}\n")
+    run("git", "add", "-A", cwd=repo)
+    run("git", "commit", "-qm", "lfs", cwd=repo)
+    run("git", "remote", "add", "origin", str(bare), cwd=repo)
+    run("git", "push", "-q", "origin", "main", cwd=repo)
+    return repo
+
+
 def write_files(root: Path, files: dict[str, bytes]) -> Path:
     """Write files (relative path → bytes) under root."""
     for rel, data in files.items():

@@ -15,7 +15,10 @@ Faults apply to the next `times` GETs of the path, in the order they were added:
   content), slow (pause `delay` seconds between `chunk`-byte writes), stall (send `after` bytes,
   then sleep `delay` seconds before the rest), ignore_if_range (honour Range even when If-Range
   names another version, like a careless cache), replace (serve `body` from now on, for good:
-  the fault's own response still sends the old content, cut after `after` bytes when after > 0).
+  the fault's own response still sends the old content, cut after `after` bytes when after > 0),
+  endless (no Content-Length: the body, then zeros in `chunk`-byte writes until the client hangs up,
+  or `after` bytes in all when after > 0, or 1 GiB: a hostile server, bounded so a test cannot hang).
+POST is answered like GET (the request body is read and dropped), for Git LFS batch endpoints.
 Files added with add_file() are served from disk with sendfile(2), for benchmarks.
 """
 
@@ -98,6 +101,10 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         self._serve(head=False)
 
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self._serve(head=False)
+
     def _serve(self, head: bool) -> None:
         state: _State = self.server.state
         path = self.path.split("?", 1)[0]
@@ -170,7 +177,11 @@ class _Handler(BaseHTTPRequestHandler):
         length = end - start + 1
         declared = length + (fault.delta if fault is not None and fault.kind == "wrong_length" else 0)
         self._start(status)
-        self.send_header("Content-Length", str(declared))
+        if fault is not None and fault.kind == "endless":
+            self.send_header("Connection", "close")
+            self.close_connection = True
+        else:
+            self.send_header("Content-Length", str(declared))
         self.send_header("ETag", resource.etag)
         self.send_header("Last-Modified", resource.last_modified)
         if resource.ranges:
@@ -210,6 +221,14 @@ class _Handler(BaseHTTPRequestHandler):
                 self.wfile.write(body[: fault.after])
                 time.sleep(fault.delay)
                 self.wfile.write(body[fault.after:])
+                return
+            if kind == "endless":
+                self.wfile.write(body)
+                block, sent, limit = bytes(fault.chunk), len(body), fault.after or (1 << 30)
+                while sent < limit:
+                    self.wfile.write(block[: limit - sent])
+                    sent += min(len(block), limit - sent)
+                self._close()
                 return
             if kind == "slow":
                 for i in range(0, len(body), fault.chunk):

@@ -13,7 +13,7 @@ import pytest
 
 from runner.attest import generate_keypair, load_verifier, verify_attestation
 from runner.pipeline import RunOptions, run_experiment
-from tests.test_run import write_experiment
+from experiments import probe_experiment
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +25,7 @@ def signed_run(tmp_path_factory, base_image):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("XRUN_CACHE_DIR", str(work / "cache"))
         key, pub = generate_keypair("ecdsa-p256", work / "keys")
-        manifest = write_experiment(work / "exp", base_image, seed=3)
+        manifest = probe_experiment(work / "exp", base_image, seed=3)
         summary = run_experiment(manifest, RunOptions(runs_dir=work / "runs", key=key, quiet=True))
     return summary, key, pub, manifest
 
@@ -91,7 +91,7 @@ def test_cli_verify_and_tamper(signed_run, tmp_path):
 def test_unsigned_run_says_so(tmp_path, base_image, monkeypatch, capsys):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.delenv("XRUN_SIGNING_KEY", raising=False)
-    summary = run_experiment(write_experiment(tmp_path / "exp", base_image),
+    summary = run_experiment(probe_experiment(tmp_path / "exp", base_image),
                              RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert not summary.signed and summary.attestation.exists()
     assert "UNSIGNED" in capsys.readouterr().err
@@ -100,7 +100,7 @@ def test_unsigned_run_says_so(tmp_path, base_image, monkeypatch, capsys):
 
 def test_run_statement_parses_strictly_and_records_no_host_path(signed_run):
     """The official in-toto bindings parse a real run's statement with no unknown field; no host path in it."""
-    from tests.test_attest_strict import assert_portable, assert_strictly_valid
+    from statementcheck import assert_portable, assert_strictly_valid
 
     summary, _, _, manifest = signed_run
     line = summary.attestation.read_text().splitlines()[0]

@@ -313,6 +313,8 @@ def test_bundle_with_two_signatures_is_rejected(tmp_path: Path) -> None:
      "not a dsseEnvelope"),
     ('{"payload": "e30=", "signatures": []}', "payloadType"),
     ('{"payload": "e30=", "payload": "e30=", "payloadType": "x", "signatures": []}', "repeats the key 'payload'"),
+    ("[" * 100_000 + "]" * 100_000, "nests arrays or objects too deeply"),
+    ('{"a":' * 100_000 + "1" + "}" * 100_000, "nests arrays or objects too deeply"),
 ])
 def test_malformed_attestation_files_fail_the_format_check(tmp_path: Path, content: str, message: str) -> None:
     run = Run(tmp_path)
@@ -395,3 +397,22 @@ def test_serialized_payload_is_compact_utf8(tmp_path: Path) -> None:
     statement["predicate"]["buildDefinition"]["externalParameters"]["manifest"]["description"] = "Zürich"
     payload = sign_module.serialize_statement(statement)
     assert "Zürich".encode() in payload and b", " not in payload[:40]
+
+
+def test_verify_of_deeply_nested_json_is_a_fail_line_and_exit_3(tmp_path: Path, capsys) -> None:
+    """A hostile file or payload nested 100,000 deep: FAIL lines and exit 3, never an internal error (70)."""
+    import base64
+
+    from runner.cli import main
+
+    payload = base64.b64encode(("[" * 100_000 + "]" * 100_000).encode()).decode()
+    envelope = tmp_path / "nested-payload.jsonl"
+    envelope.write_text(json.dumps({"payloadType": "application/vnd.in-toto+json", "payload": payload,
+                                    "signatures": []}))
+    whole = tmp_path / "nested.jsonl"
+    whole.write_text("[" * 100_000 + "]" * 100_000)
+    for path, check in ((whole, "FAIL  format"), (envelope, "FAIL  statement")):
+        capsys.readouterr()
+        assert main(["verify", str(path), "--allow-unsigned"]) == 3
+        out, err = capsys.readouterr()
+        assert check in out + err and "too deeply" in out + err and "internal error" not in err, (out, err)

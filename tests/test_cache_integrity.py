@@ -457,11 +457,11 @@ def test_a_run_after_tampering_reads_and_attests_the_verified_bytes(tmp_path: Pa
                                                                     monkeypatch: pytest.MonkeyPatch,
                                                                     capsys: pytest.CaptureFixture[str]):
     from runner.pipeline import RunOptions, run_experiment
-    from tests.test_run import write_experiment
+    from experiments import probe_experiment
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("XRUN_VERIFY_DATA", "0")  # the flag alone must turn verification on
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     first = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert json.loads((first.run_dir / "outputs" / "probe.json").read_text())["data"] == "hello\n"
     path = Cache.default().blob_path("sha256", sha(b"hello\n"))
@@ -495,12 +495,12 @@ def test_a_cache_write_while_the_training_runs_is_exit_3_and_not_attested(tmp_pa
 
     from runner.errors import IntegrityError
     from runner.pipeline import RunOptions, run_experiment
-    from tests.test_run import write_experiment
+    from experiments import probe_experiment
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     command = ["sh", "-c", "cat /data/input.txt > /outputs/probe.json; sleep 4; echo '{}' > /outputs/metrics.json; "
                            "mkdir -p /outputs/more; echo b > /outputs/more/b.txt"]
-    manifest = write_experiment(tmp_path / "exp", base_image, command=command)
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=command)
     path = Cache.default().blob_path("sha256", sha(b"hello\n"))
     runs = tmp_path / "runs"
 

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from experiments import make_run
 from runner.cli import main
 from runner.runs.record import RunRecord
-from tests.test_runs import make_run
 
 REPO = Path(__file__).resolve().parent.parent
 

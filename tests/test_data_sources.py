@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from datatools import (digest_of, dvc, git_lfs_available, giftless, http_root, make_bucket, manifest,  # noqa: F401
+from datatools import (digest_of, dvc, giftless, http_root, lfs_repo, make_bucket, manifest,  # noqa: F401
                        moto_endpoint, run, s3_env, write_files)
 from runner.cli import main
 
@@ -269,26 +269,6 @@ def test_dvc_s3_plain_and_version_aware(tmp_path, capsys, s3_env, moto_endpoint)
 # --- Git LFS ------------------------------------------------------------------------------------------
 
 
-def lfs_repo(tmp_path: Path, url: str, content: bytes) -> Path:
-    git_lfs_available()
-    bare = tmp_path / "remote.git"
-    run("git", "init", "-q", "--bare", "-b", "main", str(bare), cwd=tmp_path)
-    repo = tmp_path / "work"
-    repo.mkdir()
-    run("git", "init", "-q", "-b", "main", cwd=repo)
-    for key, value in (("user.email", "t@example.com"), ("user.name", "t"), ("lfs.url", url)):
-        run("git", "config", key, value, cwd=repo)
-    run("git", "lfs", "install", "--local", cwd=repo)
-    run("git", "lfs", "track", "*.bin", cwd=repo)
-    (repo / "weights.bin").write_bytes(content)
-    (repo / ".lfsconfig").write_text(f"[lfs]\n\turl = {url}\n")
-    run("git", "add", "-A", cwd=repo)
-    run("git", "commit", "-qm", "lfs", cwd=repo)
-    run("git", "remote", "add", "origin", str(bare), cwd=repo)
-    run("git", "push", "-q", "origin", "main", cwd=repo)
-    return repo
-
-
 def test_lfs_by_oid_and_by_pointer_unknown_and_wrong_bytes(tmp_path, capsys, giftless):
     url, storage = giftless
     content = os.urandom(5000)
@@ -346,7 +326,7 @@ def test_validate_one_line_errors(tmp_path, capsys, item, expected):
 def test_container_trains_on_a_dvc_directory(tmp_path, capsys, base_image, docker_client):
     from runner.attest.recorded import RecordedRun
     from runner.pipeline import RunOptions, run_experiment
-    from runner.reproduce import read_statement
+    from runner.attest.recorded import read_statement
 
     project = dvc_project(tmp_path / "proj")
     remote = tmp_path / "remote"

@@ -8,47 +8,18 @@ from pathlib import Path
 
 import pytest
 
+from experiments import SIX_WHEEL, image_experiment, plan_for, requirements_lock
 from runner.errors import IntegrityError, ManifestError
 from runner.fetch import Cache
 from runner.build.image import BuiltImage, build_image, image_tag
-from runner.manifest import load_manifest
-from runner.plan import resolve_plan
 
 pytestmark = pytest.mark.docker
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lockfiles"
-SIX_WHEEL = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
-SIX_SDIST = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926"
 NOBODY = "65534:65534"
 PROBE = ("import json, os, sys, six, numpy, sitecustomize; print(json.dumps({'six': six.__version__, "
          "'six_file': six.__file__, 'numpy': numpy.__version__, 'site': sitecustomize.__file__, "
          "'files': sorted(os.listdir('.')), 'exe': sys.executable}))")
-
-
-def write_experiment(root: Path, image: dict, *, name: str = "imgtest", lock: tuple[str, str] | None = None,
-                     code: dict[str, str] | None = None) -> Path:
-    """An experiment folder: code files, an optional lockfile (name, text), a manifest (JSON is YAML)."""
-    root.mkdir(parents=True, exist_ok=True)
-    for rel, text in (code or {"train.py": "print('hi')\n", "pkg/util.py": "X = 1\n"}).items():
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        (root / rel).write_text(text)
-    image = dict(image)
-    if lock is not None:
-        (root / lock[0]).write_text(lock[1])
-        image["lockfile"] = lock[0]
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": name, "image": image,
-        "code": {"path": ".", "exclude": [lock[0]] if lock else []},
-        "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
-        "run": {"command": ["python3", "train.py"]}, "outputs": [{"path": "out.txt"}],
-    }
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(manifest, indent=2))
-    return path
-
-
-def plan_for(manifest: Path):
-    return resolve_plan(load_manifest(manifest))
 
 
 def run_in(client, image_id: str, code: str) -> str:
@@ -56,11 +27,6 @@ def run_in(client, image_id: str, code: str) -> str:
     out = client.containers.run(image_id, ["python3", "-c", code], network_mode="none", user=NOBODY, read_only=True,
                                 remove=True, working_dir="/workspace")
     return out.decode()
-
-
-def requirements_lock(wheel_hash: str = SIX_WHEEL) -> tuple[str, str]:
-    return ("requirements.txt", "# pip-compile --generate-hashes\n"
-            f"six==1.16.0 \\\n    --hash=sha256:{SIX_SDIST} \\\n    --hash=sha256:{wheel_hash}\n")
 
 
 @pytest.fixture()
@@ -75,7 +41,7 @@ def _tags(client, name: str) -> list[str]:
 
 
 def test_requirements_lock_wheel_installed_offline_and_cached(tmp_path, base_image, docker_client, cache):
-    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-req",
+    plan = plan_for(image_experiment(tmp_path / "exp", {"base": base_image}, name="img-req",
                                      lock=requirements_lock()))
     built = build_image(plan, cache, docker_client, quiet=True)
     assert isinstance(built, BuiltImage) and not built.cached
@@ -119,7 +85,7 @@ def test_code_tree_is_exactly_the_planned_files_readable_by_any_uid(tmp_path, ba
     code = {"train.py": "print('x')\n", "run.sh": "#!/bin/sh\necho hi\n", "deep/a/b.txt": "b\n",
             "ignored.pyc": "junk"}
     root = tmp_path / "exp"
-    manifest = write_experiment(root, {"base": base_image}, name="img-code", code=code)
+    manifest = image_experiment(root, {"base": base_image}, name="img-code", code=code)
     (root / "run.sh").chmod(0o700)
     (root / "train.py").chmod(0o600)
     plan = plan_for(manifest)
@@ -141,7 +107,7 @@ def test_code_tree_is_exactly_the_planned_files_readable_by_any_uid(tmp_path, ba
 def test_identical_inputs_give_bit_identical_layers(tmp_path, base_image, docker_client, cache):
     """Two builds from scratch (the first image and its build cache removed) give the same layer digests."""
     code = {"train.py": f"# {time.time_ns()}\n", "pkg/deep/util.py": "X = 1\n"}
-    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-layers", code=code,
+    plan = plan_for(image_experiment(tmp_path / "exp", {"base": base_image}, name="img-layers", code=code,
                                      lock=requirements_lock()))
     layers = []
     for _ in range(2):
@@ -156,7 +122,7 @@ def test_identical_inputs_give_bit_identical_layers(tmp_path, base_image, docker
 def test_pylock_and_uv_lock_install_their_wheels(tmp_path, base_image, docker_client, cache, fmt):
     src = FIXTURES / ("pylock.toml" if fmt == "pylock" else "uv/uv.lock")
     lock = (src.name, src.read_text())
-    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name=f"img-{fmt}", lock=lock))
+    plan = plan_for(image_experiment(tmp_path / "exp", {"base": base_image}, name=f"img-{fmt}", lock=lock))
     built = build_image(plan, cache, docker_client, quiet=True)
     # Markers evaluated for the image's Python 3.11 on Linux: no colorama (win32), no tomli (< 3.11).
     assert sorted(w.name for w in built.wheels) == ["attrs", "six"]
@@ -165,7 +131,7 @@ def test_pylock_and_uv_lock_install_their_wheels(tmp_path, base_image, docker_cl
 
 
 def test_tampered_requirements_hash_is_exit_3_and_nothing_tagged(tmp_path, base_image, docker_client, cache):
-    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-tampered",
+    plan = plan_for(image_experiment(tmp_path / "exp", {"base": base_image}, name="img-tampered",
                                      lock=requirements_lock("0" * 64)))
     with pytest.raises(IntegrityError) as info:
         build_image(plan, cache, docker_client, quiet=True)
@@ -177,7 +143,7 @@ def test_tampered_requirements_hash_is_exit_3_and_nothing_tagged(tmp_path, base_
 def test_tampered_pylock_wheel_hash_is_exit_3_nothing_cached_nothing_tagged(tmp_path, base_image, docker_client,
                                                                             cache):
     text = (FIXTURES / "pylock.toml").read_text().replace(SIX_WHEEL, "f" * 64)
-    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-tampered2",
+    plan = plan_for(image_experiment(tmp_path / "exp", {"base": base_image}, name="img-tampered2",
                                      lock=("pylock.toml", text)))
     with pytest.raises(IntegrityError) as info:
         build_image(plan, cache, docker_client, quiet=True)
@@ -187,7 +153,7 @@ def test_tampered_pylock_wheel_hash_is_exit_3_nothing_cached_nothing_tagged(tmp_
 
 
 def test_unpinned_lock_is_exit_2_naming_the_line(tmp_path, base_image):
-    manifest = write_experiment(tmp_path / "exp", {"base": base_image}, name="img-unpinned",
+    manifest = image_experiment(tmp_path / "exp", {"base": base_image}, name="img-unpinned",
                                 lock=("requirements.txt", f"# x\nsix>=1.16 --hash=sha256:{SIX_WHEEL}\n"))
     with pytest.raises(ManifestError) as info:
         plan_for(manifest)
@@ -197,7 +163,7 @@ def test_unpinned_lock_is_exit_2_naming_the_line(tmp_path, base_image):
 def test_bootstrap_base_pinned_by_image_id_builds_with_debs_recorded(tmp_path, base_image_id, docker_client, cache):
     image = {"bootstrap": {"suite": "bookworm", "packages": ["python3", "python3-numpy"], "variant": "minbase",
                            "imageId": base_image_id}}
-    plan = plan_for(write_experiment(tmp_path / "exp", image, name="img-boot", lock=requirements_lock()))
+    plan = plan_for(image_experiment(tmp_path / "exp", image, name="img-boot", lock=requirements_lock()))
     built = build_image(plan, cache, docker_client, quiet=True)
     assert built.base_ref == built.base_image_id == base_image_id and built.base_repo_digest is None
     names = {d.name: d for d in built.debs}
@@ -210,7 +176,7 @@ def test_bootstrap_base_pinned_by_image_id_builds_with_debs_recorded(tmp_path, b
 
 
 def test_changed_code_file_after_planning_is_refused(tmp_path, base_image, docker_client, cache):
-    manifest = write_experiment(tmp_path / "exp", {"base": base_image}, name="img-race")
+    manifest = image_experiment(tmp_path / "exp", {"base": base_image}, name="img-race")
     plan = plan_for(manifest)
     (tmp_path / "exp" / "train.py").write_text("print('changed after planning')\n")
     with pytest.raises(IntegrityError) as info:

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 
 from conftest import forget_names, push_image
+from experiments import CODE, golden_base, image_experiment, plan_for
 from runner.build.image import build_image
 from runner.cli import main
 from runner.fetch import Cache
 from runner.provenance import dependencies
-from test_image_build import plan_for, write_experiment
-from test_image_repro import CODE, _golden_base
 
 pytestmark = pytest.mark.docker
 
@@ -28,9 +27,9 @@ def _blob(layout: Path, digest: str) -> bytes:
 
 def test_oci_layout_reads_back_and_the_push_pulls_back_by_digest(tmp_path, registry, docker_client, monkeypatch,
                                                                  capsys):
-    base_id = _golden_base(docker_client, tmp_path)
+    base_id = golden_base(docker_client, tmp_path)
     pinned = push_image(docker_client, registry, base_id, "xrun-test/golden-base")
-    manifest = write_experiment(tmp_path / "exp", {"base": pinned}, name="img-publish", code=CODE)
+    manifest = image_experiment(tmp_path / "exp", {"base": pinned}, name="img-publish", code=CODE)
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     layout, target = tmp_path / "oci", f"{registry.host}/xrun-test/publish"
     try:
@@ -75,7 +74,7 @@ def test_oci_layout_reads_back_and_the_push_pulls_back_by_digest(tmp_path, regis
 
 
 def test_push_target_without_a_registry_host_is_exit_2_before_building(tmp_path, capsys, monkeypatch):
-    manifest = write_experiment(tmp_path / "exp", {"base": "x.invalid/b@sha256:" + "0" * 64}, name="img-bad-push")
+    manifest = image_experiment(tmp_path / "exp", {"base": "x.invalid/b@sha256:" + "0" * 64}, name="img-bad-push")
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     for bad in ("team/exp", "127.0.0.1:5000/exp:tag", "127.0.0.1:5000/exp@sha256:" + "0" * 64):
         assert main(["build", str(manifest), "--push", bad]) == 2  # the base is never looked up

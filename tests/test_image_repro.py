@@ -19,14 +19,12 @@ from pathlib import Path
 
 import pytest
 
+from experiments import CODE, golden_base, image_experiment, plan_for, requirements_lock
 from runner import __version__
 from runner.build.image import ResolvedBase, ResolvedWheel, assemble_image, build_image, image_labels, \
     load_assembly
-from runner.build.layers import ImageConfig, LayerBuilder, history_entry, image_exists, load_archive, \
-    write_layer, write_load_archive
+from runner.build.layers import image_exists
 from runner.fetch import Cache
-
-from test_image_build import plan_for, requirements_lock, write_experiment
 from servers import PATIENCE_S
 
 pytestmark = pytest.mark.docker
@@ -36,29 +34,11 @@ REPO = Path(__file__).resolve().parent.parent
 # its image ID in the history). See the module docstring before changing it.
 GOLDEN_ID = "sha256:a01e312555bc3ff0e5dfc2ae762603cef4b7680903c67c2f5925d387d3a36c1c"
 GOLDEN_BASE_REF = "registry.invalid/xrun-golden@sha256:" + "0" * 64
-CODE = {"train.py": "print('hello')\n", "pkg/__init__.py": "", "pkg/util.py": "X = 1\n", "run.sh": "#!/bin/sh\n"}
-
-
-def _golden_base(client, tmp_path: Path) -> str:
-    """A one-layer base from fixed bytes (no Python: nothing is probed), loaded into the engine."""
-    layer = LayerBuilder()
-    layer.add_bytes("etc/os-release", b"NAME=xrun-golden\n")
-    layer.add_bytes("bin/true", b"#!/bin/sh\n", 0o755)
-    written = write_layer(layer, tmp_path / "golden-layer.tar")
-    config = ImageConfig(architecture="amd64", os="linux", diff_ids=(written.diff_id,),
-                         history=(history_entry("xrun test: golden base"),),
-                         container={"Env": ["PATH=/usr/bin:/bin"], "Cmd": ["/bin/true"]}).to_bytes()
-    archive = tmp_path / "golden-base.tar"
-    image_id = write_load_archive(archive, config, [(written.diff_id, written.path)])
-    if not image_exists(client, image_id):
-        load_archive(client, archive, image_id)
-    client.api.tag(image_id, "xrun-test/golden-base", "1", force=True)
-    return image_id
 
 
 def test_golden_image_id_from_fixed_inputs(tmp_path, docker_client):
-    base_id = _golden_base(docker_client, tmp_path)
-    manifest = write_experiment(tmp_path / "exp", {"base": GOLDEN_BASE_REF}, name="golden", code=CODE)
+    base_id = golden_base(docker_client, tmp_path)
+    manifest = image_experiment(tmp_path / "exp", {"base": GOLDEN_BASE_REF}, name="golden", code=CODE)
     (tmp_path / "exp" / "run.sh").chmod(0o755)
     plan = plan_for(manifest)
     base = ResolvedBase(ref=GOLDEN_BASE_REF, image_id=base_id, repo_digest=GOLDEN_BASE_REF, platform="linux/amd64",
@@ -83,11 +63,11 @@ def test_golden_image_id_from_fixed_inputs(tmp_path, docker_client):
 def test_image_id_is_the_same_from_another_registry_name_mirror_or_manifest_name(tmp_path, docker_client):
     """Same content, other locations: another registry host and repository for the same base, another
     experiment name, wheels from another mirror. The image ID (and so every label) must not change."""
-    base_id = _golden_base(docker_client, tmp_path)
+    base_id = golden_base(docker_client, tmp_path)
     layers = tuple(docker_client.images.get(base_id).attrs["RootFS"]["Layers"])
     ids = []
     for name, ref in (("golden", GOLDEN_BASE_REF), ("renamed", "mirror.invalid:5000/team/base@sha256:" + "0" * 64)):
-        manifest = write_experiment(tmp_path / name, {"base": ref}, name=name, code=CODE)
+        manifest = image_experiment(tmp_path / name, {"base": ref}, name=name, code=CODE)
         (tmp_path / name / "run.sh").chmod(0o755)
         base = ResolvedBase(ref=ref, image_id=base_id, repo_digest=ref, platform="linux/amd64", layers=layers)
         work = tmp_path / f"work-{name}"
@@ -136,7 +116,7 @@ def test_same_plan_same_image_id_across_environments(tmp_path, base_image, docke
         root = tmp_path / f"checkout{i}" / "exp"
         root.mkdir(parents=True)
         _make_tree(root, code, reverse=v["reverse"], mtime=v["mtime"], owner=v["owner"])
-        manifest = write_experiment(root, {"base": base_image}, name="img-repro", code={},
+        manifest = image_experiment(root, {"base": base_image}, name="img-repro", code={},
                                     lock=requirements_lock())
         env = {**os.environ, "XRUN_CACHE_DIR": str(tmp_path / f"cache{i}"), "TZ": v["tz"], "LANG": v["lang"],
                "LC_ALL": v["lang"], "PYTHONPATH": str(REPO)}
@@ -150,7 +130,7 @@ def test_same_plan_same_image_id_across_environments(tmp_path, base_image, docke
 
 def test_two_builds_of_one_plan_give_one_image_id(tmp_path, base_image, docker_client):
     cache = Cache(tmp_path / "cache")
-    plan = plan_for(write_experiment(tmp_path / "exp", {"base": base_image}, name="img-twice",
+    plan = plan_for(image_experiment(tmp_path / "exp", {"base": base_image}, name="img-twice",
                                      lock=requirements_lock()))
     first = build_image(plan, cache, docker_client, quiet=True)
     docker_client.images.remove(first.id, force=True)
@@ -162,7 +142,7 @@ def test_sigterm_during_the_build_leaves_no_image_and_no_temp_files(tmp_path, ba
     """A build stopped by SIGTERM while it writes its layers: exit 130, no image, no xrun-build-* folder."""
     big = {f"blob{i}.bin": "x" * (4 << 20) for i in range(40)}  # slow enough to be caught mid-way
     root = tmp_path / "exp"
-    manifest = write_experiment(root, {"base": base_image}, name="img-sigterm", code={"train.py": "1\n", **big})
+    manifest = image_experiment(root, {"base": base_image}, name="img-sigterm", code={"train.py": "1\n", **big})
     cache = tmp_path / "cache"
     env = {**os.environ, "XRUN_CACHE_DIR": str(cache), "PYTHONPATH": str(REPO)}
     before = {img.id for img in docker_client.images.list(all=True)}
@@ -188,7 +168,7 @@ def test_layers_hold_no_host_metadata(tmp_path, base_image, docker_client):
     root.mkdir()
     _make_tree(root, {"a.py": "1\n", "b.sh": "#!/bin/sh\n"}, reverse=True, mtime=1.0e9, owner=1234)
     (root / "b.sh").chmod(0o700)
-    plan = plan_for(write_experiment(root, {"base": base_image}, name="img-meta", code={}))
+    plan = plan_for(image_experiment(root, {"base": base_image}, name="img-meta", code={}))
     work = tmp_path / "w"
     work.mkdir()
     base = ResolvedBase(ref=base_image, image_id=docker_client.images.get(base_image).id, repo_digest=base_image,

@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 from packaging.tags import sys_tags
@@ -164,6 +166,36 @@ def test_bootstrap_needs_linux(monkeypatch):
     with pytest.raises(EnvironmentProblem) as info:
         bootstrap.check_host()
     assert info.value.exit_code == 4 and "Linux" in info.value.message and "image.base" in info.value.message
+
+
+def test_a_hung_mmdebstrap_is_stopped_with_its_children_and_is_exit_4(tmp_path, monkeypatch):
+    # A stand-in that logs a line, starts a child and then hangs, as on a mirror that stopped answering.
+    fake = tmp_path / "bin" / "mmdebstrap"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho 'I: downloading' >&2\nsleep 600 &\necho $! > {tmp_path / 'child'}\n"
+                    "sleep 600\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake.parent}:{os.environ['PATH']}")
+    spec = BootstrapSpec(suite="bookworm", packages=())
+    with pytest.raises(EnvironmentProblem) as info:
+        bootstrap.run_mmdebstrap(spec, tmp_path / "rootfs.tar", quiet=True, timeout_s=2)
+    assert info.value.exit_code == 4
+    assert "did not finish within 2 s bootstrapping bookworm" in info.value.message
+    assert info.value.lines == ["I: downloading"]
+    child = int((tmp_path / "child").read_text())
+    for _ in range(300):  # reaped by init soon after the group was killed
+        if not _alive(child):
+            break
+        time.sleep(0.1)
+    assert not _alive(child)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except FileNotFoundError:
+        return False
 
 
 def test_deb_purl_and_dpkg_parsing():

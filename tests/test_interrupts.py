@@ -19,8 +19,8 @@ import pytest
 from runner.engine.labels import RUNNER_LABEL, runner_identity
 from runner.engine.watchdog import KILLED, reap_orphans
 from faultserver import Fault, FaultServer
+from experiments import probe_experiment
 from servers import PATIENCE_S, wait_for
-from tests.test_run import write_experiment
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -59,7 +59,7 @@ def _slow_data(server: FaultServer, root: Path, base_image: str) -> Path:
     payload = os.urandom(4 << 20)
     server.add("/slow.bin", payload)
     server.fault("/slow.bin", Fault("slow", times=-1, delay=0.5, chunk=32 << 10))
-    manifest = write_experiment(root, base_image)
+    manifest = probe_experiment(root, base_image)
     spec = json.loads(manifest.read_text())
     spec["data"] = [{"name": "input", "uri": server.url("/slow.bin"), "path": "input.txt",
                      "sha256": hashlib.sha256(payload).hexdigest()}]
@@ -69,7 +69,7 @@ def _slow_data(server: FaultServer, root: Path, base_image: str) -> Path:
 
 def _fresh_build(root: Path, base_image: str) -> Path:
     """An experiment whose code tree is new to the engine, so `xrun run` has to build its image."""
-    manifest = write_experiment(root, base_image)
+    manifest = probe_experiment(root, base_image)
     (root / "nonce.txt").write_text(os.urandom(16).hex())
     return manifest
 
@@ -93,7 +93,7 @@ def _assert_marked_killed(runs: Path, docker_client) -> None:
 
 def test_sigkill_during_training_removes_the_container_and_marks_the_run(tmp_path, base_image, cache_dir,
                                                                           docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image,
+    manifest = probe_experiment(tmp_path / "exp", base_image,
                                 command=["sh", "-c", "sleep 300; echo late > /outputs/late.txt; sleep 300"])
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
@@ -107,7 +107,7 @@ def test_sigkill_during_training_removes_the_container_and_marks_the_run(tmp_pat
     # dead run's outputs, then or later.
     assert not (run_dir / "outputs" / "late.txt").exists()
     # The next run is unaffected.
-    ok = _start(write_experiment(tmp_path / "next", base_image), tmp_path / "runs2", cache_dir)
+    ok = _start(probe_experiment(tmp_path / "next", base_image), tmp_path / "runs2", cache_dir)
     _, err = ok.communicate(timeout=PATIENCE_S)
     assert ok.returncode == 0, err
 
@@ -173,7 +173,7 @@ def test_sigterm_during_build_is_exit_130_with_no_dangling_image(tmp_path, base_
 
 
 def test_two_ctrl_c_50ms_apart_end_cleanly(tmp_path, base_image, cache_dir, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
     wait_for(lambda: _containers_of(docker_client, runs),
@@ -198,7 +198,7 @@ def test_out_of_memory_is_named(tmp_path, base_image, cache_dir, monkeypatch):
 
     monkeypatch.setenv("XRUN_CACHE_DIR", str(cache_dir))
     hog = ["python3", "-c", "b = b'x' * (3 * 2**30); print(len(b))"]
-    manifest = write_experiment(tmp_path / "exp", base_image, command=hog, cls="cpu-1")
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=hog, cls="cpu-1")
     with pytest.raises(TrainingFailed, match="ran out of memory") as info:
         run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert "2 GiB" in info.value.message

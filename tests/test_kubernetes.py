@@ -15,7 +15,7 @@ import pytest
 
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
-from test_run import write_experiment
+from experiments import probe_experiment
 
 VERSIONS = ("1.30.0", "1.33.0")
 FAKE_BASE = "127.0.0.1:5000/xrun-base@sha256:" + "ab" * 32
@@ -24,7 +24,7 @@ FAKE_BASE = "127.0.0.1:5000/xrun-base@sha256:" + "ab" * 32
 def _objects(tmp_path, seeds=(), cls="cpu-1"):
     from runner.backends.kubernetes import render_objects
 
-    manifest = write_experiment(tmp_path / "exp", FAKE_BASE, cls=cls)
+    manifest = probe_experiment(tmp_path / "exp", FAKE_BASE, cls=cls)
     plan = resolve_plan(load_manifest(manifest))
     return render_objects(plan, "127.0.0.1:5000/xrun/probe@sha256:" + "cd" * 32, seeds, "20261129T171800Z-ab12cd")
 
@@ -66,7 +66,7 @@ def test_training_pod_is_isolated(tmp_path):
 @pytest.mark.docker
 def test_render_from_the_command_line(tmp_path, base_image, registry, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     out = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(manifest), "--backend", "kubernetes",
                           "--render", str(tmp_path / "k8s"), "--registry", f"{registry.host}/xrun-k8s",
                           "--seeds", "1-2", "--json", "--quiet"], capture_output=True, text=True)

@@ -9,7 +9,7 @@ import pytest
 from runner.errors import ManifestError
 from runner.lockfiles import load_lockfile, select_for_environment
 
-from test_lockfiles_requirements import LINUX_311
+from experiments import LINUX_311
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lockfiles"
 H = "c" * 64

@@ -6,16 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from experiments import LINUX_311
 from runner.errors import ManifestError
 from runner.lockfiles import detect_format, load_lockfile, select_for_environment
 
 FIXTURES = Path(__file__).parent / "fixtures" / "lockfiles"
 H1 = "a" * 64
 H2 = "b" * 64
-LINUX_311 = {"implementation_name": "cpython", "implementation_version": "3.11.2", "os_name": "posix",
-             "platform_machine": "x86_64", "platform_release": "6.1", "platform_system": "Linux",
-             "platform_version": "#1", "python_full_version": "3.11.2", "platform_python_implementation": "CPython",
-             "python_version": "3.11", "sys_platform": "linux"}
 
 
 def write(tmp_path: Path, text: str, name: str = "requirements.txt") -> Path:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner.manifest import load_manifest
-from runner.plan import canonical_json, parse_image_ref, resolve_plan
+from runner.plan import PlanRecord, canonical_json, parse_image_ref, resolve_plan
 
 HERE = Path(__file__).parent / "manifests"
 REPO = Path(__file__).resolve().parent.parent
@@ -101,3 +101,21 @@ def test_cli_plan_json(experiment: Path):
     assert proc.returncode == 0, proc.stderr
     body = json.loads(proc.stdout)
     assert len(body["digest"]) == 64 and body["plan"]["name"] == "corpus-valid"
+
+
+def test_plan_json_reads_back_through_the_one_typed_reader(experiment: Path, tmp_path: Path):
+    plan = resolve_plan(load_manifest(experiment))
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps(plan.to_json()))
+    record = PlanRecord.load(path)
+    assert record is not None and record.raw == plan.to_json()
+    assert (record.name, record.seed, record.git_commit) == (plan.manifest.name, plan.seed, plan.code.git_commit)
+    assert record.outputs == plan.outputs
+    assert record.data_digests == {d.item.name: "sha256:" + d.item.digests["sha256"] for d in plan.data}
+    assert PlanRecord.load(tmp_path / "missing.json") is None
+
+
+def test_a_plan_json_of_an_older_xrun_reads_its_old_spellings():
+    old = {"seed": 7, "code": {"git_commit": "abc"}, "data": [{"name": "d", "digests": {"md5": "00"}}]}
+    record = PlanRecord.from_json(old)
+    assert (record.seed, record.git_commit, record.data_digests) == (7, "abc", {"d": "md5:00"})

@@ -16,42 +16,30 @@ from pathlib import Path
 import pytest
 
 from runner.attest import generate_keypair
-from runner.attest.recorded import RecordedRun
+from runner.attest.recorded import RecordedRun, read_statement
 from runner.build.bootstrap import DebPackage
 from runner.build.rebuild import file_changes, package_changes
 from runner.cli import main
-from runner.reproduce import read_statement
+from experiments import SIX_SDIST, SIX_WHEEL, write_experiment
 from wheelmaker import make_wheel
 
 pytestmark = pytest.mark.docker
 
-SIX_WHEEL = "8abb2f1d86890a2dfb989f9a77cfcfd3e47c2a354b01111771326f8aa26e0254"
-SIX_SDIST = "1e61c37477a1626458e36f7b1d82aa5c9b094fa4802892072e49de9c60c4c926"
 TRAIN = "import json, localpkg, six\njson.dump({'v': localpkg.V, 'six': six.__version__}, open('/outputs/out.json', 'w'))\n"
 
 
-def write_experiment(root: Path, base: str) -> Path:
+def rebuild_experiment(root: Path, base: str) -> Path:
     """Code (train.py, pkg/), a lock with six from PyPI and a local wheel (both outside the code tree)."""
-    (root / "pkg").mkdir(parents=True)
-    (root / "train.py").write_text(TRAIN)
-    (root / "pkg" / "util.py").write_text("X = 1\n")
     _, local_hash = make_wheel(root / "wheels", "localpkg", "1.0", "V = 1\n")
-    _write_lock(root, local_hash)
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": "img-rebuild",
-        "image": {"base": base, "lockfile": "requirements.txt"},
-        "code": {"path": ".", "exclude": ["requirements.txt", "wheels/"]},
-        "seeds": {"global": 1}, "hardware": {"class": "cpu-1"},
-        "run": {"command": ["python3", "train.py"]}, "outputs": [{"path": "out.json"}],
-    }
-    (root / "experiment.yaml").write_text(json.dumps(manifest, indent=2))
-    return root / "experiment.yaml"
+    return write_experiment(root, {"base": base, "lockfile": "requirements.txt"}, name="img-rebuild",
+                            files={"train.py": TRAIN, "pkg/util.py": "X = 1\n", "requirements.txt": _lock(local_hash)},
+                            exclude=["requirements.txt", "wheels/"], command=["python3", "train.py"],
+                            outputs=[{"path": "out.json"}])
 
 
-def _write_lock(root: Path, local_hash: str) -> None:
-    (root / "requirements.txt").write_text(
-        f"six==1.16.0 --hash=sha256:{SIX_SDIST} --hash=sha256:{SIX_WHEEL}\n"
-        f"./wheels/localpkg-1.0-py3-none-any.whl --hash=sha256:{local_hash}\n")
+def _lock(local_hash: str) -> str:
+    return (f"six==1.16.0 --hash=sha256:{SIX_SDIST} --hash=sha256:{SIX_WHEEL}\n"
+            f"./wheels/localpkg-1.0-py3-none-any.whl --hash=sha256:{local_hash}\n")
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +49,7 @@ def recorded(tmp_path_factory, base_image, registry, docker_client):
     mp = pytest.MonkeyPatch()
     mp.setenv("XRUN_CACHE_DIR", str(root / "cache"))
     key, pub = generate_keypair("ecdsa-p256", root / "keys")
-    manifest = write_experiment(root / "exp", base_image)
+    manifest = rebuild_experiment(root / "exp", base_image)
     push = f"{registry.host}/xrun-test/rebuild"
     try:
         assert main(["build", str(manifest), "--push", push, "--quiet"]) == 0
@@ -120,7 +108,7 @@ def test_another_wheel_behind_the_lock_is_exit_3_naming_the_wheel(recorded, tmp_
     copy = tmp_path / "exp"
     shutil.copytree(exp, copy, ignore=shutil.ignore_patterns(".xrun"))
     _, other = make_wheel(copy / "wheels", "localpkg", "1.0", "V = 2\n")  # same name, other bytes
-    _write_lock(copy, other)
+    (copy / "requirements.txt").write_text(_lock(other))
     capsys.readouterr()
     code = main(["rebuild", str(attestation), "--key", str(pub), "--code", str(copy)])
     err = capsys.readouterr().err

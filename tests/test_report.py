@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import re
 import shutil
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import INPUT, INPUT_TEXT, write_experiment
 from runner.attest import generate_keypair
 from runner.cli import main
 from runner.pipeline import RunOptions, run_experiment
@@ -47,21 +47,10 @@ def browse(page: Path, *, screenshot: Path | None = None) -> str:
     return done.stdout
 
 
-def write_experiment(root: Path, base_image: str, seed: int) -> Path:
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train.py").write_text(TRAIN)
-    (root / "input.txt").write_text("hello\n")
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": "reported",
-        "image": {"base": base_image}, "code": {"path": ".", "exclude": ["input.txt"]},
-        "data": [{"name": "input", "uri": "input.txt", "sha256": hashlib.sha256(b"hello\n").hexdigest()}],
-        "seeds": {"global": seed}, "hardware": {"class": "cpu-1"},
-        "run": {"command": ["python3", "train.py"], "timeout": "5m"},
-        "outputs": [{"path": "model.txt"}, {"path": "metrics.json", "metrics": True}],
-    }
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(manifest, indent=2))
-    return path
+def reported_experiment(root: Path, base_image: str, seed: int) -> Path:
+    return write_experiment(root, base_image, name="reported", files={"train.py": TRAIN, "input.txt": INPUT_TEXT},
+                            exclude=["input.txt"], data=[INPUT], seed=seed, command=["python3", "train.py"],
+                            timeout="5m", outputs=[{"path": "model.txt"}, {"path": "metrics.json", "metrics": True}])
 
 
 def fake_run(runs: Path, index: int, name: str = "fake") -> None:
@@ -82,7 +71,7 @@ def test_report_of_a_sweep_renders_in_chromium_with_runs_values_provenance_and_v
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
     _, other = generate_keypair("ed25519", tmp_path / "other")
     runs_dir = tmp_path / "runs"
-    summaries = [run_experiment(write_experiment(tmp_path / f"exp{s}", base_image, s),
+    summaries = [run_experiment(reported_experiment(tmp_path / f"exp{s}", base_image, s),
                                 RunOptions(runs_dir=runs_dir, quiet=True, key=key)) for s in (1, 2, 3)]
     page = tmp_path / "report.html"
     assert main(["report", "--sweep", "reported", "--runs-dir", str(runs_dir), "--key", str(pub),

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from runner.attest import generate_keypair
+from runner.attest.recorded import read_statement
 from runner.pipeline import RunOptions, run_experiment
-from runner.reproduce import read_statement, reproduce
-from tests.test_run import write_experiment
+from runner.reproduce import reproduce
+from experiments import probe_experiment
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -25,7 +26,7 @@ METRICS = ["python3", "-c", "import json; json.dump({'loss': 0.5}, open('/output
 def recorded(tmp_path, base_image, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     key, pub = generate_keypair("ed25519", tmp_path / "keys")
-    manifest = write_experiment(tmp_path / "exp", base_image, seed=11)
+    manifest = probe_experiment(tmp_path / "exp", base_image, seed=11)
     summary = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", key=key, quiet=True))
     return summary, key, pub, manifest
 
@@ -96,7 +97,7 @@ def test_tampered_attestation_is_exit_3_and_nothing_runs(recorded, tmp_path):
 def test_metrics_tolerance(tmp_path, base_image, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
-    manifest = write_experiment(tmp_path / "exp", base_image, command=METRICS,
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=METRICS,
                                 outputs=[{"path": "m.json", "metrics": True}])
     first = run_experiment(manifest, _options(tmp_path, key))
     data = json.loads(manifest.read_text())

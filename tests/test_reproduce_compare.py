@@ -8,8 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.attest.recorded import RecordedRun
-
+from runner.attest.recorded import RecordedRun, read_statement
 from runner.errors import IntegrityError
 from runner.reproduce import (
     Tolerance,
@@ -17,7 +16,6 @@ from runner.reproduce import (
     compare_metrics,
     compare_outputs,
     diff_fields,
-    read_statement,
     tolerance_for,
 )
 

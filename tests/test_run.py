@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import probe_experiment
 from runner.errors import EnvironmentProblem, TrainingFailed
 from runner.engine.execute import managed_containers
 from runner.pipeline import RunOptions, run_experiment
@@ -19,72 +20,6 @@ from servers import PATIENCE_S, wait_for
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
 
-PROBE = r'''
-import json, os, random, socket, sys
-import numpy as np
-
-def attempt(fn):
-    try:
-        fn()
-        return "succeeded"
-    except Exception as exc:
-        return f"failed: {type(exc).__name__}"
-
-def tcp():
-    s = socket.create_connection(("1.1.1.1", 53), timeout=3)
-    s.close()
-
-def write_data():
-    open("/data/input.txt", "a").write("x")
-
-def write_root():
-    open("/evil", "w").write("x")
-
-caps = [l.split()[1] for l in open("/proc/self/status") if l.startswith("CapEff")][0]
-report = {
-    "tcp": attempt(tcp),
-    "write_data": attempt(write_data),
-    "write_root": attempt(write_root),
-    "cap_eff": caps,
-    "uid": os.getuid(),
-    "no_new_privs": [l.split()[1] for l in open("/proc/self/status") if l.startswith("NoNewPrivs")][0],
-    "seed_env": os.environ.get("XRUN_SEED"),
-    "hashseed": os.environ.get("PYTHONHASHSEED"),
-    "random": random.random(),
-    "numpy": float(np.random.rand()),
-    "data": open("/data/input.txt").read(),
-    "cwd": os.getcwd(),
-}
-os.makedirs("/outputs/more", exist_ok=True)
-open("/outputs/more/b.txt", "w").write("b")
-json.dump(report, open("/outputs/probe.json", "w"), sort_keys=True)
-json.dump({"value": report["numpy"], "nested": {"x": 1}}, open("/outputs/metrics.json", "w"))
-print("probe done")
-'''
-
-
-def write_experiment(root: Path, base_image: str, *, seed: int = 1, command: list[str] | None = None,
-                     timeout: str = "5m", cls: str = "cpu-1", outputs: list[dict] | None = None) -> Path:
-    """A small experiment in root: the probe script, one data file, a manifest."""
-    import hashlib
-
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "probe.py").write_text(PROBE)
-    (root / "input.txt").write_text("hello\n")
-    digest = hashlib.sha256(b"hello\n").hexdigest()
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": "probe",
-        "image": {"base": base_image},
-        "code": {"path": ".", "exclude": ["input.txt"]},
-        "data": [{"name": "input", "uri": "input.txt", "sha256": digest, "path": "input.txt"}],
-        "seeds": {"global": seed},
-        "hardware": {"class": cls},
-        "run": {"command": command or ["python3", "probe.py"], "timeout": timeout},
-        "outputs": outputs or [{"path": "probe.json"}, {"path": "more"}, {"path": "metrics.json", "metrics": True}],
-    }
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(manifest, indent=2))  # JSON is YAML
-    return path
 
 
 @pytest.fixture()
@@ -97,7 +32,7 @@ def _options(tmp_path: Path, **kw) -> RunOptions:
 
 
 def test_isolation_every_escape_fails(tmp_path, base_image, cache_env, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     summary = run_experiment(manifest, _options(tmp_path))
     report = json.loads((summary.run_dir / "outputs" / "probe.json").read_text())
     assert report["tcp"].startswith("failed"), report
@@ -123,9 +58,9 @@ def test_isolation_every_escape_fails(tmp_path, base_image, cache_env, docker_cl
 
 
 def test_same_seed_same_outputs_different_seed_differs(tmp_path, base_image, cache_env):
-    a = run_experiment(write_experiment(tmp_path / "a", base_image, seed=7), _options(tmp_path))
-    b = run_experiment(write_experiment(tmp_path / "b", base_image, seed=7), _options(tmp_path))
-    c = run_experiment(write_experiment(tmp_path / "c", base_image, seed=8), _options(tmp_path))
+    a = run_experiment(probe_experiment(tmp_path / "a", base_image, seed=7), _options(tmp_path))
+    b = run_experiment(probe_experiment(tmp_path / "b", base_image, seed=7), _options(tmp_path))
+    c = run_experiment(probe_experiment(tmp_path / "c", base_image, seed=8), _options(tmp_path))
     assert a.outputs == b.outputs
     assert a.outputs["probe.json"] != c.outputs["probe.json"]
 
@@ -133,7 +68,7 @@ def test_same_seed_same_outputs_different_seed_differs(tmp_path, base_image, cac
 def test_timeout_stops_and_removes_the_container(tmp_path, base_image, cache_env, docker_client):
     # The container would sleep for 10 minutes: only the timeout ends it early. (No wall-clock bound on the
     # whole run: a busy engine may take long to build, start and remove, which is not the subject here.)
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "600"], timeout="3s")
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "600"], timeout="3s")
     with pytest.raises(TrainingFailed, match="timed out after 3s") as info:
         run_experiment(manifest, _options(tmp_path))
     assert info.value.exit_code == 1
@@ -146,21 +81,21 @@ def test_timeout_stops_and_removes_the_container(tmp_path, base_image, cache_env
 
 def test_failing_command_is_exit_1_with_log_tail(tmp_path, base_image, cache_env):
     cmd = ["python3", "-c", "import sys; print('about to fail'); sys.exit(3)"]
-    manifest = write_experiment(tmp_path / "exp", base_image, command=cmd)
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=cmd)
     with pytest.raises(TrainingFailed, match="exited with code 3") as info:
         run_experiment(manifest, _options(tmp_path))
     assert "about to fail" in "\n".join(info.value.lines)
 
 
 def test_missing_output_is_named(tmp_path, base_image, cache_env):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["true"], outputs=[{"path": "model.pkl"}])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["true"], outputs=[{"path": "model.pkl"}])
     with pytest.raises(TrainingFailed, match="model.pkl"):
         run_experiment(manifest, _options(tmp_path))
 
 
 def test_output_symlink_outside_is_refused(tmp_path, base_image, cache_env):
     cmd = ["python3", "-c", "import os; os.symlink('/etc/passwd', '/outputs/leak')"]
-    manifest = write_experiment(tmp_path / "exp", base_image, command=cmd, outputs=[{"path": "leak"}])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=cmd, outputs=[{"path": "leak"}])
     with pytest.raises(TrainingFailed, match="outside /outputs"):
         run_experiment(manifest, _options(tmp_path))
     (run_dir,) = (tmp_path / "runs").iterdir()
@@ -170,14 +105,14 @@ def test_output_symlink_outside_is_refused(tmp_path, base_image, cache_env):
 def test_hardware_class_bigger_than_host_is_refused(tmp_path):
     if (os.cpu_count() or 1) >= 64:
         pytest.skip("this host has 64 CPUs")
-    manifest = write_experiment(tmp_path / "exp", "127.0.0.1:5000/x@sha256:" + "0" * 64, cls="gpu-8x-h100-80gb")
+    manifest = probe_experiment(tmp_path / "exp", "127.0.0.1:5000/x@sha256:" + "0" * 64, cls="gpu-8x-h100-80gb")
     with pytest.raises(EnvironmentProblem, match="64 CPUs needed") as info:
         run_experiment(manifest, _options(tmp_path))
     assert info.value.exit_code == 4
 
 
 def test_ctrl_c_removes_container_and_writes_no_attestation(tmp_path, base_image, cache_env, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "120"])
     env = dict(os.environ, PYTHONPATH=str(REPO))
     proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(manifest), "--quiet",
                              "--runs-dir", str(tmp_path / "runs")], env=env,
@@ -202,7 +137,7 @@ def test_ctrl_c_removes_container_and_writes_no_attestation(tmp_path, base_image
 
 def _local_wheel_experiment(root: Path, base_image: str, wheel_line: str) -> Path:
     """An experiment whose lock installs a local wheel (tests/wheelmaker) and whose command imports it."""
-    manifest = write_experiment(root, base_image, command=[
+    manifest = probe_experiment(root, base_image, command=[
         "python3", "-c", "import localpkg; open('/outputs/probe.json', 'w').write(localpkg.VALUE)"],
         outputs=[{"path": "probe.json"}])
     (root / "requirements.txt").write_text(wheel_line)
@@ -215,8 +150,8 @@ def _local_wheel_experiment(root: Path, base_image: str, wheel_line: str) -> Pat
 
 def test_local_wheel_in_a_requirements_lock_runs_and_attests(tmp_path, base_image, cache_env):
     from runner.attest import generate_keypair
-    from runner.reproduce import read_statement
-    from tests.wheelmaker import make_wheel
+    from runner.attest.recorded import read_statement
+    from wheelmaker import make_wheel
 
     root = tmp_path / "exp"
     wheel, sha = make_wheel(root / "wheels", "localpkg", "1.0", "VALUE = '\"from a local wheel\"'\n")
@@ -243,7 +178,7 @@ def test_local_wheel_in_a_requirements_lock_runs_and_attests(tmp_path, base_imag
 ])
 def test_unusable_local_wheel_is_refused_before_anything_runs(tmp_path, base_image, cache_env, where, words):
     from runner.errors import ManifestError
-    from tests.wheelmaker import make_wheel
+    from wheelmaker import make_wheel
 
     root = tmp_path / "exp"
     folder = root / "wheels" if where == "missing" else tmp_path / "elsewhere"
@@ -274,7 +209,7 @@ os.symlink("b.txt", "/outputs/more/inside")
 
 def test_odd_files_in_outputs_are_named_and_outputs_holds_only_what_was_hashed(tmp_path, base_image, cache_env,
                                                                                 capsys):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", ODD_OUTPUTS],
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["python3", "-c", ODD_OUTPUTS],
                                 outputs=[{"path": "probe.json"}, {"path": "more"}])
     summary = run_experiment(manifest, _options(tmp_path))
     err = capsys.readouterr().err
@@ -289,7 +224,7 @@ def test_odd_files_in_outputs_are_named_and_outputs_holds_only_what_was_hashed(t
 
 
 def test_output_that_is_a_fifo_is_an_error_and_removed(tmp_path, base_image, cache_env):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", "import os; os.mkfifo('/outputs/p')"],
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["python3", "-c", "import os; os.mkfifo('/outputs/p')"],
                                 outputs=[{"path": "p"}])
     with pytest.raises(TrainingFailed, match="'p' is a FIFO"):
         run_experiment(manifest, _options(tmp_path))

@@ -10,23 +10,12 @@ from pathlib import Path
 
 import pytest
 
+from experiments import make_run
 from runner.errors import UsageError
 from runner.runs.store import diff_runs, find_run, list_runs
 from servers import PATIENCE_S
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def make_run(runs: Path, run_id: str, seed: int, digest: str, loss: float, status: str = "succeeded") -> Path:
-    path = runs / run_id
-    (path / "outputs").mkdir(parents=True)
-    (path / "manifest.yaml").write_text(f"name: demo\nseeds: {{global: {seed}}}\n")
-    (path / "plan.json").write_text(json.dumps({"name": "demo", "seeds": {"global": seed}}))
-    (path / "run.json").write_text(json.dumps({
-        "runId": run_id, "name": "demo", "status": status, "startedOn": "2026-11-23T10:00:00Z",
-        "finishedOn": "2026-11-23T10:00:07Z", "outputs": {"model.npy": digest},
-        "metrics": {"metrics.json": {"loss": loss}}, "host": {"cpu_count": 2}}))
-    return path
 
 
 @pytest.fixture()

@@ -24,7 +24,7 @@ from runner.engine.execute import managed_containers
 from runner.pipeline import run_experiment
 from runner.runs.record import RunRecord
 from runner.submit import SubmitOptions, cancel_run, refresh, submit, summarize_sweep, wait_run
-from test_run import write_experiment
+from experiments import probe_experiment
 from servers import PATIENCE_S, wait_for
 
 pytestmark = pytest.mark.docker
@@ -66,7 +66,7 @@ def _statement(path: Path) -> dict:
 
 
 def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slurm_cluster, shared, keys):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     local = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "local", quiet=True,
                                                 cache_dir=shared / "local-cache"))
     result = submit(manifest, _options(tmp_path, shared, keys[0], wait=True))
@@ -101,9 +101,20 @@ def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slu
     assert "#SBATCH --cpus-per-task=1" in script and "#SBATCH --mem=2G" in script
 
 
+def test_signing_key_inside_the_code_folder_stays_out_on_the_node(tmp_path, base_image, slurm_cluster, shared):
+    """The node re-plans the code tree: it must leave out the submitter's key as the submitter did (issue 20)."""
+    manifest = write_experiment(tmp_path / "exp", base_image)
+    key, pub = generate_keypair("ecdsa-p256", tmp_path / "exp" / "keys", None)
+    result = submit(manifest, _options(tmp_path, shared, key, wait=True))
+    (member,) = result.runs
+    assert member.state == "completed", member
+    assert json.loads((member.run_dir / "job.json").read_text())["signingKey"] == str(key.absolute())
+    assert verify_attestation(member.attestation, [pub], []).ok
+
+
 def test_registry_image_is_pulled_by_digest_on_the_node(tmp_path, base_image, slurm_cluster, shared, keys, registry,
                                                         docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     result = submit(manifest, _options(tmp_path, shared, keys[0], registry=f"{registry.host}/xrun-slurm",
                                        sbatch_args=("--hold",)))
     member = result.runs[0]
@@ -130,7 +141,7 @@ def test_image_is_loaded_from_the_shared_directory_on_the_node(tmp_path, base_im
     import uuid
 
     root = tmp_path / "exp"
-    manifest = write_experiment(root, base_image)
+    manifest = probe_experiment(root, base_image)
     (root / "unique.txt").write_text(uuid.uuid4().hex)  # an image of this test's own, safe to remove
     result = submit(manifest, _options(tmp_path, shared, sbatch_args=("--hold",)))
     member = result.runs[0]
@@ -154,7 +165,7 @@ def test_outputs_changed_on_shared_storage_are_not_signed(tmp_path, base_image, 
     from runner.errors import IntegrityError
     from runner.submit import collect
 
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     member = submit(manifest, _options(tmp_path, shared)).runs[0]
     _wait_state(member.run_dir, ("completed", "failed"))
     (member.run_dir / "outputs" / "probe.json").write_text("{}")  # after the node hashed it, before signing
@@ -165,7 +176,7 @@ def test_outputs_changed_on_shared_storage_are_not_signed(tmp_path, base_image, 
 
 
 def test_seed_sweep_is_one_array_with_a_summary(tmp_path, base_image, slurm_cluster, shared, keys):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     result = submit(manifest, _options(tmp_path, shared, keys[0], seeds=(1, 2, 3), wait=True))
     assert result.sweep and len(result.runs) == 3
     assert "#SBATCH --array=0-2" in (result.runs[0].run_dir / "job.sbatch").read_text()
@@ -195,7 +206,7 @@ def test_seed_sweep_is_one_array_with_a_summary(tmp_path, base_image, slurm_clus
 
 
 def test_cancel_of_a_running_job(tmp_path, base_image, slurm_cluster, shared, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "300"])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "300"])
     result = submit(manifest, _options(tmp_path, shared))
     run_dir = result.runs[0].run_dir
     wait_for(lambda: any(c.labels.get("org.xrun.run-id") == run_dir.name for c in managed_containers(docker_client)),
@@ -210,7 +221,7 @@ def test_cancel_of_a_running_job(tmp_path, base_image, slurm_cluster, shared, do
 
 
 def test_node_failure_is_failed_with_its_message(tmp_path, base_image, slurm_cluster, shared):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["python3", "-c", "import sys; sys.exit(3)"])
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["python3", "-c", "import sys; sys.exit(3)"])
     result = submit(manifest, _options(tmp_path, shared, wait=True))
     member = result.runs[0]
     assert member.state == "failed" and member.attestation is None
@@ -219,7 +230,7 @@ def test_node_failure_is_failed_with_its_message(tmp_path, base_image, slurm_clu
 
 
 def test_gpu_class_is_scheduled_on_the_fake_gpu_and_refused_on_the_node(tmp_path, base_image, slurm_cluster, shared):
-    manifest = write_experiment(tmp_path / "exp", base_image, cls="gpu-1x-any")
+    manifest = probe_experiment(tmp_path / "exp", base_image, cls="gpu-1x-any")
     result = submit(manifest, _options(tmp_path, shared, wait=True))
     member = result.runs[0]
     assert "#SBATCH --gres=gpu:1" in (member.run_dir / "job.sbatch").read_text()
@@ -232,7 +243,7 @@ def test_gpu_class_is_scheduled_on_the_fake_gpu_and_refused_on_the_node(tmp_path
 
 
 def test_gpu_class_with_allow_hardware_mismatch_is_recorded(tmp_path, base_image, slurm_cluster, shared, keys):
-    manifest = write_experiment(tmp_path / "exp", base_image, cls="gpu-1x-any")
+    manifest = probe_experiment(tmp_path / "exp", base_image, cls="gpu-1x-any")
     result = submit(manifest, _options(tmp_path, shared, keys[0], wait=True, allow_hardware_mismatch=True))
     member = result.runs[0]
     assert member.state == "completed" and member.attestation, member
@@ -244,7 +255,7 @@ def test_gpu_class_with_allow_hardware_mismatch_is_recorded(tmp_path, base_image
 
 def test_a_different_image_under_the_same_tag_is_refused(tmp_path, base_image, base_image_id, slurm_cluster, shared,
                                                          docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     result = submit(manifest, _options(tmp_path, shared, sbatch_args=("--hold",)))
     member = result.runs[0]
     job = json.loads((member.run_dir / "job.json").read_text())
@@ -262,7 +273,7 @@ def test_a_different_image_under_the_same_tag_is_refused(tmp_path, base_image, b
 
 
 def test_time_limit_is_timed_out(tmp_path, base_image, slurm_cluster, shared, docker_client):
-    manifest = write_experiment(tmp_path / "exp", base_image, command=["sleep", "600"], timeout="30m")
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "600"], timeout="30m")
     result = submit(manifest, _options(tmp_path, shared, sbatch_args=("--time=1",), wait=True))
     member = result.runs[0]
     assert member.state == "timed-out" and member.attestation is None
@@ -283,7 +294,7 @@ def _cli(args: list[str], env: dict | None = None) -> subprocess.CompletedProces
 
 @pytest.mark.parametrize("case", ["no-sbatch", "partition", "registry", "shared-dir"])
 def test_bad_input_submits_nothing(tmp_path, base_image, slurm_cluster, shared, case):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     runs = tmp_path / "runs"
     args = ["submit", str(manifest), "--backend", "slurm", "--runs-dir", str(runs), "--quiet"]
     env = os.environ.copy()
@@ -315,7 +326,7 @@ def test_bad_input_submits_nothing(tmp_path, base_image, slurm_cluster, shared, 
 
 
 def test_command_line_submit_logs_wait_and_runs_ls(tmp_path, base_image, slurm_cluster, shared, keys):
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     runs = str(tmp_path / "runs")
     out = _cli(["submit", str(manifest), "--backend", "slurm", "--shared-dir", str(shared), "--runs-dir", runs,
                 "--json", "--quiet"])

@@ -14,7 +14,7 @@ from runner.context import RunOptions
 from runner.reproduce import reproduce
 from runner.runs.record import RunRecord
 from runner.submit import SubmitOptions, submit, summarize_sweep
-from test_run import write_experiment
+from experiments import probe_experiment
 
 pytestmark = pytest.mark.docker
 
@@ -22,7 +22,7 @@ pytestmark = pytest.mark.docker
 def test_parallel_local_sweep_summary_and_reproduce(tmp_path, base_image, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
     key, pub = generate_keypair("ed25519", tmp_path / "keys", None)
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     run = RunOptions(runs_dir=tmp_path / "runs", quiet=True, key=key)
     result = submit(manifest, SubmitOptions(run=run, backend="local", seeds=(7, 8), parallel=2))
     assert result.sweep and [r.state for r in result.runs] == ["succeeded", "succeeded"]
@@ -49,7 +49,7 @@ def test_parallel_local_sweep_summary_and_reproduce(tmp_path, base_image, monkey
 
 def test_runs_summary_lists_failed_members(tmp_path, base_image, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path / "cache"))
-    manifest = write_experiment(tmp_path / "exp", base_image,
+    manifest = probe_experiment(tmp_path / "exp", base_image,
                                 command=["python3", "-c", "import os, sys; open('/outputs/x', 'w').write('1'); "
                                          "sys.exit(int(os.environ['XRUN_SEED']) % 2)"],
                                 outputs=[{"path": "x"}])

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from experiments import INPUT, INPUT_TEXT, write_experiment
 from mlflowserver import MlflowServer, metrics, params, tags
 from runner.attest import generate_keypair
 from runner.cli import main
@@ -38,27 +39,14 @@ print("trained", seed)
 '''
 
 
-def write_experiment(root: Path, base_image: str, *, seed: int = 1, name: str = "tracked", sleep: int = 0,
-                     tracking: dict | None = None) -> Path:
+def tracked_experiment(root: Path, base_image: str, *, seed: int = 1, name: str = "tracked", sleep: int = 0,
+                       tracking: dict | None = None) -> Path:
     """A tiny experiment whose metrics file holds final values and per-step lists."""
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "train.py").write_text(TRAIN)
-    (root / "input.txt").write_text("hello\n")
     command = ["python3", "train.py"] if not sleep else ["sh", "-c", f"sleep {sleep} && python3 train.py"]
-    manifest = {
-        "apiVersion": "xrun/v1", "kind": "Experiment", "name": name,
-        "image": {"base": base_image},
-        "code": {"path": ".", "exclude": ["input.txt"]},
-        "data": [{"name": "input", "uri": "input.txt", "sha256": hashlib.sha256(b"hello\n").hexdigest()}],
-        "seeds": {"global": seed},
-        "hardware": {"class": "cpu-1"},
-        "run": {"command": command, "timeout": "5m"},
-        "outputs": [{"path": "model.txt"}, {"path": "metrics.json", "metrics": True}],
-        **({"tracking": tracking} if tracking else {}),
-    }
-    path = root / "experiment.yaml"
-    path.write_text(json.dumps(manifest, indent=2))
-    return path
+    return write_experiment(root, base_image, name=name, files={"train.py": TRAIN, "input.txt": INPUT_TEXT},
+                            exclude=["input.txt"], data=[INPUT], seed=seed, command=command, timeout="5m",
+                            outputs=[{"path": "model.txt"}, {"path": "metrics.json", "metrics": True}],
+                            extra={"tracking": tracking} if tracking else None)
 
 
 @pytest.fixture(scope="session")
@@ -98,8 +86,8 @@ def test_metrics_lists_of_non_numbers_are_refused(tmp_path, bad):
 
 
 def test_tracking_block_changes_neither_the_plan_nor_the_build_digest(tmp_path):
-    plain = load_manifest(write_experiment(tmp_path / "a", "127.0.0.1:5000/x@sha256:" + "0" * 64))
-    tracked = load_manifest(write_experiment(tmp_path / "a", "127.0.0.1:5000/x@sha256:" + "0" * 64,
+    plain = load_manifest(tracked_experiment(tmp_path / "a", "127.0.0.1:5000/x@sha256:" + "0" * 64))
+    tracked = load_manifest(tracked_experiment(tmp_path / "a", "127.0.0.1:5000/x@sha256:" + "0" * 64,
                                              tracking={"mlflow": {"experiment": "exp", "uri": "http://h:5000"}}))
     assert tracked.mlflow is not None and tracked.mlflow.experiment == "exp"
     assert plain.sha256 != tracked.sha256  # the manifest's own digest may change
@@ -113,7 +101,7 @@ def test_tracking_block_changes_neither_the_plan_nor_the_build_digest(tmp_path):
     ({"wandb": {}}, "unknown key 'wandb'"),
 ])
 def test_bad_tracking_block_is_named_with_its_fix(tmp_path, block, words):
-    path = write_experiment(tmp_path, "127.0.0.1:5000/x@sha256:" + "0" * 64, tracking=block)
+    path = tracked_experiment(tmp_path, "127.0.0.1:5000/x@sha256:" + "0" * 64, tracking=block)
     with pytest.raises(ManifestError) as info:
         load_manifest(path)
     text = info.value.message + " ".join(info.value.lines)
@@ -149,7 +137,7 @@ def test_sync_without_a_server_to_send_to_is_a_usage_error(tmp_path, capsys, mon
 def test_run_and_reproduce_are_logged_with_params_steps_tags_and_artifacts(tmp_path, base_image, cache_env,
                                                                           mlflow_server):
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
-    manifest = write_experiment(tmp_path / "exp", base_image, seed=3, tracking={"mlflow": {"experiment": "trk-e2e"}})
+    manifest = tracked_experiment(tmp_path / "exp", base_image, seed=3, tracking={"mlflow": {"experiment": "trk-e2e"}})
     options = RunOptions(runs_dir=tmp_path / "runs", quiet=True, key=key, mlflow=mlflow_server.uri)
     summary = run_experiment(manifest, options)
     state = summary.tracking["mlflow"]
@@ -193,7 +181,7 @@ def test_server_down_mid_run_the_run_succeeds_and_sync_sends_it_once(tmp_path, b
     server = MlflowServer(tmp_path / "mlflow")
     server.start()
     try:
-        manifest = write_experiment(tmp_path / "exp", base_image, sleep=4, name="outage")
+        manifest = tracked_experiment(tmp_path / "exp", base_image, sleep=4, name="outage")
         runs_dir = tmp_path / "runs"
         env = {**os.environ, "PYTHONPATH": str(REPO)}
         proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(manifest), "--quiet",

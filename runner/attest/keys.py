@@ -20,7 +20,6 @@ from runner.userfiles import read_user_file
 
 KeyKind = Literal["ecdsa-p256", "ed25519"]
 KEY_KINDS: tuple[str, ...] = ("ecdsa-p256", "ed25519")
-DEFAULT_KIND: KeyKind = "ecdsa-p256"
 KEY_FILE = "xrun.key"
 PUB_FILE = "xrun.pub"
 PASSWORD_ENV = "XRUN_KEY_PASSWORD"
@@ -79,10 +78,6 @@ class Verifier:
         except (InvalidSignature, ValueError):
             return False
         return True
-
-    def public_pem(self) -> bytes:
-        """SubjectPublicKeyInfo PEM (what cosign's `--key` reads)."""
-        return self.public_key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 @dataclass(frozen=True)

@@ -302,9 +302,14 @@ def format_duration(delta: timedelta) -> str:
 # --- loading ---------------------------------------------------------------------------------
 
 @functools.lru_cache(maxsize=1)
+def _schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads((resource_dir("schemas") / SCHEMA_FILE).read_text(encoding="utf-8"))
+    return schema
+
+
+@functools.lru_cache(maxsize=1)
 def _validator() -> jsonschema.Draft202012Validator:
-    schema = json.loads((resource_dir("schemas") / SCHEMA_FILE).read_text(encoding="utf-8"))
-    return jsonschema.Draft202012Validator(schema)
+    return jsonschema.Draft202012Validator(_schema())
 
 
 def load_policy(path: Path | str) -> Policy:
@@ -333,10 +338,11 @@ def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]
         path = field_path(error.absolute_path)
         hint = error.schema.get("x-hint") if isinstance(error.schema, dict) else None
         if error.validator == "additionalProperties" and not error.absolute_path:
-            extra = sorted(set(data) - set(_validator().schema["properties"]))
-            known = ", ".join(_validator().schema["properties"])
+            fields = list(_schema()["properties"])
+            extra = sorted(set(data) - set(fields))
+            known = ", ".join(fields)
             for key in extra:
-                close = difflib.get_close_matches(key, list(_validator().schema["properties"]), n=1)
+                close = difflib.get_close_matches(key, fields, n=1)
                 fix = f"did you mean {close[0]}?" if close else f"known fields: {known}"
                 problems.append(f"{_where(lines, key)}: {key}: unknown field; {fix}")
             continue

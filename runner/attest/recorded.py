@@ -1,13 +1,36 @@
-"""An xrun attestation read back as typed fields, each from the one place xrun writes it.
+"""An xrun attestation read back: the one reader of its statement, and the statement's fields as types.
 
-Nothing here searches the statement: a user's manifest (externalParameters) may hold any key, so
-a depth-first search for a field name can find the user's value instead of xrun's record.
+`read_statement` is the only place that decodes a statement from an attestation file, and it does so
+strictly (no duplicate keys, no NaN): a statement that two parsers could read differently is refused,
+whoever reads it. Nothing here searches the statement: a user's manifest (externalParameters) may hold
+any key, so a depth-first search for a field name can find the user's value instead of xrun's record.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+
+from runner.attest.statement import parse_statement
+from runner.errors import IntegrityError
+
+
+def read_statement(path: Path) -> dict[str, Any]:
+    """The in-toto statement of the attestation's first envelope, parsed strictly; its signature is not checked."""
+    from runner.attest.verify import read_attestation  # the verifier's imports are not needed to read fields
+
+    try:
+        payload = read_attestation(path).envelopes[0].payload
+    except (ValueError, IndexError):
+        raise IntegrityError(f"{path}: not a DSSE envelope or Sigstore bundle holding an in-toto statement") from None
+    try:
+        statement = parse_statement(payload)
+    except ValueError as exc:
+        raise IntegrityError(f"{path}: {exc}; the attestation was not written by xrun or was changed") from None
+    if "predicate" not in statement:
+        raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
+    return statement
 
 
 @dataclass(frozen=True)
@@ -60,8 +83,6 @@ class RecordedRun:
     image: RecordedImage | None = None
     wheels: tuple[RecordedWheel, ...] = ()
     code_digest: str | None = None  # "sha256:…" tree digest
-    code_path: str | None = None  # relative to the manifest's folder
-    lockfile_path: str | None = None  # relative to the manifest's folder
     xrun_version: str | None = None
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
     seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
@@ -94,8 +115,6 @@ class RecordedRun:
             image=_image(deps.get("image")),
             wheels=tuple(w for w in (_wheel(d) for n, d in deps.items() if str(n).startswith("wheel/")) if w),
             code_digest=_prefixed(_dict(_dict(deps.get("code")).get("digest")).get("sha256")),
-            code_path=_str(_dict(_dict(deps.get("code")).get("annotations")).get("path")),
-            lockfile_path=_str(_dict(_dict(deps.get("lockfile")).get("annotations")).get("path")),
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
             listings=_listings(byproducts),
             seed=external.get("seed") if isinstance(external.get("seed"), int) else None,

@@ -335,6 +335,8 @@ def loads_strict(data: bytes, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} is not JSON ({exc})") from None
     except _Ambiguous as exc:
         raise ValueError(f"{what} {exc}") from None
+    except RecursionError:  # a hostile file nested thousands deep: the parser's own stack gives out
+        raise ValueError(f"{what} nests arrays or objects too deeply to be an attestation") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what} is not a JSON object")
     return value

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -196,8 +195,3 @@ def _artifact_digest(path: Path) -> str:
 
 def _format_name(kind: str) -> str:
     return {"bundle": "Sigstore bundle", "jsonl": "in-toto JSON lines", "envelope": "DSSE JSON"}[kind]
-
-
-def dump_statement(verdict: Verdict) -> str:
-    """The verified statement as pretty JSON (for `xrun verify --json` or inspection)."""
-    return json.dumps(verdict.statement, indent=2, ensure_ascii=False)

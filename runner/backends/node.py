@@ -45,6 +45,7 @@ class NodeJob:
     cache_dir: str
     seed: int | None = None
     allow_hardware_mismatch: bool = False
+    signing_key: str | None = None  # the submitter's key path: left out of the code tree here too, never read
 
     def to_json(self) -> dict[str, Any]:
         """job.json (camelCase)."""
@@ -90,7 +91,8 @@ def node_run(run_dir: Path) -> Any:
     record.save(run.record)
     try:
         options = RunOptions(runs_dir=run_dir.parent, allow_hardware_mismatch=job.allow_hardware_mismatch,
-                             seed=job.seed, cache_dir=Path(job.cache_dir), fetch=FetchOptions(quiet=True))
+                             seed=job.seed, cache_dir=Path(job.cache_dir), fetch=FetchOptions(quiet=True),
+                             submitter_key=Path(job.signing_key) if job.signing_key else None)
         ctx = RunContext.create(Path(job.manifest), options)
         if ctx.plan.digest != job.plan_digest:
             raise IntegrityError(f"{job.manifest}: its plan is now {ctx.plan.digest[:12]}, not the submitted "

@@ -8,6 +8,7 @@ is a function of the packages alone. `docker import` would stamp the current tim
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -16,9 +17,11 @@ import platform
 import re
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import threading
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -38,6 +41,9 @@ HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/s
 IMAGE_PATH = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 TAG_REPO = "xrun-bootstrap"
 LOG_TAIL = 25
+# A bootstrap takes about a minute; a mirror that stops answering must not hang the build for ever.
+MMDEBSTRAP_TIMEOUT_S = 30 * 60
+STOP_GRACE_S = 10  # mmdebstrap removes its temporary root on SIGTERM; SIGKILL after this
 CHUNK = 1 << 20
 # Debian architecture → (OCI architecture, variant).
 ARCHES = {"amd64": ("amd64", None), "arm64": ("arm64", "v8"), "armhf": ("arm", "v7"), "armel": ("arm", "v5"),
@@ -165,9 +171,13 @@ def check_host() -> None:
                                  "or pin a base image with image.base instead")
 
 
-def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False,
-                   progress: ProgressSink | None = None, index: Path | None = None) -> None:
-    """Write the root filesystem tarball; BuildError (exit 1) with mmdebstrap's log tail when it fails."""
+def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False, progress: ProgressSink | None = None,
+                   timeout_s: float = MMDEBSTRAP_TIMEOUT_S, index: Path | None = None) -> None:
+    """Write the root filesystem tarball (and apt's index records to `index`); BuildError (exit 1) with
+    mmdebstrap's log tail when it fails.
+
+    EnvironmentProblem (exit 4) when it has not finished within timeout_s: it and its children are stopped.
+    """
     check_host()
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "LC_ALL": "C.UTF-8"}
     cmd = mmdebstrap_command(spec, output, index)
@@ -175,18 +185,53 @@ def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False,
     progress = progress or StderrProgress(quiet)
     progress.info(f"bootstrapping {spec.suite} ({', '.join(spec.packages) or 'no extra packages'}) with "
                   "mmdebstrap; this takes about a minute")
+    # Its own process group, so that a timeout or an interrupt stops apt and the other children too.
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env, text=True,
-                            errors="replace")
-    assert proc.stderr is not None
-    for line in proc.stderr:
-        tail.append(line.rstrip())
-        if line.startswith(("I: ", "E: ", "W: ")):
-            progress.detail(line.rstrip())
-    code = proc.wait()
+                            errors="replace", start_new_session=True)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        _stop_group(proc)
+
+    timer = threading.Timer(timeout_s, expire)
+    timer.daemon = True
+    timer.start()
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            tail.append(line.rstrip())
+            if line.startswith(("I: ", "E: ", "W: ")):
+                progress.detail(line.rstrip())
+        code = proc.wait()
+    except BaseException:
+        _stop_group(proc)
+        raise
+    finally:
+        timer.cancel()
+    if expired.is_set():
+        raise EnvironmentProblem(f"mmdebstrap did not finish within {timeout_s:g} s bootstrapping {spec.suite} and "
+                                 "was stopped; the log tail is below. Check that the Debian mirror answers "
+                                 "(image.bootstrap.sources), then build again", lines=list(tail))
     if code != 0:
         raise BuildError(f"mmdebstrap failed (exit {code}) bootstrapping {spec.suite} with "
                          f"{', '.join(spec.packages)}; the log tail is below (a missing package version? an "
                          "unreachable mirror?)", lines=list(tail))
+
+
+def _stop_group(proc: subprocess.Popen[str]) -> None:
+    """SIGTERM to the process group, then SIGKILL to what is left of it after STOP_GRACE_S at most."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)  # children that outlived mmdebstrap hold the log pipe open
+    proc.wait()
 
 
 # --- the docker load archive -----------------------------------------------------------------------

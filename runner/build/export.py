@@ -23,6 +23,7 @@ from typing import IO, Any
 
 from runner.build.layers import OCI_MANIFEST, Layer, OciImage, write_oci_layout
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, UsageError
+from runner.wire import to_wire
 
 __all__ = ["SavedImage", "export_oci", "push_layout", "save_layers"]
 
@@ -222,6 +223,10 @@ class Published:
     image: Any  # BuiltImage, with manifest_digest and pushed_to set when pushed
     oci_layout: Path | None
     manifest_digest: str | None
+
+    def to_json(self) -> dict[str, Any]:
+        """`xrun build --json`: the image's keys plus where its OCI layout went."""
+        return {**to_wire(self.image), "ociLayout": to_wire(self.oci_layout), "ociManifestDigest": self.manifest_digest}
 
 
 def publish(image: Any, client: Any, cache: Any, build_digest: str, *, oci_layout: Path | None = None,

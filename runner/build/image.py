@@ -21,23 +21,23 @@ import json
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from runner import __version__
 from runner.build.bootstrap import DebPackage, bootstrap_tag, ensure_bootstrap_image, installed_debs
-from runner.build.layers import ImageConfig, Layer, LayerBuilder, history_entry, image_exists, load_archive, \
-    remove_untagged, write_layer, write_load_archive
+from runner.build.layers import ImageConfig, Layer, LayerBuilder, LayerWriter, history_entry, image_exists, \
+    load_image, load_stream, remove_untagged, write_layer
 from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
-    layout_venv, target_from_facts
+    installed_size, target_from_facts, write_venv
 from runner.fetch.interface import FetchOptions
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
 from runner.interrupts import interrupts_raise
 from runner.manifest import BootstrapSpec
 from runner.plan import CodeTree, ImageRef, Plan
-from runner.progress import ProgressSink, StderrProgress
+from runner.progress import ProgressSink, StderrProgress, human_bytes, measured
 from runner.rundir import write_json
 from runner.resources import resource_dir
 
@@ -271,13 +271,24 @@ def image_environment(env: list[str], *, with_venv: bool) -> list[str]:
     return set_env(env, "PYTHONPATH", SITE + (f":{current['PYTHONPATH']}" if current.get("PYTHONPATH") else ""))
 
 
-def deps_layer(venv_root: Path | None) -> LayerBuilder:
-    """/opt/xrun/site (sitecustomize: seeds at interpreter start) and /opt/xrun/venv when the lock has packages."""
-    layer = LayerBuilder()
-    layer.add_file(SITE.lstrip("/") + "/sitecustomize.py", resource_dir("templates") / "sitecustomize.py", 0o644)
-    if venv_root is not None:
-        layer.add_tree(VENV.lstrip("/"), venv_root)
-    return layer
+def write_deps_layer(python: PythonTarget | None, wheels: list[tuple[ResolvedWheel, Path]], path: Path,
+                     progress: ProgressSink | None = None) -> Layer:
+    """/opt/xrun/site (sitecustomize: seeds at interpreter start) and, when the lock has packages, the venv,
+    installed from the wheels straight into the tar at path (no folder on the host)."""
+    total = installed_size(wheels) if wheels else None
+    with open(path, "wb") as f, measured(progress or StderrProgress(True), "writing the dependency layer",
+                                         "wrote the dependency layer", total) as meter:
+        layer = LayerWriter(f, meter.advance)
+        layer.add_bytes(SITE.lstrip("/") + "/sitecustomize.py", sitecustomize())
+        if wheels:
+            assert python is not None
+            write_venv(python, wheels, layer)
+        return layer.close(path)
+
+
+def sitecustomize() -> bytes:
+    """The seed hook every image carries."""
+    return (resource_dir("templates") / "sitecustomize.py").read_bytes()
 
 
 def code_layer(code: CodeTree, root: Path | None = None) -> LayerBuilder:
@@ -310,11 +321,11 @@ def final_config(base: BaseConfig, base_image_id: str, layers: list[Layer], labe
 
 @dataclass(frozen=True)
 class Assembly:
-    """A built image before loading: its config and the layer tars on top of the base."""
+    """A built image before loading: its config and the layers on top of the base."""
 
     config: ImageConfig
     base_diff_ids: tuple[str, ...]
-    layers: tuple[Layer, ...]  # deps, code
+    layers: tuple[Layer, ...]  # deps (path None: the engine holds it), code
 
     @property
     def image_id(self) -> str:
@@ -324,45 +335,48 @@ class Assembly:
 
 def assemble(code: CodeTree, base: BaseConfig, base_image_id: str, python: PythonTarget | None,
              wheels: list[tuple[ResolvedWheel, Path]], labels: dict[str, str], work: Path,
-             code_root: Path | None = None) -> Assembly:
-    """Lay out the venv, write the deps and code layers under work, compose the config: no engine needed."""
-    venv_root = None
-    if wheels:
-        assert python is not None
-        stage = work / "stage"
-        layout_venv(python, wheels, stage)
-        venv_root = stage / VENV.lstrip("/")
-    deps = write_layer(deps_layer(venv_root), work / "deps.tar")
+             code_root: Path | None = None, *, deps: Layer | None = None,
+             progress: ProgressSink | None = None) -> Assembly:
+    """Write the deps layer (unless given: one the engine holds) and the code layer under work, compose the
+    config: no engine needed."""
+    if deps is None:
+        deps = write_deps_layer(python, wheels, work / "deps.tar", progress)
     code_tar = write_layer(code_layer(code, code_root), work / "code.tar")
-    config = final_config(base, base_image_id, [deps, code_tar], labels, with_venv=venv_root is not None,
+    config = final_config(base, base_image_id, [deps, code_tar], labels, with_venv=bool(wheels),
                           code_digest=code.digest)
     return Assembly(config, base.diff_ids, (deps, code_tar))
 
 
 def assemble_image(code: CodeTree, client: Any, base: ResolvedBase, python: PythonTarget | None,
-                   wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None) -> Assembly:
+                   wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None, *,
+                   deps: Layer | None = None, progress: ProgressSink | None = None) -> Assembly:
     """The image of a code tree and wheels on a resolved base, written under work (build and rebuild share it)."""
     labels = image_labels(code.digest, base.image_id, [w for w, _ in wheels])
     return assemble(code, base_config(client, base.image_id), base.image_id, python, wheels, labels, work,
-                    code_root)
+                    code_root, deps=deps, progress=progress)
 
 
-def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None) -> str:
-    """`docker load` the assembly (the base's layers are already in the engine) and tag it; the image ID.
+def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None,
+                  progress: ProgressSink | None = None) -> str:
+    """`docker load` the assembly (the layers the engine holds are left out) and tag it; the image ID.
 
-    Ctrl-C or SIGTERM at any point removes an image this call loaded and left untagged, so an
-    interrupted build leaves neither a dangling image nor temp files (the caller's folder goes too)."""
+    The archive is streamed to the engine from the layer tars, not written; each tar is removed once
+    sent (the engine unpacks its own copy first). Ctrl-C or SIGTERM at any point removes an image this
+    call loaded and left untagged, so an interrupted build leaves neither a dangling image nor temp
+    files (the caller's folder goes too)."""
     image_id = assembly.image_id
     existed = image_exists(client, image_id)
     try:
         with interrupts_raise():  # a no-op inside a command: cli.main installed it already
             if not existed:
-                archive = work / "image.tar"
                 layers: list[tuple[str, Path | None]] = [(d, None) for d in assembly.base_diff_ids]
                 layers += [(layer.diff_id, layer.path) for layer in assembly.layers]
-                write_load_archive(archive, assembly.config.to_bytes(), layers)
-                load_archive(client, archive, image_id)
-                archive.unlink()
+                sent = frozenset(p for _, p in layers if p is not None)
+                total = sum(layer.size for layer in assembly.layers if layer.path is not None)
+                with measured(progress or StderrProgress(True), "loading the image", "loaded the image",
+                              total) as meter:
+                    stream = load_stream(assembly.config.to_bytes(), layers, on_bytes=meter.advance, unlink=sent)
+                    load_image(client, stream, image_id, f"the image {image_id} (from {work})")
             if tag is not None:
                 repo, _, version = tag.rpartition(":")
                 client.api.tag(image_id, repo, version, force=True)
@@ -433,6 +447,9 @@ def cached_image(client: Any, plan: Plan, cache: Any) -> BuiltImage | None:
 
 
 def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, progress: ProgressSink) -> BuiltImage:
+    # Only a build needs these: a warm run of an unchanged plan stops at cached_image.
+    from runner.build.depslayer import check_disk, deps_key, held_layer, save_record
+
     base = resolve_base(plan, client, cache, progress=progress)
     python = inspect_python(client, base.image_id, cache)
     wheels: list[tuple[ResolvedWheel, Path]] = []
@@ -443,8 +460,11 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
         chosen = choose_wheels(plan.lockfile, python, cache)
         wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, options=fetch)
     labels = image_labels(plan.code.digest, base.image_id, [w for w, _ in wheels])
+    key = deps_key(base.image_id, python, [w for w, _ in wheels], sitecustomize())
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
+    # --verify-data: every input checked again, the dependency layer laid out again too.
+    held = None if fetch.verify else held_layer(client, cache, key, base.layers)
     try:
         # SIGTERM too must unwind through the temp folder's and the loaded image's clean-up.
         with interrupts_raise():
@@ -452,12 +472,25 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
             try:
                 progress.info(f"assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
                               "files)")
-                assembly = assemble_image(plan.code, client, base, python, wheels, tmp)
-                image_id = load_assembly(client, assembly, tmp, tag)
+                if held is not None:
+                    progress.info(f"the dependency layer ({human_bytes(held.size)}) is in the engine already: "
+                                  "writing and loading the code layer only")
+                    try:
+                        assembly = assemble_image(plan.code, client, base, python, wheels, tmp, deps=held,
+                                                  progress=progress)
+                        image_id = load_assembly(client, assembly, tmp, tag, progress)
+                    except EnvironmentProblem:
+                        held = None  # its images went between the check and the load: write it after all
+                if held is None:
+                    if wheels:
+                        check_disk(work, _engine_root(client), installed_size(wheels))
+                    assembly = assemble_image(plan.code, client, base, python, wheels, tmp, progress=progress)
+                    image_id = load_assembly(client, assembly, tmp, tag, progress)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)
     except KeyboardInterrupt:
         raise Interrupted("interrupted: the image build was stopped; nothing was loaded or left behind") from None
+    save_record(cache, key, assembly.layers[0], image_id)
     _check_built(client, image_id, base, labels)
     # The same record whether built now or found cached: what the labels keep.
     recorded = target_from_facts(_portable(python.facts)) if python else None
@@ -465,6 +498,14 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
                       base_repo_digest=base.repo_digest, platform=base.platform, python=recorded,
                       wheels=tuple(w for w, _ in wheels), debs=base.debs, cached=False,
                       layers=assembly.config.diff_ids)
+
+
+def _engine_root(client: Any) -> str | None:
+    """Where the engine keeps its layers (DockerRootDir), when it says."""
+    try:
+        return str(client.info().get("DockerRootDir") or "") or None
+    except Exception:  # noqa: BLE001 - an engine that does not say: only our side is checked
+        return None
 
 
 def _check_built(client: Any, image_id: str, base: ResolvedBase, labels: dict[str, str]) -> None:
@@ -507,8 +548,3 @@ def image_labels(code_digest: str, base_image_id: str, wheels: list[ResolvedWhee
         LABEL_PREFIX + "wheels": json.dumps(sorted([w.name, w.version, w.sha256] for w in wheels),
                                             **compact),  # type: ignore[arg-type]
     }
-
-
-def iter_build_images(client: Any, name: str) -> Iterator[Any]:
-    """Every image tagged xrun/<name>:… (tests and `xrun cache` use it)."""
-    yield from client.images.list(name=f"{TAG_REPO}/{name}")

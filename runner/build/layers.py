@@ -14,7 +14,7 @@ import io
 import json
 import os
 import tarfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -171,16 +171,19 @@ class HashingReader(io.RawIOBase):
 class _HashingWriter(io.RawIOBase):
     """A file wrapper that hashes what is written through it."""
 
-    def __init__(self, f: IO[bytes]) -> None:
+    def __init__(self, f: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> None:
         self._f = f
         self.h = hashlib.sha256()
         self.count = 0
+        self._on_bytes = on_bytes
 
     def write(self, data: Any) -> int:
         view = bytes(data)
         self._f.write(view)
         self.h.update(view)
         self.count += len(view)
+        if self._on_bytes is not None:
+            self._on_bytes(len(view))
         return len(view)
 
     def writable(self) -> bool:
@@ -192,11 +195,74 @@ class _HashingWriter(io.RawIOBase):
 
 @dataclass(frozen=True)
 class Layer:
-    """A layer tar written to disk: its diff ID is the sha256 of the uncompressed tar."""
+    """A layer tar: its diff ID is the sha256 of the uncompressed tar.
 
-    path: Path
+    path is None for a layer the engine already holds (by chain ID) and that was not written again."""
+
+    path: Path | None
     diff_id: str  # "sha256:…"
     size: int
+
+    def file(self) -> Path:
+        """The tar on disk (a layer that was not written has none: a bug to ask for it)."""
+        if self.path is None:
+            raise RuntimeError(f"layer {self.diff_id} was not written (the engine holds it)")
+        return self.path
+
+
+class LayerWriter:
+    """A layer tar written entry by entry as the content arrives, hashed while written: no staging folder.
+
+    The order is the caller's (it must be deterministic); a folder is written once, before the first
+    entry under it (0755), and a file path only once (FileExistsError otherwise)."""
+
+    def __init__(self, out: IO[bytes], on_bytes: Callable[[int], None] | None = None) -> None:
+        self._writer = _HashingWriter(out, on_bytes)
+        self._tar = tarfile.open(fileobj=self._writer, mode="w", format=tarfile.PAX_FORMAT)
+        self._dirs: set[str] = set()
+        self._files: set[str] = set()
+
+    def add_dir(self, name: str) -> None:
+        """A folder and its missing parents (0755)."""
+        parts = name.split("/")
+        for i in range(1, len(parts) + 1):
+            folder = "/".join(parts[:i])
+            if folder not in self._dirs:
+                self._dirs.add(folder)
+                self._tar.addfile(_info(folder, 0o755, tarfile.DIRTYPE))
+
+    def _claim(self, name: str) -> None:
+        if name in self._files or name in self._dirs:
+            raise FileExistsError(name)
+        if "/" in name:
+            self.add_dir(name.rsplit("/", 1)[0])
+        self._files.add(name)
+
+    def add_bytes(self, name: str, data: bytes, mode: int = 0o644) -> None:
+        """A file with the given content."""
+        self._claim(name)
+        self._tar.addfile(_info(name, _normal_mode(mode), size=len(data)), io.BytesIO(data))
+
+    def add_stream(self, name: str, src: IO[bytes], size: int, mode: int = 0o644) -> tuple[str, int]:
+        """A file of exactly size bytes read from src; (sha256 hex, size) of what was written."""
+        self._claim(name)
+        reader = HashingReader(src)
+        self._tar.addfile(_info(name, _normal_mode(mode), size=size), reader)
+        if reader.count != size or reader.read(1):
+            raise IntegrityError(f"{name}: the source gave more or fewer bytes than its recorded size {size}")
+        return reader.hexdigest(), size
+
+    def add_symlink(self, name: str, target: str) -> None:
+        """A symbolic link (0777)."""
+        self._claim(name)
+        info = _info(name, 0o777, tarfile.SYMTYPE)
+        info.linkname = target
+        self._tar.addfile(info)
+
+    def close(self, path: Path | None) -> Layer:
+        """End the tar; the layer (path is where the caller's stream went)."""
+        self._tar.close()
+        return Layer(path, "sha256:" + self._writer.h.hexdigest(), self._writer.count)
 
 
 def write_layer(builder: LayerBuilder, path: Path) -> Layer:
@@ -275,28 +341,62 @@ def history_entry(created_by: str, *, empty: bool = False) -> dict[str, Any]:
 # --- docker load archives --------------------------------------------------------------------------
 
 
-def write_load_archive(out: Path, config: bytes, layers: Sequence[tuple[str, Path | None]]) -> str:
-    """A `docker load` archive at out (written atomically); the image ID. A layer without a path is one
-    the engine already holds (the base's): Docker looks layers up by chain ID before it reads the file,
-    so the archive need not carry the base again."""
+def load_stream(config: bytes, layers: Sequence[tuple[str, Path | None]], *,
+                on_bytes: Callable[[int], None] | None = None, unlink: frozenset[Path] = frozenset()) -> Iterator[bytes]:
+    """The bytes of a `docker load` archive, generated as they are read: the layer tars are not copied
+    into a second file. A layer without a path is one the engine already holds (the base's, or a
+    dependency layer built before): Docker looks layers up by chain ID before it reads the file, so
+    the archive need not carry it. A path in unlink is removed once sent (the engine has its copy)."""
     config_hex = hashlib.sha256(config).hexdigest()
     names = [f"{diff.split(':', 1)[1]}/layer.tar" for diff, _ in layers]
     manifest = canonical([{"Config": f"{config_hex}.json", "Layers": names, "RepoTags": None}])
+    sent = 0
+
+    def header(info: tarfile.TarInfo) -> bytes:
+        return info.tobuf(tarfile.USTAR_FORMAT, "utf-8", "surrogateescape")
+
+    def padding(size: int) -> bytes:
+        return b"\0" * (-size % tarfile.BLOCKSIZE)
+
+    for name, (_, path) in zip(names, layers, strict=True):
+        if path is None:
+            continue
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            chunk = header(_info(name.split("/")[0], 0o755, tarfile.DIRTYPE)) + header(_info(name, 0o644, size=size))
+            sent += len(chunk)
+            yield chunk
+            while data := f.read(CHUNK):
+                sent += len(data)
+                if on_bytes is not None:
+                    on_bytes(len(data))
+                yield data
+            tail = padding(size)
+            sent += len(tail)
+            yield tail
+        if path in unlink:
+            path.unlink()
+    for name, data in ((f"{config_hex}.json", config), ("manifest.json", manifest)):
+        chunk = header(_info(name, 0o644, size=len(data))) + data + padding(len(data))
+        sent += len(chunk)
+        yield chunk
+    # End of archive: two zero blocks, padded to a whole record as tarfile does.
+    end = 2 * tarfile.BLOCKSIZE
+    yield b"\0" * (end + (-(sent + end) % tarfile.RECORDSIZE))
+
+
+def write_load_archive(out: Path, config: bytes, layers: Sequence[tuple[str, Path | None]]) -> str:
+    """A `docker load` archive at out (written atomically); the image ID. Layers without a path are left
+    out (see load_stream)."""
     partial = out.with_name(f".{out.name}.partial")
     try:
-        with tarfile.open(partial, "w", format=tarfile.USTAR_FORMAT) as tar:
-            for name, (_, path) in zip(names, layers, strict=True):
-                if path is None:
-                    continue
-                tar.addfile(_info(name.split("/")[0], 0o755, tarfile.DIRTYPE))
-                with open(path, "rb") as f:
-                    tar.addfile(_info(name, 0o644, size=os.fstat(f.fileno()).st_size), f)
-            tar.addfile(_info(f"{config_hex}.json", 0o644, size=len(config)), io.BytesIO(config))
-            tar.addfile(_info("manifest.json", 0o644, size=len(manifest)), io.BytesIO(manifest))
+        with open(partial, "wb") as f:
+            for chunk in load_stream(config, layers):
+                f.write(chunk)
         os.replace(partial, out)
     finally:
         partial.unlink(missing_ok=True)
-    return f"sha256:{config_hex}"
+    return "sha256:" + hashlib.sha256(config).hexdigest()
 
 
 def read_archive_id(path: Path) -> str:
@@ -325,18 +425,23 @@ def image_exists(client: Any, image_id: str) -> bool:
 
 def load_archive(client: Any, archive: Path, expected_id: str | None = None) -> str:
     """`docker load` the archive and return the image ID; it must be the ID the archive's config implies."""
+    expected = expected_id or read_archive_id(archive)
+    with open(archive, "rb") as f:
+        return load_image(client, f, expected, str(archive))
+
+
+def load_image(client: Any, data: Any, expected: str, shown: str) -> str:
+    """`docker load` data (a file or a generator of bytes); it must give the expected image ID."""
     import docker.errors
 
-    expected = expected_id or read_archive_id(archive)
     try:
-        with open(archive, "rb") as f:
-            images = client.images.load(f)
+        images = client.images.load(data)
     except docker.errors.APIError as exc:
-        raise EnvironmentProblem(f"docker load of {archive} failed: {exc.explanation or exc}; check the engine's "
+        raise EnvironmentProblem(f"docker load of {shown} failed: {exc.explanation or exc}; check the engine's "
                                  "disk space (docker system df) and that the base image is still there") from None
     loaded = {img.id for img in images}
     if expected not in loaded:
-        raise IntegrityError(f"docker load of {archive} gave {', '.join(sorted(loaded)) or 'no image'}, expected "
+        raise IntegrityError(f"docker load of {shown} gave {', '.join(sorted(loaded)) or 'no image'}, expected "
                              f"{expected}; the archive is damaged: delete it and build again")
     return expected
 
@@ -362,7 +467,6 @@ class OciImage:
 
     path: Path
     manifest_digest: str  # "sha256:…" of the manifest JSON
-    config_digest: str  # = the image ID
 
 
 def oci_manifest(config: bytes, layers: Iterable[Layer]) -> bytes:
@@ -396,9 +500,9 @@ def write_oci_layout(out: Path, config: bytes, layers: Sequence[Layer], ref_name
         if not target.exists():
             tmp = blobs / f".{target.name}.partial"
             try:
-                os.link(layer.path, tmp)
+                os.link(layer.file(), tmp)
             except OSError:
-                shutil.copyfile(layer.path, tmp)
+                shutil.copyfile(layer.file(), tmp)
             os.replace(tmp, target)
     put_bytes(config)
     manifest = oci_manifest(config, layers)
@@ -412,4 +516,4 @@ def write_oci_layout(out: Path, config: bytes, layers: Sequence[Layer], ref_name
     tmp = out / ".index.json.partial"
     tmp.write_bytes(canonical({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [descriptor]}))
     os.replace(tmp, index)
-    return OciImage(out, f"sha256:{manifest_hex}", "sha256:" + hashlib.sha256(config).hexdigest())
+    return OciImage(out, f"sha256:{manifest_hex}")

@@ -89,7 +89,7 @@ class RebuildReport:
 
 
 def _statement(attestation: Path, keys: list[Path]) -> dict[str, Any]:
-    from runner.reproduce import read_statement
+    from runner.attest.recorded import read_statement
 
     if not keys:
         return read_statement(attestation)
@@ -331,7 +331,7 @@ def _code_differs(attestation: Path, recorded: RecordedRun, tree: CodeTree, clie
     recorded_code = recorded.image.layers[-1] if recorded.image.layers else None
     theirs = _recorded_layers(client, recorded.image, {recorded_code} if recorded_code else set(), work)
     index = len(recorded.image.layers) or 1
-    layer = compare_layers((recorded_code,) if recorded_code else (), (ours.diff_id,), {ours.diff_id: ours.path},
+    layer = compare_layers((recorded_code,) if recorded_code else (), (ours.diff_id,), {ours.diff_id: ours.file()},
                            theirs, 0)[0]
     layer = LayerComparison(index, "code (/workspace)", layer.recorded, layer.rebuilt, layer.files, layer.note)
     differences = (f"code {tree.root}: tree digest {tree.digest}, the attestation records {recorded.code_digest}",)
@@ -366,7 +366,7 @@ def _rebuild(attestation: Path, recorded: RecordedRun, source: CodeSource, clien
     layers: tuple[LayerComparison, ...] = ()
     if not identical:
         rebuilt_ids = assembly.config.diff_ids
-        ours = {layer.diff_id: layer.path for layer in assembly.layers}
+        ours = {layer.diff_id: layer.file() for layer in assembly.layers}
         wanted = {d for i, d in enumerate(recorded.image.layers)
                   if i >= len(base.layers) and (i >= len(rebuilt_ids) or rebuilt_ids[i] != d)}
         theirs = _recorded_layers(client, recorded.image, wanted, work)

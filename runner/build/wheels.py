@@ -22,7 +22,7 @@ from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urljoin, urlsplit
 
 from packaging import tags as ptags
@@ -36,6 +36,9 @@ from runner.hashing import sha256_file
 from runner.lockfiles import LockEntry, select_for_environment
 from runner.lockfiles.interface import lock_error, verifiable
 from runner.lockfiles import Lockfile
+
+if TYPE_CHECKING:
+    from runner.build.layers import LayerWriter
 
 VENV = "/opt/xrun/venv"
 INDEX_TIMEOUT_S = 30
@@ -427,7 +430,7 @@ def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path,
         wheel = ResolvedWheel(item.entry.name, item.entry.version, item.candidate.filename, item.candidate.url, sha256)
         return wheel, blob.path
 
-    with make_reporter(options) as reporter:
+    with make_reporter(options, batch=(f"{len(chosen)} wheels", len(chosen))) as reporter:
         pool = ThreadPoolExecutor(max_workers=min(parallel, len(chosen)), thread_name_prefix="xrun-wheel")
         futures: list[Future[tuple[ResolvedWheel, Path]]] = []
         try:
@@ -455,45 +458,118 @@ def _results(futures: list[Future[tuple[ResolvedWheel, Path]]]) -> list[tuple[Re
 # --- laying out the venv ---------------------------------------------------------------------------
 
 
-def layout_venv(target: PythonTarget, wheels: Sequence[tuple[ResolvedWheel, Path]], root: Path) -> Path:
-    """Install the wheels under root/opt/xrun/venv: a venv over the image's interpreter; returns that folder."""
-    from installer import install
-    from installer.destinations import SchemeDictionaryDestination
-    from installer.sources import WheelFile
+def installed_size(wheels: Sequence[tuple[ResolvedWheel, Path]]) -> int:
+    """Bytes the wheels take once installed (their members' sizes): the dependency layer's size, about."""
+    import zipfile
 
-    venv = root / VENV.lstrip("/")
-    bindir = venv / "bin"
-    bindir.mkdir(parents=True)
+    total = 0
+    for _, path in wheels:
+        with zipfile.ZipFile(path) as zf:
+            total += sum(info.file_size for info in zf.infolist())
+    return total
+
+
+def write_venv(target: PythonTarget, wheels: Sequence[tuple[ResolvedWheel, Path]], layer: LayerWriter) -> None:
+    """Install the wheels straight into the layer as /opt/xrun/venv: a venv over the image's interpreter.
+
+    No folder on the host: each file goes from the wheel into the tar (hashed for RECORD and for the
+    diff ID as it is written). Wheels in (name, version, sha256) order, each wheel's files in its own
+    order, so the layer is a function of the wheel set."""
+    from zipfile import ZipFile
+
+    from installer import install
+
+    venv = VENV.lstrip("/")
     major_minor = ".".join(target.version.split(".")[:2])
-    home = os.path.dirname(target.executable)
-    (venv / "pyvenv.cfg").write_text(
-        f"home = {home}\ninclude-system-site-packages = true\nversion = {target.version}\n"
-        f"executable = {target.executable}\ncommand = xrun (installer layout, no pip)\n")
+    layer.add_dir(f"{venv}/bin")
     for link in ("python", "python3", f"python{major_minor}"):
-        os.symlink(target.executable, bindir / link)
-    for wheel, path in wheels:
+        layer.add_symlink(f"{venv}/bin/{link}", target.executable)
+    layer.add_bytes(f"{venv}/pyvenv.cfg", (
+        f"home = {os.path.dirname(target.executable)}\ninclude-system-site-packages = true\n"
+        f"version = {target.version}\nexecutable = {target.executable}\n"
+        "command = xrun (installer layout, no pip)\n").encode())
+    for wheel, path in sorted(wheels, key=lambda item: (item[0].name, item[0].version, item[0].sha256)):
         scheme = {
             "purelib": target.paths["purelib"], "platlib": target.paths["platlib"],
             "scripts": target.paths.get("scripts", f"{VENV}/bin"), "data": target.paths.get("data", VENV),
             "headers": f"{target.paths.get('include', VENV + '/include')}/site/python{major_minor}/{wheel.name}",
         }
-        destination = SchemeDictionaryDestination(scheme, interpreter=f"{VENV}/bin/python", script_kind="posix",
-                                                  destdir=str(root))
-        # installer reads the name, version and tags from the file name; the cache names blobs by digest.
-        named = root.parent / f"{root.name}-wheels" / wheel.filename
-        named.parent.mkdir(parents=True, exist_ok=True)
-        if not named.exists():
-            os.symlink(path, named)
+        destination = _tar_destination(scheme, layer)
         try:
-            with WheelFile.open(named) as source:
+            with open(path, "rb") as f, ZipFile(f) as zf:
+                # installer reads the name, version and tags from the file name; the cache names blobs by digest.
+                zf.filename = wheel.filename
+                source = _sized_wheel(zf)
                 source.validate_record()
                 install(source, destination, additional_metadata={"INSTALLER": b"xrun\n"})
         except FileExistsError as exc:
-            raise ManifestError(f"{wheel.filename}: installs {exc.filename or 'a file'} that another locked wheel "
-                                "also installs; two packages of the lock overlap: fix the lock") from None
+            raise ManifestError(f"{wheel.filename}: installs {exc.args[0] if exc.args else 'a file'} that another "
+                                "locked wheel also installs; two packages of the lock overlap: fix the lock") from None
         except Exception as exc:  # noqa: BLE001 - installer raises plain exceptions for bad wheels
             if isinstance(exc, XrunError):
                 raise
             raise IntegrityError(f"{wheel.filename} (sha256 {wheel.sha256[:12]}…) is not a valid wheel: {exc}; "
                                  "its RECORD does not match its content: do not use it") from None
-    return venv
+
+
+class _Sized:
+    """A wheel member's stream that knows its size (a tar header needs it before the content)."""
+
+    def __init__(self, stream: Any, size: int) -> None:
+        self._stream, self.size = stream, size
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    def __enter__(self) -> "_Sized":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stream.close()
+
+
+def _sized_wheel(zf: Any) -> Any:
+    """installer's WheelFile whose streams carry their member's size."""
+    from installer.sources import WheelFile
+
+    class SizedWheel(WheelFile):
+        def get_contents(self) -> Any:
+            members = [i for i in zf.infolist() if i.filename[-1:] != "/"]
+            for (record, stream, executable), info in zip(super().get_contents(), members, strict=True):
+                yield record, _Sized(stream, info.file_size), executable
+
+    return SizedWheel(zf)
+
+
+def _tar_destination(scheme: dict[str, str], layer: LayerWriter) -> Any:
+    """installer's destination, writing into the layer instead of onto the host's disk."""
+    import io
+    import posixpath
+
+    from installer.destinations import SchemeDictionaryDestination
+    from installer.records import Hash, RecordEntry
+    from installer.scripts import Script
+
+    class TarDestination(SchemeDictionaryDestination):
+        def _name(self, scheme_name: str, path: str) -> str:
+            root = posixpath.normpath(self.scheme_dict[scheme_name])
+            full = posixpath.normpath(posixpath.join(root, path))
+            if not full.startswith(root.rstrip("/") + "/"):
+                raise ValueError(f"Attempting to write {path} outside of the target directory")
+            return full.lstrip("/")
+
+        def write_to_fs(self, scheme: Any, path: str, stream: Any, is_executable: bool) -> Any:
+            if isinstance(stream, io.BytesIO):
+                size = len(stream.getbuffer()) - stream.tell()
+            else:
+                size = stream.size
+            digest, written = layer.add_stream(self._name(scheme, path), stream, size,
+                                               0o755 if is_executable else 0o644)
+            return RecordEntry(path, Hash("sha256", digest), written)
+
+        def write_script(self, name: str, module: str, attr: str, section: Any) -> Any:
+            script_name, data = Script(name, module, attr, section).generate(self.interpreter, self.script_kind)
+            with io.BytesIO(data) as stream:
+                return self.write_to_fs("scripts", script_name, stream, is_executable=True)
+
+    return TarDestination(scheme, interpreter=f"{VENV}/bin/python", script_kind="posix")

@@ -78,12 +78,6 @@ def _explain(where: str, exc: BaseException) -> str:
             "check that it runs (docker info) or set DOCKER_HOST")
 
 
-def engine_platform(client: Any) -> str:
-    """The engine's os/arch in OCI form, e.g. linux/amd64."""
-    version = client.version()
-    return f"{version.get('Os', 'linux')}/{version.get('Arch', 'amd64')}"
-
-
 class ProbeFailed(EnvironmentProblem):
     """A probe command failed in an image; `missing` when the executable is not in the image at all."""
 

@@ -68,7 +68,6 @@ class RunResult:
     exit_code: int | None
     started_on: datetime
     finished_on: datetime
-    container_id: str
     log_sha256: str
     log_tail: tuple[str, ...]
     oom_killed: bool = False  # the kernel killed it at the memory limit (Docker's State.OOMKilled)
@@ -160,7 +159,6 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
             _chown_tree(Path(outputs), 0, 0)
     finished = utc_now()
     result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
-                       container_id=container.id if container is not None else "",
                        log_sha256=sha256_file(log_path), log_tail=tuple(tail), oom_killed=oom,
                        memory_bytes=spec.mem_limit_bytes, left_behind=left)
     return result
@@ -246,10 +244,21 @@ def _remove_labelled(client: Any, labels: dict[str, str]) -> tuple[str, ...]:
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:
-    for dirpath, dirnames, filenames in os.walk(root):
-        for name in [*dirnames, *filenames]:
+    # Iterative: the training may leave a 10,000-deep tree (os.walk recursed until RecursionError);
+    # past PATH_MAX a folder cannot be listed and is skipped (collect_outputs refuses such a tree).
+    stack = [str(root)]
+    while stack:
+        folder = stack.pop()
+        try:
+            with os.scandir(folder) as entries:
+                found = list(entries)
+        except OSError:
+            continue
+        for entry in found:
             try:
-                os.lchown(os.path.join(dirpath, name), uid, gid)
+                os.lchown(entry.path, uid, gid)
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
             except OSError:
                 pass
     os.chown(root, uid, gid)

@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import ctypes.util
 import hashlib
-import json
 import os
 import posixpath
 import shutil
@@ -92,7 +91,7 @@ def unpack_tree(cache: Cache, blob: Blob, *, name: str, uri: str) -> Tree:
                 raise IntegrityError(f"{name}: {uri}: cannot unpack: {exc} (a corrupt or unsupported archive); "
                                      "use .tar, .tar.gz, .tgz or .zip, or drop unpack: true") from None
             _seal(builder)
-            _write_listing(cache.tree_listing_path(blob.algorithm, blob.hexdigest), blob, builder)
+            cache.write_tree_listing(blob.algorithm, blob.hexdigest, _listing(blob, builder))
             os.rename(work, final)
             fsync_dir(final.parent)
             cache.record_tree(blob.algorithm, blob.hexdigest)
@@ -206,13 +205,16 @@ def _make_dir(builder: _Builder, rel: str) -> None:
 
 
 def _make_room(builder: _Builder, rel: str) -> None:
-    """A later regular member replaces an earlier one (tar's rule); anything else twice is refused."""
+    """Parents for a new member; a name that appears twice is refused.
+
+    tar's rule is that the last copy wins, but another unpacker (or a reviewer reading the listing)
+    may see the first: an archive whose meaning depends on the tool is not unpacked.
+    """
     if rel in builder.dirs or rel in builder.symlinks:
         raise UnsafeMember(f"{rel!r} appears twice, once as a folder or symlink")
-    _make_parents(builder, rel)
     if rel in builder.files:
-        os.unlink(builder.root / rel)
-        del builder.files[rel]
+        raise UnsafeMember(f"{rel!r} appears twice (tools disagree on which copy wins)")
+    _make_parents(builder, rel)
 
 
 def _write_file(builder: _Builder, rel: str, source: IO[bytes], mode: int) -> None:
@@ -284,8 +286,8 @@ def sync_filesystem(path: Path) -> None:
         os.close(fd)
 
 
-def _write_listing(path: Path, blob: Blob, builder: _Builder) -> None:
-    listing = {
+def _listing(blob: Blob, builder: _Builder) -> dict[str, Any]:
+    return {
         "version": LISTING_VERSION,
         "archive": f"{blob.algorithm}:{blob.hexdigest}",
         "archiveSize": blob.size,
@@ -293,31 +295,12 @@ def _write_listing(path: Path, blob: Blob, builder: _Builder) -> None:
         "symlinks": [{"path": p, "target": t} for p, t in sorted(builder.symlinks.items())],
         "dirs": sorted(builder.dirs),
     }
-    write_listing(path, listing)
-
-
-def write_listing(path: Path, listing: dict[str, Any]) -> None:
-    """A tree's JSON listing written durably (fsynced, then renamed) before the tree itself is renamed."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(listing, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def read_listing(cache: Cache, algorithm: str, hexdigest: str) -> dict[str, Any] | None:
-    """The listing written when the tree was unpacked (None when missing or unreadable)."""
-    try:
-        return json.loads(cache.tree_listing_path(algorithm, hexdigest).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
 
 
 def check_tree(cache: Cache, algorithm: str, hexdigest: str, hasher: Callable[[Path], str]) -> list[str]:
     """Problems of an unpacked tree against its listing: changed, missing or extra members."""
     root = cache.tree_path(algorithm, hexdigest)
-    listing = read_listing(cache, algorithm, hexdigest)
+    listing = cache.read_tree_listing(algorithm, hexdigest)
     if listing is None:
         return ["no readable listing"]
     problems: list[str] = []

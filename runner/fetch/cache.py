@@ -160,6 +160,24 @@ class Cache:
         """The JSON listing of a tree's files, written before the tree is renamed into place."""
         return self.root / "trees" / algorithm / hexdigest[:2] / f"{hexdigest}.json"
 
+    def write_tree_listing(self, algorithm: str, hexdigest: str, listing: dict[str, Any]) -> None:
+        """A tree's listing written durably (fsynced, then renamed) before the tree itself is renamed."""
+        path = self.tree_listing_path(algorithm, hexdigest)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(listing, f, separators=(",", ":"))
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+
+    def read_tree_listing(self, algorithm: str, hexdigest: str) -> dict[str, Any] | None:
+        """The listing written when the tree was made (None when missing or unreadable): the one reader."""
+        try:
+            value = json.loads(self.tree_listing_path(algorithm, hexdigest).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return value if isinstance(value, dict) else None
+
     def marker_path(self, algorithm: str, hexdigest: str) -> Path:
         """The usage marker whose mtime says when a run last used the entry."""
         return self.root / "used" / algorithm / hexdigest[:2] / hexdigest
@@ -387,15 +405,21 @@ class Cache:
                                  max(used, st.st_mtime) if used is not None else st.st_mtime)
 
     def _tree_size(self, algorithm: str, hexdigest: str) -> tuple[int, int | None]:
-        try:
-            listing = json.loads(self.tree_listing_path(algorithm, hexdigest).read_text())
-        except (OSError, ValueError):
+        listing = self.read_tree_listing(algorithm, hexdigest)
+        if listing is None:
             return 0, None
         files = listing.get("files", [])
         return sum(int(f.get("size", 0)) for f in files), len(files)
 
     def leftovers(self) -> Iterator[Path]:
-        """Partial downloads and unfinished unpacks (gc removes the stale ones)."""
+        """Partial downloads, unfinished unpacks and the folders of builds that were killed (gc removes the
+        stale ones: a killed build may leave a layer tar of gigabytes)."""
+        builds = self.root / "tmp"
+        if builds.is_dir():
+            with os.scandir(builds) as it:
+                for entry in it:
+                    if entry.name.startswith("xrun-build-"):
+                        yield Path(entry.path)
         for base in (self.root / "blobs", self.root / "trees"):
             if not base.is_dir():
                 continue

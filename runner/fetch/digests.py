@@ -6,7 +6,7 @@ import hashlib
 import re
 from dataclasses import dataclass
 
-# In the manifest's order of preference (DataItem.primary_digest): the first present names the
+# In the manifest's order of preference (digests.primary): the first present names the
 # cache entry, so keep-sets built from manifests and the cache agree on the key.
 ALGORITHMS: dict[str, int] = {"sha256": 64, "sha512": 128, "md5": 32}
 _STRENGTH = ("sha256", "sha512", "md5")

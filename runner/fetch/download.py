@@ -25,14 +25,35 @@ from pathlib import Path
 from runner.errors import FetchError, IntegrityError, UsageError
 from runner.fetch.cache import Blob, Cache, Probe, start_writeback
 from runner.fetch.digests import DigestSpecError, MultiHasher, normalize_digests, primary
-from runner.fetch.interface import (CHUNK, Fetcher, FetchOptions, PermanentError, RangeNotSatisfiable,
-                                    RestartNeeded, Source, TransientError)
-from runner.fetch.progress import Reporter, Task, human_bytes, make_reporter
+from runner.fetch.interface import (CHUNK, MAX_DOWNLOAD_ENV, Fetcher, FetchOptions, PermanentError,
+                                    RangeNotSatisfiable, RestartNeeded, Source, TransientError, max_download)
+from runner.fetch.progress import Reporter, Task, make_reporter
+from runner.progress import human_bytes
 from runner.fetch.registry import Fetchers, SourceError, parse_source
 
 
 class Cancelled(Exception):
     """Another item failed or the user pressed Ctrl-C: stop this download, keep its partial file."""
+
+
+class _TooLarge(Exception):
+    """The source announced or sent more bytes than the download may hold (its declared size, or the cap)."""
+
+    def __init__(self, size: int, announced: bool) -> None:
+        super().__init__(size)
+        self.size, self.announced = size, announced
+
+
+@dataclass(frozen=True)
+class _Limit:
+    """How many bytes a download may bring: its declared size when something declares one, else the cap."""
+
+    declared: int | None  # the listing's, pointer's or lock's size: the object must be exactly this long
+    cap: int
+
+    @property
+    def most(self) -> int:
+        return self.declared if self.declared is not None else self.cap
 
 
 @dataclass
@@ -108,10 +129,12 @@ class _Partial:
 def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, base_dir: Path | None = None,
                options: FetchOptions = FetchOptions(), fetchers: Fetchers | None = None,
                reporter: Reporter | None = None, cancel: threading.Event | None = None,
-               kind: str = "data item", headers: tuple[tuple[str, str], ...] = ()) -> Blob:
+               kind: str = "data item", headers: tuple[tuple[str, str], ...] = (), size: int | None = None) -> Blob:
     """Return the verified cache entry for `digests`, downloading `uri` only on a miss.
 
-    `kind` names what the blob is in messages ("data item", "wheel"); `headers` go with an HTTP request.
+    `kind` names what the blob is in messages ("data item", "wheel"); `headers` go with an HTTP request;
+    `size`, when a listing, pointer or lock declares it, is the exact byte count the object must have
+    (a download stops there). Without it a download stops at Content-Length or XRUN_MAX_DOWNLOAD.
     """
     expected, source = check_request(uri, digests, name=name, base_dir=base_dir)
     if headers:
@@ -119,6 +142,7 @@ def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, ba
     algorithm, hexdigest = primary(expected)
     hit = cache.probe(algorithm, hexdigest)
     if hit is not None and hit.trusted and not options.verify:
+        _check_size(hit.blob, size, name, source)
         cache.mark_used(algorithm, hexdigest)
         return hit.blob
     own_fetchers = fetchers is None
@@ -128,8 +152,8 @@ def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, ba
     try:
         if own_reporter:
             with reporter:
-                return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel)
-        return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel)
+                return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel, size)
+        return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel, size)
     finally:
         if own_fetchers:
             fetchers.close()
@@ -151,7 +175,7 @@ def check_request(uri: str, digests: dict[str, str], *, name: str,
 
 def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: str, kind: str,
                   options: FetchOptions, fetchers: Fetchers, reporter: Reporter,
-                  cancel: threading.Event | None) -> Blob:
+                  cancel: threading.Event | None, size: int | None) -> Blob:
     algorithm, hexdigest = primary(expected)
     fetcher: Fetcher | FetchError  # the error is raised only when a download is needed: an entry may do
     try:
@@ -165,6 +189,7 @@ def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: 
         tampered: Path | None = None
         if hit is not None:
             if (hit.trusted and not options.verify) or _still_verified(cache, hit, name, reporter):
+                _check_size(hit.blob, size, name, source)
                 cache.mark_used(algorithm, hexdigest)
                 return hit.blob
             tampered = hit.blob.path
@@ -178,7 +203,8 @@ def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: 
         try:
             if isinstance(fetcher, FetchError):
                 raise fetcher
-            size = _download(cache, fetcher, source, expected, name, options, task, reporter, cancel)
+            limit = _Limit(size, options.max_download or max_download(os.environ))
+            got = _download(cache, fetcher, source, expected, name, options, task, reporter, cancel, limit)
         except FetchError as exc:
             if tampered is None:
                 raise
@@ -188,7 +214,18 @@ def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: 
             task.finish()
         # No usage marker yet: a new entry's own mtime says when it was last needed, and creating
         # a file costs more than everything else per small item.
-        return Blob(algorithm, hexdigest, cache.blob_path(algorithm, hexdigest), size, fetched=True)
+        return Blob(algorithm, hexdigest, cache.blob_path(algorithm, hexdigest), got, fetched=True)
+
+
+def _check_size(blob: Blob, size: int | None, name: str, source: Source) -> None:
+    """An entry with the right digest but another size than declared: the declaration is wrong (exit 3)."""
+    if size is not None and blob.size != size:
+        raise _size_error(name, source, blob.size, size)
+
+
+def _size_error(name: str, source: Source, size: int, declared: int | None) -> IntegrityError:
+    return IntegrityError(f"{name}: {source.uri}: the object is {size} bytes, but its declared size is {declared} "
+                          "(the digest matches); fix the size in the manifest, pointer or listing")
 
 
 def _still_verified(cache: Cache, hit: Probe, name: str, reporter: Reporter) -> bool:
@@ -201,7 +238,8 @@ def _still_verified(cache: Cache, hit: Probe, name: str, reporter: Reporter) -> 
 
 
 def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str, str], name: str,
-              options: FetchOptions, task: Task, reporter: Reporter, cancel: threading.Event | None) -> int:
+              options: FetchOptions, task: Task, reporter: Reporter, cancel: threading.Event | None,
+              limit: _Limit) -> int:
     """Stream into the partial file until every digest matches; commit it; return the size."""
     algorithm, hexdigest = primary(expected)
     hasher = MultiHasher(expected)
@@ -219,6 +257,8 @@ def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str
     failures = 0  # consecutive attempts that did not get further than before
     furthest = 0
     try:
+        if partial.size > limit.most:
+            partial.truncate()  # left by an older xrun that had no limit: never resumed past the size
         if partial.size and fetcher.resumable:
             partial.read_back_into(hasher, task)
             state.segments = 1
@@ -228,7 +268,10 @@ def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str
             if cancel is not None and cancel.is_set():
                 raise Cancelled()
             try:
-                _attempt(fetcher, source, partial, hasher, state, task, cancel)
+                _attempt(fetcher, source, partial, hasher, state, task, cancel, limit.most)
+            except _TooLarge as exc:
+                partial.discard()
+                raise _too_large(name, source, limit, exc) from None
             except TransientError as exc:
                 failures = 0 if partial.size > furthest else failures + 1
                 furthest = max(furthest, partial.size)
@@ -275,6 +318,9 @@ def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str
                 f"got {mismatch.actual} ({size} bytes received); nothing was cached. The source changed or is "
                 "corrupt: check it, and update the digest in the manifest only if you trust the new content")
         size = partial.size
+        if limit.declared not in (None, size):
+            partial.discard()
+            raise _size_error(name, source, size, limit.declared)
         partial.seal()
         try:
             cache.commit_blob(partial.path, algorithm, hexdigest)
@@ -291,8 +337,8 @@ def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str
 
 
 def _attempt(fetcher: Fetcher, source: Source, partial: _Partial, hasher: MultiHasher, state: _Progress,
-             task: Task, cancel: threading.Event | None) -> None:
-    """One request: resume at the partial's size when possible, stream to the end or raise."""
+             task: Task, cancel: threading.Event | None, most: int) -> None:
+    """One request: resume at the partial's size when possible, stream to the end (at most `most` bytes) or raise."""
     offset = partial.size if fetcher.resumable else 0
     with fetcher.open(source, offset=offset, validator=state.validator if offset else None) as stream:
         if stream.offset not in (0, partial.size):
@@ -302,11 +348,16 @@ def _attempt(fetcher: Fetcher, source: Source, partial: _Partial, hasher: MultiH
             _restart(partial, hasher, state, task)
         elif offset and None not in (state.total, stream.total) and stream.total != state.total:
             raise RestartNeeded(f"the size changed from {state.total} to {stream.total} bytes")
+        if stream.total is not None and stream.total > most:
+            raise _TooLarge(stream.total, announced=True)
         state.total = stream.total
         state.validator = stream.validator
         state.segments += 1
         task.update(total=stream.total, completed=partial.size)
         for chunk in stream.chunks():
+            if partial.size + len(chunk) > most:
+                # Checked before writing: the partial file (kept to resume) never holds more than allowed.
+                raise _TooLarge(partial.size + len(chunk), announced=False)
             partial.write(chunk)
             hasher.update(chunk)
             task.advance(len(chunk))
@@ -339,6 +390,17 @@ def _sleep(seconds: float, cancel: threading.Event | None) -> None:
         time.sleep(seconds)
     elif cancel.wait(seconds):
         raise Cancelled()
+
+
+def _too_large(name: str, source: Source, limit: _Limit, exc: _TooLarge) -> IntegrityError:
+    what = f"announced {exc.size} bytes" if exc.announced else f"sent more than {limit.most} bytes"
+    if limit.declared is not None:
+        return IntegrityError(f"{name}: {source.uri}: the server {what}, but the declared size is {limit.declared}; "
+                              "stopped, nothing was cached. The source is wrong or hostile: check it (and the size in "
+                              "the manifest, pointer or listing)")
+    return IntegrityError(f"{name}: {source.uri}: the server {what}, over the {human_bytes(limit.cap)} a download with "
+                          f"no declared size may bring; stopped, nothing was cached. If the file really is that large, "
+                          f"raise {MAX_DOWNLOAD_ENV} (e.g. {MAX_DOWNLOAD_ENV}=256G)")
 
 
 def _cache_error(name: str, source: Source, cache: Cache, exc: OSError) -> FetchError:

@@ -61,7 +61,6 @@ class FileStream(Stream):
 class FileFetcher(Fetcher):
     """Reads local files; no connection state."""
 
-    schemes = ("file",)
     resumable = True
 
     def open(self, source: Source, *, offset: int = 0, validator: str | None = None) -> Stream:

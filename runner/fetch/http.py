@@ -58,7 +58,6 @@ class HttpStream(Stream):
 class HttpFetcher(Fetcher):
     """One requests.Session per fetcher: connection reuse, netrc and proxy settings from the environment."""
 
-    schemes = ("http", "https")
     resumable = True
 
     def __init__(self, options: FetchOptions) -> None:

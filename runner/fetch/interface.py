@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 import os
+import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,11 +18,29 @@ from runner.errors import UsageError
 
 CHUNK = 1 << 20  # 1 MiB: large enough that per-chunk Python overhead vanishes next to hashing
 VERIFY_ENV = "XRUN_VERIFY_DATA"
+MAX_DOWNLOAD_ENV = "XRUN_MAX_DOWNLOAD"
+# A download whose size nothing declares (no listing/pointer size, no Content-Length) stops here: a
+# server that streams for ever must not fill the disk. Larger than any single file we have seen
+# trained on; XRUN_MAX_DOWNLOAD raises (or lowers) it.
+DEFAULT_MAX_DOWNLOAD = 64 << 30
+_UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
 def verify_requested(environ: Mapping[str, str]) -> bool:
     """Whether XRUN_VERIFY_DATA (the CI setting of --verify-data) asks to re-hash every cached input."""
     return environ.get(VERIFY_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def max_download(environ: Mapping[str, str]) -> int:
+    """The cap of a download with no declared size: XRUN_MAX_DOWNLOAD (bytes, or 500M, 64G, 1T), else 64 GiB."""
+    value = environ.get(MAX_DOWNLOAD_ENV, "").strip()
+    if not value:
+        return DEFAULT_MAX_DOWNLOAD
+    match = re.fullmatch(r"(\d+)\s*([kmgt]?)(?:i?b)?", value.lower())
+    if match is None or int(match[1]) == 0:
+        raise UsageError(f"{MAX_DOWNLOAD_ENV}={value!r}: not a size; give bytes or a number with K, M, G or T "
+                         "(e.g. 64G)")
+    return int(match[1]) * _UNITS[match[2]]
 
 
 @dataclass(frozen=True)
@@ -38,6 +57,9 @@ class FetchOptions:
     # Re-hash every cache entry used (data, unpacked trees, wheels) instead of trusting its
     # fingerprint: for auditors. Defaults to XRUN_VERIFY_DATA so CI can turn it on for every stage.
     verify: bool = field(default_factory=lambda: verify_requested(os.environ))
+    # The most bytes a download with no declared size may bring; None: XRUN_MAX_DOWNLOAD or 64 GiB,
+    # read when a download starts (a bad value is then one usage error, not an import failure).
+    max_download: int | None = None
 
     def __post_init__(self) -> None:
         for name, low in (("retries", 0), ("parallel", 1)):
@@ -97,12 +119,6 @@ class Source:
     version_id: str | None = None  # s3 ?versionId=
     headers: tuple[tuple[str, str], ...] = ()  # extra HTTP request headers (Git LFS actions); never recorded
 
-    @property
-    def display_name(self) -> str:
-        """The last path component, for progress bars."""
-        tail = self.location.rstrip("/").rsplit("/", 1)[-1]
-        return tail or self.location
-
 
 class TransientError(Exception):
     """A fault worth retrying (reset, timeout, 429, 5xx); `retry_after` is the server's hint."""
@@ -154,7 +170,6 @@ class Stream(abc.ABC):
 class Fetcher(abc.ABC):
     """Opens sources of one or more schemes; holds its own connection state (a Session, a client)."""
 
-    schemes: tuple[str, ...] = ()
     resumable: bool = False  # whether open() honours offset > 0 (it may still fall back to 0)
 
     @abc.abstractmethod

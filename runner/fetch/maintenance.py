@@ -123,13 +123,25 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
             continue
         if now - st.st_mtime < older_than_s:
             continue
-        size = st.st_size if not path.is_dir() else 0
+        size = st.st_size if not path.is_dir() else tree_size(path)
         if not dry_run:
             remove_tree(path)
         removed.append(Removed("partial", path, size, None, st.st_mtime))
     if not dry_run:
         _drop_orphan_markers(cache)
     return removed
+
+
+def tree_size(path: Path) -> int:
+    """Bytes of the files under a folder (symlinks not followed)."""
+    total = 0
+    for folder, _, files in os.walk(path):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(folder, name)).st_size
+            except FileNotFoundError:
+                pass
+    return total
 
 
 def _remove_entry(cache: Cache, entry: CacheEntry) -> None:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import sys
 import threading
+import time
 from typing import IO, Any, Protocol
 
 from runner.fetch.interface import FetchOptions
+from runner.progress import Ticker, human_bytes, progress_interval_s
+from runner.redact import redact
 
 
 class Task(Protocol):
@@ -68,7 +71,7 @@ class NullReporter:
 
     def warn(self, message: str) -> None:
         """Printed on stderr: a warning is never dropped."""
-        print(f"xrun: warning: {message}", file=sys.stderr, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=sys.stderr, flush=True)
 
     def __enter__(self) -> "NullReporter":
         return self
@@ -120,11 +123,11 @@ class RichReporter:
 
     def note(self, message: str) -> None:
         """Printed above the bars."""
-        self._progress.console.print(f"xrun: {message}", highlight=False, markup=False)
+        self._progress.console.print(f"xrun: {redact(message)}", highlight=False, markup=False)
 
     def warn(self, message: str) -> None:
         """Printed above the bars."""
-        self._progress.console.print(f"xrun: warning: {message}", highlight=False, markup=False, soft_wrap=True)
+        self._progress.console.print(f"xrun: warning: {redact(message)}", highlight=False, markup=False, soft_wrap=True)
 
     def __enter__(self) -> "RichReporter":
         with self._lock:
@@ -148,11 +151,11 @@ class LineReporter:
 
     def note(self, message: str) -> None:
         """One line on stderr."""
-        print(f"xrun: {message}", file=self._stream, flush=True)
+        print(f"xrun: {redact(message)}", file=self._stream, flush=True)
 
     def warn(self, message: str) -> None:
         """One line on stderr."""
-        print(f"xrun: warning: {message}", file=self._stream, flush=True)
+        print(f"xrun: warning: {redact(message)}", file=self._stream, flush=True)
 
     def __enter__(self) -> "LineReporter":
         return self
@@ -254,6 +257,79 @@ class _FileShare:
         pass
 
 
+class PeriodicReporter:
+    """Not a terminal (a CI log): every interval one line for the whole batch, and its total at the end."""
+
+    def __init__(self, stream: IO[str], what: str, count: int) -> None:
+        self._stream, self._what, self._count = stream, what, count
+        self._lock = threading.Lock()
+        self._bytes = 0
+        self._done = 0
+        self._started = time.monotonic()
+        self._ticker = Ticker(self._line, progress_interval_s())
+
+    def _progress(self) -> str:
+        elapsed = time.monotonic() - self._started
+        rate = self._bytes / elapsed if elapsed > 0 else 0.0
+        return f"{human_bytes(self._bytes)}, {human_bytes(rate)}/s, {elapsed:.0f} s"
+
+    def _line(self) -> None:
+        with self._lock:
+            print(f"xrun: fetching {self._what}: {self._done}/{self._count} done, {self._progress()}",
+                  file=self._stream, flush=True)
+
+    def advance(self, n: int) -> None:
+        """Bytes arrived for one of the batch."""
+        with self._lock:
+            self._bytes += n
+
+    def finished(self) -> None:
+        """One of the batch is done."""
+        with self._lock:
+            self._done += 1
+
+    def task(self, name: str) -> Task:
+        """A task that feeds the batch's counters."""
+        return _BatchShare(self)
+
+    def note(self, message: str) -> None:
+        """One line on stderr."""
+        print(f"xrun: {redact(message)}", file=self._stream, flush=True)
+
+    def warn(self, message: str) -> None:
+        """One line on stderr."""
+        print(f"xrun: warning: {redact(message)}", file=self._stream, flush=True)
+
+    def __enter__(self) -> "PeriodicReporter":
+        self._ticker.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._ticker.__exit__()
+        if self._bytes:
+            print(f"xrun: fetched {self._what} ({self._progress()})", file=self._stream, flush=True)
+
+
+class _BatchShare:
+    def __init__(self, owner: PeriodicReporter) -> None:
+        self._owner, self._done = owner, 0
+
+    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
+        if completed is not None:
+            self._owner.advance(completed - self._done)
+            self._done = completed
+
+    def advance(self, n: int) -> None:
+        self._done += n
+        self._owner.advance(n)
+
+    def finish(self) -> None:
+        self._owner.finished()
+
+    def rename(self, name: str) -> None:
+        pass
+
+
 def wants_progress(options: FetchOptions, stream: IO[str] | None = None) -> bool:
     """progress=True/False wins; None means: stderr is a terminal and not quiet."""
     if options.quiet:
@@ -264,21 +340,15 @@ def wants_progress(options: FetchOptions, stream: IO[str] | None = None) -> bool
     return bool(getattr(stream, "isatty", lambda: False)())
 
 
-def make_reporter(options: FetchOptions, stream: IO[str] | None = None) -> Reporter:
-    """The reporter the options ask for."""
+def make_reporter(options: FetchOptions, stream: IO[str] | None = None, *,
+                  batch: tuple[str, int] | None = None) -> Reporter:
+    """The reporter the options ask for; batch=(what, count) asks for periodic lines when not on a terminal."""
     stream = stream if stream is not None else sys.stderr
     if not wants_progress(options, stream):
+        if batch is not None and not options.quiet and options.progress is None:
+            return PeriodicReporter(stream, *batch)
         return NullReporter()
     try:
         return RichReporter(stream)
     except ImportError:
         return LineReporter(stream)
-
-
-def human_bytes(n: float) -> str:
-    """1536 → '1.5 KiB'."""
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if abs(n) < 1024 or unit == "TiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"

@@ -8,9 +8,6 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from runner.fetch.file import FileFetcher
 from runner.fetch.interface import Fetcher, FetchOptions, PermanentError, Source
 
-SCHEMES = ("http", "https", "file", "s3")
-
-
 class SourceError(ValueError):
     """A URI no fetcher can handle (the caller names the item)."""
 

@@ -62,7 +62,6 @@ class S3Stream(Stream):
 class S3Fetcher(Fetcher):
     """One boto3 S3 client per fetcher; retries are left to the shared download loop."""
 
-    schemes = ("s3",)
     resumable = True
 
     def __init__(self, options: FetchOptions, environ: Mapping[str, str] = os.environ) -> None:
@@ -120,7 +119,7 @@ class S3Fetcher(Fetcher):
             body.close()
             raise
 
-    def _stream(self, response: dict[str, Any], body: Any, offset: int) -> S3Stream:
+    def _stream(self, response: Mapping[str, Any], body: Any, offset: int) -> S3Stream:
         content_range = response.get("ContentRange")
         validator = response.get("ETag")
         if content_range:

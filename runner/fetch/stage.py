@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.archive import read_listing, recheck_tree, unpack_tree
+from runner.fetch.archive import recheck_tree, unpack_tree
 from runner.fetch.cache import Blob, Cache
 from runner.fetch.digests import primary
 from runner.fetch.download import check_request, fetch_blob
@@ -114,7 +114,7 @@ def _ready_tree(planned: PlannedData, root: Path, cache: Cache, options: FetchOp
     if blob is not None:
         size = blob.size
     else:
-        listing = read_listing(cache, algorithm, hexdigest) or {}
+        listing = cache.read_tree_listing(algorithm, hexdigest) or {}
         size = int(listing.get("archiveSize", 0))
     cache.mark_used(algorithm, hexdigest)
     return FetchedData(name=item.name, uri=item.uri, algorithm=algorithm, hexdigest=hexdigest, host_path=tree,

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from runner import __version__
-from runner.errors import EnvironmentProblem, UsageError
+from runner.errors import EnvironmentProblem, UsageError, XrunError
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
 from runner.runs.record import RunRecord
@@ -55,8 +55,7 @@ class ReportRun:
     @property
     def seed(self) -> int | None:
         """The global seed of its plan."""
-        value = (self.info.plan.get("seeds") or {}).get("global")
-        return value if isinstance(value, int) else None
+        return self.info.plan.seed
 
     @property
     def label(self) -> str:
@@ -144,13 +143,12 @@ def _report_run(info: RunInfo, keys: list[Path]) -> ReportRun:
 
 
 def _unverified_statement(attestation: Path) -> dict[str, Any]:
-    from runner.attest.verify import read_attestation
+    from runner.attest.recorded import read_statement
 
     try:
-        value = json.loads(read_attestation(attestation).envelopes[0].payload)
-    except Exception:  # an unreadable attestation: the report still shows run.json
+        return read_statement(attestation)
+    except XrunError:  # an unreadable attestation: the report still shows run.json
         return {}
-    return value if isinstance(value, dict) else {}
 
 
 _KINDS = (("data/", "data"), ("wheel/", "wheel"), ("deb/", "deb"), ("base-image", "base image"), ("code", "code"),

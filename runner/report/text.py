@@ -9,11 +9,17 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from runner.build.export import Published
+    from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry, FetchedData
-    from runner.hardware import HardwareClass, Host
+    from runner.report.html import WrittenReport
+    from runner.report.views import HardwareView, KeyPair, Validation
     from runner.reproduce import Report
+    from runner.runs.record import RunRecord
     from runner.runs.store import RunInfo
     from runner.stages import RunSummary
+    from runner.submit import SubmitResult, SubmittedRun, SweepSummary
+    from runner.trackers.track import SyncResult
 
 
 def table(rows: Sequence[Sequence[object]], header: Sequence[str]) -> str:
@@ -52,8 +58,10 @@ def run_summary(summary: RunSummary) -> str:
     return "\n".join(lines)
 
 
-def plan_summary(data: dict[str, Any], digest: str) -> str:
-    """`xrun plan`: a human-readable summary of a plan's JSON."""
+def plan_summary(data: dict[str, Any], digest: str, code_tree: CodeSummary) -> str:
+    """`xrun plan`: a human-readable summary of a plan's JSON, with the code tree's size and biggest files."""
+    from runner.fetch.progress import human_bytes
+
     img = data["image"]
     base = img["base"]["reference"] if img["base"] else f"bootstrap {img['bootstrap']['suite']}: " + ", ".join(
         img["bootstrap"]["packages"])
@@ -64,7 +72,13 @@ def plan_summary(data: dict[str, Any], digest: str) -> str:
                      f"sha256:{lk['sha256'][:12]})")
     code = data["code"]
     git = f", git {code['gitCommit'][:12]}{' dirty' if code['gitDirty'] else ''}" if code["gitCommit"] else ""
-    lines.append(f"  code       {code['path']} ({code['files']} files, {code['digest'][:19]}{git})")
+    source = ", from git" if code.get("from") == "git" else ""
+    lines.append(f"  code       {code['path']} ({code['files']} files, {human_bytes(code_tree.size)}, "
+                 f"{code['digest'][:19]}{git}{source})")
+    if code_tree.biggest:
+        lines.append("             biggest: " + ", ".join(f"{f.path} {human_bytes(f.size)}" for f in code_tree.biggest))
+    if code_tree.left_out:
+        lines.append("             left out: " + ", ".join(code_tree.left_out))
     for d in data["data"]:
         if "source" in d:
             from runner.fetch.sources.render import plan_line
@@ -83,13 +97,30 @@ def plan_summary(data: dict[str, Any], digest: str) -> str:
     return "\n".join(lines)
 
 
-def hardware_catalog(classes: Iterable[HardwareClass], host: Host, fits: dict[str, bool]) -> str:
+def validated(results: Iterable[Validation]) -> str:
+    """`xrun validate`: one line per valid manifest (the invalid ones went to stderr as errors)."""
+    return "\n".join(f"{r.manifest}: valid ({r.name}, sha256:{(r.sha256 or '')[:12]})" for r in results if r.valid)
+
+
+def hardware_catalog(view: HardwareView) -> str:
     """`xrun hardware`: the classes, whether this host fits each, and the host."""
-    rows = [[c.name, c.cpus, c.memory_gib, c.gpus, c.gpu_model or "-", "yes" if fits[c.name] else "no",
-             c.description] for c in classes]
+    host = view.host
+    rows = [[c.name, c.cpus, c.memory_gib, c.gpus, c.gpu_model or "-", "yes" if view.fits[c.name] else "no",
+             c.description] for c in view.classes.values()]
     gpus = ", ".join(g.name for g in host.gpus) or "none"
     return (table(rows, ["CLASS", "CPUS", "MEM GiB", "GPUS", "GPU MODEL", "FITS HOST", "DESCRIPTION"])
             + f"\n\nhost: {host.cpu_count} × {host.cpu_model}, {host.memory_bytes / 2**30:.1f} GiB, GPUs: {gpus}")
+
+
+def built(out: Published) -> tuple[str, str]:
+    """`xrun build`: the image ID (stdout) and what happened to it (stderr)."""
+    image = out.image
+    notes = [f"{image.tag} ({'cached: nothing built' if image.cached else 'built'}, {len(image.wheels)} wheels)"]
+    if out.oci_layout:
+        notes.append(f"OCI layout {out.oci_layout} (manifest {out.manifest_digest})")
+    if image.pushed_to:
+        notes.append(f"pushed {image.pushed_to}@{image.manifest_digest}")
+    return image.id, "\n".join(notes)
 
 
 def fetched(items: Sequence[FetchedData]) -> str:
@@ -122,6 +153,12 @@ def cache_collected(removed: Sequence[Any], dry_run: bool) -> str:
     lines.append(f"{len(removed)} entr{'y' if len(removed) == 1 else 'ies'} {'to remove' if dry_run else 'removed'}, "
                  f"{sum(r.size for r in removed)} bytes")
     return "\n".join(lines)
+
+
+def keypair(pair: KeyPair) -> str:
+    """`xrun keygen`: the files written and the keyid."""
+    return (f"wrote {pair.key} (private, mode 0600{', encrypted' if pair.encrypted else ''}) and {pair.pub}\n"
+            f"keyid {pair.keyid}")
 
 
 def reproduction(report: Report) -> str:
@@ -183,4 +220,60 @@ def runs_diff(a: RunInfo, b: RunInfo, diff: dict[str, Any]) -> str:
     lines += [f"metric {key}: {d['a']} → {d['b']}" for key, d in diff["metrics"].items()]
     if not any(diff[k] for k in ("manifest", "plan", "host", "outputs", "metrics")):
         lines.append("no differences")
+    return "\n".join(lines)
+
+
+def synced(results: Sequence[SyncResult]) -> str:
+    """`xrun runs sync`: one line per run sent (or still pending)."""
+    lines = [f"run {r.run_id}: {r.state}" + (f" (MLflow run {r.mlflow_run_id}, {r.uri})" if r.mlflow_run_id else "")
+             for r in results]
+    return "\n".join(lines) if lines else "nothing to send: no run is pending"
+
+
+def report_written(written: WrittenReport) -> str:
+    """`xrun report`: the page written."""
+    return f"{written.path}: {len(written.run_ids)} run(s), {written.size_bytes // 1024} KiB"
+
+
+def submitted(result: SubmitResult) -> str:
+    """`xrun submit`: the backend, job, image and one line per run."""
+    head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
+    if result.sweep:
+        head += f", sweep {result.sweep} ({len(result.runs)} seeds)"
+    lines = [head, f"  image  {result.image_reference or result.image_id}"]
+    for path in result.rendered:
+        lines.append(f"  wrote  {path}")
+    for r in result.runs:
+        seed = f" seed {r.seed}" if r.seed is not None else ""
+        lines.append(f"  run    {r.run_id or '-'}{seed}  {r.state}" + (f"  {r.attestation}" if r.attestation else "")
+                     + (f"  ({r.error})" if r.error else ""))
+    return "\n".join(lines)
+
+
+def node_ran(summary: RunSummary) -> str:
+    """`xrun node-run` (stderr): the run succeeded here; the submitter signs."""
+    return (f"xrun: run {summary.run_id} succeeded on this node; the statement awaits signing by the submitter "
+            "(xrun collect)")
+
+
+def collected(result: SubmittedRun) -> str:
+    """`xrun collect` / `xrun wait`: the run's state and its attestation (or error)."""
+    return f"run {result.run_id}: {result.state}" + (f", attestation {result.attestation}" if result.attestation
+                                                     else f" ({result.error})" if result.error else "")
+
+
+def cancelled(record: RunRecord) -> str:
+    """`xrun cancel`."""
+    job = record.scheduler.job_ref if record.scheduler else "?"
+    return f"run {record.run_id}: cancel requested for job {job}"
+
+
+def sweep_summary(summary: SweepSummary) -> str:
+    """`xrun runs summary`: members, one row per metric key, the failed members."""
+    lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
+             + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
+             + f" (seeds {', '.join(map(str, summary.seeds))})"]
+    rows = [[m.key, m.n, number(m.mean), number(m.std), number(m.min), number(m.max)] for m in summary.metrics]
+    lines.append(table(rows, ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]))
+    lines += [f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}" for f in summary.failed]
     return "\n".join(lines)

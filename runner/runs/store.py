@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -10,18 +9,20 @@ from typing import Any
 
 from runner.engine.watchdog import reap_orphans
 from runner.errors import UsageError
+from runner.plan import PlanRecord
 from runner.reproduce import diff_fields
+from runner.rundir import PLAN_FILE
 from runner.runs.record import RunRecord
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """One run directory: its id, path, typed record and plan."""
+    """One run directory: its id, path, typed record and plan (empty when plan.json is unreadable)."""
 
     run_id: str
     path: Path
     record: RunRecord
-    plan: dict[str, Any]
+    plan: PlanRecord
 
     @property
     def duration_s(self) -> float | None:
@@ -52,7 +53,7 @@ def load_run(path: Path) -> RunInfo | None:
     record = RunRecord.load(path / "run.json")
     if record is None:
         return None
-    return RunInfo(path.name, path, record, _load(path / "plan.json") or {})
+    return RunInfo(path.name, path, record, PlanRecord.load(path / PLAN_FILE) or PlanRecord({}))
 
 
 def list_runs(runs_dir: Path) -> list[RunInfo]:
@@ -97,7 +98,7 @@ def diff_runs(a: RunInfo, b: RunInfo) -> dict[str, Any]:
     return {
         "a": a.run_id, "b": b.run_id,
         "manifest": diff_fields(_manifest(a), _manifest(b)),
-        "plan": diff_fields(a.plan, b.plan),
+        "plan": diff_fields(a.plan.raw, b.plan.raw),
         "outputs": outputs,
         "metrics": metrics,
         "host": diff_fields(ra.host, rb.host),
@@ -111,11 +112,3 @@ def _manifest(run: RunInfo) -> Any:
         return yaml.safe_load((run.path / "manifest.yaml").read_text())
     except (OSError, yaml.YAMLError):
         return None
-
-
-def _load(path: Path) -> dict[str, Any] | None:
-    try:
-        value = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None

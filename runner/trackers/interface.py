@@ -9,11 +9,11 @@ the same code. A run never fails because a tracker did: every failure becomes on
 from __future__ import annotations
 
 import abc
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from runner.errors import XrunError
 from runner.runs.record import RunRecord
 from runner.wire import fields_to_wire
 
@@ -131,11 +131,13 @@ class Tracker(abc.ABC):
 def tracked_run(run_dir: Path, *, verified: bool | None = None) -> TrackedRun:
     """Read a finished run back from its directory (run.json, plan.json, the attestation)."""
     from runner.attest.recorded import RecordedRun
+    from runner.plan import PlanRecord
+    from runner.rundir import PLAN_FILE
 
     record = RunRecord.load(run_dir / "run.json")
     if record is None:
         raise TrackerError(f"{run_dir}: no readable run.json; not an xrun run directory")
-    plan = _json(run_dir / "plan.json")
+    plan = PlanRecord.load(run_dir / PLAN_FILE) or PlanRecord({})
     attestation = run_dir / record.attestation if record.attestation else None
     recorded = None
     if attestation is not None and attestation.is_file():
@@ -151,9 +153,9 @@ def tracked_run(run_dir: Path, *, verified: bool | None = None) -> TrackedRun:
     manifest = run_dir / "manifest.yaml"
     return TrackedRun(
         run_id=record.run_id, run_dir=run_dir, name=record.name, status=record.status,
-        seed=_seed(plan), hardware_class=record.hardware_class, manifest_sha256=record.manifest_sha256,
-        plan_digest=record.plan_digest, image_id=record.image_id, data_digests=_data_digests(plan),
-        git_commit=(plan.get("code") or {}).get("gitCommit") or (plan.get("code") or {}).get("git_commit"),
+        seed=plan.seed, hardware_class=record.hardware_class, manifest_sha256=record.manifest_sha256,
+        plan_digest=record.plan_digest, image_id=record.image_id, data_digests=plan.data_digests,
+        git_commit=plan.git_commit,
         started_ms=_millis(record.container_started_on or record.started_on), finished_ms=_millis(record.finished_on),
         metrics=record.metrics, metric_steps=record.metric_steps, signed=bool(record.signed), verified=verified,
         reproduces=f"sha256:{reproduces}" if reproduces else None,
@@ -162,42 +164,14 @@ def tracked_run(run_dir: Path, *, verified: bool | None = None) -> TrackedRun:
     )
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return value if isinstance(value, dict) else {}
-
-
 def _statement(attestation: Path) -> dict[str, Any]:
     """The statement of the attestation's first envelope, unverified (verification is the caller's choice)."""
-    from runner.attest.verify import read_attestation
+    from runner.attest.recorded import read_statement
 
     try:
-        envelope = read_attestation(attestation).envelopes[0]
-        value = json.loads(envelope.payload)
-    except Exception:  # an unreadable attestation still leaves the run.json facts to log
+        return read_statement(attestation)
+    except XrunError:  # an unreadable attestation still leaves the run.json facts to log
         return {}
-    return value if isinstance(value, dict) else {}
-
-
-def _seed(plan: dict[str, Any]) -> int | None:
-    raw = plan.get("seeds")
-    seeds: dict[str, Any] = raw if isinstance(raw, dict) else {}
-    value = seeds.get("global", plan.get("seed"))
-    return value if isinstance(value, int) else None
-
-
-def _data_digests(plan: dict[str, Any]) -> dict[str, str]:
-    out = {}
-    for item in plan.get("data") or []:
-        digests = item.get("digests") or {}
-        for algo in ("sha256", "sha512", "md5"):
-            if algo in digests:
-                out[str(item.get("name"))] = f"{algo}:{digests[algo]}"
-                break
-    return out
 
 
 def _millis(stamp: str | None) -> int | None:

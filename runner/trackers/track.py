@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import UsageError
+from runner.redact import redact
 from runner.runs.record import RunRecord
 from runner.trackers.interface import LOGGED, PENDING, Tracker, TrackerError, TrackingState, tracked_run
 from runner.wire import fields_to_wire
@@ -65,6 +66,8 @@ def track_run(run_dir: Path, destination: Destination, progress: ProgressSink, *
         state.error = f"internal error: {type(exc).__name__}: {exc}"
     except KeyboardInterrupt:  # the run is done and attested; only the logging was cut short
         state.error = "interrupted"
+    if state.error:  # a server's message may quote its URL, password included
+        state.error = redact(state.error)
     if state.state != LOGGED:
         progress.warn(f"the run was not logged to MLflow ({state.error}); it is kept as pending: "
                       f"`xrun runs sync {run_dir.name}` sends it later")

@@ -1,6 +1,10 @@
 """Data sources: directory datasets, DVC-tracked paths and Git LFS objects (one module per kind).
 
-`source_for(item, root)` builds the source of a data item whose `source` spec is set.
+`source_for(item, root)` builds the source of a data item whose `source` spec is set. `interface.py`
+owns the DataSource ABC, its request and result types and the cache's alias kinds; `directory.py`,
+`dvc.py` and `gitlfs.py` are the kinds; `listing.py` is the canonical listing and tree digest of a
+dataset; `tree.py` fetches a source's files through the cache's transports and mounts them as one
+read-only tree; `render.py` is their text for `xrun plan` and `xrun data digest`.
 """
 
 from __future__ import annotations

@@ -173,9 +173,14 @@ def _parse_out(name: str, where: str, raw: dict[str, Any], location: PurePosixPa
                                      for f in files])).hexdigest() + ".dir"
     is_dir = md5.endswith(".dir")
     md5 = md5.removesuffix(".dir")
-    if len(md5) != 32 or not set(md5) <= _HEX:
+    if not md5:
         raise UsageError(f"{name}: {where}: the out has no md5 (was it committed with `dvc commit`/`dvc add`?); "
                          "only md5-hashed outs are supported")
+    if len(md5) != 32 or not set(md5) <= _HEX:
+        # It becomes part of a remote path: anything but 32 hex digits (`../..`) must never get that far.
+        shown = str(raw.get("md5"))[:80]
+        raise UsageError(f"{name}: {where}: the out's md5 {shown!r} is not an md5 (32 hex digits, `.dir` for a "
+                         "folder); the file was edited by hand or is corrupt: run `dvc add` again")
     out_path = PurePosixPath(os.path.normpath(str(location.parent / str(raw.get("path", ""))))).as_posix().lstrip("/")
     cloud = _version_of(raw)
     size, nfiles = raw.get("size"), raw.get("nfiles")
@@ -228,6 +233,8 @@ def _read_dir_object(name: str, blob: Blob, uri: str) -> list[dict[str, str]]:
         entries = [{"md5": str(e["md5"]).lower(), "relpath": str(e["relpath"])} for e in doc]
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{name}: {uri}: not a DVC .dir object ({exc}); the remote is corrupt") from None
+    except RecursionError:
+        raise IntegrityError(f"{name}: {uri}: not a DVC .dir object (nested too deeply); the remote is corrupt") from None
     for e in entries:
         if len(e["md5"]) != 32 or not set(e["md5"]) <= _HEX:
             raise IntegrityError(f"{name}: {uri}: entry {e['relpath']!r} has a malformed md5")

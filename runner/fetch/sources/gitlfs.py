@@ -2,7 +2,8 @@
 
 The batch API (`POST <lfs url>/objects/batch`, operation download, transfer basic) answers with an
 href (and headers) per object; the bytes come through the http transport, verified by the oid like
-any sha256 item. Credentials come from the environment only: XRUN_LFS_TOKEN (sent as a Bearer
+any sha256 item, and it must be exactly the pointer's `size` bytes (a longer stream is cut there). Only
+http(s) links are followed. Credentials come from the environment only: XRUN_LFS_TOKEN (sent as a Bearer
 token), or XRUN_LFS_USER + XRUN_LFS_PASSWORD (basic), or ~/.netrc; none is ever recorded.
 """
 
@@ -13,8 +14,9 @@ import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from runner.errors import FetchError, UsageError
+from runner.errors import FetchError, IntegrityError, UsageError
 from runner.fetch.cache import Cache
 from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
 from runner.manifest import LfsSpec
@@ -54,8 +56,10 @@ class LfsSource(DataSource):
                 "pointer": self.spec.pointer}
 
     def known_result(self, cache: Cache) -> tuple[str, str] | None:
-        """The oid is the blob's sha256."""
-        return ("blob", self.object()[0])
+        """The oid is the blob's sha256 (unless the cached blob has another size: resolve() then says so)."""
+        oid, size, _ = self.object()
+        blob = cache.lookup("sha256", oid)
+        return None if blob is not None and blob.size != size else ("blob", oid)
 
     def resolve(self, env: SourceEnv) -> Resolved:
         """Ask the batch API for the download action of the object."""
@@ -149,4 +153,12 @@ def batch_download(name: str, url: str, oid: str, size: int, timeout_s: float,
     if not isinstance(action, dict) or not action.get("href"):
         raise FetchError(f"{name}: LFS object {oid}: the server gave no download action; push it with "
                          "`git lfs push --all`")
-    return str(action["href"]), {str(k): str(v) for k, v in (action.get("header") or {}).items()}
+    href = str(action["href"])
+    parts = urlsplit(href)
+    if parts.scheme.lower() not in ("http", "https") or not parts.netloc:
+        # A link from a remote server must not make xrun read host files (file:///etc/passwd) or
+        # use this host's credentials elsewhere (s3://): the transports would follow any scheme.
+        raise IntegrityError(f"{name}: the LFS server {url} handed out the download link {href!r} for {oid}; only "
+                             "http(s) links from a server are followed. The server is misconfigured or hostile: check "
+                             "lfs.url")
+    return href, {str(k): str(v) for k, v in (action.get("header") or {}).items()}

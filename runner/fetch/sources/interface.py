@@ -21,7 +21,6 @@ from runner.fetch.registry import Fetchers
 from runner.fetch.sources.listing import ListedFile
 
 ALIAS_KIND = "sha256"  # state/<algo>/<ab>/<hex>.sha256 holds the sha256 of the content an md5 names
-TREE_ALIAS_KIND = "tree"  # state/md5/<ab>/<hex>.tree... (DVC .dir md5 → tree digest): a distinct suffix below
 DIR_ALIAS_KIND = "dvc-tree"
 
 

@@ -98,10 +98,24 @@ def parse_listing(data: bytes, where: str) -> list[ListedFile]:
     except (ValueError, KeyError, TypeError) as exc:
         raise IntegrityError(f"{where}: not a valid {LISTING_NAME} ({exc}); regenerate it with "
                              "`xrun data digest DIR --write`") from None
+    except RecursionError:
+        raise IntegrityError(f"{where}: not a valid {LISTING_NAME} (nested too deeply); regenerate it with "
+                             "`xrun data digest DIR --write`") from None
     for f in files:
         if len(f.sha256) != 64 or not set(f.sha256) <= _HEX or f.size < 0:
             raise IntegrityError(f"{where}: {f.path!r} has a malformed sha256 or size in the listing")
-    return check_paths(files, where)
+        if f.path == LISTING_NAME:
+            raise IntegrityError(f"{where}: the listing names {LISTING_NAME} itself, which is never part of the "
+                                 "dataset; regenerate it with `xrun data digest DIR --write`")
+    files = check_paths(files, where)
+    stated = doc.get("treeDigest")
+    if stated is not None and stated != f"sha256:{tree_digest(files)}":
+        # The field is informative (the pin is what counts), but a listing that contradicts itself was
+        # edited by hand or tampered with: trust none of it.
+        raise IntegrityError(f"{where}: the listing's own treeDigest {str(stated)[:80]!r} is not the digest of the "
+                             f"files it lists (sha256:{tree_digest(files)}); regenerate it with "
+                             "`xrun data digest DIR --write`")
+    return files
 
 
 def scan_directory(root: Path) -> list[tuple[str, Path, os.stat_result]]:

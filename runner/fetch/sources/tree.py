@@ -32,10 +32,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from runner.errors import FetchError, IntegrityError
-from runner.fetch.archive import LISTING_VERSION, remove_tree, sync_filesystem, recheck_tree, write_listing
+from runner.fetch.archive import LISTING_VERSION, recheck_tree, remove_tree, sync_filesystem
 from runner.fetch.cache import READ_ONLY_DIR, READ_ONLY_FILE, Blob, Cache, fsync_dir, hash_file
 from runner.fetch.download import Cancelled, fetch_blob
 from runner.fetch.interface import CHUNK, FetchedData, FetchOptions
@@ -149,7 +149,7 @@ def _tree_summary(cache: Cache, hexdigest: str) -> _Summary:
         return _Summary(str(doc["uri"]) if doc.get("uri") is not None else None, int(doc["size"]), int(doc["files"]))
     except (OSError, ValueError, KeyError, TypeError, AttributeError):
         pass
-    listing = _read_cache_listing(cache, hexdigest)
+    listing = cache.read_tree_listing("sha256", hexdigest) or {}
     files = listing.get("files", [])
     uri = listing.get("dataset", {}).get("uri")
     return _Summary(str(uri) if uri is not None else None, sum(int(f["size"]) for f in files), len(files))
@@ -170,18 +170,11 @@ def _write_summary(cache: Cache, hexdigest: str, uri: str, size: int, files: int
 
 def dataset_listing(cache: Cache, hexdigest: str) -> list[ListedFile] | None:
     """The files of a dataset tree in the cache, from its listing (None when unreadable)."""
-    listing = _read_cache_listing(cache, hexdigest)
+    listing = cache.read_tree_listing("sha256", hexdigest) or {}
     try:
         return [ListedFile(str(f["path"]), int(f["size"]), str(f["sha256"])) for f in listing["files"]]
     except (KeyError, TypeError, ValueError):
         return None
-
-
-def _read_cache_listing(cache: Cache, hexdigest: str) -> dict[str, Any]:
-    try:
-        return json.loads(cache.tree_listing_path("sha256", hexdigest).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
 
 
 def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFile], *, what: str) -> None:
@@ -218,7 +211,7 @@ def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, ro
         if "sha256" in request.digests:
             blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                               fetchers=fetchers.get(), reporter=progress, cancel=ctx.cancel, kind="data file",
-                              headers=request.headers)
+                              headers=request.headers, size=request.size)
         else:
             blob = _fetch_by_alias(cache, request, shown, root, options, fetchers.get(), progress, ctx.cancel)
         return request.path, blob
@@ -255,7 +248,7 @@ def _fetch_by_alias(cache: Cache, request: FileRequest, shown: str, root: Path, 
             return probe.blob
     blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                       fetchers=fetchers, reporter=progress, cancel=cancel, kind="data file",  # type: ignore[arg-type]
-                      headers=request.headers)
+                      headers=request.headers, size=request.size)
     sha = hash_file(blob.path, "sha256")
     adopted = _adopt(cache, blob, sha)
     cache.write_fingerprint(algorithm, hexdigest, ALIAS_KIND, sha)
@@ -481,7 +474,7 @@ def _commit_folder(cache: Cache, digest: str, staged: _Staged, description: dict
                        "files": [{"path": f.path, "sha256": f.sha256, "size": f.size, "mode": 0o644}
                                  for f in staged.files],
                        "symlinks": [], "dirs": sorted(staged.dirs)}
-            _write_cache_listing(cache, digest, listing)
+            cache.write_tree_listing("sha256", digest, listing)
             os.rename(work, final)
             fsync_dir(final.parent)
             cache.record_tree("sha256", digest)
@@ -554,11 +547,6 @@ def _drop_tree(cache: Cache, digest: str) -> None:
         os.unlink(cache.tree_listing_path("sha256", digest))
 
 
-def _write_cache_listing(cache: Cache, digest: str, listing: dict[str, Any]) -> None:
-    """The tree's listing beside it, durable before the tree is renamed into place."""
-    write_listing(cache.tree_listing_path("sha256", digest), listing)
-
-
 # --- the tree ---------------------------------------------------------------------------------------
 
 
@@ -601,7 +589,7 @@ def materialize(cache: Cache, digest: str, blobs: Sequence[tuple[str, Blob]],
                        "files": [{"path": rel, "sha256": blob.hexdigest, "size": blob.size, "mode": 0o644}
                                  for rel, blob in sorted(blobs, key=lambda b: b[0])],
                        "symlinks": [], "dirs": sorted(dirs)}
-            _write_cache_listing(cache, digest, listing)
+            cache.write_tree_listing("sha256", digest, listing)
             os.rename(work, final)
             fsync_dir(final.parent)
         except OSError as exc:

@@ -213,7 +213,8 @@ def _attestation_commands(command: Command) -> None:
                 "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub --rtol 1e-6",
                 "reproduce:reproduce",
                 [shared.attestation("verify the attestation before re-running"), shared.json_flag(),
-                 shared.quiet_flag(), shared.runs_dir("where the new run directory goes"),
+                 shared.quiet_flag(), shared.runs_dir("where the new run directory goes (default: $XDG_STATE_HOME/xrun/runs, "
+                                                      "~/.local/state/xrun/runs: never inside the code folder)"),
                  shared.hardware_mismatch(), shared.mlflow(), shared.verify_data()])
     p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
     p.add_argument("--signing-key", type=Path, help="key that signs the new run's attestation")

@@ -283,6 +283,11 @@ def test_lfs_by_oid_and_by_pointer_unknown_and_wrong_bytes(tmp_path, capsys, gif
     rc, items = fetch(path, capsys)
     assert rc == 0, items
     assert Path(items[0]["hostPath"]).read_bytes() == content and items[1]["digest"] == {"sha256": oid}
+    # A normal git-lfs checkout: the path holds the object itself; the pointer is read from git's index.
+    assert (repo / "weights.bin").read_bytes() == content
+    rc, items = fetch(manifest(repo, [{"name": "c", "lfs": {"pointer": "weights.bin"}}]), capsys)
+    assert rc == 0, items
+    assert items[0]["digest"] == {"sha256": oid}
     # An oid the server does not have: exit 4 naming it.
     missing = hashlib.sha256(b"nothing").hexdigest()
     path = manifest(tmp_path / "m2", [{"name": "gone", "lfs": {"oid": missing, "size": 7, "url": url}}])

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -71,16 +73,40 @@ class LfsSource(DataSource):
 
 
 def read_pointer(name: str, path: Path) -> tuple[str, int]:
-    """(oid, size) of a Git LFS pointer file."""
+    """(oid, size) of a Git LFS pointer file; in a git-lfs checkout (the path holds the object), git's index's."""
     try:
         data = path.read_bytes()[:1024]
     except OSError as exc:
         raise UsageError(f"{name}: {path}: cannot read: {exc.strerror or exc}; fix lfs.pointer") from None
+    parsed = _parse_pointer(data)
+    if parsed is None:
+        # git-lfs's smudge filter put the object itself at the path; the pointer is what git stores.
+        parsed = _parse_pointer(_indexed_blob(path))
+    if parsed is None:
+        raise UsageError(f"{name}: {path}: not a Git LFS pointer file, and git's index holds none for it; point "
+                         "lfs.pointer at a pointer file (`git show HEAD:PATH > PATH.pointer` writes one) or give "
+                         "lfs.oid and lfs.size")
+    return parsed
+
+
+def _parse_pointer(data: bytes) -> tuple[str, int] | None:
     oid, size = _POINTER_OID.search(data), _POINTER_SIZE.search(data)
     if not data.startswith(b"version https://git-lfs.github.com/spec/v1") or oid is None or size is None:
-        raise UsageError(f"{name}: {path}: not a Git LFS pointer file (was it checked out with `git lfs pull`? "
-                         "point lfs.pointer at the pointer, as `git show HEAD:PATH` prints it)")
+        return None
     return oid.group(1).decode(), int(size.group(1))
+
+
+def _indexed_blob(path: Path) -> bytes:
+    """The blob git's index holds for path (what `git show :PATH` prints: no smudge filter); b"" when none."""
+    git = shutil.which("git")
+    if git is None:
+        return b""
+    try:
+        done = subprocess.run([git, "-C", str(path.parent), "cat-file", "blob", f":./{path.name}"],
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return b""
+    return done.stdout[:1024] if done.returncode == 0 else b""
 
 
 def lfs_url_from_config(name: str, pointer: Path, root: Path) -> str:

@@ -67,7 +67,9 @@ class LfsSource(DataSource):
         """Ask the batch API for the download action of the object."""
         oid, size, url = self.object()
         href, headers = batch_download(self.name, url, oid, size, env.options.timeout_s, self.environ)
-        return Resolved(uri=f"{url}/objects/{oid}", single_file=True, tree_digest=oid,
+        pin = (f"the LFS pointer {self.spec.pointer} (git-lfs writes it when the new object is committed)"
+               if self.spec.pointer else "the manifest (lfs.oid and lfs.size)")
+        return Resolved(uri=f"{url}/objects/{oid}", single_file=True, tree_digest=oid, pin=pin,
                         requests=(FileRequest(path="", uri=href, digests={"sha256": oid}, size=size,
                                               headers=tuple(sorted(headers.items()))),))
 

@@ -74,7 +74,7 @@ def test_report_of_a_sweep_renders_in_chromium_with_runs_values_provenance_and_v
     summaries = [run_experiment(reported_experiment(tmp_path / f"exp{s}", base_image, s),
                                 RunOptions(runs_dir=runs_dir, quiet=True, key=key)) for s in (1, 2, 3)]
     page = tmp_path / "report.html"
-    assert main(["report", "--sweep", "reported", "--runs-dir", str(runs_dir), "--key", str(pub),
+    assert main(["report", "--experiment", "reported", "--runs-dir", str(runs_dir), "--key", str(pub),
                  "--out", str(page), "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
     assert written["runIds"] == [s.run_id for s in summaries] and written["sizeBytes"] == page.stat().st_size
@@ -125,7 +125,7 @@ def test_report_escapes_user_text_and_draws_steps_without_engine(tmp_path, capsy
     for i in range(3):
         fake_run(runs, i)
     page = tmp_path / "r.html"
-    assert main(["report", "--sweep", "fake", "--runs-dir", str(runs), "--out", str(page)]) == 0
+    assert main(["report", "--experiment", "fake", "--runs-dir", str(runs), "--out", str(page)]) == 0
     assert "3 run(s)" in capsys.readouterr().out
     text = page.read_text()
     assert EVIL_KEY not in text and EVIL_SCRIPT not in text  # neither raw in HTML nor in the figures' JSON
@@ -137,11 +137,35 @@ def test_report_escapes_user_text_and_draws_steps_without_engine(tmp_path, capsy
     assert "Not checked" in dom
 
 
+def test_sweep_means_the_seed_sweep_id_as_in_runs_summary(tmp_path, capsys):
+    """--sweep takes what `xrun runs summary SWEEP` takes (the sweep id); --experiment takes a manifest name."""
+    from runner.runs.record import RunRecord, SchedulerInfo
+
+    runs = tmp_path / "runs"
+    for i in range(3):
+        fake_run(runs, i)
+    for i in (0, 1):  # two of them are the members of one local seed sweep
+        path = next(p for p in runs.iterdir() if p.name.endswith(f"abc{i:03d}"))
+        record = RunRecord.load(path / "run.json")
+        record.scheduler = SchedulerInfo(backend="local", state="completed", array_index=i, sweep="sw-1234abcd",
+                                         seed=i)
+        record.save(path / "run.json")
+    assert main(["runs", "summary", "sw-1234", "--runs-dir", str(runs), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 2
+    assert main(["report", "--sweep", "sw-1234", "--runs-dir", str(runs), "--out", str(tmp_path / "s.html"),
+                 "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runIds"]) == 2
+    assert main(["report", "--experiment", "fake", "--runs-dir", str(runs), "--out", str(tmp_path / "e.html"),
+                 "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runIds"]) == 3
+
+
 @pytest.mark.parametrize("args, words", [
-    ([], "--sweep"),
-    (["--sweep", "nope"], "no finished run of experiment 'nope'"),
+    ([], "--sweep SWEEP_ID or --experiment NAME"),
+    (["--experiment", "nope"], "no finished run of experiment 'nope'"),
+    (["--sweep", "nope"], "no seed sweep 'nope'"),
     (["nosuchrun"], "no run 'nosuchrun'"),
-    (["--sweep", "fake", "--out", "missing/dir/r.html"], "does not exist"),
+    (["--experiment", "fake", "--out", "missing/dir/r.html"], "does not exist"),
 ])
 def test_report_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, args, words):
     runs = tmp_path / "runs"

@@ -302,10 +302,14 @@ def _runs_commands(command: Command) -> None:
                                                    "go, else $MLFLOW_TRACKING_URI)")
 
     p = command("report", "write one self-contained HTML page about runs: metrics plots, outputs, provenance",
-                "xrun report --sweep mnist --key xrun.pub --out report.html", "report:report",
+                "xrun report --experiment mnist --key xrun.pub --out report.html   (or --sweep SWEEP_ID, RUN…)",
+                "report:report",
                 [shared.runs_selection(), shared.json_flag(),
                  shared.trusted_keys("show each run's verification result")])
     p.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest'")
-    p.add_argument("--sweep", action="append", default=[], metavar="NAME",
-                   help="every finished run of the experiment NAME (e.g. one per seed; repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="SWEEP",
+                   help="the members of a seed sweep, by its id as `xrun runs summary SWEEP` takes it (`xrun runs "
+                        "ls` shows sweep ids; repeatable)")
+    p.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                   help="every finished run of the experiment NAME (its manifest's name; repeatable)")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default: report.html)")

@@ -83,7 +83,33 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
                 rows.append(_row(label + " (+ policy)", subjects_count, kind,
                                  _time(functools.partial(verify_attestation, path, [pub], [], policy, now), repeats),
                                  payload_size))
+        rows += timestamp_rows(root, statement, signer, payload_size, repeats)
     return rows
+
+
+def timestamp_rows(root: Path, statement: dict[str, Any], signer: Any, payload: int,
+                   repeats: int) -> list[dict[str, Any]]:
+    """What `--tsa` adds to a run: sign + write with and without an RFC 3161 timestamp from a TSA on 127.0.0.1.
+
+    The TSA is the tests' one (`openssl ts -reply` behind an HTTP handler), so the figure is xrun's
+    request, the round trip and openssl's signing, without a network; a public TSA adds its latency.
+    """
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from tsaserver import TsaServer
+
+    tsa = TsaServer(root / "tsa").start()
+    try:
+        jsonl, bundle = root / "tsa.intoto.jsonl", root / "tsa.sigstore.json"
+        plain = _time(functools.partial(write_attestation, statement, signer, jsonl, bundle), repeats)
+        stamped = _time(functools.partial(write_attestation, statement, signer, jsonl, bundle, tsa_url=tsa.url),
+                        repeats)
+    finally:
+        tsa.stop()
+    count = len(statement["subject"])
+    added = [s - p for s, p in zip(sorted(stamped), sorted(plain))]
+    return [_row("sign + write, no timestamp", count, signer.kind, plain, payload),
+            _row("sign + write + RFC 3161 timestamp (local TSA)", count, signer.kind, stamped, payload),
+            _row("added by --tsa (per run)", count, signer.kind, added, payload)]
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,7 @@ class RunOptions:
     seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
     cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
     scheduler: SchedulerInfo | None = None  # what run.json's `scheduler` starts as (sweep members)
+    tsa: str | None = None  # --tsa URL: an RFC 3161 timestamp over the signature (default $XRUN_TSA_URL)
     # A compute node never reads the submitter's key, but keeps it out of the code tree as the submitter did.
     submitter_key: Path | None = None
 
@@ -58,6 +60,25 @@ class RunOptions:
         """The cache, runs folder and signing key of this run: never part of its code tree."""
         return OwnPaths(cache=self.open_cache().root, runs=self.runs_folder(manifest_root),
                         key=signing_key_path(self.key) or self.submitter_key)
+
+
+def timestamp_authority(given: str | None, signed: bool, environ: Mapping[str, str] = os.environ) -> str | None:
+    """--tsa, else $XRUN_TSA_URL; a timestamp countersigns a signature, so an unsigned run gets none.
+
+    An explicit --tsa without a signing key is a usage error; the CI-wide XRUN_TSA_URL simply does
+    not apply to the unsigned runs of that CI.
+    """
+    from runner.attest.timestamp import tsa_url
+
+    url = tsa_url(given, environ)
+    if url is not None and not signed:
+        if given:
+            from runner.errors import UsageError
+
+            raise UsageError("--tsa timestamps the attestation's signature: give a signing key too "
+                             "(--key or XRUN_SIGNING_KEY)")
+        return None
+    return url
 
 
 def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
@@ -80,6 +101,7 @@ class RunContext:
     runs_dir: Path
     options: RunOptions
     progress: ProgressSink
+    tsa_url: str | None = None  # the Time-Stamping Authority the attestation's signature is sent to
 
     @classmethod
     def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
@@ -99,6 +121,7 @@ class RunContext:
             hardware.check_host(plan.hardware, host)
         key_path = signing_key_path(options.key)
         signer = load_signer(key_path, options.key_password) if key_path else None
+        tsa = timestamp_authority(options.tsa, signer is not None)
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
                    cache=options.open_cache(), runs_dir=options.runs_folder(manifest.root), options=options,
-                   progress=sink)
+                   progress=sink, tsa_url=tsa)

@@ -20,7 +20,7 @@ from runner.errors import IntegrityError, Interrupted, XrunError
 from runner.fetch import FetchedData, changed_since_fetch, fetch_data
 from runner.outputs import collect_outputs
 from runner.redact import redact
-from runner.rundir import RunDir, create_run_dir, rfc3339, utc_now
+from runner.rundir import RunDir, create_run_dir, discard_run_dir, rfc3339, utc_now
 from runner.runs.record import RunRecord
 from runner.stages import CompletedRun, RunSummary, StageHooks
 
@@ -36,8 +36,12 @@ def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
     reap_orphans(ctx.runs_dir, ctx.client)
     plan = ctx.plan
     run = create_run_dir(ctx.runs_dir, plan.manifest.text, plan.to_json())
-    record = new_record(ctx, run)
-    record.save(run.record)
+    try:
+        record = new_record(ctx, run)
+        record.save(run.record)
+    except BaseException:  # a signal before the record exists: leave no folder that no command can read
+        discard_run_dir(run)
+        raise
     return run_in(ctx, run, record)
 
 
@@ -109,7 +113,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks,
     if hooks.facts is not None:
         facts = hooks.facts(facts)
     written = write_attestation(build_statement(subjects, facts), ctx.signer, attestation,
-                                run.bundle if hooks.attestation is None else None)
+                                run.bundle if hooks.attestation is None else None, tsa_url=ctx.tsa_url)
     if ctx.signer is None and hooks.attestation is None:
         ctx.progress.warn("no signing key (--key or XRUN_SIGNING_KEY): the attestation is UNSIGNED "
                           "(SLSA Build L1); create a key with `xrun keygen`")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -77,9 +78,18 @@ def create_run_dir(runs_dir: Path, manifest_text: bytes, plan_json: dict[str, An
         raise UsageError(f"{runs_dir}: cannot create the run directory ({exc.strerror}); "
                          "choose another with --runs-dir") from None
     run = RunDir(run_id, path)
-    write_atomic(path / "manifest.yaml", manifest_text)
-    write_json(run.plan, plan_json)
+    try:
+        write_atomic(path / "manifest.yaml", manifest_text)
+        write_json(run.plan, plan_json)
+    except BaseException:
+        discard_run_dir(run)
+        raise
     return run
+
+
+def discard_run_dir(run: RunDir) -> None:
+    """Remove a run folder interrupted before its run.json was written: a run folder always has its record."""
+    shutil.rmtree(run.path, ignore_errors=True)
 
 
 def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:

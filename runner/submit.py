@@ -426,11 +426,13 @@ def _settle(record: RunRecord, slurm_state: str) -> None:
         record.attestation = None
 
 
-def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = None) -> SubmittedRun:
+def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = None,
+            tsa: str | None = None) -> SubmittedRun:
     """Re-hash a finished run's outputs, check them against the node's statement, and sign it here."""
     from runner.attest import load_signer, read_attestation, write_attestation
     from runner.attest.statement import statement_problems
     from runner.codetree import signing_key_path
+    from runner.context import timestamp_authority
     from runner.manifest import OutputSpec
     from runner.outputs import collect_outputs
     from runner.pipeline import NODE_STATEMENT
@@ -452,6 +454,7 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
                             error=record.error or "the node wrote no statement")
     key_path = signing_key_path(key)
     signer = load_signer(key_path, key_password) if key_path else None
+    tsa_url = timestamp_authority(tsa, signer is not None)
     statement = json.loads(read_attestation(node_statement).envelopes[0].payload)
     problems = statement_problems(statement)
     if problems:
@@ -472,7 +475,7 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
     if sched is not None and sched.job_id and recorded_job.get("jobId") not in (None, sched.job_id):
         raise IntegrityError(f"{node_statement}: the statement is for job {recorded_job.get('jobId')}, but this run "
                              f"was submitted as job {sched.job_id}; not signed")
-    written = write_attestation(statement, signer, run.attestation, run.bundle)
+    written = write_attestation(statement, signer, run.attestation, run.bundle, tsa_url=tsa_url)
     record.attestation, record.signed = run.attestation.name, written.signed
     record.save(run.record)
     return SubmittedRun(run.run_id, run.path, sched.seed if sched else None, job, _state(record),
@@ -486,7 +489,7 @@ def _state(record: RunRecord) -> str:
 
 
 def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = None,
-             poll_s: float = POLL_S) -> SubmittedRun:
+             poll_s: float = POLL_S, tsa: str | None = None) -> SubmittedRun:
     """Block until the scheduler is done with the run's job, then collect it (sign when a key is given)."""
     # Short jobs are seen finished soon; long ones do not poll the controller more than every POLL_MAX_S.
     while True:
@@ -495,7 +498,7 @@ def wait_run(run_dir: Path, *, key: Path | None, key_password: bytes | None = No
             raise UsageError(f"{run_dir}: no run.json")
         sched = record.scheduler
         if sched is None or sched.final or (sched.backend == "local"):
-            return collect(run_dir, key=key, key_password=key_password)
+            return collect(run_dir, key=key, key_password=key_password, tsa=tsa)
         time.sleep(poll_s)
         poll_s = min(poll_s * 1.5, POLL_MAX_S)
 

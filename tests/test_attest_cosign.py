@@ -8,76 +8,28 @@ never touched) and unpacked with `dpkg-deb -x` into the test cache, once per mac
 from __future__ import annotations
 
 import base64
-import fcntl
 import hashlib
 import json
-import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 
+from cosignbin import cosign_from_debian
 from runner.attest import generate_keypair, load_signer
 from runner.attest.samples import sample_facts
 from runner.attest.sign import write_attestation
 from runner.attest.statement import Subject, build_statement
 
-HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
 # An empty trusted root: cosign 2.x wants one with --bundle even when only a key is trusted.
 EMPTY_TRUSTED_ROOT = {"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1"}
 
 
-def _mirror() -> str:
-    """The Debian mirror the machine itself uses (the same host), else deb.debian.org."""
-    for path in HOST_SOURCES:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        for url in re.findall(r"(https?://\S+)", text):
-            if url.rstrip("/").endswith("/debian"):
-                return url.rstrip("/")
-    return DEFAULT_MIRROR
-
-
-def _cache() -> Path:
-    return Path(os.environ.get("XRUN_TEST_CACHE") or Path.home() / ".cache" / "xrun-test") / "cosign"
-
-
 @pytest.fixture(scope="session")
 def cosign() -> str:
-    """A cosign binary: on PATH, else unpacked from Debian trixie's .deb into the test cache."""
-    found = shutil.which("cosign")
-    if found:
-        return found
-    root = _cache()
-    binary = root / "x" / "usr" / "bin" / "cosign"
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not binary.exists():
-            _download(root)
-    return str(binary)
-
-
-def _download(root: Path) -> None:
-    apt = root / "apt"
-    for sub in ("state/lists/partial", "cache/archives/partial", "etc"):
-        (apt / sub).mkdir(parents=True, exist_ok=True)
-    (apt / "etc" / "sources.list").write_text(f"deb {_mirror()} trixie main\n")
-    (apt / "state" / "status").touch()
-    options = [f"-oDir::Etc::SourceList={apt}/etc/sources.list", "-oDir::Etc::SourceParts=/dev/null",
-               f"-oDir::State={apt}/state", f"-oDir::State::status={apt}/state/status", f"-oDir::Cache={apt}/cache",
-               "-oAPT::Sandbox::User=root"]
-    for argv in (["apt-get", *options, "update"], ["apt-get", *options, "download", "cosign"]):
-        proc = subprocess.run(argv, cwd=apt, capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            pytest.fail(f"{' '.join(argv[:1] + argv[-1:])} failed: {proc.stderr.strip()[-500:]}", pytrace=False)
-    (deb,) = apt.glob("cosign_*.deb")
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root / "x")], check=True, timeout=120)
+    """A cosign binary: on PATH, else unpacked from Debian trixie's .deb (2.5) into the test cache."""
+    return shutil.which("cosign") or cosign_from_debian("trixie")
 
 
 @pytest.fixture()

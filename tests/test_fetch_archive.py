@@ -195,3 +195,13 @@ def test_corrupt_archive_is_an_integrity_error(cache: Cache, tmp_path: Path):
         unpack(cache, tmp_path, b"not an archive at all" * 100, "bad.tar.gz")
     with pytest.raises(IntegrityError, match="cannot unpack"):
         unpack(cache, tmp_path, zip_bytes([("a", b"x" * 1000, 0)])[:-30], "bad.zip")
+
+
+@pytest.mark.parametrize("payload", [b"hello\n", b"", b"x" * 600, b"\x1f\x8b\x08\x00garbage"],
+                         ids=["text", "empty", "600-bytes", "broken-gzip"])
+def test_a_non_archive_with_unpack_is_one_line(cache: Cache, tmp_path: Path, payload: bytes):
+    with pytest.raises(IntegrityError) as err:
+        unpack(cache, tmp_path, payload, "data.tar")
+    message = err.value.message
+    assert err.value.exit_code == 3 and "corpus" in message and "cannot unpack" in message, message
+    assert "\n" not in message and "drop unpack: true" in message

@@ -261,3 +261,44 @@ def test_a_tree_fingerprint_sees_members_and_the_listing(cache: Cache, tmp_path:
     time.sleep(0.02)  # past the ctime clock's tick on kernels before 6.13
     os.utime(listing, ns=(os.stat(listing).st_atime_ns, os.stat(listing).st_mtime_ns))  # ctime moves
     assert not cache.tree_trusted(blob.algorithm, blob.hexdigest)
+
+
+KILLED_BUILD = """
+import os, signal, sys
+from pathlib import Path
+from runner.fetch import Cache
+work = Cache(Path(sys.argv[1])).work_dir("build")
+(work / "layer.tar").write_bytes(bytes(4096))
+print(work, flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_killed_builds_folder_is_seen_and_removed(cache: Cache, tmp_path: Path, capsys, monkeypatch):
+    """SIGKILL during a build leaves tmp/xrun-build-…: `cache gc` and the next build remove it (its pid is gone)."""
+    import subprocess
+    import sys
+
+    from runner.cli import main
+
+    def killed_build() -> Path:
+        done = subprocess.run([sys.executable, "-c", KILLED_BUILD, str(cache.root)], capture_output=True, text=True)
+        assert done.returncode == -9, done.stderr
+        return Path(done.stdout.strip())
+
+    dead = killed_build()
+    live = cache.work_dir("build")  # this process's own: in use
+    other_host = cache.root / "tmp" / "xrun-build-elsewhere-1-abc"  # a shared cache's other host: only by age
+    other_host.mkdir()
+    assert dead.is_dir() and dead.name.startswith("xrun-build-")
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(cache.root))
+    capsys.readouterr()
+    assert main(["cache", "gc", "--dry-run"]) == 0
+    assert dead.name in capsys.readouterr().out and dead.is_dir()
+    assert main(["cache", "gc"]) == 0
+    assert not dead.exists() and live.is_dir() and other_host.is_dir()
+    os.utime(other_host, (time.time() - 60 * DAY,) * 2)
+    assert [r.path for r in gc_cache(cache, keep=set(), older_than_s=7 * DAY)] == [other_host]
+    # The next build sweeps them too (before it makes its own folder).
+    dead = killed_build()
+    assert cache.remove_stale_work_dirs() == [dead] and not dead.exists() and live.is_dir()

@@ -180,3 +180,59 @@ def test_a_dvc_md5_that_is_not_an_md5_is_named(tmp_path, capsys, md5):
     rc, err = fetch(path, capsys)
     assert rc == 2 and "is not an md5" in err and "has no md5" not in err, err
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_an_lfs_batch_answer_that_never_ends_stops(tmp_path, capsys):
+    oid = hashlib.sha256(b"x").hexdigest()
+    with FaultServer() as server:
+        url = lfs_server(server, oid, 1, "http://127.0.0.1:9/x")
+        server.fault("/repo.git/info/lfs/objects/batch", Fault("endless", times=-1))
+        rc, err = fetch(manifest(tmp_path, [{"name": "w", "lfs": {"oid": oid, "size": 1, "url": url}}]), capsys)
+    assert rc == 3 and "batch answer" in err and "16 MiB" in err, err
+
+
+def test_an_lfs_batch_answer_nested_too_deeply_is_one_line(tmp_path, capsys):
+    oid = hashlib.sha256(b"x").hexdigest()
+    with FaultServer() as server:
+        server.add("/repo.git/info/lfs/objects/batch", b'{"objects": ' + b"[" * 100_000 + b"]" * 100_000 + b"}")
+        url = server.url("/repo.git/info/lfs")
+        rc, err = fetch(manifest(tmp_path, [{"name": "w", "lfs": {"oid": oid, "size": 1, "url": url}}]), capsys)
+    assert rc == 4 and "names no object" in err and "internal error" not in err, err
+
+
+def test_a_wheel_stops_at_the_size_its_lock_states(tmp_path):
+    """pylock.toml and uv.lock state each wheel's size: a server sending more is exit 3, nothing cached."""
+    from runner.build.wheels import Candidate, Chosen, candidates_for, fetch_wheels
+    from runner.errors import IntegrityError
+    from runner.fetch import Cache
+    from runner.fetch.interface import FetchOptions
+    from runner.lockfiles.interface import LockEntry
+
+    wheel = b"PK\x05\x06" + bytes(18)
+    sha = hashlib.sha256(wheel).hexdigest()
+    with FaultServer() as server:
+        url = server.add("/demo-1.0-py3-none-any.whl", wheel)
+        server.fault("/demo-1.0-py3-none-any.whl", Fault("endless", times=-1))
+        entry = LockEntry("demo", "1.0", (f"sha256:{sha}",), "pylock.toml:3",
+                          artifacts=({"url": url, "filename": "demo-1.0-py3-none-any.whl", "hashes": {"sha256": sha},
+                                      "size": len(wheel)},))
+        [candidate] = candidates_for(entry, None, None, "pylock.toml")
+        assert candidate == Candidate("demo-1.0-py3-none-any.whl", url, {"sha256": sha}, len(wheel))
+        with pytest.raises(IntegrityError, match=f"declared size is {len(wheel)}") as info:
+            fetch_wheels([Chosen(entry, candidate)], Cache(tmp_path / "cache"), base_dir=tmp_path,
+                         options=FetchOptions(progress=False))
+    assert url in info.value.message and cache_files(tmp_path) == []
+
+
+def test_a_dvc_dir_object_that_never_ends_stops_at_the_listing_bound(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("runner.fetch.sources.dvc.MAX_LISTING_BYTES", 1 << 20)  # 512 MiB is too much for a test
+    md5 = hashlib.md5(b"x").hexdigest()
+    (tmp_path / "code").mkdir()
+    (tmp_path / "code" / "d.dvc").write_text(json.dumps({"outs": [{"md5": f"{md5}.dir", "path": "d", "hash": "md5"}]}))
+    with FaultServer() as server:
+        server.add(f"/store/files/md5/{md5[:2]}/{md5[2:]}.dir", b"[")
+        server.fault(f"/store/files/md5/{md5[:2]}/{md5[2:]}.dir", Fault("endless", times=-1))
+        path = manifest(tmp_path, [{"name": "d", "dvc": {"file": "code/d.dvc", "remote": server.url("/store")}}])
+        rc, err = fetch(path, capsys)
+    assert rc == 3 and ".dir object" in err and "1.0 MiB" in err and "XRUN_MAX_DOWNLOAD" not in err, err
+    assert cache_files(tmp_path) == []

@@ -293,3 +293,31 @@ def test_a_signal_during_a_deferred_engine_call_is_raised_when_it_returns():
         for signum, handler in saved.items():
             signal.signal(signum, handler)
     assert done == ["create returned"]
+
+
+@pytest.mark.parametrize("where", ["runner.rundir.write_json", "runner.pipeline.new_record"])
+def test_a_signal_before_run_json_exists_leaves_no_run_folder(tmp_path, base_image, cache_dir, monkeypatch, where):
+    """SIGTERM 1.6 s after start landed between the run folder and its run.json: "nothing was left half-written"."""
+    from runner.pipeline import RunOptions, run_experiment
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt  # what the SIGTERM handler raises, at the one moment the test cannot aim at
+
+    monkeypatch.setenv("XRUN_CACHE_DIR", str(cache_dir))
+    monkeypatch.setattr(where, interrupted)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
+    with pytest.raises(KeyboardInterrupt):
+        run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
+    assert list((tmp_path / "runs").iterdir()) == []
+
+
+def test_sigterm_right_as_the_run_folder_appears(tmp_path, base_image, cache_dir):
+    """Whenever the signal lands, every run folder left has its run.json."""
+    manifest = probe_experiment(tmp_path / "exp", base_image)
+    runs = tmp_path / "runs"
+    proc = _start(manifest, runs, cache_dir)
+    _wait_for(lambda: proc.poll() is not None or (runs.is_dir() and any(runs.iterdir())), "the run folder")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert "Traceback" not in err, err
+    assert all((run_dir / "run.json").is_file() for run_dir in runs.iterdir()), list(runs.rglob("*"))

@@ -121,3 +121,43 @@ def test_dvc_http_remote_redirect_is_redacted(tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc != 0 and "X-Amz-Signature=REDACTED" in err, err
     assert "S1GNATURE" not in err
+
+
+def test_an_internal_error_quoting_a_signed_link_is_redacted(tmp_path, capsys, monkeypatch):
+    """Even a bug of ours (exit 70) must not print the token it stumbled over."""
+    import runner.cli.commands.fetch as fetch_command
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("bad answer from https://u:pa55@h/o?jwt=eyJ.SECRET.sig")
+
+    monkeypatch.setattr(fetch_command, "fetch_data", broken)
+    path = manifest(tmp_path, [{"name": "d", "uri": "http://127.0.0.1:9/x", "sha256": "a" * 64}])
+    capsys.readouterr()
+    assert main(["fetch", str(path)]) == 70
+    err = capsys.readouterr().err
+    assert "internal error" in err and "jwt=REDACTED" in err and "SECRET" not in err and "pa55" not in err, err
+
+
+def test_the_attestation_and_a_tracker_record_no_credentials(tmp_path, capsys):
+    """The attestation's data URIs and a tracker's saved error go through the same redaction."""
+    import socket
+
+    from runner.progress import StderrProgress
+    from runner.provenance import data_uri
+    from runner.runs.record import RunRecord
+    from runner.trackers.track import Destination, track_run
+
+    assert data_uri("https://h/x.bin?versionId=3&sig=S1G") == f"https://h/x.bin?versionId=3&sig={REDACTED}"
+    with socket.socket() as s:  # a port nothing listens on: the tracker's error quotes its URL
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    run = tmp_path / "runs" / "20250101T000000Z-cccccc"
+    (run / "outputs").mkdir(parents=True)
+    RunRecord(run_id=run.name, name="x", status="succeeded", manifest="/m", manifest_sha256="a", plan_digest="b",
+              started_on="2025-01-01T00:00:00Z").save(run / "run.json")
+    capsys.readouterr()
+    state = track_run(run, Destination(f"http://me:S3CRETPW@127.0.0.1:{port}", "e"), StderrProgress())
+    err = capsys.readouterr().err
+    assert state.state == "pending" and state.error and "S3CRETPW" not in state.error, state.error
+    assert "S3CRETPW" not in err and "S3CRETPW" not in (run / "run.json").read_text(), err
+    assert f"http://{REDACTED}@127.0.0.1:{port}" in (run / "run.json").read_text()

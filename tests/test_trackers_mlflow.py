@@ -49,15 +49,6 @@ def tracked_experiment(root: Path, base_image: str, *, seed: int = 1, name: str 
                             extra={"tracking": tracking} if tracking else None)
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory):
-    """One MLflow server for the session."""
-    server = MlflowServer(tmp_path_factory.mktemp("mlflow"))
-    server.start()
-    yield server
-    server.stop()
-
-
 @pytest.fixture()
 def cache_env(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("XRUN_CACHE_DIR", str(tmp_path_factory.mktemp("cache")))

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner.errors import EXIT_INTEGRITY, EXIT_OK
+
+if TYPE_CHECKING:
+    from runner.attest.timestamp import Timestamp
 
 
 @dataclass(frozen=True)
@@ -32,6 +35,7 @@ class Verdict:
     checks: tuple[Check, ...]
     attestation: str = ""
     statement: dict[str, Any] | None = field(default=None, compare=False)  # the verified payload, when parsed
+    timestamp: Timestamp | None = None  # the verified RFC 3161 time of the signature
 
     @property
     def ok(self) -> bool:
@@ -57,4 +61,7 @@ class Verdict:
 
     def to_json(self) -> dict[str, Any]:
         """For `xrun verify --json`."""
-        return {"attestation": self.attestation, "ok": self.ok, "checks": [c.to_json() for c in self.checks]}
+        out = {"attestation": self.attestation, "ok": self.ok, "checks": [c.to_json() for c in self.checks]}
+        if self.timestamp is not None:
+            out["timestamp"] = self.timestamp.to_json()
+        return out

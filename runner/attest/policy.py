@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import fnmatch
 import functools
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -230,6 +232,26 @@ class MaxAge:
         return Check(self.name, True, f"finished {finished}, {shown} ago (limit {self.text})")
 
 
+@dataclass(frozen=True)
+class TimestampRequirement:
+    """The policy's `timestamp`: a verified RFC 3161 timestamp is required, at most `max_age` old."""
+
+    max_age: timedelta | None
+    text: str  # the limit as written
+
+    def age_check(self, moment: datetime, now: datetime) -> Check:
+        """PASS when the TSA's time is within the limit (and not in the future)."""
+        name = "policy: timestamp age"
+        shown = moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+        age = now - moment
+        if age < -CLOCK_SKEW:
+            return Check(name, False, f"the TSA's time {shown} is {format_duration(-age)} in the future")
+        if self.max_age is not None and age > self.max_age:
+            return Check(name, False, f"timestamped {shown}, {format_duration(age)} ago: older than {self.text}")
+        limit = f" (limit {self.text})" if self.text else ""
+        return Check(name, True, f"timestamped {shown}, {format_duration(max(age, timedelta(0)))} ago{limit}")
+
+
 # --- the policy ------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -244,6 +266,9 @@ class Policy:
     allowed_hardware_classes: tuple[str, ...] = ()
     allow_hardware_mismatch: bool | None = None  # None: not said
     max_age: str | None = None
+    timestamp_required: bool = False
+    timestamp_max_age: str | None = None
+    sha256: str | None = None  # of the policy file's bytes (what a VSA names the policy by)
 
     def rules(self, now: datetime) -> list[Rule]:
         """The rules this policy asks for, in a stable order."""
@@ -276,7 +301,16 @@ class Policy:
             allowed_hardware_classes=tuple(data.get("allowedHardwareClasses", ())),
             allow_hardware_mismatch=data.get("allowHardwareMismatch"),
             max_age=data.get("maxAge"),
+            timestamp_required=bool(_dig(data, "timestamp", "required") or _dig(data, "timestamp", "maxAge")),
+            timestamp_max_age=_dig(data, "timestamp", "maxAge"),
         )
+
+    def timestamp_requirement(self) -> TimestampRequirement | None:
+        """What the policy asks of the RFC 3161 timestamp (None: nothing)."""
+        if not self.timestamp_required:
+            return None
+        limit = parse_duration(self.timestamp_max_age) if self.timestamp_max_age else None
+        return TimestampRequirement(limit, self.timestamp_max_age or "")
 
 
 def parse_duration(text: str) -> timedelta:
@@ -325,7 +359,7 @@ def load_policy(path: Path | str) -> Policy:
     if problems:
         count = f"{len(problems)} problem{'s' if len(problems) > 1 else ''}"
         raise ManifestError(f"{shown}: invalid policy ({count})", lines=[f"{shown}{p}" for p in problems])
-    return Policy.from_json(data, shown)
+    return dataclasses.replace(Policy.from_json(data, shown), sha256=hashlib.sha256(text).hexdigest())
 
 
 def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]:
@@ -351,11 +385,14 @@ def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]
         else:
             message = f"{error.message}; {hint}" if hint else error.message
         problems.append(f"{_where(lines, path)}: {path or '(policy)'}: {message}")
-    if not problems and "maxAge" in data:
+    for field in ("maxAge", "timestamp.maxAge"):
+        value = _dig(data, *field.split("."))
+        if problems or value is None:
+            continue
         try:
-            parse_duration(data["maxAge"])
+            parse_duration(value)
         except ValueError as exc:
-            problems.append(f"{_where(lines, 'maxAge')}: maxAge: {exc}")
+            problems.append(f"{_where(lines, field)}: {field}: {exc}")
     if not problems:
         problems += _unknown_classes(data.get("allowedHardwareClasses", ()), lines)
     return problems

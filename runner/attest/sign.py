@@ -22,6 +22,7 @@ class WrittenAttestation:
     bundle: Path | None  # provenance.sigstore.json (signed only)
     keyid: str | None  # None when unsigned
     envelope: dsse.Envelope
+    timestamped: bool = False  # the bundle carries an RFC 3161 timestamp (--tsa)
 
     @property
     def signed(self) -> bool:
@@ -44,13 +45,22 @@ def sign_statement(statement: dict[str, Any], signer: Signer | None) -> dsse.Env
 
 
 def write_attestation(statement: dict[str, Any], signer: Signer | None, attestation_path: Path,
-                      bundle_path: Path | None = None) -> WrittenAttestation:
-    """Sign and write `.intoto.jsonl` (+ the Sigstore bundle when signed), atomically as a pair."""
+                      bundle_path: Path | None = None, *, tsa_url: str | None = None) -> WrittenAttestation:
+    """Sign and write `.intoto.jsonl` (+ the Sigstore bundle when signed), atomically as a pair.
+
+    With a TSA, its RFC 3161 timestamp over the signature goes into the bundle; a TSA that fails
+    fails the whole write (exit 4 or 3), so no attestation lacks the timestamp that was asked for.
+    """
     envelope = sign_statement(statement, signer)
     files: list[tuple[Path, bytes]] = [(Path(attestation_path), (envelope.to_line() + "\n").encode("ascii"))]
     written_bundle = None
+    timestamps: tuple[bytes, ...] = ()
+    if tsa_url is not None and signer is not None and bundle_path is not None:
+        from runner.attest.timestamp import request_timestamp
+
+        timestamps = (request_timestamp(tsa_url, envelope.signatures[0].sig),)
     if signer is not None and bundle_path is not None:
-        bundle = to_bundle(envelope, signer.keyid)
+        bundle = to_bundle(envelope, signer.keyid, timestamps)
         files.append((Path(bundle_path), (json.dumps(bundle, indent=2) + "\n").encode("ascii")))
         written_bundle = Path(bundle_path)
     try:
@@ -58,4 +68,4 @@ def write_attestation(statement: dict[str, Any], signer: Signer | None, attestat
     except OSError as exc:
         raise EnvironmentProblem(f"cannot write the attestation: {exc}; nothing was written") from None
     return WrittenAttestation(attestation=Path(attestation_path), bundle=written_bundle,
-                              keyid=signer.keyid if signer else None, envelope=envelope)
+                              keyid=signer.keyid if signer else None, envelope=envelope, timestamped=bool(timestamps))

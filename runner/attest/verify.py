@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -11,8 +11,10 @@ from runner.attest.bundle import from_bundle, is_bundle
 from runner.attest.dsse import PAYLOAD_TYPE, Envelope, verify_signatures
 from runner.attest.keys import Verifier, load_verifier
 from runner.attest.models import Check, Verdict
-from runner.attest.policy import Policy
-from runner.attest.statement import loads_strict, parse_statement, statement_problems
+from runner.attest.policy import CLOCK_SKEW, Policy, TimestampRequirement
+from runner.attest.statement import loads_strict, parse_rfc3339, parse_statement, statement_problems
+from runner.attest.timestamp import Timestamp, TrustedTsa, rfc3339, verify_timestamp
+from runner.attest.vsa import is_vsa, summary_checks
 from runner.errors import UsageError
 from runner.userfiles import read_user_file
 from runner.hashing import sha256_file
@@ -29,6 +31,7 @@ class Attestation:
     format: str  # "jsonl", "envelope" or "bundle"
     envelopes: tuple[Envelope, ...]
     hint: str = ""  # the bundle's publicKey.hint
+    timestamps: tuple[bytes, ...] = ()  # the bundle's RFC 3161 replies (DER), over the one signature
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,7 @@ class EnvelopeResult:
 
     checks: list[Check]
     statement: dict[str, Any] | None
+    timestamp: Timestamp | None = None
 
 
 def read_attestation(path: Path | str) -> Attestation:
@@ -53,8 +57,8 @@ def read_attestation(path: Path | str) -> Attestation:
     except ValueError:
         whole = None  # several JSON lines (or broken JSON): read line by line below
     if whole is not None and is_bundle(whole):
-        envelope, hint = from_bundle(whole)
-        return Attestation(str(path), "bundle", (envelope,), hint)
+        content = from_bundle(whole)
+        return Attestation(str(path), "bundle", (content.envelope,), content.hint, content.timestamps)
     if whole is not None:
         kind = "jsonl" if "\n" not in text.strip() else "envelope"
         return Attestation(str(path), kind, (Envelope.from_json(whole),))
@@ -73,8 +77,11 @@ def read_attestation(path: Path | str) -> Attestation:
 
 def verify_attestation(attestation: Path | str, keys: list[Path], artifacts: list[Path],
                        policy: Policy | None = None, now: datetime | None = None, *,
-                       allow_unsigned: bool = False) -> Verdict:
-    """Every check of the attestation; bad inputs (keys, artifacts, file) raise UsageError."""
+                       allow_unsigned: bool = False, tsas: list[TrustedTsa] | None = None) -> Verdict:
+    """Every check of the attestation; bad inputs (keys, artifacts, file) raise UsageError.
+
+    `tsas` are the Time-Stamping Authorities trusted for the bundle's RFC 3161 timestamp.
+    """
     verifiers = [load_verifier(k) for k in keys]
     digests = [(Path(a), _artifact_digest(Path(a))) for a in artifacts]
     now = now or datetime.now(timezone.utc)
@@ -85,39 +92,115 @@ def verify_attestation(attestation: Path | str, keys: list[Path], artifacts: lis
     count = len(att.envelopes)
     checks = [Check("format", True, f"{count} DSSE envelope{'s' if count > 1 else ''} ({_format_name(att.format)})")]
     statements = []
+    timestamp = None
+    time = TimeEvidence(att.timestamps, att.format, tsas or [], policy.timestamp_requirement() if policy else None)
     for i, envelope in enumerate(att.envelopes):
-        result = verify_envelope(envelope, verifiers, policy, now, allow_unsigned=allow_unsigned, hint=att.hint)
+        result = verify_envelope(envelope, verifiers, policy, now, allow_unsigned=allow_unsigned, hint=att.hint,
+                                 time=time)
         prefix = f"envelope {i + 1}: " if count > 1 else ""
         checks += [Check(prefix + c.name, c.ok, c.detail) for c in result.checks]
         if result.statement is not None:
             statements.append(result.statement)
+        timestamp = timestamp or result.timestamp
     checks += [artifact_check(path, digest, statements) for path, digest in digests]
-    return Verdict(tuple(checks), str(attestation), statements[0] if len(statements) == 1 else None)
+    return Verdict(tuple(checks), str(attestation), statements[0] if len(statements) == 1 else None, timestamp)
+
+
+@dataclass(frozen=True)
+class TimeEvidence:
+    """What trusted time can be checked: the bundle's timestamps, the trusted TSAs, the policy's demand."""
+
+    replies: tuple[bytes, ...] = ()
+    format: str = "bundle"
+    trusted: list[TrustedTsa] = field(default_factory=list)
+    requirement: TimestampRequirement | None = None
+
+    @property
+    def asked(self) -> bool:
+        """True when there is anything to check or report."""
+        return bool(self.replies or self.trusted or self.requirement)
 
 
 def verify_envelope(envelope: Envelope, verifiers: list[Verifier], policy: Policy | None, now: datetime, *,
-                    allow_unsigned: bool = False, hint: str = "") -> EnvelopeResult:
-    """The checks of one envelope, in DSSE order: signature, payload type, then the parsed statement."""
+                    allow_unsigned: bool = False, hint: str = "", time: TimeEvidence = TimeEvidence()) -> EnvelopeResult:
+    """The checks of one envelope, in DSSE order: signature, timestamp, payload type, then the parsed statement."""
     signature = signature_check(envelope, verifiers, allow_unsigned, hint)
     # The payload type is signed (it is part of the PAE): without a verified signature it says nothing.
     payload_type = (Check("payloadType", envelope.payload_type == PAYLOAD_TYPE,
                           f"{envelope.payload_type!r}" + ("" if envelope.payload_type == PAYLOAD_TYPE
                                                           else f", expected {PAYLOAD_TYPE!r}"))
                     if signature.ok else Check("payloadType", False, NOT_AUTHENTICATED))
-    checks = [signature, payload_type]
+    timestamp, time_checks = timestamp_checks(envelope, signature.ok and bool(envelope.signatures), time, now)
+    checks = [signature, *time_checks, payload_type]
     rules = policy.rules(now) if policy is not None else []
     if not (signature.ok and payload_type.ok):
         skipped = NOT_AUTHENTICATED if not signature.ok else "not checked: unsupported payloadType"
         checks.append(Check("statement", False, skipped))
         checks += [Check(r.name, False, skipped) for r in rules]
         return EnvelopeResult(checks, None)
+    summary = _vsa_checks(envelope.payload, policy)
+    if summary is not None:  # a VSA: the provenance rules do not apply, its own result does
+        return EnvelopeResult(checks + summary[1], summary[0], timestamp)
     statement, structure = statement_check(envelope.payload)
     checks.append(structure)
     if statement is None:
         checks += [Check(r.name, False, "not checked: the statement is malformed") for r in rules]
         return EnvelopeResult(checks, None)
     checks += [rule.check(statement) for rule in rules]
-    return EnvelopeResult(checks, statement)
+    if timestamp is not None:
+        checks.append(finished_before_check(statement, timestamp))
+    return EnvelopeResult(checks, statement, timestamp)
+
+
+def timestamp_checks(envelope: Envelope, authenticated: bool, time: TimeEvidence,
+                     now: datetime) -> tuple[Timestamp | None, list[Check]]:
+    """The RFC 3161 timestamp over the signature, verified against trusted TSAs; then the policy's age limit."""
+    if not time.asked:
+        return None, []
+    stamp, check = _timestamp_check(envelope, authenticated, time)
+    if time.requirement is None:
+        return stamp, [check]
+    age = (time.requirement.age_check(stamp.time, now) if stamp is not None
+           else Check("policy: timestamp age", False, "not checked: no verified timestamp"))
+    return stamp, [check, age]
+
+
+def _timestamp_check(envelope: Envelope, authenticated: bool, time: TimeEvidence) -> tuple[Timestamp | None, Check]:
+    name, required = "timestamp", time.requirement is not None
+    if not authenticated:
+        return None, Check(name, False, "not checked: no authenticated signature to timestamp")
+    if not time.replies:
+        where = "" if time.format == "bundle" else " (a .intoto.jsonl has no room for one: give provenance.sigstore.json)"
+        return None, Check(name, not (required or time.trusted),
+                           f"the attestation carries no RFC 3161 timestamp{where}; runs get one with --tsa URL")
+    count = f"{len(time.replies)} RFC 3161 timestamp{'s' if len(time.replies) > 1 else ''}"
+    if not time.trusted:
+        return None, Check(name, not required, f"the bundle carries {count}, NOT CHECKED: trust its TSA with "
+                                               "--tsa-cert CHAIN.pem or --trusted-root trusted_root.json")
+    problems = []
+    for reply in time.replies:
+        try:
+            stamp = verify_timestamp(reply, envelope.signatures[0].sig, time.trusted)
+        except ValueError as exc:
+            problems.append(str(exc))
+            continue
+        return stamp, Check(name, True, f"signed no later than {rfc3339(stamp.time)} (RFC 3161, {stamp.authority}, "
+                                        f"trusted via {stamp.source})")
+    return None, Check(name, False, f"{count}, none valid for this signature: {'; '.join(problems)}")
+
+
+def finished_before_check(statement: dict[str, Any], stamp: Timestamp) -> Check:
+    """The run cannot have finished after the TSA saw its signature (a back-dated or forged finishedOn)."""
+    name = "timestamp order"
+    finished = (statement.get("predicate", {}).get("runDetails", {}).get("metadata") or {}).get("finishedOn")
+    try:
+        moment = parse_rfc3339(finished if isinstance(finished, str) else "")
+    except ValueError:
+        return Check(name, True, "the statement records no finishedOn to compare")
+    if moment - stamp.time > CLOCK_SKEW:
+        return Check(name, False, f"the statement says the run finished {finished}, after the TSA's time "
+                                  f"{rfc3339(stamp.time)}")
+    return Check(name, True, f"finished {finished}, timestamped {rfc3339(stamp.time)}")
 
 
 def signature_check(envelope: Envelope, verifiers: list[Verifier], allow_unsigned: bool, hint: str = "") -> Check:
@@ -147,6 +230,18 @@ def signature_check(envelope: Envelope, verifiers: list[Verifier], allow_unsigne
     return Check(name, False, f"no signature verifies with a trusted key (signature keyids: {keyids}; "
                               f"trusted: {trusted}); the payload, its type or the signature was changed, "
                               "or it was signed by another key")
+
+
+def _vsa_checks(payload: bytes, policy: Policy | None) -> tuple[dict[str, Any] | None, list[Check]] | None:
+    """The checks of a VSA payload, None when the payload is not a VSA."""
+    try:
+        parsed = parse_statement(payload)
+    except ValueError:
+        return None  # statement_check reports it
+    if not is_vsa(parsed):
+        return None
+    checks = summary_checks(parsed, policy.sha256 if policy is not None else None)
+    return (parsed if all(c.name != "statement" or c.ok for c in checks) else None), checks
 
 
 def statement_check(payload: bytes) -> tuple[dict[str, Any] | None, Check]:

@@ -242,8 +242,7 @@ def publish(image: Any, client: Any, cache: Any, build_digest: str, *, oci_layou
         return Published(image, None, None)
     work = None
     if oci_layout is None:
-        (cache.root / "tmp").mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix="xrun-oci-", dir=cache.root / "tmp"))
+        work = cache.work_dir("oci")
     try:
         layout = export_oci(client, image.id, oci_layout or work, ref_name=image.tag)  # type: ignore[arg-type]
         if push is None:

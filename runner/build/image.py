@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -461,6 +460,7 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
         wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, options=fetch)
     labels = image_labels(plan.code.digest, base.image_id, [w for w, _ in wheels])
     key = deps_key(base.image_id, python, [w for w, _ in wheels], sitecustomize())
+    cache.remove_stale_work_dirs()  # a build killed with SIGKILL could not remove its own
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
     # --verify-data: every input checked again, the dependency layer laid out again too.
@@ -468,7 +468,7 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
     try:
         # SIGTERM too must unwind through the temp folder's and the loaded image's clean-up.
         with interrupts_raise():
-            tmp = Path(tempfile.mkdtemp(prefix="xrun-build-", dir=work))
+            tmp = cache.work_dir("build")
             try:
                 progress.info(f"assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
                               "files)")

@@ -12,7 +12,6 @@ the engine holds it.
 from __future__ import annotations
 
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -312,8 +311,7 @@ def rebuild(attestation: Path, *, code: Path | None = None, keys: list[Path] | N
 
         cache = Cache.default()
     source = locate_code(statement, attestation, code)
-    (cache.root / "tmp").mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="xrun-rebuild-", dir=cache.root / "tmp"))
+    work = cache.work_dir("rebuild")
     try:
         if source.tree.digest != recorded.code_digest:
             return _code_differs(attestation, recorded, source.tree, client, work, started)

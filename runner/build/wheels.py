@@ -136,6 +136,7 @@ class Candidate:
     filename: str
     url: str
     hashes: Mapping[str, str]  # algo -> hex
+    size: int | None = None  # the lock's size of the file, when it states one: the download stops there
 
 
 # --- the interpreter -------------------------------------------------------------------------------
@@ -262,7 +263,8 @@ def best_wheel(entry: LockEntry, candidates: Sequence[Candidate], target: Python
 def candidates_for(entry: LockEntry, session: Any, cache: Any, shown: str) -> list[Candidate]:
     """The wheels a lock entry may install: the lock's own artifacts, else the index's files whose hash it names."""
     if entry.artifacts:
-        return [Candidate(str(a["filename"]), str(a["url"]), dict(a["hashes"])) for a in entry.artifacts]
+        return [Candidate(str(a["filename"]), str(a["url"]), dict(a["hashes"]),
+                          a["size"] if isinstance(a.get("size"), int) else None) for a in entry.artifacts]
     locked = {h.split(":", 1)[1] for h in entry.hashes if h.startswith("sha256:")}
     if not locked:
         raise lock_error(shown, entry.line, f"{entry.name}: only sha256 hashes can be matched against the index; "
@@ -425,7 +427,7 @@ def fetch_wheels(chosen: list[Chosen], cache: Any, *, base_dir: Path,
             raise ManifestError(f"{item.entry.source}: {item.entry.name}: {item.candidate.filename} has no "
                                 "sha256/sha512 hash xrun can verify; regenerate the lock with sha256")
         blob = fetch_blob(cache, item.candidate.url, digests, name=item.candidate.filename, base_dir=base_dir,
-                          options=options, reporter=reporter, cancel=cancel, kind="wheel")
+                          options=options, reporter=reporter, cancel=cancel, kind="wheel", size=item.candidate.size)
         sha256 = digests.get("sha256") or sha256_file(blob.path)
         wheel = ResolvedWheel(item.entry.name, item.entry.version, item.candidate.filename, item.candidate.url, sha256)
         return wheel, blob.path

@@ -20,6 +20,7 @@ from runner import __version__
 from runner.cli import args as shared
 from runner.errors import EXIT_INTERRUPTED, XrunError
 from runner.interrupts import interrupts_raise
+from runner.redact import redact
 
 EXIT_INTERNAL = 70
 EPILOG = """exit codes: 0 success · 1 training command or build failed · 2 bad usage or invalid manifest/policy ·
@@ -71,10 +72,10 @@ def dispatch(args: argparse.Namespace) -> int:
 
 
 def print_error(message: str, lines: Sequence[str] | None = None) -> None:
-    """`xrun: error: MESSAGE` and indented detail lines on stderr."""
-    print(f"xrun: error: {message}", file=sys.stderr)
+    """`xrun: error: MESSAGE` and indented detail lines on stderr, credentials redacted (an internal error too)."""
+    print(f"xrun: error: {redact(message)}", file=sys.stderr)
     for line in lines or ():
-        print(f"  {line}", file=sys.stderr)
+        print(f"  {redact(line)}", file=sys.stderr)
 
 
 def _shorthand(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -134,7 +135,8 @@ def _group(command: Command, name: str, help_text: str, example: str, title: str
 
 def _pipeline_commands(command: Command) -> None:
     command("run", "fetch, build, run and attest an experiment (also: xrun FILE.yaml)",
-            "xrun run experiment.yaml --key xrun.key", "run:run", [shared.manifest(), shared.run_options()])
+            "xrun run experiment.yaml --key xrun.key --tsa https://freetsa.org/tsr", "run:run",
+            [shared.manifest(), shared.run_options(), shared.tsa()])
     command("validate", "check a manifest against the schema and the rules a schema cannot express",
             "xrun validate experiment.yaml", "plan:validate", [shared.manifest(many=True), shared.json_flag()])
     command("plan", "resolve a manifest into a pinned plan without running anything, and show what of the code "
@@ -200,10 +202,14 @@ def _attestation_commands(command: Command) -> None:
                    help="key type (default ecdsa-p256: what cosign expects)")
     p.add_argument("--out", type=Path, default=Path("."), help="folder for xrun.key and xrun.pub")
 
-    p = command("verify", "verify an attestation offline: signature, structure, artifacts, policy",
-                "xrun verify run/provenance.intoto.jsonl --key xrun.pub --artifact model.npy --policy policy.yaml",
-                "keys:verify", [shared.trusted_keys("verify the signature with it"), shared.json_flag()])
-    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
+    p = command("verify", "verify an attestation (or a VSA) offline: signature, timestamp, structure, artifacts, "
+                "policy; optionally sign a summary and register the model",
+                "xrun verify run/provenance.sigstore.json --key xrun.pub --tsa-cert tsa.pem --artifact model.npy "
+                "--policy policy.yaml --vsa-out model.vsa.intoto.jsonl --vsa-key auditor.key "
+                "[--mlflow http://mlflow:5000 --register iris]",
+                "keys:verify", [shared.trusted_keys("verify the signature with it"), shared.json_flag(),
+                                shared.evidence()])
+    p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl, provenance.sigstore.json or a VSA")
     p.add_argument("--artifact", dest="artifacts", type=Path, action="append", default=[],
                    help="a file whose sha256 must be among the subjects (repeatable)")
     p.add_argument("--policy", type=Path, help="policy file (YAML or JSON; `xrun schema policy`)")

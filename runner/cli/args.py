@@ -94,6 +94,33 @@ def hardware_mismatch() -> argparse.ArgumentParser:
     return p
 
 
+def tsa() -> argparse.ArgumentParser:
+    """--tsa URL: an RFC 3161 timestamp over the attestation's signature (default $XRUN_TSA_URL)."""
+    p = _parent()
+    p.add_argument("--tsa", metavar="URL", help="get an RFC 3161 timestamp over the signature from this Time-Stamping "
+                   "Authority, e.g. --tsa https://freetsa.org/tsr (default: $XRUN_TSA_URL; needs --key)")
+    return p
+
+
+def evidence() -> argparse.ArgumentParser:
+    """verify's trusted time, signed summary (VSA) and registry gate options."""
+    p = _parent()
+    p.add_argument("--tsa-cert", dest="tsa_certs", type=Path, action="append", default=[], metavar="CHAIN.pem",
+                   help="trust this Time-Stamping Authority: its PEM chain, TSA certificate first, root last "
+                        "(repeatable)")
+    p.add_argument("--trusted-root", type=Path, metavar="FILE",
+                   help="trust the timestampAuthorities of a Sigstore trusted_root.json (what cosign reads)")
+    p.add_argument("--vsa-out", type=Path, metavar="FILE",
+                   help="also write a signed SLSA Verification Summary (VSA) of this verification to FILE")
+    p.add_argument("--vsa-key", type=Path, metavar="KEY",
+                   help="the private key that signs the VSA: the verifier's own, not the producer's")
+    p.add_argument("--mlflow", metavar="URI", help="the MLflow server whose Model Registry --register uses")
+    p.add_argument("--register", metavar="NAME",
+                   help="after a PASSED verification, register the --artifact files as a new version of model NAME "
+                        "with the VSA and the attestation attached (needs --mlflow and --vsa-key)")
+    return p
+
+
 def run_options() -> argparse.ArgumentParser:
     """What `run` and `submit` share: output, signing key, runs dir, hardware, MLflow, data verification."""
     p = argparse.ArgumentParser(add_help=False, parents=[

@@ -32,7 +32,7 @@ def run_options(args: argparse.Namespace, signing_key: Path | None) -> RunOption
     """The options of `run`, `submit` and `reproduce` (args.parents: shared.run_options)."""
     return RunOptions(runs_dir=args.runs_dir, key=signing_key, key_password=key_password(),
                       allow_hardware_mismatch=args.allow_hardware_mismatch, quiet=args.quiet or args.json,
-                      fetch=fetch_options(args), mlflow=args.mlflow)
+                      fetch=fetch_options(args), mlflow=args.mlflow, tsa=getattr(args, "tsa", None))
 
 
 def runs_dir(args: argparse.Namespace) -> Path:

@@ -88,8 +88,8 @@ def unpack_tree(cache: Cache, blob: Blob, *, name: str, uri: str) -> Tree:
                 raise IntegrityError(f"{name}: {uri}: the archive is unsafe to unpack: {exc}; nothing was "
                                      "unpacked. Repack it without such members, or drop unpack: true") from None
             except (tarfile.TarError, zipfile.BadZipFile, EOFError, zipfile.LargeZipFile) as exc:
-                raise IntegrityError(f"{name}: {uri}: cannot unpack: {exc} (a corrupt or unsupported archive); "
-                                     "use .tar, .tar.gz, .tgz or .zip, or drop unpack: true") from None
+                raise IntegrityError(f"{name}: {uri}: cannot unpack: {_archive_problem(exc)}; use .tar, .tar.gz, "
+                                     ".tgz or .zip, or drop unpack: true") from None
             _seal(builder)
             cache.write_tree_listing(blob.algorithm, blob.hexdigest, _listing(blob, builder))
             os.rename(work, final)
@@ -103,6 +103,15 @@ def unpack_tree(cache: Cache, blob: Blob, *, name: str, uri: str) -> Tree:
             remove_tree(work)
             raise
     return Tree(blob.algorithm, blob.hexdigest, final, unpacked=True)
+
+
+def _archive_problem(exc: BaseException) -> str:
+    """One line for what the archive readers said (tarfile lists each method it tried, one per line)."""
+    text = str(exc)
+    if isinstance(exc, tarfile.ReadError) and "could not be opened" in text:
+        return "not an archive (neither tar, gzip, bzip2, xz nor zip)"
+    first = text.splitlines()[0].rstrip(":") if text.strip() else type(exc).__name__
+    return f"a corrupt or unsupported archive ({first[:160]})"
 
 
 # --- extraction -------------------------------------------------------------------------------------

@@ -7,6 +7,9 @@ Layout under the root (`XRUN_CACHE_DIR`, else `$XDG_CACHE_HOME/xrun`, else `~/.c
     trees/<algo>/<ab>/<hex>/            an unpacked archive (files 0444, folders 0555)
     trees/<algo>/<ab>/<hex>.json        its listing (what `verify` checks the tree against)
     trees/<algo>/<ab>/.tmp-<hex>-*      an unpack in progress
+    tmp/xrun-<purpose>-<host>-<pid>-*   a build, rebuild or export in progress, named for its process:
+                                        one whose process on this host is gone is removed by the next
+                                        build and by `xrun cache gc` (a SIGKILL cannot clean up)
     locks/entries.lock                  one file of byte-range locks: one writer per blob or tree
                                         (Linux OFD locks; elsewhere one flock(2) file per entry:
     locks/<algo>/<ab>/<hex>.<purpose>    these), so a cold fetch creates no lock file per blob
@@ -36,8 +39,11 @@ import functools
 import hashlib
 import json
 import os
+import shutil
+import socket
 import stat
 import struct
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -141,6 +147,37 @@ class Cache:
             return cls(Path(xdg) / "xrun")
         home = Path(environ["HOME"]) if environ.get("HOME") else Path.home()
         return cls(home / ".cache" / "xrun")
+
+    # --- work folders ----------------------------------------------------------------------------------
+
+    def work_dir(self, purpose: str) -> Path:
+        """A new private folder under tmp/ for a build (rebuild, export) in progress, named for this process.
+
+        `purpose` is one word ("build", "oci"): the name is parsed back from the right by `work_dirs`.
+        """
+        tmp = self.root / "tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f"xrun-{purpose}-{_host()}-{os.getpid()}-", dir=tmp))
+
+    def work_dirs(self) -> Iterator[tuple[Path, bool]]:
+        """(folder, whether its process is known to be gone) for each folder under tmp/."""
+        tmp = self.root / "tmp"
+        try:
+            with os.scandir(tmp) as it:
+                found = [Path(e.path) for e in it if e.name.startswith("xrun-")]
+        except FileNotFoundError:
+            return
+        for path in found:
+            yield path, _owner_gone(path.name)
+
+    def remove_stale_work_dirs(self) -> list[Path]:
+        """Remove the work folders of processes on this host that are gone; returns them."""
+        removed = []
+        for path, gone in self.work_dirs():
+            if gone:
+                shutil.rmtree(path, ignore_errors=True)
+                removed.append(path)
+        return removed
 
     # --- paths -------------------------------------------------------------------------------------
 
@@ -412,14 +449,7 @@ class Cache:
         return sum(int(f.get("size", 0)) for f in files), len(files)
 
     def leftovers(self) -> Iterator[Path]:
-        """Partial downloads, unfinished unpacks and the folders of builds that were killed (gc removes the
-        stale ones: a killed build may leave a layer tar of gigabytes)."""
-        builds = self.root / "tmp"
-        if builds.is_dir():
-            with os.scandir(builds) as it:
-                for entry in it:
-                    if entry.name.startswith("xrun-build-"):
-                        yield Path(entry.path)
+        """Partial downloads and unfinished unpacks (gc removes the stale ones; killed builds' folders: work_dirs)."""
         for base in (self.root / "blobs", self.root / "trees"):
             if not base.is_dir():
                 continue
@@ -623,3 +653,30 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def _host() -> str:
+    """This host's name as a file-name part ('-' kept: the pid is found from the right)."""
+    return "".join(c if c.isalnum() or c in "-." else "_" for c in socket.gethostname()) or "host"
+
+
+def _owner_gone(name: str) -> bool:
+    """Whether a work folder's process (xrun-<purpose>-<host>-<pid>-<random>) ran here and has exited.
+
+    A folder of another host (a shared cache) or with an older name is never "gone": gc removes it by age.
+    """
+    head, _, _ = name.rpartition("-")
+    rest, _, pid_text = head.rpartition("-")
+    parts = rest.split("-", 2)  # xrun, the purpose (one word), the host
+    if not pid_text.isdigit() or len(parts) != 3 or parts[2] != _host():
+        return False
+    pid = int(pid_text)
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False

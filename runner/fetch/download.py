@@ -50,6 +50,7 @@ class _Limit:
 
     declared: int | None  # the listing's, pointer's or lock's size: the object must be exactly this long
     cap: int
+    settable: bool = True  # the cap is XRUN_MAX_DOWNLOAD's (False: the caller's own bound, e.g. for metadata)
 
     @property
     def most(self) -> int:
@@ -206,7 +207,7 @@ def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: 
         try:
             if isinstance(fetcher, FetchError):
                 raise fetcher
-            limit = _Limit(size, options.max_download or max_download(os.environ))
+            limit = _Limit(size, options.max_download or max_download(os.environ), options.max_download is None)
             got = _download(cache, fetcher, source, expected, name, options, task, reporter, cancel, limit, pin)
         except FetchError as exc:
             if tampered is None:
@@ -401,9 +402,10 @@ def _too_large(name: str, source: Source, limit: _Limit, exc: _TooLarge) -> Inte
         return IntegrityError(f"{name}: {source.uri}: the server {what}, but the declared size is {limit.declared}; "
                               "stopped, nothing was cached. The source is wrong or hostile: check it (and the size in "
                               "the manifest, pointer or listing)")
+    fix = (f"If the file really is that large, raise {MAX_DOWNLOAD_ENV} (e.g. {MAX_DOWNLOAD_ENV}=256G)"
+           if limit.settable else "The source is wrong or hostile: check it")
     return IntegrityError(f"{name}: {source.uri}: the server {what}, over the {human_bytes(limit.cap)} a download with "
-                          f"no declared size may bring; stopped, nothing was cached. If the file really is that large, "
-                          f"raise {MAX_DOWNLOAD_ENV} (e.g. {MAX_DOWNLOAD_ENV}=256G)")
+                          f"no declared size may bring; stopped, nothing was cached. {fix}")
 
 
 def _cache_error(name: str, source: Source, cache: Cache, exc: OSError) -> FetchError:

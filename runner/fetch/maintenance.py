@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import stat
 import time
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -11,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.fetch.archive import check_tree, remove_tree
-from runner.fetch.cache import Cache, CacheEntry, file_fingerprint, hash_file
+from runner.fetch.cache import Cache, CacheEntry, file_fingerprint, hash_file, walk_tree
 from runner.fetch.digests import normalize_digests, primary
 
 if TYPE_CHECKING:
@@ -124,6 +125,19 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
         if now - st.st_mtime < older_than_s:
             continue
         size = st.st_size if not path.is_dir() else tree_size(path)
+        if not dry_run:
+            remove_tree(path)
+        removed.append(Removed("partial", path, size, None, st.st_mtime))
+    for path, gone in cache.work_dirs():
+        # A build killed with SIGKILL left its folder: gone now when its process on this host is;
+        # another host's (a shared cache) only by age.
+        try:
+            st = os.lstat(path)
+        except FileNotFoundError:
+            continue
+        if not gone and now - st.st_mtime < older_than_s:
+            continue
+        size = sum(s.st_size for _, s in walk_tree(path) if stat.S_ISREG(s.st_mode)) if path.is_dir() else st.st_size
         if not dry_run:
             remove_tree(path)
         removed.append(Removed("partial", path, size, None, st.st_mtime))

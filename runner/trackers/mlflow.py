@@ -45,7 +45,7 @@ class MlflowTracker(Tracker):
         except TrackerError:
             raise
         except Exception as exc:  # the client raises many kinds (MlflowException, requests, OSError)
-            raise TrackerError(_explain(self.uri, exc)) from None
+            raise TrackerError(explain(self.uri, exc)) from None
 
     def _log(self, client: Any, run: TrackedRun) -> str:
         experiment_id = self._experiment_id(client)
@@ -121,7 +121,7 @@ _UNREACHABLE = ("Max retries exceeded", "NewConnectionError", "Connection refuse
                 "Failed to resolve", "RemoteDisconnected")
 
 
-def _explain(uri: str, exc: BaseException) -> str:
+def explain(uri: str, exc: BaseException) -> str:
     """One line: unreachable servers said plainly, anything else in the client's words (shortened)."""
     text = " ".join(str(exc).split()) or type(exc).__name__
     if any(marker in text for marker in _UNREACHABLE):

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import UsageError
-from runner.redact import redact
+from runner.redact import REDACTED, redact
 from runner.runs.record import RunRecord
 from runner.trackers.interface import LOGGED, PENDING, Tracker, TrackerError, TrackingState, tracked_run
 from runner.wire import fields_to_wire
@@ -56,7 +56,8 @@ def make_tracker(destination: Destination) -> Tracker:
 def track_run(run_dir: Path, destination: Destination, progress: ProgressSink, *,
               verified: bool | None = None) -> TrackingState:
     """Log one finished run; the state (logged or pending, with the error) is saved in its run.json."""
-    state = TrackingState(state=PENDING, uri=destination.uri, experiment=destination.experiment)
+    # The record keeps where the run went, never a password in that URL (sync takes it from the environment).
+    state = TrackingState(state=PENDING, uri=redact(destination.uri), experiment=destination.experiment)
     try:
         state.external_id = make_tracker(destination).log_run(tracked_run(run_dir, verified=verified))
         state.state = LOGGED
@@ -155,7 +156,7 @@ def sync_runs(run_dirs: list[Path], *, explicit: bool, flag_uri: str | None, key
             raise UsageError(f"run {record.run_id}: no MLflow server to send it to; pass --mlflow URI or set {ENV_URI}")
         verified = _verified_with(run_dir, record, keys) if keys else None
         done = track_run(run_dir, destination, progress, verified=verified)
-        results.append(SyncResult(record.run_id, done.state, done.external_id, destination.uri,
+        results.append(SyncResult(record.run_id, done.state, done.external_id, redact(destination.uri),
                                   destination.experiment, done.error))
     return results
 
@@ -165,7 +166,9 @@ def _destination_for(run_dir: Path, record: RunRecord, state: TrackingState | No
     """--mlflow, else where the run was meant to go, else $MLFLOW_TRACKING_URI or its manifest's block."""
     spec = _manifest_spec(run_dir)
     experiment = state.experiment if state and state.experiment else (spec.experiment if spec else record.name)
-    uri = flag_uri or (state.uri if state and state.uri else None)
+    # A saved URL whose credentials were redacted is of no use: the environment or manifest says it whole.
+    saved = state.uri if state and state.uri and REDACTED not in state.uri else None
+    uri = flag_uri or saved
     if uri:
         return Destination(uri, experiment)
     found = resolve_destination(None, spec, record.name, environ)

@@ -16,10 +16,8 @@ from runner.fetch.cache import Cache
 from runner.fetch.interface import PermanentError, TransientError
 from runner.fetch.registry import Fetchers, SourceError, parse_source
 from runner.fetch.sources.interface import DataSource, FileRequest, Resolved, SourceEnv
-from runner.fetch.sources.listing import LISTING_NAME, ListedFile, parse_listing, tree_digest
+from runner.fetch.sources.listing import LISTING_NAME, MAX_LISTING_BYTES, ListedFile, parse_listing, tree_digest
 from runner.manifest import DirectorySpec
-
-MAX_LISTING_BYTES = 512 << 20
 
 
 class DirectorySource(DataSource):

@@ -16,7 +16,7 @@ import json
 import os
 import subprocess
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import quote
@@ -27,7 +27,7 @@ from runner.errors import FetchError, IntegrityError, UsageError
 from runner.fetch.cache import Cache, Blob
 from runner.fetch.download import fetch_blob
 from runner.fetch.sources.interface import ALIAS_KIND, DIR_ALIAS_KIND, DataSource, FileRequest, Resolved, SourceEnv
-from runner.fetch.sources.listing import ListedFile, check_paths
+from runner.fetch.sources.listing import MAX_LISTING_BYTES, ListedFile, check_paths
 from runner.manifest import DvcSpec
 
 _HEX = set("0123456789abcdef")
@@ -114,9 +114,11 @@ class DvcSource(DataSource):
                              for f in out.files)
         else:
             dir_uri = _object(remote, out.md5, out.legacy) + ".dir"
+            # A .dir object is a listing read whole into memory: bounded like a directory's listing.
             blob = fetch_blob(env.cache, dir_uri, {"md5": out.md5}, name=f"{self.name} (.dir object)",
-                              base_dir=env.root, options=env.options, fetchers=env.fetchers, reporter=env.reporter,
-                              cancel=env.cancel, kind="DVC .dir object", pin=self.pin)
+                              base_dir=env.root, options=replace(env.options, max_download=MAX_LISTING_BYTES),
+                              fetchers=env.fetchers, reporter=env.reporter, cancel=env.cancel, kind="DVC .dir object",
+                              pin=self.pin)
             entries = _read_dir_object(self.name, blob, dir_uri)
             requests = tuple(FileRequest(path=e["relpath"], uri=_object(remote, e["md5"], out.legacy),
                                          digests={"md5": e["md5"]}) for e in entries)

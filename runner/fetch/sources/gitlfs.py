@@ -9,6 +9,7 @@ token), or XRUN_LFS_USER + XRUN_LFS_PASSWORD (basic), or ~/.netrc; none is ever 
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -26,6 +27,7 @@ from runner.manifest import LfsSpec
 TOKEN_ENV = "XRUN_LFS_TOKEN"
 USER_ENV, PASSWORD_ENV = "XRUN_LFS_USER", "XRUN_LFS_PASSWORD"
 MEDIA = "application/vnd.git-lfs+json"
+MAX_BATCH_BYTES = 16 << 20  # a batch answer for one object is a few hundred bytes
 _POINTER_OID = re.compile(rb"^oid sha256:([0-9a-f]{64})$", re.M)
 _POINTER_SIZE = re.compile(rb"^size (\d+)$", re.M)
 _LFS_URL = re.compile(r"^\s*url\s*=\s*(\S+)\s*$", re.M)
@@ -146,17 +148,22 @@ def batch_download(name: str, url: str, oid: str, size: int, timeout_s: float,
             "hash_algo": "sha256"}
     endpoint = f"{url}/objects/batch"
     try:
-        response = requests.post(endpoint, json=body, headers={**headers, "Accept": MEDIA, "Content-Type": MEDIA},
-                                 auth=auth, timeout=timeout_s)
+        # Streamed and read up to a bound: a server whose answer never ends must not fill memory.
+        with requests.post(endpoint, json=body, headers={**headers, "Accept": MEDIA, "Content-Type": MEDIA},
+                           auth=auth, timeout=timeout_s, stream=True) as response:
+            text = response.raw.read(MAX_BATCH_BYTES + 1, decode_content=True)
     except requests.RequestException as exc:
         raise FetchError(f"{name}: {endpoint}: {exc.__class__.__name__}: cannot reach the LFS server; check lfs.url "
                          "and the network") from None
+    if len(text) > MAX_BATCH_BYTES:
+        raise IntegrityError(f"{name}: {endpoint}: the LFS server's batch answer for one object is larger than "
+                             f"{MAX_BATCH_BYTES >> 20} MiB; the server is misconfigured or hostile: check lfs.url")
     if response.status_code in (401, 403):
         raise FetchError(f"{name}: {endpoint}: HTTP {response.status_code}; set {TOKEN_ENV} (or {USER_ENV} and "
                          f"{PASSWORD_ENV}) in the environment to a credential that may read the repository")
     try:
-        answer = response.json()
-    except ValueError:
+        answer = json.loads(text)
+    except (ValueError, RecursionError):
         answer = None
     has_objects = isinstance(answer, dict) and isinstance(answer.get("objects"), list)
     if response.status_code == 404 and not has_objects:

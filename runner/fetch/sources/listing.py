@@ -28,6 +28,7 @@ from runner.fetch.cache import walk_tree
 
 HEADER = b"xrun-tree/v1\n"
 LISTING_NAME = ".xrun-tree.json"
+MAX_LISTING_BYTES = 512 << 20  # a listing (or DVC .dir object) is read whole into memory
 _HEX = set("0123456789abcdef")
 
 

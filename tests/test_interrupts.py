@@ -316,8 +316,8 @@ def test_sigterm_right_as_the_run_folder_appears(tmp_path, base_image, cache_dir
     manifest = probe_experiment(tmp_path / "exp", base_image)
     runs = tmp_path / "runs"
     proc = _start(manifest, runs, cache_dir)
-    _wait_for(lambda: proc.poll() is not None or (runs.is_dir() and any(runs.iterdir())), "the run folder")
+    wait_for(lambda: proc.poll() is not None or (runs.is_dir() and any(runs.iterdir())), "the run folder")
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert "Traceback" not in err, err
     assert all((run_dir / "run.json").is_file() for run_dir in runs.iterdir()), list(runs.rglob("*"))

@@ -24,12 +24,12 @@ from runner.pipeline import RunOptions, run_experiment
 from runner.plan import resolve_plan
 from runner.runs.record import RunRecord
 from runner.trackers.track import Destination, resolve_destination
+from servers import PATIENCE_S
 
 REPO = Path(__file__).resolve().parent.parent
 
 TRAIN = r'''
 import json, os
-from servers import PATIENCE_S
 seed = int(os.environ["XRUN_SEED"])
 os.makedirs("/outputs", exist_ok=True)
 open("/outputs/model.txt", "w").write(f"model {seed}\n")

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine, markdown  # noqa: E402
 
-MODULES = ["bench_run", "bench_fetch", "bench_hash", "bench_build", "bench_attest", "bench_cluster"]
+MODULES = ["bench_run", "bench_fetch", "bench_hash", "bench_build", "bench_attest", "bench_cluster", "bench_report"]
 
 
 def main() -> int:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -277,7 +278,7 @@ def run_real(which: str, edits: int) -> list[dict[str, Any]]:
         old = locked_version(lock, bump)
         lock_b = work / "lock-b.txt"
         uv_compile(work, requirements + [f"{bump}<{old}"], lock_b)
-        wheels = sum(1 for line in lock.read_text().splitlines() if "==" in line and not line.startswith("#"))
+        wheels = sum(1 for line in lock.read_text().splitlines() if re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*==", line))
 
         exp = work / "exp"
         exp.mkdir()

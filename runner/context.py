@@ -102,6 +102,7 @@ class RunContext:
     options: RunOptions
     progress: ProgressSink
     tsa_url: str | None = None  # the Time-Stamping Authority the attestation's signature is sent to
+    gpu_allocation: hardware.GpuAllocation | None = None  # the GPUs a scheduler gave this job (Slurm's variables)
 
     @classmethod
     def create(cls, manifest_path: Path, options: RunOptions, *, progress: ProgressSink | None = None) -> "RunContext":
@@ -116,12 +117,13 @@ class RunContext:
         if warning:
             sink.warn(warning)
         host = hardware.detect_host()
-        mismatch = hardware.shortfalls(plan.hardware, host)
+        allocation = hardware.allocated_gpus() if plan.hardware.gpus else None
+        mismatch = hardware.shortfalls(plan.hardware, host, allocation)
         if mismatch and not options.allow_hardware_mismatch:
-            hardware.check_host(plan.hardware, host)
+            hardware.check_host(plan.hardware, host, allocation)
         key_path = signing_key_path(options.key)
         signer = load_signer(key_path, options.key_password) if key_path else None
         tsa = timestamp_authority(options.tsa, signer is not None)
         return cls(plan=plan, host=host, hardware_mismatch=tuple(mismatch), signer=signer, client=docker_client(),
                    cache=options.open_cache(), runs_dir=options.runs_folder(manifest.root), options=options,
-                   progress=sink, tsa_url=tsa)
+                   progress=sink, tsa_url=tsa, gpu_allocation=allocation)

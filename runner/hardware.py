@@ -6,8 +6,10 @@ import functools
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -56,6 +58,48 @@ class Host:
         return asdict(self)
 
 
+# Where a scheduler names the GPUs it gave this job, most specific first: a job step's own devices, then the
+# job's. Slurm's two variables hold the node's device indices (gres.conf's order, the NVIDIA runtime's
+# numbering, which the Docker engine outside the job's cgroup also uses). CUDA_VISIBLE_DEVICES comes last: on
+# a node that constrains devices (cgroup.conf ConstrainDevices=yes) Slurm renumbers it 0..n-1 as the job sees
+# them, which would point the engine at the wrong GPUs; it is what a host without Slurm sets by hand.
+GPU_ALLOCATION_VARIABLES = ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "CUDA_VISIBLE_DEVICES")
+_DEVICE_ID = re.compile(r"\d+|(GPU|MIG)-[0-9A-Za-z/-]+")
+
+
+@dataclass(frozen=True)
+class GpuAllocation:
+    """The GPUs a scheduler allocated to this job: device IDs the engine accepts (indices or UUIDs), and whence."""
+
+    devices: tuple[str, ...]
+    source: str  # the variable that named them (one of GPU_ALLOCATION_VARIABLES)
+
+    def to_json(self) -> dict[str, Any]:
+        """internalParameters.isolation.gpuAllocation."""
+        return {"devices": list(self.devices), "source": self.source}
+
+
+def allocated_gpus(environ: Mapping[str, str] = os.environ) -> GpuAllocation | None:
+    """The GPUs this job was given, from the first variable of GPU_ALLOCATION_VARIABLES that lists devices."""
+    for name in GPU_ALLOCATION_VARIABLES:
+        devices = parse_device_list(environ.get(name))
+        if devices is not None:
+            return GpuAllocation(devices, name)
+    return None
+
+
+def parse_device_list(value: str | None) -> tuple[str, ...] | None:
+    """'0,2' or 'GPU-uuid,…' → the IDs; None when it is no device list (unset, Slurm's 'NoDevFiles'); '' → none."""
+    if value is None:
+        return None
+    items = [v.strip() for v in value.split(",") if v.strip()]
+    if items == ["-1"]:  # CUDA's "no device"
+        return ()
+    if not all(_DEVICE_ID.fullmatch(v) for v in items):
+        return None
+    return tuple(dict.fromkeys(items))
+
+
 @functools.lru_cache(maxsize=1)
 def catalog() -> dict[str, HardwareClass]:
     """The built-in hardware classes, by name."""
@@ -80,15 +124,19 @@ def detect_host() -> Host:
     )
 
 
-def shortfalls(cls: HardwareClass, host: Host) -> list[str]:
-    """What the host lacks to satisfy the class; empty when it fits."""
+def shortfalls(cls: HardwareClass, host: Host, allocation: GpuAllocation | None = None) -> list[str]:
+    """What the host (or, in a scheduler's job, its allocation) lacks to satisfy the class; empty when it fits."""
     missing: list[str] = []
     if host.cpu_count < cls.cpus:
         missing.append(f"{cls.cpus} CPUs needed, {host.cpu_count} available")
     if host.memory_bytes and host.memory_bytes < cls.memory_gib * 2**30:
         missing.append(f"{cls.memory_gib} GiB memory needed, {host.memory_bytes / 2**30:.1f} GiB available")
-    if cls.gpus:
-        fitting = [g for g in host.gpus if _gpu_fits(cls, g)]
+    if cls.gpus and allocation is not None and len(allocation.devices) < cls.gpus:
+        missing.append(f"{cls.gpus} GPU(s) needed, the job was allocated {len(allocation.devices)} "
+                       f"({allocation.source}={','.join(allocation.devices) or 'none'}; ask the scheduler for more)")
+    elif cls.gpus:
+        gpus = allocated(host.gpus, allocation)
+        fitting = [g for g in gpus if _gpu_fits(cls, g)]
         if len(fitting) < cls.gpus:
             want = f"{cls.gpus} GPU(s)" + (f" of model {cls.gpu_model}" if cls.gpu_model else "")
             if cls.gpu_memory_gib:
@@ -98,9 +146,19 @@ def shortfalls(cls: HardwareClass, host: Host) -> list[str]:
     return missing
 
 
-def check_host(cls: HardwareClass, host: Host) -> None:
+def allocated(gpus: tuple[Gpu, ...], allocation: GpuAllocation | None) -> tuple[Gpu, ...]:
+    """The host's GPUs this job may use: all without an allocation, else those it names (by index or UUID)."""
+    if allocation is None:
+        return gpus
+    indices = [int(d) for d in allocation.devices if d.isdigit()]
+    if len(gpus) == len(allocation.devices) and any(i >= len(gpus) for i in indices):
+        return gpus  # a job whose node constrains devices (cgroup) sees only its own GPUs, renumbered from 0
+    return tuple(g for i, g in enumerate(gpus) if str(i) in allocation.devices or g.uuid in allocation.devices)
+
+
+def check_host(cls: HardwareClass, host: Host, allocation: GpuAllocation | None = None) -> None:
     """Raise exit 4 naming what is missing when the host cannot satisfy the class."""
-    missing = shortfalls(cls, host)
+    missing = shortfalls(cls, host, allocation)
     if missing:
         raise EnvironmentProblem(
             f"hardware class {cls.name!r} does not fit this host: {'; '.join(missing)} "

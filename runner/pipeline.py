@@ -21,7 +21,7 @@ from runner.fetch import FetchedData, changed_since_fetch, fetch_data
 from runner.outputs import collect_outputs
 from runner.redact import redact
 from runner.rundir import RunDir, create_run_dir, discard_run_dir, rfc3339, utc_now
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 from runner.stages import CompletedRun, RunSummary, StageHooks
 
 __all__ = ["RunOptions", "new_record", "run_experiment", "run_in", "signing_key_path"]
@@ -49,7 +49,7 @@ def new_record(ctx: RunContext, run: RunDir) -> RunRecord:
     """The run.json of a run starting now in `run`."""
     plan = ctx.plan
     return RunRecord(
-        run_id=run.run_id, name=plan.manifest.name, status="running", manifest=str(plan.manifest.file),
+        run_id=run.run_id, name=plan.manifest.name, status=RunStatus.RUNNING, manifest=str(plan.manifest.file),
         manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
         host=ctx.host.to_json(), hardware_class=plan.hardware.name, hardware_mismatch=list(ctx.hardware_mismatch),
         runner=runner_identity(), scheduler=ctx.options.scheduler,
@@ -63,13 +63,13 @@ def run_in(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks = 
     try:
         summary = _execute(ctx, run, record, hooks, watchdog)
     except KeyboardInterrupt:
-        _finish(run, record, "interrupted", "interrupted by the user")
+        _finish(run, record, RunStatus.INTERRUPTED, "interrupted by the user")
         raise Interrupted("interrupted: the run was stopped; no attestation was written") from None
     except XrunError as exc:
-        _finish(run, record, "interrupted" if isinstance(exc, Interrupted) else "failed", exc.message)
+        _finish(run, record, RunStatus.INTERRUPTED if isinstance(exc, Interrupted) else RunStatus.FAILED, exc.message)
         raise
     except Exception as exc:  # a bug of ours: the run must still not look succeeded or attested
-        _finish(run, record, "failed", redact(f"internal error: {type(exc).__name__}: {exc}"))
+        _finish(run, record, RunStatus.FAILED, redact(f"internal error: {type(exc).__name__}: {exc}"))
         raise
     finally:
         watchdog.close()
@@ -104,7 +104,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks,
     _check_inputs_unchanged(ctx, fetched)
     outputs = collect_outputs(plan.outputs, run.outputs, ctx.progress)
     attestation = run.path / (hooks.attestation or run.attestation.name)
-    record.status, record.outputs, record.metrics = "succeeded", outputs.digests(), outputs.metrics
+    record.status, record.outputs, record.metrics = RunStatus.SUCCEEDED, outputs.digests(), outputs.metrics
     record.metric_steps = outputs.steps
     record.attestation, record.signed = attestation.name, ctx.signer is not None
     record.save(run.record)
@@ -118,7 +118,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks,
         ctx.progress.warn("no signing key (--key or XRUN_SIGNING_KEY): the attestation is UNSIGNED "
                           "(SLSA Build L1); create a key with `xrun keygen`")
     return RunSummary(
-        run_id=run.run_id, run_dir=run.path, status="succeeded", image_id=image.id, plan_digest=plan.digest,
+        run_id=run.run_id, run_dir=run.path, status=RunStatus.SUCCEEDED, image_id=image.id, plan_digest=plan.digest,
         outputs=outputs.digests(), metrics=outputs.metrics, attestation=attestation,
         bundle=run.bundle if run.bundle.exists() else None, signed=ctx.signer is not None,
         keyid=getattr(written, "keyid", None),
@@ -142,7 +142,7 @@ def _record_result(record: RunRecord, execution: Execution) -> None:
     record.container_status = result.status
 
 
-def _finish(run: RunDir, record: RunRecord, status: str, reason: str) -> None:
+def _finish(run: RunDir, record: RunRecord, status: RunStatus, reason: str) -> None:
     record.status, record.error = status, reason
     record.finished_on = record.finished_on or rfc3339(utc_now())
     record.attestation = None

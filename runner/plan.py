@@ -145,13 +145,20 @@ class PlanRecord:
                    git_commit=commit if isinstance(commit, str) else None, data_digests=digests, outputs=outputs)
 
     @classmethod
+    def read(cls, path: Path) -> "PlanRecord":
+        """The plan.json at path; OSError or ValueError (saying what is wrong) when it is not a JSON object."""
+        data = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(data, dict):
+            raise ValueError("not a JSON object")
+        return cls.from_json(data)
+
+    @classmethod
     def load(cls, path: Path) -> "PlanRecord | None":
         """The plan.json at path, or None when it is missing or not a JSON object."""
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            return cls.read(path)
         except (OSError, ValueError):
             return None
-        return cls.from_json(data) if isinstance(data, dict) else None
 
     def to_json(self) -> dict[str, Any]:
         """The object as written."""

@@ -22,6 +22,7 @@ from runner.lockfiles.interface import is_local
 from runner.outputs import Outputs
 from runner.plan import ImageRef, Plan, canonical_json
 from runner.redact import redact
+from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
     from runner.context import RunContext
@@ -40,7 +41,8 @@ class EngineInfo:
     os: str
 
     def to_json(self) -> dict[str, str]:
-        return {"version": self.version, "runtime": self.runtime, "runtimeVersion": self.runtime_version, "os": self.os}
+        """camelCase (run.json and the attestation's byproducts)."""
+        return fields_to_wire(self)
 
 
 def engine_info(client: Any) -> EngineInfo:

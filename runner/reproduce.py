@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from runner.attest.recorded import RecordedRun, read_statement
+from runner.attest.recorded import NOT_VERIFIED, RecordedRun, read_statement, verified_statement
 from runner.errors import IntegrityError, UsageError
 from runner.manifest import MAX_MANIFEST_BYTES
 from runner.rundir import reproduce_runs_dir
@@ -77,6 +77,8 @@ class Report:
     run_dir: str
     outputs: tuple[OutputRow, ...]
     changes: tuple[InputChange, ...] = field(default_factory=tuple)
+    verified: bool = True  # False only with --no-verify: the attestation was re-run on trust
+    notes: tuple[str, ...] = ()
 
     @property
     def reproduced(self) -> bool:
@@ -92,6 +94,7 @@ class Report:
                                       "relDiff": m.rel_diff, "ok": m.ok} for m in r.metrics]}
                         for r in self.outputs],
             "changedInputs": [{"name": c.name, "recorded": c.recorded, "now": c.now} for c in self.changes],
+            "verified": self.verified, "notes": list(self.notes),
         }
 
 
@@ -329,21 +332,12 @@ def _short_dep(dep: dict[str, Any] | None) -> Any:
 
 
 def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rtol: float | None,
-              atol: float | None, options: Any, code: Path | None = None) -> Report:
-    """Verify (when keys are given), re-run the recorded experiment, and compare with the record."""
+              atol: float | None, options: Any, code: Path | None = None, verify: bool = True) -> Report:
+    """Verify (verify=False: explicitly not), re-run the recorded experiment, and compare with the record."""
     from runner.attest.statement import ResourceDescriptor
     from runner.pipeline import run_experiment
 
-    if keys:
-        from runner.attest import verify_attestation
-
-        verdict = verify_attestation(attestation, keys, [], None)
-        if not verdict.ok or verdict.statement is None:
-            failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
-            raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was re-run", lines=failed)
-        statement = verdict.statement
-    else:
-        statement = read_statement(attestation)
+    statement = verified_statement(attestation, keys, verify=verify, action="re-run")
     # The re-run goes outside the code folder (xrun run's default, <manifest folder>/.xrun/runs, is inside it).
     options = dataclasses.replace(options, runs_dir=options.runs_dir or reproduce_runs_dir())
     path = manifest_for(statement, attestation, manifest, code)
@@ -355,8 +349,10 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
             if temporary:
                 path.unlink(missing_ok=True)
             raise
+    # The new attestation records whether the one it reproduces was verified (--no-verify: it was not).
     link = ResourceDescriptor(name="attestation/reproduced", uri=f"file:{attestation.name}",
-                              digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()})
+                              digest={"sha256": hashlib.sha256(attestation.read_bytes()).hexdigest()},
+                              annotations={"verified": verify})
     try:
         # A seed sweep member was run with a seed from the command line: re-run with that seed.
         seed = RecordedRun.from_statement(statement).seed
@@ -373,7 +369,8 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
         tolerances=tolerances, rtol=rtol, atol=atol,
     )
     return Report(attestation=str(attestation), run_id=summary.run_id, run_dir=str(summary.run_dir),
-                  outputs=rows, changes=changed_inputs(recorded, fresh))
+                  outputs=rows, changes=changed_inputs(recorded, fresh), verified=verify,
+                  notes=() if verify else (NOT_VERIFIED,))
 
 
 def _recorded_metrics(recorded: RecordedRun, attestation: Path) -> dict[str, dict[str, float]]:

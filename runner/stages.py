@@ -18,6 +18,7 @@ from runner.context import RunContext
 from runner.fetch.interface import FetchedData
 from runner.outputs import Outputs
 from runner.rundir import RunDir
+from runner.runs.record import RunStatus
 from runner.wire import fields_to_wire
 
 
@@ -27,7 +28,7 @@ class RunSummary:
 
     run_id: str
     run_dir: Path
-    status: str
+    status: RunStatus
     image_id: str
     plan_digest: str
     outputs: dict[str, str]

@@ -30,7 +30,7 @@ from runner.backends.node import JOB_FILE, ImageSource, NodeJob
 from runner.context import RunContext, RunOptions, with_seed
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.rundir import RunDir, new_run_id, rfc3339, utc_now, write_atomic, write_json
-from runner.runs.record import FINAL_SCHEDULER_STATES, RunRecord, SchedulerInfo
+from runner.runs.record import RunRecord, RunStatus, SchedulerInfo, SchedulerState
 from runner.wire import fields_to_wire
 
 BACKENDS = ("local", "slurm", "kubernetes")
@@ -266,8 +266,8 @@ def _prepare_runs(ctx: RunContext, seeds: Sequence[int | None], image: ImageSour
                     signing_key=str(key.absolute()) if key else None).save(run.path / JOB_FILE)
             member = dataclasses.replace(scheduler, seed=seed, array_index=index if sweep else None,
                                          sweep=base if sweep else None)
-            RunRecord(run_id=run_id, name=plan.manifest.name, status="submitted", manifest=str(plan.manifest.file),
-                      manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
+            RunRecord(run_id=run_id, name=plan.manifest.name, status=RunStatus.SUBMITTED,
+                      manifest=str(plan.manifest.file), manifest_sha256=plan.manifest.sha256, plan_digest=plan.digest, started_on=rfc3339(utc_now()),
                       hardware_class=plan.hardware.name, image_id=image.id, scheduler=member).save(run.record)
     except BaseException:
         _remove(runs)
@@ -296,7 +296,7 @@ def _submit_slurm(manifest: Path, options: SubmitOptions) -> SubmitResult:
     image = distribute_image(ctx, built, options, cache_dir)
     seeds: list[int | None] = list(options.seeds) or [None]
     sweep = bool(options.seeds)
-    scheduler = SchedulerInfo(backend="slurm", state="pending", cluster=cluster or None)
+    scheduler = SchedulerInfo(backend="slurm", state=SchedulerState.PENDING, cluster=cluster or None)
     runs = _prepare_runs(ctx, seeds, image, cache_dir, scheduler, options.run.allow_hardware_mismatch, sweep=sweep)
     try:
         first = runs[0]
@@ -351,7 +351,8 @@ def _submit_local(manifest: Path, options: SubmitOptions) -> SubmitResult:
     sweep = new_run_id() if options.seeds else None
 
     def one(index: int, seed: int | None) -> SubmittedRun:
-        scheduler = SchedulerInfo(backend="local", state="running", sweep=sweep, array_index=index, seed=seed)
+        scheduler = SchedulerInfo(backend="local", state=SchedulerState.RUNNING, sweep=sweep, array_index=index,
+                                  seed=seed)
         run_options = dataclasses.replace(options.run, seed=seed, scheduler=scheduler if sweep else None)
         try:
             summary = run_experiment(manifest, run_options)
@@ -395,7 +396,7 @@ def refresh(run_dir: Path) -> RunRecord | None:
     state = states.get(sched.job_ref or "")
     if state is None:
         return record
-    if state.state not in FINAL_SCHEDULER_STATES:
+    if not state.state.final:
         # The node owns run.json while its job runs: the state is only reported, never written, here.
         sched.state, sched.node, sched.reason = state.state, state.node or sched.node, state.reason
         return record
@@ -413,14 +414,14 @@ def _settle(record: RunRecord, slurm_state: str) -> None:
     """A finished job whose run did not succeed: say why in the record (the node may never have started)."""
     sched = record.scheduler
     assert sched is not None
-    if record.status == "succeeded" and sched.state == "completed":
+    if record.status == RunStatus.SUCCEEDED and sched.state == SchedulerState.COMPLETED:
         return
-    reasons = {"cancelled": "the job was cancelled (scancel)",
-               "timed-out": "the job reached its Slurm time limit (--time) and was stopped",
-               "failed": f"the job failed ({slurm_state})"}
-    if sched.state in ("cancelled", "timed-out") or record.status in ("submitted", "running"):
-        record.status = "interrupted" if sched.state == "cancelled" else "failed"
-        node_error = f": {record.error}" if record.error and sched.state == "failed" else ""
+    reasons = {SchedulerState.CANCELLED: "the job was cancelled (scancel)",
+               SchedulerState.TIMED_OUT: "the job reached its Slurm time limit (--time) and was stopped",
+               SchedulerState.FAILED: f"the job failed ({slurm_state})"}
+    if sched.state in (SchedulerState.CANCELLED, SchedulerState.TIMED_OUT) or record.status.unfinished:
+        record.status = RunStatus.INTERRUPTED if sched.state == SchedulerState.CANCELLED else RunStatus.FAILED
+        node_error = f": {record.error}" if record.error and sched.state == SchedulerState.FAILED else ""
         record.error = reasons.get(sched.state, f"the job ended {slurm_state}") + node_error
         record.finished_on = record.finished_on or rfc3339(utc_now())
         record.attestation = None
@@ -443,13 +444,13 @@ def collect(run_dir: Path, *, key: Path | None, key_password: bytes | None = Non
     run = RunDir(run_dir.name, run_dir)
     sched = record.scheduler
     job = sched.job_ref if sched else None
-    if sched is not None and not sched.final and record.status in ("submitted", "running"):
+    if sched is not None and not sched.final and record.status.unfinished:
         raise UsageError(f"run {run.run_id} is still {sched.state}; `xrun wait {run.run_id}` waits for it")
     if run.attestation.exists():
         return SubmittedRun(run.run_id, run.path, sched.seed if sched else None, job, _state(record),
                             attestation=run.attestation)
     node_statement = run.path / NODE_STATEMENT
-    if record.status != "succeeded" or not node_statement.exists():
+    if record.status != RunStatus.SUCCEEDED or not node_statement.exists():
         return SubmittedRun(run.run_id, run.path, sched.seed if sched else None, job, _state(record),
                             error=record.error or "the node wrote no statement")
     key_path = signing_key_path(key)
@@ -583,10 +584,11 @@ def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
     for path, record in members:
         sched = record.scheduler
         assert sched is not None
-        if record.status in ("submitted", "running") and not sched.final:
+        if record.status.unfinished and not sched.final:
             unfinished += 1
             continue
-        if record.status != "succeeded" or sched.state in ("failed", "cancelled", "timed-out"):
+        if record.status != RunStatus.SUCCEEDED or sched.state in (SchedulerState.FAILED, SchedulerState.CANCELLED,
+                                                                    SchedulerState.TIMED_OUT):
             failed.append(FailedMember(record.run_id, sched.seed, _state(record), record.error))
             continue
         succeeded += 1
@@ -621,7 +623,7 @@ def stream_log(run_dir: Path, out: Any, *, follow: bool, poll_s: float = 1.0) ->
             return
         record = refresh(run_dir)
         sched = record.scheduler if record else None
-        if record is None or sched is None or sched.final or record.status not in ("submitted", "running"):
+        if record is None or sched is None or sched.final or not record.status.unfinished:
             if sched is None or sched.final or record is None:
                 if path is not None:
                     with open(path, "rb") as f:

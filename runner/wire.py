@@ -15,6 +15,27 @@ from pathlib import PurePath
 from typing import Any
 
 
+class WireEnum(str, Enum):
+    """A str-valued enum written as its value, so run.json and every `--json` object read as before.
+
+    `str()` and f-strings give the value on every Python (3.11 changed what a str mixin formats as).
+    A value xrun does not know, written by a newer xrun, reads back as a member of its own and is
+    written back unchanged, as `RunRecord.extra` keeps unknown keys.
+    """
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    @classmethod
+    def _missing_(cls, value: object) -> Any:
+        if not isinstance(value, str):
+            return None
+        member = str.__new__(cls, value)
+        member._name_ = value
+        member._value_ = value
+        return member
+
+
 def camel(name: str) -> str:
     """snake_case → camelCase ('run_dir' → 'runDir', 'sha256' stays)."""
     head, *rest = name.split("_")

@@ -3,8 +3,9 @@
 `scripts/setup` installs `slurm-wlm` and `munge` with apt. The cluster gets its own config, state
 and spool folders in a temporary folder and its own ports; clients find it through SLURM_CONF. The
 node declares more CPUs and memory than this machine has (SlurmdParameters=config_overrides) so the
-built-in hardware classes can be scheduled, and one fake GPU (`gpu:fake:1`, File=/dev/null) so a
-GPU class becomes a real `--gres` request. Stopped by PID at the end.
+built-in hardware classes can be scheduled, and two fake GPUs (`gpu:fake:2`, character devices as
+/dev/null is, named nvidia0 and nvidia1 so Slurm numbers them 0 and 1) so a GPU class becomes a real `--gres`
+request and Slurm's SLURM_JOB_GPUS names the device it allocated. Stopped by PID at the end.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import stat
 import subprocess
 import time
 from dataclasses import dataclass
@@ -20,6 +22,7 @@ from pathlib import Path
 from servers import PATIENCE_S
 
 MUNGE_SOCKET_DIR = Path("/run/munge")
+FAKE_GPUS = 2
 
 
 @dataclass(frozen=True)
@@ -107,10 +110,16 @@ MinJobAge=3600
 KillWait=10
 InactiveLimit=0
 SchedulerParameters=sched_interval=2
-NodeName={node} CPUs=8 RealMemory=65536 Gres=gpu:fake:1 State=UNKNOWN
+NodeName={node} CPUs=8 RealMemory=65536 Gres=gpu:fake:{FAKE_GPUS} State=UNKNOWN
 PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
 """)
-    (root / "gres.conf").write_text("AutoDetect=off\nName=gpu Type=fake File=/dev/null\n")
+    devices = root / "dev"
+    devices.mkdir(exist_ok=True)
+    for index in range(FAKE_GPUS):
+        fake = devices / f"nvidia{index}"
+        if not fake.exists():  # a character device as /dev/null is (1, 3): Slurm reads a GPU's device numbers
+            os.mknod(fake, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    (root / "gres.conf").write_text(f"AutoDetect=off\nName=gpu Type=fake File={devices}/nvidia[0-{FAKE_GPUS - 1}]\n")
     env = {**os.environ, "SLURM_CONF": str(conf)}
     pids: list[int] = []
     munged = _munged()

@@ -68,6 +68,29 @@ def test_host_detection_fits_the_catalog_gpu_class() -> None:
     assert other and any("GPU" in s or "gpu" in s for s in shortfalls(other[0], host))
 
 
+def test_a_slurm_allocation_selects_the_real_gpu_by_index_or_uuid() -> None:
+    """SLURM_JOB_GPUS/CUDA_VISIBLE_DEVICES name the real device, by index or nvidia-smi's UUID; a missing one is refused."""
+    from runner.errors import EnvironmentProblem
+    from runner.hardware import allocated, allocated_gpus, catalog, check_host, detect_host
+
+    host = detect_host()
+    gpu = host.gpus[0]
+    cls = next(c for c in catalog().values() if c.gpus == 1 and c.gpu_model and c.gpu_model.upper() in gpu.name.upper())
+    for environ in ({"SLURM_JOB_GPUS": "0"}, {"CUDA_VISIBLE_DEVICES": gpu.uuid},
+                    {"SLURM_STEP_GPUS": "0", "CUDA_VISIBLE_DEVICES": "GPU-not-this-one"}):
+        allocation = allocated_gpus(environ)
+        assert allocation is not None and allocated(host.gpus, allocation) == (gpu,), environ
+        check_host(cls, host, allocation)
+    absent = allocated_gpus({"CUDA_VISIBLE_DEVICES": "GPU-00000000-0000-0000-0000-000000000000"})
+    assert allocated(host.gpus, absent) == ()
+    try:
+        check_host(cls, host, absent)
+    except EnvironmentProblem as exc:
+        assert "GPU" in exc.message
+    else:
+        raise AssertionError("a job allocated no real GPU was accepted for a GPU class")
+
+
 TRAIN = r"""
 import sitecustomize  # the hook as the image installs it; it must run before torch is imported
 import hashlib, torch
@@ -119,7 +142,9 @@ if __name__ == "__main__":
         sys.exit("no NVIDIA GPU here")
     test_host_detection_fits_the_catalog_gpu_class()
     print("PASS test_host_detection_fits_the_catalog_gpu_class")
+    test_a_slurm_allocation_selects_the_real_gpu_by_index_or_uuid()
+    print("PASS test_a_slurm_allocation_selects_the_real_gpu_by_index_or_uuid")
     with tempfile.TemporaryDirectory() as tmp:
         test_seeded_training_on_the_gpu_is_bit_identical(Path(tmp))
     print("PASS test_seeded_training_on_the_gpu_is_bit_identical")
-    print("2 passed, 0 failed")
+    print("3 passed, 0 failed")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 
 import kubernetes_validate
 import pytest
@@ -83,3 +84,52 @@ def test_render_from_the_command_line(tmp_path, base_image, registry, monkeypatc
     out = subprocess.run([sys.executable, "-m", "runner.cli", "submit", str(manifest), "--backend", "kubernetes",
                           "--registry", f"{registry.host}/xrun-k8s", "--quiet"], capture_output=True, text=True)
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1, out.stderr
+
+
+def test_training_waits_for_staged_data_and_each_member_keeps_its_outputs(tmp_path):
+    objects = {(o["kind"], o["metadata"]["name"].rsplit("-", 1)[-1]): o for o in _objects(tmp_path, (1, 2, 3, 4))}
+    train = objects[("Job", "train")]
+    pod = train["spec"]["template"]["spec"]
+    (wait,) = pod["initContainers"]  # init containers finish before the training container starts
+    assert wait["name"] == "wait-for-data" and wait["image"] == pod["containers"][0]["image"]
+    items = json.loads(wait["command"][-1])
+    stage = objects[("Job", "stage")]["spec"]["template"]["spec"]["containers"][0]
+    staged = json.loads(stage["command"][-1])
+    # Every pinned file is waited for: what the staging Job fetches and what it leaves to be copied by hand.
+    not_staged = objects[("Job", "stage")]["metadata"]["annotations"]["xrun.dev/not-staged"]
+    assert staged == []  # the probe's data item is a local file
+    assert [i["name"] for i in items] == ["input"] and "input" in not_staged
+    assert items[0]["algorithm"] == "sha256" and len(items[0]["digest"]) == 64
+    assert {"name": "data", "mountPath": "/data", "readOnly": True} in wait["volumeMounts"]
+    assert wait["securityContext"] == pod["containers"][0]["securityContext"]
+    # An Indexed Job of four members: each writes only its own folder of the outputs volume.
+    assert train["spec"]["completions"] == 4 and train["spec"]["completionMode"] == "Indexed"
+    outputs = next(m for m in pod["containers"][0]["volumeMounts"] if m["mountPath"] == "/outputs")
+    assert outputs["subPathExpr"] == "$(JOB_COMPLETION_INDEX)"
+
+
+@pytest.mark.docker
+def test_the_wait_for_data_script_waits_until_the_digest_matches(tmp_path, base_image, docker_client):
+    import hashlib
+
+    from runner.backends.kubernetes import WAIT_SCRIPT
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "iris.csv").write_bytes(b"half")
+    item = {"name": "iris", "path": "iris.csv", "algorithm": "sha256",
+            "digest": hashlib.sha256(b"the staged bytes").hexdigest()}
+    container = docker_client.containers.run(base_image, ["python3", "-c", WAIT_SCRIPT, json.dumps([item])],
+                                             volumes={str(data): {"bind": "/data", "mode": "ro"}}, detach=True,
+                                             network_mode="none")
+    try:
+        for _ in range(600):  # a generous bound on a busy machine: until it says what it waits for
+            if b"waiting for staged data: iris" in container.logs():
+                break
+            time.sleep(0.2)
+        container.reload()
+        assert container.status == "running", container.logs()
+        (data / "iris.csv").write_bytes(b"the staged bytes")
+        assert container.wait(timeout=120)["StatusCode"] == 0
+    finally:
+        container.remove(force=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from runner.attest import generate_keypair
-from runner.attest.recorded import RecordedRun, read_statement
+from runner.attest.recorded import NOT_VERIFIED, RecordedRun, read_statement
 from runner.build.bootstrap import DebPackage
 from runner.build.rebuild import file_changes, package_changes
 from runner.cli import main
@@ -117,7 +117,7 @@ def test_another_wheel_behind_the_lock_is_exit_3_naming_the_wheel(recorded, tmp_
 
 
 def _unsigned_copy(attestation: Path, folder: Path, change) -> Path:
-    """The statement changed by `change` in an unsigned envelope (read without --key)."""
+    """The statement changed by `change` in an unsigned envelope (read with --no-verify)."""
     statement = read_statement(attestation)
     change({d["name"]: d for d in statement["predicate"]["buildDefinition"]["resolvedDependencies"]})
     folder.mkdir(parents=True, exist_ok=True)
@@ -135,7 +135,7 @@ def test_unreachable_base_is_exit_4(recorded, tmp_path, capsys):
     def change(deps):
         deps["base-image"]["annotations"]["reference"] = f"127.0.0.1:9/xrun-nowhere@{digest}"
     copy = _unsigned_copy(attestation, tmp_path / "att", change)
-    assert main(["rebuild", str(copy), "--code", str(exp)]) == 4
+    assert main(["rebuild", str(copy), "--code", str(exp), "--no-verify"]) == 4
     err = capsys.readouterr().err
     assert "127.0.0.1:9/xrun-nowhere" in err and "Traceback" not in err
 
@@ -147,9 +147,23 @@ def test_unreachable_wheel_is_exit_4(recorded, tmp_path, capsys, monkeypatch):
     def change(deps):
         deps["wheel/six"]["downloadLocation"] = "http://127.0.0.1:9/six-1.16.0-py2.py3-none-any.whl"
     copy = _unsigned_copy(attestation, tmp_path / "att", change)
-    assert main(["rebuild", str(copy), "--code", str(exp), "--quiet"]) == 4
+    assert main(["rebuild", str(copy), "--code", str(exp), "--quiet", "--no-verify"]) == 4
     err = capsys.readouterr().err
     assert "six-1.16.0-py2.py3-none-any.whl" in err and "Traceback" not in err
+
+
+def test_no_verify_rebuilds_and_says_and_records_not_verified(recorded, tmp_path, capsys, monkeypatch):
+    attestation, _, exp, root, _ = recorded
+    _ensure_image(root, exp / "experiment.yaml", monkeypatch)
+    copy = _unsigned_copy(attestation, tmp_path / "att", lambda deps: None)
+    capsys.readouterr()
+    assert main(["rebuild", str(copy), "--code", str(exp), "--no-verify", "--json"]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["identical"] is True and report["verified"] is False
+    assert report["notes"] == [NOT_VERIFIED] and "attestation NOT verified" in out.err
+    assert main(["rebuild", str(copy), "--code", str(exp), "--no-verify", "--quiet"]) == 0
+    assert capsys.readouterr().out.rstrip().endswith(f"  {NOT_VERIFIED}")
 
 
 def test_an_attestation_that_does_not_verify_is_exit_3(recorded, tmp_path, capsys):

@@ -110,6 +110,18 @@ def test_report_of_a_sweep_renders_in_chromium_with_runs_values_provenance_and_v
     assert runs_table(dom).count(">FAILED<") == 3 and 'data-ready="1"' in dom
 
 
+def test_report_trusts_keys_given_with_trust_or_the_old_key_spelling(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    fake_run(runs, 1)
+    _, pub = generate_keypair("ed25519", tmp_path / "keys")
+    for flag in ("--trust", "--key"):
+        page = tmp_path / f"{flag[2:]}.html"
+        assert main(["report", "--sweep", "fake", "--runs-dir", str(runs), flag, str(pub), "--out", str(page)]) == 0
+        assert "the run has no attestation" in page.read_text()  # verified (and failed): the key was taken
+        err = capsys.readouterr().err
+        assert ("taken as --trust" in err) == (flag == "--key")
+
+
 def html_text(value: str) -> str:
     """How a browser serializes a text node."""
     return value.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -194,3 +206,38 @@ def test_provenance_graph_counts_the_wheels_it_does_not_draw_and_sends_data_to_t
     assert "&lt;b&gt;iris&lt;/b&gt;" in svg and "<b>" not in svg
     # base, code, the wheels and "+N more" → image; data → run (mounted, not built in); image → run; run → output
     assert svg.count('stroke-width="1.2"') == 2 + MAX_WHEELS_SHOWN + 1 + 1 + 1 + 1
+
+
+def test_report_of_a_200_member_slurm_sweep_stays_small_ordered_and_readable(tmp_path):
+    # Size and structure only; the time to open it is measured by bench/bench_report.py.
+    import statistics
+
+    from sweepruns import BUILDER, NAME, SWEEP, write_sweep
+
+    write_sweep(tmp_path / "runs", 200)
+    page = tmp_path / "r.html"
+    assert main(["report", "--sweep", NAME, "--runs-dir", str(tmp_path / "runs"), "--out", str(page)]) == 0
+    assert page.stat().st_size < 6_000_000
+    dom = browse(page)
+    assert 'data-ready="1"' in re.search(r"<body([^>]*)>", dom).group(1)
+    assert "data-errors" not in re.search(r"<html[^>]*>", dom).group(0)
+    table = runs_table(dom)
+    ids = re.findall(rf"<code>{SWEEP}-(\d+)</code>", table)
+    assert ids == [str(i) for i in range(1, 201)]  # 1, 2, …, 10, 11: not 1, 10, 100, 101
+    assert table.count(f"<code>{BUILDER}</code>") == 200 and "slurm 4242_0 on hpc-test (completed)" in table
+    assert "<td>gpu01</td>" in table
+    # The base's 100 Debian packages are one node in the graph, listed (folded) under it.
+    start = dom.index('<svg id="provenance"')
+    svg = dom[start:dom.index("</svg>", start)]
+    assert "100 Debian packages" in svg and "<title>deb: lib" not in svg
+    assert len(re.findall(r"<tr><td><code>lib\d+</code>", dom[dom.index('<details id="debs">'):])) == 100
+    # 200 runs of one image are one node: the graph stays a few boxes high.
+    assert "200 runs · seeds 1-200" in svg and svg.count("<title>run: ") == 1
+    assert float(re.search(r'<svg id="provenance"[^>]*height="(\d+)"', dom).group(1)) < 800
+    stats = dom[dom.index('<table id="statistics">'):]
+    stats = stats[:stats.index("</table>")]
+    accs = [0.9 + (seed % 7) / 1000 for seed in range(1, 201)]
+    acc_row = re.search(r"<tr><th>acc</th>(.*?)</tr>", stats).group(1)
+    cells = [float(v) for v in re.findall(r"<span class=\"?num\"?>([^<]+)</span>", acc_row)]
+    assert cells == pytest.approx([200, statistics.fmean(accs), statistics.stdev(accs), min(accs), max(accs)],
+                                  rel=1e-5)

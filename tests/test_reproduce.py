@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from runner.attest import generate_keypair
-from runner.attest.recorded import read_statement
+from runner.attest.recorded import NOT_VERIFIED, read_statement
+from runner.cli import main
 from runner.pipeline import RunOptions, run_experiment
 from runner.reproduce import reproduce
 from experiments import probe_experiment
@@ -45,6 +46,20 @@ def test_identical_rerun_reproduces_and_links_the_record(recorded, tmp_path):
     deps = {d["name"]: d for d in fresh["predicate"]["buildDefinition"]["resolvedDependencies"]}
     assert deps["attestation/reproduced"]["digest"]["sha256"] == hashlib.sha256(
         summary.attestation.read_bytes()).hexdigest()
+
+
+def test_no_verify_reruns_and_says_and_records_not_verified(recorded, tmp_path, capsys):
+    summary, key, _, _ = recorded
+    capsys.readouterr()
+    assert main(["reproduce", str(summary.attestation), "--no-verify", "--key", str(key), "--quiet", "--json",
+                 "--runs-dir", str(tmp_path / "again")]) == 0
+    out = capsys.readouterr()
+    report = json.loads(out.out)
+    assert report["reproduced"] is True and report["verified"] is False and report["notes"] == [NOT_VERIFIED]
+    assert "attestation NOT verified" in out.err
+    fresh = read_statement(Path(report["runDir"]) / "provenance.intoto.jsonl")
+    deps = {d["name"]: d for d in fresh["predicate"]["buildDefinition"]["resolvedDependencies"]}
+    assert deps["attestation/reproduced"]["annotations"] == {"verified": False}
 
 
 def test_changed_data_is_named(recorded, tmp_path):
@@ -117,16 +132,17 @@ def test_the_ci_workflow_commands(recorded, tmp_path):
     """The commands of examples/ci/github-actions.yml: signing key from the environment, --rtol, --json."""
     summary, key, pub, manifest = recorded
     workflow = (REPO / "examples" / "ci" / "github-actions.yml").read_text()
-    for flag in ("--manifest", "--key", "--signing-key", "--rtol 1e-6", "--json"):
+    for flag in ("--manifest", "--trust", "--key", "--rtol 1e-6", "--json"):
         assert flag in workflow
     env = dict(os.environ, PYTHONPATH=str(REPO), XRUN_SIGNING_KEY=str(key))
     proc = subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(summary.attestation),
-                           "--manifest", str(manifest), "--key", str(pub), "--signing-key", env["XRUN_SIGNING_KEY"],
+                           "--manifest", str(manifest), "--trust", str(pub), "--key", env["XRUN_SIGNING_KEY"],
                            "--rtol", "1e-6", "--json", "--runs-dir", str(tmp_path / "ci-runs")],
                           capture_output=True, text=True, env=env, cwd=manifest.parent)
     assert proc.returncode == 0, proc.stderr
+    assert "warning" not in proc.stderr  # the workflow uses today's spelling
     report = json.loads(proc.stdout)
-    assert report["reproduced"] is True
+    assert report["reproduced"] is True and report["verified"] is True
     fresh = Path(report["runDir"]) / "provenance.intoto.jsonl"
     verify = subprocess.run([sys.executable, "-m", "runner.cli", "verify", str(fresh), "--key", str(pub)],
                             capture_output=True, text=True, env=env)
@@ -140,7 +156,7 @@ def _tree(folder: Path) -> dict[str, bytes]:
 
 def _cli_reproduce(attestation: Path, pub: Path, runs: Path, cwd: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    return subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(attestation), "--key", str(pub),
+    return subprocess.run([sys.executable, "-m", "runner.cli", "reproduce", str(attestation), "--trust", str(pub),
                            "--quiet", "--json", "--runs-dir", str(runs), *extra],
                           capture_output=True, text=True, env=env, cwd=cwd)
 

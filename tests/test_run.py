@@ -230,3 +230,50 @@ def test_output_that_is_a_fifo_is_an_error_and_removed(tmp_path, base_image, cac
         run_experiment(manifest, _options(tmp_path))
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not os.path.lexists(run_dir / "outputs" / "p")
+
+
+def test_the_engine_is_asked_for_the_allocated_gpu_devices(tmp_path, base_image, docker_client):
+    # No GPU here: the container is created (not started) and the engine's own record of the request read back.
+    from runner import hardware
+    from runner.engine.execute import container_spec, create_arguments
+
+    gpu = hardware.Gpu("NVIDIA A100-SXM4-80GB", "GPU-5bbb", "550.54", 81920)
+    host = hardware.Host(cpu_model="x", cpu_count=2, memory_bytes=8 * 2**30, gpus=(gpu, gpu, gpu))
+    allocation = hardware.allocated_gpus({"SLURM_JOB_GPUS": "2", "CUDA_VISIBLE_DEVICES": "0"})
+    spec = container_spec(image_id=base_image, command=("true",), env={}, workdir="/", hardware=hardware.lookup(
+        "gpu-1x-any"), host=host, data_mounts=[], outputs_dir=tmp_path, timeout_s=None,
+        labels={"org.xrun.test": "gpu"}, gpu_allocation=allocation)
+    container = docker_client.containers.create(**create_arguments(spec))
+    try:
+        (request,) = docker_client.api.inspect_container(container.id)["HostConfig"]["DeviceRequests"]
+    finally:
+        container.remove(force=True)
+    assert request["DeviceIDs"] == ["2"] and not request.get("Count") and request["Capabilities"] == [["gpu"]]
+
+
+def test_a_container_killed_from_outside_says_so(tmp_path, base_image, cache_env, docker_client):
+    import threading
+
+    from runner.engine.labels import RUNNER_LABEL, runner_identity
+
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "300"])
+    killed: list[str] = []
+
+    def kill_when_running() -> None:
+        for _ in range(1200):  # a generous bound: the run starts its container once the image is ready
+            for container in managed_containers(docker_client):
+                if container.status == "running" and container.labels.get(RUNNER_LABEL) == runner_identity():
+                    container.kill()
+                    killed.append(container.id)
+                    return
+            time.sleep(0.25)
+
+    killer = threading.Thread(target=kill_when_running, daemon=True)
+    killer.start()
+    with pytest.raises(TrainingFailed) as info:
+        run_experiment(manifest, _options(tmp_path))
+    killer.join(timeout=5)
+    assert killed, "the container never ran"
+    message = info.value.message
+    assert message.startswith("the training container was killed (SIGKILL, exit code 137)"), message
+    assert message.endswith("it wrote nothing to its log") and not info.value.lines

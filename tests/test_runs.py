@@ -54,3 +54,37 @@ def test_cli(runs: Path):
     assert "seeds.global" in xrun("diff", "20261123T10", "20261123T11").stdout
     show = xrun("show", "nope")
     assert show.returncode == 2 and "no run 'nope'" in show.stderr
+
+
+@pytest.mark.parametrize("status, state, container", [
+    ("succeeded", "completed", "succeeded"), ("interrupted", "cancelled", "interrupted"),
+    ("failed", "timed-out", "timed-out"), ("paused", "preempted", "checkpointed"),  # a newer xrun's words
+])
+def test_run_json_states_are_typed_and_written_back_as_they_were(tmp_path: Path, status, state, container):
+    from runner.rundir import write_json
+    from runner.runs.record import ContainerStatus, RunRecord, RunStatus, SchedulerState
+
+    data = {"runId": "r", "name": "n", "status": status, "manifest": "m.yaml", "manifestSha256": "0" * 64,
+            "planDigest": "1" * 64, "startedOn": "2026-11-23T10:00:00Z", "containerStatus": container,
+            "scheduler": {"backend": "slurm", "state": state, "jobId": "7"}}
+    write_json(tmp_path / "a.json", data)
+    record = RunRecord.load(tmp_path / "a.json")
+    assert record is not None and record.scheduler is not None
+    assert isinstance(record.status, RunStatus) and isinstance(record.scheduler.state, SchedulerState)
+    assert isinstance(record.container_status, ContainerStatus)
+    assert (record.status, f"{record.status}", str(record.scheduler.state)) == (status, status, state)
+    record.save(tmp_path / "b.json")
+    saved = json.loads((tmp_path / "b.json").read_text())
+    assert (saved["status"], saved["scheduler"]["state"], saved["containerStatus"]) == (status, state, container)
+    again = RunRecord.load(tmp_path / "b.json")
+    assert again is not None
+    again.save(tmp_path / "c.json")
+    assert (tmp_path / "c.json").read_bytes() == (tmp_path / "b.json").read_bytes()
+
+
+def test_the_states_xrun_knows():
+    from runner.runs.record import RunStatus, SchedulerState
+
+    assert RunStatus("succeeded") is RunStatus.SUCCEEDED and RunStatus.SUBMITTED.unfinished
+    assert not RunStatus.FAILED.unfinished and SchedulerState.TIMED_OUT.final and not SchedulerState.PENDING.final
+    assert json.dumps({"s": SchedulerState.TIMED_OUT}) == '{"s": "timed-out"}'

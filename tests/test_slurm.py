@@ -25,6 +25,7 @@ from runner.pipeline import run_experiment
 from runner.runs.record import RunRecord
 from runner.submit import SubmitOptions, cancel_run, refresh, submit, summarize_sweep, wait_run
 from experiments import probe_experiment
+from statementcheck import assert_strictly_valid
 from servers import PATIENCE_S, wait_for
 
 pytestmark = pytest.mark.docker
@@ -103,7 +104,7 @@ def test_submit_is_bit_identical_to_local_and_verifies(tmp_path, base_image, slu
 
 def test_signing_key_inside_the_code_folder_stays_out_on_the_node(tmp_path, base_image, slurm_cluster, shared):
     """The node re-plans the code tree: it must leave out the submitter's key as the submitter did (issue 20)."""
-    manifest = write_experiment(tmp_path / "exp", base_image)
+    manifest = probe_experiment(tmp_path / "exp", base_image)
     key, pub = generate_keypair("ecdsa-p256", tmp_path / "exp" / "keys", None)
     result = submit(manifest, _options(tmp_path, shared, key, wait=True))
     (member,) = result.runs
@@ -251,6 +252,27 @@ def test_gpu_class_with_allow_hardware_mismatch_is_recorded(tmp_path, base_image
     internal = statement["predicate"]["buildDefinition"]["internalParameters"]
     assert any("GPU" in m for m in internal["hardwareMismatch"]) and internal["isolation"]["gpus"] == 0
     assert RunRecord.load(member.run_dir / "run.json").hardware_mismatch
+
+
+def test_two_gpu_jobs_on_one_node_record_the_devices_slurm_allocated(tmp_path, base_image, slurm_cluster, shared,
+                                                                      keys):
+    # Held, then released together: Slurm runs both 1-GPU members side by side on the fake GPUs 0 and 1. No GPU
+    # here, so the accepted mismatch runs them without one; the allocation is what the attestation records.
+    manifest = probe_experiment(tmp_path / "exp", base_image, cls="gpu-1x-any")
+    result = submit(manifest, _options(tmp_path, shared, seeds=(1, 2), sbatch_args=("--hold",),
+                                       allow_hardware_mismatch=True))
+    subprocess.run(["scontrol", "release", result.job_id], check=True)
+    allocations = []
+    for member in result.runs:
+        done = wait_run(member.run_dir, key=keys[0])
+        assert done.state == "completed" and done.attestation, done
+        statement = _statement(done.attestation)
+        assert_strictly_valid(statement)  # the official bindings parse the recorded devices too
+        internal = statement["predicate"]["buildDefinition"]["internalParameters"]
+        allocations.append(internal["isolation"]["gpuAllocation"])
+        assert internal["isolation"]["gpuDevices"] == [] and internal["isolation"]["gpus"] == 0
+    assert sorted(a["devices"] for a in allocations) == [["0"], ["1"]], allocations
+    assert {a["source"] for a in allocations} == {"SLURM_JOB_GPUS"}
 
 
 def test_a_different_image_under_the_same_tag_is_refused(tmp_path, base_image, base_image_id, slurm_cluster, shared,

@@ -95,5 +95,5 @@ def test_a_registry_that_is_down_is_exit_4_in_one_line(world, tmp_path, capsys):
 def test_register_without_a_vsa_key_is_a_usage_error(world, mlflow_server, capsys):
     argv = [a for a in _gate(world, mlflow_server, "nokey") if a not in ("--vsa-key", str(world["vsa_key"]))]
     assert main(argv) == 2
-    assert "--vsa-key" in capsys.readouterr().err
+    assert "--key KEY" in capsys.readouterr().err
     assert not _model_exists(mlflow_server, "nokey")

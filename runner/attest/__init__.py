@@ -17,7 +17,7 @@ _WHERE = {
     "BUNDLE_MEDIA_TYPE": "bundle",
     "PAYLOAD_TYPE": "dsse", "Envelope": "dsse", "pae": "dsse",
     "KEY_KINDS": "keys", "Signer": "keys", "Verifier": "keys", "generate_keypair": "keys", "key_password": "keys",
-    "keyid": "keys", "load_signer": "keys", "load_verifier": "keys",
+    "is_public_key_file": "keys", "keyid": "keys", "load_signer": "keys", "load_verifier": "keys",
     "Check": "models", "Verdict": "models",
     "Policy": "policy", "load_policy": "policy",
     "WrittenAttestation": "sign", "sign_statement": "sign", "write_attestation": "sign",
@@ -42,8 +42,8 @@ def __getattr__(name: str) -> Any:
 if TYPE_CHECKING:
     from runner.attest.bundle import BUNDLE_MEDIA_TYPE
     from runner.attest.dsse import PAYLOAD_TYPE, Envelope, pae
-    from runner.attest.keys import (KEY_KINDS, Signer, Verifier, generate_keypair, key_password, keyid, load_signer,
-                                    load_verifier)
+    from runner.attest.keys import (KEY_KINDS, Signer, Verifier, generate_keypair, is_public_key_file, key_password,
+                                    keyid, load_signer, load_verifier)
     from runner.attest.models import Check, Verdict
     from runner.attest.policy import Policy, load_policy
     from runner.attest.sign import WrittenAttestation, sign_statement, write_attestation

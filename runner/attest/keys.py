@@ -195,6 +195,12 @@ def load_signer(path: Path | str, password: bytes | None = None) -> Signer:
     return Signer(kind, keyid(key.public_key()), key, str(path))  # type: ignore[arg-type]
 
 
+def is_public_key_file(path: Path | str) -> bool:
+    """Whether the file holds a PEM public key (not a private one); unreadable → UsageError."""
+    data = _read_key_file(Path(path))
+    return b"PUBLIC KEY-----" in data and b"PRIVATE KEY-----" not in data
+
+
 def load_verifier(path: Path | str) -> Verifier:
     """Load a PEM public key (SubjectPublicKeyInfo); anything else → UsageError."""
     path = Path(path)

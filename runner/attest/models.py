@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from runner.errors import EXIT_INTEGRITY, EXIT_OK
+from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
     from runner.attest.timestamp import Timestamp
@@ -25,7 +26,7 @@ class Check:
 
     def to_json(self) -> dict[str, Any]:
         """For `xrun verify --json`."""
-        return {"name": self.name, "ok": self.ok, "detail": self.detail}
+        return fields_to_wire(self)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.attest.statement import parse_statement
-from runner.errors import IntegrityError
+from runner.errors import IntegrityError, UsageError
 
 
 def read_statement(path: Path) -> dict[str, Any]:
@@ -31,6 +31,31 @@ def read_statement(path: Path) -> dict[str, Any]:
     if "predicate" not in statement:
         raise IntegrityError(f"{path}: the envelope's payload is not an in-toto statement")
     return statement
+
+
+NOT_VERIFIED = "attestation NOT verified (--no-verify): what it records was taken on trust"
+
+
+def verified_statement(attestation: Path, keys: list[Path], *, verify: bool, action: str) -> dict[str, Any]:
+    """The statement, verified against the trusted keys; unverified only when the caller said so (verify=False).
+
+    Nothing unverified is used silently: without keys and without verify=False this is a usage error,
+    and a statement that does not verify is an IntegrityError (exit 3) before anything is `action`.
+    """
+    if not verify:
+        if keys:
+            raise UsageError("--trust and --no-verify exclude each other: give the trusted key, or say not to verify")
+        return read_statement(attestation)
+    if not keys:
+        raise UsageError(f"{attestation}: give the trusted public key with --trust PUB to verify the attestation, "
+                         f"or --no-verify to use it unverified; nothing was {action}")
+    from runner.attest.verify import verify_attestation  # as in read_statement: only the verbs that verify load it
+
+    verdict = verify_attestation(attestation, keys, [], None)
+    if not verdict.ok or verdict.statement is None:
+        failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
+        raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was {action}", lines=failed)
+    return verdict.statement
 
 
 @dataclass(frozen=True)
@@ -86,6 +111,7 @@ class RecordedRun:
     xrun_version: str | None = None
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
     seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
+    builder_id: str | None = None  # runDetails.builder.id: who ran it (a host, a Slurm cluster)
     manifest_path: str | None = None  # externalParameters.manifestPath: the manifest's path in its git repository
 
     @classmethod
@@ -118,6 +144,7 @@ class RecordedRun:
             xrun_version=_str(_dict(_dict(details.get("builder")).get("version")).get("xrun")),
             listings=_listings(byproducts),
             seed=external.get("seed") if isinstance(external.get("seed"), int) else None,
+            builder_id=_str(_dict(details.get("builder")).get("id")),
             manifest_path=_str(external.get("manifestPath")),
         )
 

@@ -5,7 +5,7 @@ VSA v1 (https://slsa.dev/spec/v1.0/verification_summary): the verifier, when, th
 input attestation by digest, PASSED or FAILED, the SLSA levels verified, and as subjects the
 artifacts the verified provenance names (the model files). It holds only the fields the in-toto
 attestation protobuf bindings define, so strict parsers accept it. A consumer checks its signature
-with `xrun verify FILE --key PUB` instead of re-running the whole verification.
+with `xrun verify FILE --trust PUB` instead of re-running the whole verification.
 """
 
 from __future__ import annotations

@@ -5,7 +5,8 @@ and an outputs volume; a staging Job that fetches every data item and checks its
 data volume; a NetworkPolicy denying the training pod all egress and ingress; the training Job
 (image by digest, read-only root, non-root, no privilege escalation, all capabilities dropped,
 seccomp RuntimeDefault, the class's CPU/memory/`nvidia.com/gpu`, a nodeSelector on the GPU product
-label, activeDeadlineSeconds from run.timeout, backoffLimit 0, and an Indexed Job for a seed sweep).
+label, activeDeadlineSeconds from run.timeout, backoffLimit 0, and an Indexed Job for a seed sweep), whose
+init container holds the training back until every pinned file is in the data volume with its digest.
 Submitting to an API server and signing from Kubernetes are not implemented (README says so).
 """
 
@@ -54,6 +55,33 @@ for item in json.loads(sys.argv[1]):
     os.replace(tmp, dest)
 '''
 
+# Runs first in the training pod (an init container, no network): waits until every pinned file is in the data
+# volume with its digest, so the training never starts before the staging Job (or a copy by hand) is done. The
+# Job's activeDeadlineSeconds bounds the wait.
+WAIT_SCRIPT = r'''
+import hashlib, json, os, sys, time
+items, last = json.loads(sys.argv[1]), None
+while True:
+    waiting = []
+    for item in items:
+        dest = os.path.join("/data", item["path"])
+        h = hashlib.new(item["algorithm"])
+        try:
+            with open(dest, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 20), b""):
+                    h.update(chunk)
+        except OSError:
+            waiting.append(item["name"]); continue
+        if h.hexdigest() != item["digest"]:
+            waiting.append(item["name"])
+    if not waiting:
+        sys.exit(0)
+    if waiting != last:
+        print("waiting for staged data:", ", ".join(waiting), flush=True)
+    last = waiting
+    time.sleep(10)
+'''
+
 
 class KubernetesBackend(Backend):
     """Kubernetes runs go through `xrun submit --backend kubernetes --render DIR`."""
@@ -100,6 +128,9 @@ def render_objects(plan: Any, image_ref: str, seeds: tuple[int, ...], run_id: st
     items = [{"name": d.item.name, "uri": d.item.uri, "path": d.item.path, "sha256": d.item.digests.get("sha256")}
              for d in plan.data]
     missing = [i["name"] for i in items if not i["sha256"] or not i["uri"].startswith(("http://", "https://"))]
+    pinned = [{"name": d.item.name, "path": d.item.path, "algorithm": algo, "digest": d.item.digests[algo]}
+              for d in plan.data for algo in [next((a for a in ("sha256", "sha512", "md5") if a in d.item.digests), None)]
+              if algo and d.item.source is None]  # a dataset's digest is of a tree, not a file
     data_gib = max(1, math.ceil(sum(d.item.size or 0 for d in plan.data if getattr(d.item, "size", None)) / 2**30) + 1)
     values = {
         "data_claim": f"{name}-data", "outputs_claim": f"{name}-outputs", "stage_name": f"{name}-stage",
@@ -107,6 +138,7 @@ def render_objects(plan: Any, image_ref: str, seeds: tuple[int, ...], run_id: st
         "train_labels": {**labels, "xrun.dev/role": "train"}, "image": image_ref,
         "pod_security": pod_security, "container_security": container_security,
         "stage_script": STAGE_SCRIPT, "stage_items": json.dumps([i for i in items if i["name"] not in missing]),
+        "wait_script": WAIT_SCRIPT, "wait_items": json.dumps(pinned),
         "data_storage": f"{data_gib}Gi", "outputs_storage": "10Gi",
         "deadline": (plan.timeout_s or 24 * 3600) + DEADLINE_MARGIN_S,
         "completion_mode": "Indexed" if seeds else "NonIndexed", "completions": max(1, len(seeds)),

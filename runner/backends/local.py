@@ -27,7 +27,7 @@ class LocalBackend(Backend):
         spec = container_spec(
             image_id=image.id, command=plan.command, env=plan.env, workdir=plan.manifest.run.workdir,
             hardware=plan.hardware, host=ctx.host, data_mounts=[(f.host_path, f.container_path) for f in fetched],
-            outputs_dir=run.outputs, timeout_s=plan.timeout_s, labels=labels,
+            outputs_dir=run.outputs, timeout_s=plan.timeout_s, labels=labels, gpu_allocation=ctx.gpu_allocation,
         )
         result = run_container(ctx.client, spec, run.log, stream=not ctx.options.quiet, prefix=plan.manifest.name)
         return Execution(spec=spec, result=result)

@@ -19,7 +19,7 @@ from typing import Any
 
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.rundir import RunDir, rfc3339, utc_now, write_json
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus, SchedulerState
 from runner.wire import fields_to_wire, snake
 
 JOB_FILE = "job.json"
@@ -83,10 +83,10 @@ def node_run(run_dir: Path) -> Any:
         raise UsageError(f"{run.record}: no run record; `xrun node-run` runs a directory prepared by `xrun submit`")
     job = NodeJob.load(run_dir / JOB_FILE)
     slurm = job_from_env()
-    record.status, record.runner, record.error = "running", runner_identity(), None
+    record.status, record.runner, record.error = RunStatus.RUNNING, runner_identity(), None
     record.started_on = rfc3339(utc_now())
     if record.scheduler is not None:
-        record.scheduler.state = "running"
+        record.scheduler.state = SchedulerState.RUNNING
         record.scheduler.node = slurm.node if slurm else os.uname().nodename
     record.save(run.record)
     try:
@@ -102,7 +102,7 @@ def node_run(run_dir: Path) -> Any:
         _failed(run, record, exc)
         raise
     except KeyboardInterrupt:
-        _failed(run, record, XrunError("interrupted before the run started"), status="interrupted")
+        _failed(run, record, XrunError("interrupted before the run started"), status=RunStatus.INTERRUPTED)
         raise
     record.host, record.hardware_mismatch = ctx.host.to_json(), list(ctx.hardware_mismatch)
     record.save(run.record)
@@ -111,7 +111,7 @@ def node_run(run_dir: Path) -> Any:
     return run_in(ctx, run, record, hooks)
 
 
-def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: str = "failed") -> None:
+def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: RunStatus = RunStatus.FAILED) -> None:
     record.status, record.error = status, exc.message
     record.finished_on = rfc3339(utc_now())
     record.save(run.record)

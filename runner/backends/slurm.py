@@ -23,6 +23,7 @@ from runner.backends.interface import Backend, Execution
 from runner.errors import EnvironmentProblem, UsageError
 from runner.hardware import HardwareClass
 from runner.resources import resource_dir
+from runner.runs.record import SchedulerState
 
 if TYPE_CHECKING:
     from runner.attest.statement import ProvenanceFacts
@@ -39,13 +40,16 @@ DEFAULT_TIME_MIN = 24 * 60  # a run without run.timeout
 TOOL_TIMEOUT_S = 60
 
 # Slurm's job states (squeue %T / sacct State) → xrun's scheduler states (runner/runs/record.py).
-STATE_MAP = {
-    "PENDING": "pending", "CONFIGURING": "pending", "REQUEUED": "pending", "REQUEUE_HOLD": "pending",
-    "REQUEUE_FED": "pending", "RESV_DEL_HOLD": "pending", "SUSPENDED": "running", "STOPPED": "running",
-    "RUNNING": "running", "COMPLETING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
-    "RESIZING": "running", "COMPLETED": "completed", "CANCELLED": "cancelled", "TIMEOUT": "timed-out",
-    "DEADLINE": "timed-out", "FAILED": "failed", "NODE_FAIL": "failed", "BOOT_FAIL": "failed",
-    "OUT_OF_MEMORY": "failed", "PREEMPTED": "failed", "SPECIAL_EXIT": "failed", "REVOKED": "cancelled",
+STATE_MAP: dict[str, SchedulerState] = {
+    "PENDING": SchedulerState.PENDING, "CONFIGURING": SchedulerState.PENDING, "REQUEUED": SchedulerState.PENDING,
+    "REQUEUE_HOLD": SchedulerState.PENDING, "REQUEUE_FED": SchedulerState.PENDING,
+    "RESV_DEL_HOLD": SchedulerState.PENDING, "SUSPENDED": SchedulerState.RUNNING, "STOPPED": SchedulerState.RUNNING,
+    "RUNNING": SchedulerState.RUNNING, "COMPLETING": SchedulerState.RUNNING, "SIGNALING": SchedulerState.RUNNING,
+    "STAGE_OUT": SchedulerState.RUNNING, "RESIZING": SchedulerState.RUNNING, "COMPLETED": SchedulerState.COMPLETED,
+    "CANCELLED": SchedulerState.CANCELLED, "TIMEOUT": SchedulerState.TIMED_OUT,
+    "DEADLINE": SchedulerState.TIMED_OUT, "FAILED": SchedulerState.FAILED, "NODE_FAIL": SchedulerState.FAILED,
+    "BOOT_FAIL": SchedulerState.FAILED, "OUT_OF_MEMORY": SchedulerState.FAILED, "PREEMPTED": SchedulerState.FAILED,
+    "SPECIAL_EXIT": SchedulerState.FAILED, "REVOKED": SchedulerState.CANCELLED,
 }
 
 
@@ -66,10 +70,13 @@ class JobState:
     """What the scheduler says of one job (or array member)."""
 
     ref: str  # JOB or JOB_INDEX
-    state: str  # xrun's scheduler state
+    state: SchedulerState
     slurm_state: str  # Slurm's own word
     node: str | None
     reason: str | None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "state", SchedulerState(str(self.state)))
 
 
 @dataclass(frozen=True)
@@ -204,12 +211,21 @@ def time_limit(timeout_s: int | None) -> str:
     return str(math.ceil((timeout_s + TIME_MARGIN_S) / 60))
 
 
-def gres(hardware: HardwareClass) -> str | None:
-    """--gres=gpu[:TYPE]:N from the class; the type is the class's GPU model, lowercased (site names may differ)."""
+GPU_GRES_VARIABLE = "XRUN_SLURM_GPU_GRES"
+
+
+def gres(hardware: HardwareClass, environ: Mapping[str, str] = os.environ) -> str | None:
+    """--gres=NAME[:TYPE]:N: the class's GPU count; NAME[:TYPE] is XRUN_SLURM_GPU_GRES (the cluster's gres.conf
+    name, e.g. `gpu:a100_80g` or `gpu`), else gpu:<the class's GPU model, lowercased>, or gpu for any model."""
     if not hardware.gpus:
         return None
-    kind = f":{hardware.gpu_model.lower()}" if hardware.gpu_model else ""
-    return f"gpu{kind}:{hardware.gpus}"
+    name = environ.get(GPU_GRES_VARIABLE, "").strip()
+    if name and not re.fullmatch(r"[A-Za-z0-9_.-]+(:[A-Za-z0-9_.-]+)?", name):
+        raise UsageError(f"{GPU_GRES_VARIABLE}={name!r}: give the cluster's GPU GRES as NAME or NAME:TYPE "
+                         "(gres.conf's Name and Type, e.g. gpu:a100_80g)")
+    if not name:
+        name = "gpu" + (f":{hardware.gpu_model.lower()}" if hardware.gpu_model else "")
+    return f"{name}:{hardware.gpus}"
 
 
 def render_script(spec: ScriptSpec) -> str:
@@ -276,8 +292,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
             parts = line.split("|")
             if len(parts) == 4:
                 ref, slurm_state, node, reason = parts
-                found[ref] = JobState(ref, STATE_MAP.get(slurm_state, "running"), slurm_state, node or None,
-                                      None if reason in ("None", "") else reason)
+                found[ref] = JobState(ref, STATE_MAP.get(slurm_state, SchedulerState.RUNNING), slurm_state,
+                                      node or None, None if reason in ("None", "") else reason)
     missing = [j for j in set(job_ids) if not any(r == j or r.startswith(f"{j}_") for r in found)]
     if missing:
         # Jobs the controller has forgotten (MinJobAge): the accounting database, when the site has one.
@@ -287,7 +303,8 @@ def job_states(job_ids: Sequence[str]) -> dict[str, JobState]:
                 parts = line.split("|")
                 if len(parts) == 3:
                     word = parts[1].split()[0] if parts[1] else ""
-                    found[parts[0]] = JobState(parts[0], STATE_MAP.get(word, "running"), word, parts[2] or None, None)
+                    found[parts[0]] = JobState(parts[0], STATE_MAP.get(word, SchedulerState.RUNNING), word,
+                                               parts[2] or None, None)
     return found
 
 

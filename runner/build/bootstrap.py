@@ -35,6 +35,7 @@ from runner.errors import BuildError, EnvironmentProblem, IntegrityError, Manife
 from runner.manifest import BootstrapSpec
 from runner.progress import ProgressSink, StderrProgress
 from runner.rundir import write_json
+from runner.wire import fields_to_wire
 
 RECIPE_VERSION = 1  # bump when the mmdebstrap options or the archive layout change
 HOST_SOURCES = (Path("/etc/apt/sources.list.d/debian.sources"), Path("/etc/apt/sources.list"))
@@ -72,8 +73,7 @@ class DebPackage:
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""
-        out = {"name": self.name, "version": self.version, "arch": self.arch}
-        return {**out, "sha256": self.sha256} if self.sha256 else out
+        return fields_to_wire(self, omit_none=True)
 
 
 @dataclass(frozen=True)

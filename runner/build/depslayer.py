@@ -1,12 +1,15 @@
-"""The dependency layer, reused by content: built once per (base, wheel set, Python target), then held by the engine.
+"""The dependency layers, reused by content: built once per (base, wheel set, Python target), then held by the engine.
 
-The layer under /opt/xrun (the seed hook and the venv of the locked wheels) depends on the base, the
-wheels and the interpreter only, never on the code. After a build, a record in the cache
-(`layers/<ab>/<key>.json`) keeps its diff ID and the images loaded with it. When only the code
-changed, the engine still holds that layer by chain ID (base layers + this diff ID) through one of
-those images, so the build writes and loads the code layer alone: `docker load` looks a layer up by
-chain ID before it reads the file, and the archive leaves it out. The config, hence the image ID, is
-the same as a build from scratch: it names the same diff IDs.
+Under /opt/xrun go one layer with the seed hook and the venv itself, then one layer per wheel, the
+largest wheel first (so a bumped small package rewrites only the small layers above it; past the
+engine's 127-layer limit the smallest wheels share the last layer). They depend on the base, the
+wheels and the interpreter only, never on the code. Each layer has a chain key (its content and every
+layer under it, as the engine's chain ID has); after a build, a record per key in the cache
+(`layers/<ab>/<key>.json`) keeps its diff ID and the images loaded with it. When the engine still
+holds a prefix of them by chain ID through one of those images, the build writes and loads only the
+layers above it (a code edit: the code layer alone): `docker load` looks a layer up by chain ID before
+it reads the file, and the archive leaves it out. The config, hence the image ID, is the same as a
+build from scratch: it names the same diff IDs.
 """
 
 from __future__ import annotations
@@ -24,9 +27,11 @@ from runner.build.wheels import PythonTarget, ResolvedWheel
 from runner.errors import EnvironmentProblem
 from runner.progress import human_bytes
 from runner.rundir import write_json
+from runner.wire import fields_to_wire
 
-# Part of the key: a change to how the layer is laid out must not reuse a layer laid out the old way.
-LAYOUT = 2
+# Part of the key: a change to how the layers are laid out must not reuse a layer laid out the old way.
+LAYOUT = 4
+MAX_LAYERS = 127  # the engine's limit on an image's layers
 HOLDERS_KEPT = 8
 # Free space a build leaves on the disk it writes to (XRUN_BUILD_DISK_RESERVE, bytes).
 DEFAULT_RESERVE = 1 << 30
@@ -43,19 +48,45 @@ class DepsRecord:
 
     def to_json(self) -> dict[str, Any]:
         """The record's wire form."""
-        return {"key": self.key, "diffId": self.diff_id, "size": self.size, "images": list(self.images)}
+        return fields_to_wire(self)
 
 
-def deps_key(base_image_id: str, python: PythonTarget | None, wheels: list[ResolvedWheel], site: bytes) -> str:
-    """The layer's inputs as one digest: the base, the interpreter's layout, the wheel set, the seed hook."""
+@dataclass(frozen=True)
+class DepsGroup:
+    """One dependency layer: the seed hook and the venv (no wheels), or one wheel (the last may hold several)."""
+
+    key: str  # chain key: this layer's inputs and those of every layer under it
+    wheels: tuple[tuple[ResolvedWheel, Path], ...]
+
+    @property
+    def note(self) -> str:
+        """What the layer holds, for the image's history."""
+        if not self.wheels:
+            return "the seed hook and the venv"
+        names = ", ".join(f"{w.name} {w.version}" for w, _ in self.wheels)
+        return f"{names} (sha256 {self.wheels[0][0].sha256[:12]}…)" if len(self.wheels) == 1 else names
+
+
+def plan_groups(base_image_id: str, base_layers: int, python: PythonTarget | None,
+                wheels: list[tuple[ResolvedWheel, Path]], site: bytes) -> list[DepsGroup]:
+    """The dependency layers of these inputs, bottom first, each with its chain key."""
     import installer
 
     target = None if python is None else {"executable": python.executable, "version": python.version,
                                            "paths": dict(python.paths)}
     inputs = {"layout": LAYOUT, "installer": installer.__version__, "base": base_image_id, "python": target,
-              "wheels": sorted([w.name, w.version, w.sha256] for w in wheels),
-              "site": hashlib.sha256(site).hexdigest()}
-    return hashlib.sha256(canonical(inputs)).hexdigest()
+              "venv": bool(wheels), "site": hashlib.sha256(site).hexdigest()}
+    key = hashlib.sha256(canonical(inputs)).hexdigest()
+    groups = [DepsGroup(key, ())]
+    # The wheel's size is a property of its bytes (its sha256): the order is a function of the inputs.
+    ordered = sorted(wheels, key=lambda item: (-item[1].stat().st_size, item[0].name, item[0].version,
+                                               item[0].sha256))
+    room = max(1, MAX_LAYERS - base_layers - 2)  # the skeleton and the code layer
+    chunks = [[item] for item in ordered[:room - 1]] + ([ordered[room - 1:]] if ordered[room - 1:] else [])
+    for chunk in chunks:
+        key = hashlib.sha256(canonical([key, sorted([w.name, w.version, w.sha256] for w, _ in chunk)])).hexdigest()
+        groups.append(DepsGroup(key, tuple(chunk)))
+    return groups
 
 
 def record_path(cache: Any, key: str) -> Path:
@@ -81,22 +112,41 @@ def save_record(cache: Any, key: str, layer: Layer, image_id: str) -> None:
     write_json(path, DepsRecord(key, layer.diff_id, layer.size, images[:HOLDERS_KEPT]).to_json())
 
 
-def held_layer(client: Any, cache: Any, key: str, base_diff_ids: tuple[str, ...]) -> Layer | None:
-    """The recorded layer when the engine holds it on this base (an image it was loaded with is still there)."""
+def list_records(cache: Any) -> list[DepsRecord]:
+    """Every dependency layer built with this cache, largest first (`xrun cache ls`)."""
+    root = cache.root / "layers"
+    records = (load_record(cache, path.stem) for path in sorted(root.glob("*/*.json"))) if root.is_dir() else ()
+    return sorted((r for r in records if r is not None), key=lambda r: (-r.size, r.key))
+
+
+def held_prefix(client: Any, cache: Any, groups: list[DepsGroup], base_diff_ids: tuple[str, ...]) -> list[Layer]:
+    """The longest run of these layers, from the bottom, that the engine holds on this base (through an image
+    recorded with them); their diff IDs, with no file."""
     import docker.errors
 
-    record = load_record(cache, key)
-    if record is None:
-        return None
-    chain = list(base_diff_ids) + [record.diff_id]
-    for image_id in record.images:
-        try:
-            layers = client.images.get(image_id).attrs.get("RootFS", {}).get("Layers") or []
-        except docker.errors.NotFound:
-            continue
-        if layers[:len(chain)] == chain:
-            return Layer(None, record.diff_id, record.size)
-    return None
+    records: list[DepsRecord] = []
+    for group in groups:
+        record = load_record(cache, group.key)
+        if record is None:
+            break
+        records.append(record)
+    while records:
+        chain = list(base_diff_ids) + [r.diff_id for r in records]
+        for image_id in records[-1].images:
+            try:
+                layers = client.images.get(image_id).attrs.get("RootFS", {}).get("Layers") or []
+            except docker.errors.NotFound:
+                continue
+            if layers[:len(chain)] == chain:
+                return [Layer(None, r.diff_id, r.size) for r in records]
+        records.pop()
+    return []
+
+
+def save_records(cache: Any, groups: list[DepsGroup], layers: tuple[Layer, ...], image_id: str) -> None:
+    """Remember every dependency layer of a loaded image (layers: the image's own, bottom first)."""
+    for group, layer in zip(groups, layers, strict=False):
+        save_record(cache, group.key, layer, image_id)
 
 
 def reserve_bytes() -> int:
@@ -125,6 +175,6 @@ def check_disk(work: Path, engine_root: str | None, layer_bytes: int) -> None:
         free = shutil.disk_usage(folder).free
         if free < need + reserve:
             raise EnvironmentProblem(
-                f"{folder}: {human_bytes(free)} free, the dependency layer needs about {human_bytes(need)} there "
+                f"{folder}: {human_bytes(free)} free, the dependency layers need about {human_bytes(need)} there "
                 f"(+ {human_bytes(reserve)} kept free, XRUN_BUILD_DISK_RESERVE); free some space (xrun cache gc, "
                 "docker image prune) or point XRUN_CACHE_DIR at a larger disk")

@@ -20,17 +20,17 @@ from __future__ import annotations
 import json
 import re
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from runner import __version__
 from runner.build.bootstrap import DebPackage, bootstrap_tag, ensure_bootstrap_image, installed_debs
 from runner.build.layers import ImageConfig, Layer, LayerBuilder, LayerWriter, history_entry, image_exists, \
     load_image, load_stream, remove_untagged, write_layer
-from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, choose_wheels, fetch_wheels, inspect_python, \
-    installed_size, target_from_facts, write_venv
+from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, check_overlaps, choose_wheels, fetch_wheels, \
+    inspect_python, installed_size, target_from_facts, write_venv_skeleton, write_wheels
 from runner.fetch.interface import FetchOptions
 from runner.errors import EnvironmentProblem, FetchError, IntegrityError, Interrupted, ManifestError
 from runner.interrupts import interrupts_raise
@@ -39,6 +39,9 @@ from runner.plan import CodeTree, ImageRef, Plan
 from runner.progress import ProgressSink, StderrProgress, human_bytes, measured
 from runner.rundir import write_json
 from runner.resources import resource_dir
+
+if TYPE_CHECKING:
+    from runner.build.depslayer import DepsGroup
 
 __all__ = ["Assembly", "BuiltImage", "DebPackage", "PythonTarget", "ResolvedBase", "ResolvedWheel", "assemble",
            "assemble_image", "bootstrap_base", "build_image", "image_labels", "image_tag", "load_assembly",
@@ -270,19 +273,32 @@ def image_environment(env: list[str], *, with_venv: bool) -> list[str]:
     return set_env(env, "PYTHONPATH", SITE + (f":{current['PYTHONPATH']}" if current.get("PYTHONPATH") else ""))
 
 
-def write_deps_layer(python: PythonTarget | None, wheels: list[tuple[ResolvedWheel, Path]], path: Path,
-                     progress: ProgressSink | None = None) -> Layer:
-    """/opt/xrun/site (sitecustomize: seeds at interpreter start) and, when the lock has packages, the venv,
-    installed from the wheels straight into the tar at path (no folder on the host)."""
-    total = installed_size(wheels) if wheels else None
-    with open(path, "wb") as f, measured(progress or StderrProgress(True), "writing the dependency layer",
-                                         "wrote the dependency layer", total) as meter:
-        layer = LayerWriter(f, meter.advance)
-        layer.add_bytes(SITE.lstrip("/") + "/sitecustomize.py", sitecustomize())
-        if wheels:
-            assert python is not None
-            write_venv(python, wheels, layer)
-        return layer.close(path)
+def write_deps_layers(python: PythonTarget | None, groups: Sequence[DepsGroup], held: Sequence[Layer], work: Path,
+                      progress: ProgressSink | None = None) -> list[Layer]:
+    """The dependency layers above the held ones, each written to work/deps-N.tar with the wheels installed
+    straight into it (no folder on the host): layer 0 is /opt/xrun/site (sitecustomize: seeds at
+    interpreter start) and the venv itself, each later one a wheel (or a few)."""
+    out = list(held)
+    todo = list(groups[len(held):])
+    if not todo:
+        return out
+    total = sum(installed_size(g.wheels) for g in todo) or None
+    what = f"{len(todo)} of {len(groups)} dependency layer{'s' if len(groups) > 1 else ''}"
+    with measured(progress or StderrProgress(True), f"writing {what}", f"wrote {what}", total) as meter:
+        for index, group in enumerate(todo, start=len(held)):
+            path = work / f"deps-{index}.tar"
+            with open(path, "wb") as f:
+                layer = LayerWriter(f, meter.advance)
+                if index == 0:
+                    layer.add_bytes(SITE.lstrip("/") + "/sitecustomize.py", sitecustomize())
+                    if len(groups) > 1:
+                        assert python is not None
+                        write_venv_skeleton(python, layer)
+                if group.wheels:
+                    assert python is not None
+                    write_wheels(python, group.wheels, layer)
+                out.append(layer.close(path))
+    return out
 
 
 def sitecustomize() -> bytes:
@@ -301,8 +317,9 @@ def code_layer(code: CodeTree, root: Path | None = None) -> LayerBuilder:
 
 
 def final_config(base: BaseConfig, base_image_id: str, layers: list[Layer], labels: dict[str, str], *,
-                 with_venv: bool, code_digest: str) -> ImageConfig:
-    """The built image's config: the base's, our layers, environment, workdir and labels; a fixed time."""
+                 with_venv: bool, code_digest: str, wheel_notes: Sequence[str] = ()) -> ImageConfig:
+    """The built image's config: the base's, our layers (the seed hook and venv, one per wheel note, the code),
+    environment, workdir and labels; a fixed time."""
     container = dict(base.container)
     container["Env"] = image_environment(list(container.get("Env") or []), with_venv=with_venv)
     container["WorkingDir"] = WORKDIR
@@ -310,8 +327,9 @@ def final_config(base: BaseConfig, base_image_id: str, layers: list[Layer], labe
     # The base by its image ID, never by the reference it was pulled under: another registry's name for
     # the same base must give the same image.
     history = [history_entry(f"xrun: layer {i + 1} of the base {base_image_id}") for i in range(len(base.diff_ids))]
-    history += [history_entry(f"xrun {__version__}: {SITE}" + (f" and {VENV}" if with_venv else "")),
-                history_entry(f"xrun {__version__}: {WORKDIR} (code tree {code_digest})"),
+    history += [history_entry(f"xrun {__version__}: {SITE}" + (f" and {VENV}" if with_venv else ""))]
+    history += [history_entry(f"xrun {__version__}: {note} into {VENV}") for note in wheel_notes]
+    history += [history_entry(f"xrun {__version__}: {WORKDIR} (code tree {code_digest})"),
                 history_entry("xrun: ENV PATH PYTHONPATH, WORKDIR /workspace, LABEL org.xrun.*", empty=True)]
     return ImageConfig(architecture=base.architecture, os=base.os, variant=base.variant,
                        diff_ids=base.diff_ids + tuple(layer.diff_id for layer in layers), history=tuple(history),
@@ -324,7 +342,7 @@ class Assembly:
 
     config: ImageConfig
     base_diff_ids: tuple[str, ...]
-    layers: tuple[Layer, ...]  # deps (path None: the engine holds it), code
+    layers: tuple[Layer, ...]  # the dependency layers (path None: the engine holds it), the code last
 
     @property
     def image_id(self) -> str:
@@ -334,25 +352,28 @@ class Assembly:
 
 def assemble(code: CodeTree, base: BaseConfig, base_image_id: str, python: PythonTarget | None,
              wheels: list[tuple[ResolvedWheel, Path]], labels: dict[str, str], work: Path,
-             code_root: Path | None = None, *, deps: Layer | None = None,
+             code_root: Path | None = None, *, held: Sequence[Layer] = (),
              progress: ProgressSink | None = None) -> Assembly:
-    """Write the deps layer (unless given: one the engine holds) and the code layer under work, compose the
-    config: no engine needed."""
-    if deps is None:
-        deps = write_deps_layer(python, wheels, work / "deps.tar", progress)
+    """Write the dependency layers above the held ones (the engine holds those) and the code layer under work,
+    compose the config: no engine needed."""
+    from runner.build.depslayer import plan_groups
+
+    groups = plan_groups(base_image_id, len(base.diff_ids), python, wheels, sitecustomize())
+    check_overlaps(wheels)
+    deps = write_deps_layers(python, groups, held, work, progress)
     code_tar = write_layer(code_layer(code, code_root), work / "code.tar")
-    config = final_config(base, base_image_id, [deps, code_tar], labels, with_venv=bool(wheels),
-                          code_digest=code.digest)
-    return Assembly(config, base.diff_ids, (deps, code_tar))
+    config = final_config(base, base_image_id, [*deps, code_tar], labels, with_venv=bool(wheels),
+                          code_digest=code.digest, wheel_notes=[g.note for g in groups[1:]])
+    return Assembly(config, base.diff_ids, (*deps, code_tar))
 
 
 def assemble_image(code: CodeTree, client: Any, base: ResolvedBase, python: PythonTarget | None,
                    wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None, *,
-                   deps: Layer | None = None, progress: ProgressSink | None = None) -> Assembly:
+                   held: Sequence[Layer] = (), progress: ProgressSink | None = None) -> Assembly:
     """The image of a code tree and wheels on a resolved base, written under work (build and rebuild share it)."""
     labels = image_labels(code.digest, base.image_id, [w for w, _ in wheels])
     return assemble(code, base_config(client, base.image_id), base.image_id, python, wheels, labels, work,
-                    code_root, deps=deps, progress=progress)
+                    code_root, held=held, progress=progress)
 
 
 def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None,
@@ -447,7 +468,7 @@ def cached_image(client: Any, plan: Plan, cache: Any) -> BuiltImage | None:
 
 def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, progress: ProgressSink) -> BuiltImage:
     # Only a build needs these: a warm run of an unchanged plan stops at cached_image.
-    from runner.build.depslayer import check_disk, deps_key, held_layer, save_record
+    from runner.build.depslayer import check_disk, held_prefix, plan_groups, save_records
 
     base = resolve_base(plan, client, cache, progress=progress)
     python = inspect_python(client, base.image_id, cache)
@@ -459,12 +480,12 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
         chosen = choose_wheels(plan.lockfile, python, cache)
         wheels = fetch_wheels(chosen, cache, base_dir=plan.lockfile.path.parent, options=fetch)
     labels = image_labels(plan.code.digest, base.image_id, [w for w, _ in wheels])
-    key = deps_key(base.image_id, python, [w for w, _ in wheels], sitecustomize())
+    groups = plan_groups(base.image_id, len(base.layers), python, wheels, sitecustomize())
     cache.remove_stale_work_dirs()  # a build killed with SIGKILL could not remove its own
     work = cache.root / "tmp"
     work.mkdir(parents=True, exist_ok=True)
-    # --verify-data: every input checked again, the dependency layer laid out again too.
-    held = None if fetch.verify else held_layer(client, cache, key, base.layers)
+    # --verify-data: every input checked again, the dependency layers laid out again too.
+    held = [] if fetch.verify else held_prefix(client, cache, groups, base.layers)
     try:
         # SIGTERM too must unwind through the temp folder's and the loaded image's clean-up.
         with interrupts_raise():
@@ -472,17 +493,23 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
             try:
                 progress.info(f"assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
                               "files)")
-                if held is not None:
-                    progress.info(f"the dependency layer ({human_bytes(held.size)}) is in the engine already: "
-                                  "writing and loading the code layer only")
+                assembly = None
+                above = [item for group in groups[len(held):] for item in group.wheels]
+                if above:
+                    check_disk(work, _engine_root(client), installed_size(above))
+                if held:
+                    size = human_bytes(sum(layer.size for layer in held))
+                    progress.info(f"{len(held)} of {len(groups)} dependency layers ({size}) are in the engine "
+                                  "already: " + ("writing and loading the code layer only" if len(held) == len(groups)
+                                                 else "writing and loading the ones above them and the code layer"))
                     try:
-                        assembly = assemble_image(plan.code, client, base, python, wheels, tmp, deps=held,
+                        assembly = assemble_image(plan.code, client, base, python, wheels, tmp, held=held,
                                                   progress=progress)
                         image_id = load_assembly(client, assembly, tmp, tag, progress)
                     except EnvironmentProblem:
-                        held = None  # its images went between the check and the load: write it after all
-                if held is None:
-                    if wheels:
+                        assembly = None  # its images went between the check and the load: write them after all
+                if assembly is None:
+                    if held and wheels:
                         check_disk(work, _engine_root(client), installed_size(wheels))
                     assembly = assemble_image(plan.code, client, base, python, wheels, tmp, progress=progress)
                     image_id = load_assembly(client, assembly, tmp, tag, progress)
@@ -490,7 +517,7 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
                 shutil.rmtree(tmp, ignore_errors=True)
     except KeyboardInterrupt:
         raise Interrupted("interrupted: the image build was stopped; nothing was loaded or left behind") from None
-    save_record(cache, key, assembly.layers[0], image_id)
+    save_records(cache, groups, assembly.layers[:-1], image_id)
     _check_built(client, image_id, base, labels)
     # The same record whether built now or found cached: what the labels keep.
     recorded = target_from_facts(_portable(python.facts)) if python else None

@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from runner.attest.recorded import RecordedBase, RecordedImage, RecordedRun, RecordedWheel
+from runner.attest.recorded import (NOT_VERIFIED, RecordedBase, RecordedImage, RecordedRun, RecordedWheel,
+                                    verified_statement)
 from runner.build.bootstrap import DebPackage
 from runner.build.image import ResolvedBase, assemble_image, bootstrap_base, code_layer, resolve_pinned_base
 from runner.build.layers import image_exists, list_layer, write_layer
@@ -75,6 +76,7 @@ class RebuildReport:
     layers: tuple[LayerComparison, ...] = ()
     seconds: float = 0.0
     notes: tuple[str, ...] = field(default_factory=tuple)
+    verified: bool = True  # False only with --no-verify: the recorded inputs were taken on trust
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` object (camelCase)."""
@@ -85,20 +87,6 @@ class RebuildReport:
 
 
 # --- the inputs ------------------------------------------------------------------------------------
-
-
-def _statement(attestation: Path, keys: list[Path]) -> dict[str, Any]:
-    from runner.attest.recorded import read_statement
-
-    if not keys:
-        return read_statement(attestation)
-    from runner.attest import verify_attestation
-
-    verdict = verify_attestation(attestation, keys, [], None)
-    if not verdict.ok or verdict.statement is None:
-        failed = [f"{c.name}: {c.detail}" for c in verdict.failures]
-        raise IntegrityError(f"{attestation}: the attestation does not verify; nothing was rebuilt", lines=failed)
-    return verdict.statement
 
 
 @dataclass(frozen=True)
@@ -255,12 +243,13 @@ def file_changes(recorded: Path, rebuilt: Path) -> tuple[FileChange, ...]:
 def compare_layers(recorded: tuple[str, ...], rebuilt: tuple[str, ...], ours: dict[str, Path], theirs: dict[str, Path],
                    n_base: int) -> tuple[LayerComparison, ...]:
     """Layer by layer: diff IDs, and for differing small layers both at hand, the files that differ."""
-    roles = ["deps (/opt/xrun)", "code (/workspace)"]
     out = []
-    for i in range(max(len(recorded), len(rebuilt))):
+    count = max(len(recorded), len(rebuilt))
+    for i in range(count):
         a = recorded[i] if i < len(recorded) else None
         b = rebuilt[i] if i < len(rebuilt) else None
-        role = "base" if i < n_base else roles[i - n_base] if i - n_base < len(roles) else "extra"
+        # base layers, the dependency layers (seed hook and venv, then one per wheel), the code last
+        role = "base" if i < n_base else "code (/workspace)" if i == count - 1 else "deps (/opt/xrun)"
         files: tuple[FileChange, ...] = ()
         note = None
         if a != b and b in ours:
@@ -294,10 +283,17 @@ def _layer_lines(layers: tuple[LayerComparison, ...]) -> list[str]:
 
 
 def rebuild(attestation: Path, *, code: Path | None = None, keys: list[Path] | None = None, client: Any = None,
-            cache: Any = None, quiet: bool = False) -> RebuildReport:
-    """Verify (with keys), rebuild the recorded image from its recorded inputs, compare; exceptions for exit 3/4."""
+            cache: Any = None, quiet: bool = False, verify: bool = True) -> RebuildReport:
+    """Verify (verify=False: explicitly not), rebuild the recorded image from its recorded inputs, compare;
+    exceptions for exit 2/3/4."""
+    report = _verify_and_rebuild(attestation, code, list(keys or []), client, cache, quiet, verify)
+    return report if verify else replace(report, verified=False, notes=(NOT_VERIFIED, *report.notes))
+
+
+def _verify_and_rebuild(attestation: Path, code: Path | None, keys: list[Path], client: Any, cache: Any,
+                        quiet: bool, verify: bool) -> RebuildReport:
     started = time.perf_counter()
-    statement = _statement(attestation, list(keys or []))
+    statement = verified_statement(attestation, keys, verify=verify, action="rebuilt")
     recorded = RecordedRun.from_statement(statement)
     if recorded.image is None or recorded.base is None or recorded.code_digest is None:
         raise UsageError(f"{attestation}: the attestation records no image, base or code tree digest "
@@ -387,9 +383,10 @@ def mismatch_lines(report: RebuildReport) -> list[str]:
 
 def render_text(report: RebuildReport) -> str:
     """The report as a person reads it."""
+    notes = [f"  {note}" for note in report.notes]
     if report.identical:
-        return (f"IDENTICAL  {report.recorded_image_id}\n"
-                f"  rebuilt from base {report.base_image_id}, {report.wheels} wheels, code {report.code} "
-                f"({report.code_digest}) in {report.seconds:.1f} s")
+        return "\n".join([f"IDENTICAL  {report.recorded_image_id}",
+                          f"  rebuilt from base {report.base_image_id}, {report.wheels} wheels, code {report.code} "
+                          f"({report.code_digest}) in {report.seconds:.1f} s", *notes])
     head = (f"DIFFERENT  recorded {report.recorded_image_id}, rebuilt {report.rebuilt_image_id or '(not rebuilt)'}")
-    return "\n".join([head, *(f"  {line}" for line in mismatch_lines(report))])
+    return "\n".join([head, *(f"  {line}" for line in mismatch_lines(report)), *notes])

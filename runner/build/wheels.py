@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from runner.hashing import sha256_file
 from runner.lockfiles import LockEntry, select_for_environment
 from runner.lockfiles.interface import lock_error, verifiable
 from runner.lockfiles import Lockfile
+from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
     from runner.build.layers import LayerWriter
@@ -125,8 +127,7 @@ class ResolvedWheel:
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""
-        return {"name": self.name, "version": self.version, "filename": self.filename, "url": self.url,
-                "sha256": self.sha256}
+        return fields_to_wire(self)
 
 
 @dataclass(frozen=True)
@@ -471,16 +472,8 @@ def installed_size(wheels: Sequence[tuple[ResolvedWheel, Path]]) -> int:
     return total
 
 
-def write_venv(target: PythonTarget, wheels: Sequence[tuple[ResolvedWheel, Path]], layer: LayerWriter) -> None:
-    """Install the wheels straight into the layer as /opt/xrun/venv: a venv over the image's interpreter.
-
-    No folder on the host: each file goes from the wheel into the tar (hashed for RECORD and for the
-    diff ID as it is written). Wheels in (name, version, sha256) order, each wheel's files in its own
-    order, so the layer is a function of the wheel set."""
-    from zipfile import ZipFile
-
-    from installer import install
-
+def write_venv_skeleton(target: PythonTarget, layer: LayerWriter) -> None:
+    """/opt/xrun/venv itself: pyvenv.cfg and bin/python* over the image's interpreter (system packages visible)."""
     venv = VENV.lstrip("/")
     major_minor = ".".join(target.version.split(".")[:2])
     layer.add_dir(f"{venv}/bin")
@@ -490,7 +483,19 @@ def write_venv(target: PythonTarget, wheels: Sequence[tuple[ResolvedWheel, Path]
         f"home = {os.path.dirname(target.executable)}\ninclude-system-site-packages = true\n"
         f"version = {target.version}\nexecutable = {target.executable}\n"
         "command = xrun (installer layout, no pip)\n").encode())
-    for wheel, path in sorted(wheels, key=lambda item: (item[0].name, item[0].version, item[0].sha256)):
+
+
+def write_wheels(target: PythonTarget, wheels: Sequence[tuple[ResolvedWheel, Path]], layer: LayerWriter) -> None:
+    """Install the wheels straight into the layer, under /opt/xrun/venv, in the order given.
+
+    No folder on the host: each file goes from the wheel into the tar (hashed for RECORD and for the
+    diff ID as it is written), each wheel's files in its own order."""
+    from zipfile import ZipFile
+
+    from installer import install
+
+    major_minor = ".".join(target.version.split(".")[:2])
+    for wheel, path in wheels:
         scheme = {
             "purelib": target.paths["purelib"], "platlib": target.paths["platlib"],
             "scripts": target.paths.get("scripts", f"{VENV}/bin"), "data": target.paths.get("data", VENV),
@@ -505,13 +510,52 @@ def write_venv(target: PythonTarget, wheels: Sequence[tuple[ResolvedWheel, Path]
                 source.validate_record()
                 install(source, destination, additional_metadata={"INSTALLER": b"xrun\n"})
         except FileExistsError as exc:
-            raise ManifestError(f"{wheel.filename}: installs {exc.args[0] if exc.args else 'a file'} that another "
-                                "locked wheel also installs; two packages of the lock overlap: fix the lock") from None
+            raise ManifestError(f"{wheel.filename}: installs {exc.args[0] if exc.args else 'a file'} twice; "
+                                "the wheel is malformed: do not use it") from None
         except Exception as exc:  # noqa: BLE001 - installer raises plain exceptions for bad wheels
             if isinstance(exc, XrunError):
                 raise
             raise IntegrityError(f"{wheel.filename} (sha256 {wheel.sha256[:12]}…) is not a valid wheel: {exc}; "
                                  "its RECORD does not match its content: do not use it") from None
+
+
+def installed_paths(path: Path) -> set[str]:
+    """Where a wheel's files land, as 'lib:…', 'bin:…', 'data:…' (enough to find two wheels that overlap)."""
+    import configparser
+    from zipfile import ZipFile
+
+    out: set[str] = set()
+    with ZipFile(path) as zf:
+        for name in zf.namelist():
+            if name.endswith("/"):
+                continue
+            head, _, rest = name.partition("/")
+            if head.endswith(".data") and "/" in rest:
+                kind, _, inner = rest.partition("/")
+                if kind != "headers":  # headers go under a folder named after the package: no overlap
+                    out.add({"purelib": "lib", "platlib": "lib", "scripts": "bin"}.get(kind, kind) + ":" + inner)
+            elif not head.endswith(".dist-info"):
+                out.add("lib:" + name)
+            elif name.endswith("/entry_points.txt"):
+                parser = configparser.ConfigParser(delimiters=("=",), interpolation=None)
+                parser.read_string(zf.read(name).decode("utf-8", "replace"))
+                for section in ("console_scripts", "gui_scripts"):
+                    out.update(f"bin:{script}" for script in (parser[section] if parser.has_section(section) else ()))
+            else:
+                out.add("lib:" + name)
+    return out
+
+
+def check_overlaps(wheels: Sequence[tuple[ResolvedWheel, Path]]) -> None:
+    """ManifestError when two locked wheels install the same file (each wheel is its own layer: the later
+    one would silently win)."""
+    seen: dict[str, str] = {}
+    for wheel, path in wheels:
+        for item in sorted(installed_paths(path)):
+            if item in seen and seen[item] != wheel.filename:
+                raise ManifestError(f"{wheel.filename}: installs {item.split(':', 1)[1]} that {seen[item]} also "
+                                    "installs; two packages of the lock overlap: fix the lock")
+            seen[item] = wheel.filename
 
 
 class _Sized:
@@ -567,7 +611,9 @@ def _tar_destination(scheme: dict[str, str], layer: LayerWriter) -> Any:
                 size = stream.size
             digest, written = layer.add_stream(self._name(scheme, path), stream, size,
                                                0o755 if is_executable else 0o644)
-            return RecordEntry(path, Hash("sha256", digest), written)
+            # RECORD's form (PEP 376/627): urlsafe base64 without padding, as installer writes it.
+            value = base64.urlsafe_b64encode(bytes.fromhex(digest)).decode("ascii").rstrip("=")
+            return RecordEntry(path, Hash("sha256", value), written)
 
         def write_script(self, name: str, module: str, attr: str, section: Any) -> Any:
             script_name, data = Script(name, module, attr, section).generate(self.interpreter, self.script_kind)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 from runner import __version__
 from runner.cli import args as shared
+from runner.cli.messages import print_error
 from runner.errors import EXIT_INTERRUPTED, XrunError
 from runner.interrupts import interrupts_raise
-from runner.redact import redact
 
 EXIT_INTERNAL = 70
 EPILOG = """exit codes: 0 success · 1 training command or build failed · 2 bad usage or invalid manifest/policy ·
@@ -69,13 +69,6 @@ def dispatch(args: argparse.Namespace) -> int:
     module, _, function = handler.partition(":")
     run: Callable[[argparse.Namespace], int] = getattr(importlib.import_module(f"{COMMANDS}.{module}"), function)
     return run(args)
-
-
-def print_error(message: str, lines: Sequence[str] | None = None) -> None:
-    """`xrun: error: MESSAGE` and indented detail lines on stderr, credentials redacted (an internal error too)."""
-    print(f"xrun: error: {redact(message)}", file=sys.stderr)
-    for line in lines or ():
-        print(f"  {redact(line)}", file=sys.stderr)
 
 
 def _shorthand(argv: list[str], parser: argparse.ArgumentParser) -> list[str]:
@@ -204,11 +197,12 @@ def _attestation_commands(command: Command) -> None:
 
     p = command("verify", "verify an attestation (or a VSA) offline: signature, timestamp, structure, artifacts, "
                 "policy; optionally sign a summary and register the model",
-                "xrun verify run/provenance.sigstore.json --key xrun.pub --tsa-cert tsa.pem --artifact model.npy "
-                "--policy policy.yaml --vsa-out model.vsa.intoto.jsonl --vsa-key auditor.key "
+                "xrun verify run/provenance.sigstore.json --trust xrun.pub --tsa-cert tsa.pem --artifact model.npy "
+                "--policy policy.yaml --vsa-out model.vsa.intoto.jsonl --key auditor.key "
                 "[--mlflow http://mlflow:5000 --register iris]",
-                "keys:verify", [shared.trusted_keys("verify the signature with it"), shared.json_flag(),
-                                shared.evidence()])
+                "keys:verify", [shared.trusted_keys("verify the signature with it"),
+                                shared.key_files("the verification summary (--vsa-out, --register): the verifier's own"),
+                                shared.json_flag(), shared.evidence()])
     p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl, provenance.sigstore.json or a VSA")
     p.add_argument("--artifact", dest="artifacts", type=Path, action="append", default=[],
                    help="a file whose sha256 must be among the subjects (repeatable)")
@@ -216,23 +210,26 @@ def _attestation_commands(command: Command) -> None:
     p.add_argument("--allow-unsigned", action="store_true", help="accept an unsigned attestation (SLSA L1)")
 
     p = command("reproduce", "re-run what an attestation records and compare the outputs (CI)",
-                "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub --rtol 1e-6",
+                "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --trust xrun.pub --key xrun.key --rtol 1e-6",
                 "reproduce:reproduce",
                 [shared.attestation("verify the attestation before re-running"), shared.json_flag(),
                  shared.quiet_flag(), shared.runs_dir("where the new run directory goes (default: $XDG_STATE_HOME/xrun/runs, "
                                                       "~/.local/state/xrun/runs: never inside the code folder)"),
-                 shared.hardware_mismatch(), shared.mlflow(), shared.verify_data()])
+                 shared.hardware_mismatch(), shared.mlflow(), shared.verify_data(),
+                 shared.key_files("the new run's attestation (default: $XRUN_SIGNING_KEY)")])
     p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
-    p.add_argument("--signing-key", type=Path, help="key that signs the new run's attestation")
+    p.add_argument("--signing-key", type=Path, metavar="KEY", help="the old spelling of --key KEY (still accepted)")
     p.add_argument("--rtol", type=float, help="relative tolerance for metrics files")
     p.add_argument("--atol", type=float, help="absolute tolerance for metrics files")
     p.add_argument("--tolerance", choices=["metrics"], help="accepted for clarity: tolerances apply to metrics only")
 
     command("rebuild", "rebuild the image an attestation records from its recorded inputs and compare the "
-            "image ID (auditors)", "xrun rebuild .xrun/runs/RUN/provenance.intoto.jsonl --key xrun.pub "
-            "--code ./checkout\n\nexit 0 identical · 3 different (what differs is named: base, package, wheel, "
-            "code file, layer) or the attestation does not verify · 4 an input cannot be had", "build:rebuild",
-            [shared.attestation("verify the attestation first"), shared.json_flag(), shared.quiet_flag()])
+            "image ID (auditors)", "xrun rebuild .xrun/runs/RUN/provenance.intoto.jsonl --trust xrun.pub "
+            "--code ./checkout\n\nexit 0 identical · 2 neither --trust nor --no-verify given · 3 different (what "
+            "differs is named: base, package, wheel, code file, layer) or the attestation does not verify · 4 an input "
+            "cannot be had", "build:rebuild",
+            [shared.attestation("verify the attestation first"), shared.trust_alias(), shared.json_flag(),
+             shared.quiet_flag()])
 
 
 def _cluster_commands(command: Command) -> None:
@@ -301,17 +298,17 @@ def _runs_commands(command: Command) -> None:
         epilog="example: xrun runs sync --manifest experiment.yaml --mlflow http://127.0.0.1:5000",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         parents=[shared.runs_selection(), shared.json_flag(),
-                 shared.trusted_keys("tag each run xrun.verified by checking its attestation")])
+                 shared.trusted_keys("tag each run xrun.verified by checking its attestation"), shared.trust_alias()])
     q.set_defaults(handler="runs:sync")
     q.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest' (default: pending)")
     q.add_argument("--mlflow", metavar="URI", help="the MLflow tracking URI (default: where each run was meant to "
                                                    "go, else $MLFLOW_TRACKING_URI)")
 
     p = command("report", "write one self-contained HTML page about runs: metrics plots, outputs, provenance",
-                "xrun report --experiment mnist --key xrun.pub --out report.html   (or --sweep SWEEP_ID, RUN…)",
+                "xrun report --experiment mnist --trust xrun.pub --out report.html   (or --sweep SWEEP_ID, RUN…)",
                 "report:report",
                 [shared.runs_selection(), shared.json_flag(),
-                 shared.trusted_keys("show each run's verification result")])
+                 shared.trusted_keys("show each run's verification result"), shared.trust_alias()])
     p.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest'")
     p.add_argument("--sweep", action="append", default=[], metavar="SWEEP",
                    help="the members of a seed sweep, by its id as `xrun runs summary SWEEP` takes it (`xrun runs "

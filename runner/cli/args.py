@@ -7,7 +7,11 @@ module imports nothing of the library, so building the whole parser stays cheap.
 from __future__ import annotations
 
 import argparse
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from runner.cli.messages import warn
 
 DEFAULT_MANIFEST = Path("experiment.yaml")
 AGE_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -62,10 +66,41 @@ def signing_key() -> argparse.ArgumentParser:
 
 
 def trusted_keys(use: str) -> argparse.ArgumentParser:
-    """--key PUB (repeatable): trusted public keys, for the given use."""
+    """--trust PUB (repeatable): trusted public keys, for the given use."""
     p = _parent()
-    p.add_argument("--key", dest="keys", type=Path, action="append", default=[],
+    p.add_argument("--trust", dest="trust", type=Path, action="append", default=[], metavar="PUB",
                    help=f"trusted public key: {use} (repeatable)")
+    return p
+
+
+class _TrustAlias(argparse.Action):
+    """`--key PUB` where it once meant a trusted public key: still taken as --trust, with one line saying so."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: str | Sequence[Any] | None,
+                 option_string: str | None = None) -> None:
+        warn(public_key_as_trust(values))
+        setattr(namespace, self.dest, [*(getattr(namespace, self.dest, None) or []), values])
+
+
+def public_key_as_trust(path: object) -> str:
+    """The one line for a public key given where --key (the signing key) is meant."""
+    return f"--key {path}: a trusted public key is given with --trust {path} (--key names the signing key); taken as --trust"
+
+
+def key_files(signs: str) -> argparse.ArgumentParser:
+    """--key KEY where a command both verifies and signs: a private key signs, a public one is taken as --trust."""
+    p = _parent()
+    p.add_argument("--key", dest="key_files", type=Path, action="append", default=[], metavar="KEY",
+                   help=f"the private key that signs {signs}; a public key given here is taken as --trust, "
+                        "with a warning")
+    return p
+
+
+def trust_alias() -> argparse.ArgumentParser:
+    """--key PUB, the old spelling of --trust PUB in verify, rebuild, report and runs sync."""
+    p = _parent()
+    p.add_argument("--key", dest="trust", type=Path, action=_TrustAlias, default=argparse.SUPPRESS, metavar="PUB",
+                   help="the old spelling of --trust PUB (still accepted, with a warning)")
     return p
 
 
@@ -112,12 +147,11 @@ def evidence() -> argparse.ArgumentParser:
                    help="trust the timestampAuthorities of a Sigstore trusted_root.json (what cosign reads)")
     p.add_argument("--vsa-out", type=Path, metavar="FILE",
                    help="also write a signed SLSA Verification Summary (VSA) of this verification to FILE")
-    p.add_argument("--vsa-key", type=Path, metavar="KEY",
-                   help="the private key that signs the VSA: the verifier's own, not the producer's")
+    p.add_argument("--vsa-key", type=Path, metavar="KEY", help="the old spelling of --key KEY (still accepted)")
     p.add_argument("--mlflow", metavar="URI", help="the MLflow server whose Model Registry --register uses")
     p.add_argument("--register", metavar="NAME",
                    help="after a PASSED verification, register the --artifact files as a new version of model NAME "
-                        "with the VSA and the attestation attached (needs --mlflow and --vsa-key)")
+                        "with the VSA and the attestation attached (needs --mlflow and --key)")
     return p
 
 
@@ -131,13 +165,16 @@ def run_options() -> argparse.ArgumentParser:
 
 
 def attestation(key_use: str) -> argparse.ArgumentParser:
-    """ATTESTATION, --code DIR and trusted --key PUB: what `reproduce` and `rebuild` read."""
+    """ATTESTATION, --code DIR, --trust PUB and --no-verify: what `reproduce` and `rebuild` read."""
     p = argparse.ArgumentParser(add_help=False, parents=[trusted_keys(key_use)])
     p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
     p.add_argument("--code", type=Path, metavar="DIR",
                    help="the code folder, or the root of the repository the run was made from (the attestation "
                         "records where the manifest sits in it); checked against the recorded code digest; default: "
                         "the recorded run's folder, from run.json beside the attestation; e.g. --code .")
+    p.add_argument("--no-verify", action="store_true",
+                   help="use the attestation without verifying it (said and recorded as 'attestation NOT verified'); "
+                        "without --trust or --no-verify nothing is done")
     return p
 
 

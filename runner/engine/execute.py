@@ -14,10 +14,11 @@ from typing import IO, Any, Iterator
 from runner.engine.client import REMOVAL_PATIENCE_S, remove_confirmed
 from runner.engine.labels import MANAGED_LABEL, RUN_ID_LABEL
 from runner.errors import Interrupted, TrainingFailed
-from runner.hardware import HardwareClass, Host
+from runner.hardware import GpuAllocation, HardwareClass, Host, allocated
 from runner.interrupts import deferred
 from runner.hashing import sha256_file
 from runner.rundir import utc_now
+from runner.runs.record import ContainerStatus
 
 NOBODY = "65534:65534"
 PIDS_LIMIT = 4096
@@ -48,6 +49,8 @@ class ContainerSpec:
     gpus: int
     timeout_s: int | None
     labels: dict[str, str] = field(default_factory=dict)
+    gpu_devices: tuple[str, ...] = ()  # the engine's device IDs, when a scheduler allocated them (else a count)
+    gpu_allocation: GpuAllocation | None = None
 
     def isolation(self) -> dict[str, Any]:
         """The isolation and limits applied, as plain data for the attestation."""
@@ -57,6 +60,9 @@ class ContainerSpec:
             "nanoCpus": self.nano_cpus, "memoryBytes": self.mem_limit_bytes, "gpus": self.gpus,
             "mounts": [{"container": m.container, "readOnly": m.read_only} for m in self.mounts],
             "workdir": self.workdir, "timeoutSeconds": self.timeout_s,
+            # Only where a scheduler allocated GPUs: which devices the container got, and who said so.
+            **({"gpuDevices": list(self.gpu_devices), "gpuAllocation": self.gpu_allocation.to_json()}
+               if self.gpu_allocation is not None else {}),
         }
 
 
@@ -64,7 +70,7 @@ class ContainerSpec:
 class RunResult:
     """How the container ended."""
 
-    status: str  # "succeeded" | "failed" | "timed-out" | "interrupted"
+    status: ContainerStatus
     exit_code: int | None
     started_on: datetime
     finished_on: datetime
@@ -86,31 +92,31 @@ def container_user(uid: int | None = None, gid: int | None = None) -> str:
 
 def container_spec(*, image_id: str, command: tuple[str, ...], env: dict[str, str], workdir: str,
                    hardware: HardwareClass, host: Host, data_mounts: list[tuple[Path, str]],
-                   outputs_dir: Path, timeout_s: int | None, labels: dict[str, str]) -> ContainerSpec:
+                   outputs_dir: Path, timeout_s: int | None, labels: dict[str, str],
+                   gpu_allocation: GpuAllocation | None = None) -> ContainerSpec:
     """Turn the plan's run section and the class's limits into a container spec."""
     # Docker refuses more CPUs than the host has; with --allow-hardware-mismatch we clamp and record.
     cpus = max(1, min(hardware.cpus, host.cpu_count))
     # Likewise the engine refuses GPUs the host lacks: the run gets the ones there are (recorded as gpus).
-    gpus = min(hardware.gpus, len(host.gpus))
+    gpus = min(hardware.gpus, len(allocated(host.gpus, gpu_allocation)))
+    # In a scheduler's job the container gets the allocated devices by ID, never "the first N" of the node:
+    # two 1-GPU jobs on one node would otherwise both get GPU 0.
+    devices = gpu_allocation.devices[:gpus] if gpu_allocation is not None else ()
     mounts = [Mount(str(host_path), container_path, True) for host_path, container_path in data_mounts]
     mounts.append(Mount(str(outputs_dir), "/outputs", False))
     return ContainerSpec(
         image=image_id, command=command, env={**env, "HOME": "/tmp"}, workdir=workdir,
         user=container_user(), mounts=tuple(mounts), nano_cpus=cpus * 10**9,
         mem_limit_bytes=hardware.memory_gib * 2**30, pids_limit=PIDS_LIMIT, gpus=gpus,
-        timeout_s=timeout_s, labels={MANAGED_LABEL: "true", **labels},
+        timeout_s=timeout_s, labels={MANAGED_LABEL: "true", **labels}, gpu_devices=devices,
+        gpu_allocation=gpu_allocation,
     )
 
 
-def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: bool, prefix: str) -> RunResult:
-    """Create, start, stream logs, wait (with the timeout), and always remove the container."""
+def create_arguments(spec: ContainerSpec) -> dict[str, Any]:
+    """The docker SDK's containers.create() arguments for the spec (its isolation, limits and GPU devices)."""
     import docker.types
-    import requests
 
-    uid, _, gid = spec.user.partition(":")
-    outputs = next(m.host for m in spec.mounts if m.container == "/outputs")
-    if os.getuid() == 0 and spec.user == NOBODY:
-        os.chown(outputs, int(uid), int(gid))
     kwargs: dict[str, Any] = dict(
         image=spec.image, command=list(spec.command), environment=spec.env, working_dir=spec.workdir,
         user=spec.user, network_mode="none", read_only=True, cap_drop=["ALL"],
@@ -119,13 +125,27 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
         nano_cpus=spec.nano_cpus, mem_limit=spec.mem_limit_bytes, memswap_limit=spec.mem_limit_bytes,
         pids_limit=spec.pids_limit, labels=spec.labels, hostname="xrun", detach=True,
     )
-    if spec.gpus:
+    if spec.gpu_devices:
+        kwargs["device_requests"] = [docker.types.DeviceRequest(device_ids=list(spec.gpu_devices),
+                                                                capabilities=[["gpu"]])]
+    elif spec.gpus:
         kwargs["device_requests"] = [docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])]
+    return kwargs
 
+
+def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: bool, prefix: str) -> RunResult:
+    """Create, start, stream logs, wait (with the timeout), and always remove the container."""
+    import requests
+
+    uid, _, gid = spec.user.partition(":")
+    outputs = next(m.host for m in spec.mounts if m.container == "/outputs")
+    if os.getuid() == 0 and spec.user == NOBODY:
+        os.chown(outputs, int(uid), int(gid))
+    kwargs = create_arguments(spec)
     container = None
     tail: deque[str] = deque(maxlen=LOG_TAIL_LINES)
     started = utc_now()
-    status, code, oom = "failed", None, False
+    status, code, oom = ContainerStatus.FAILED, None, False
     try:
         with deferred():  # a create interrupted half-way would leave a container we hold no id of
             container = client.containers.create(**kwargs)
@@ -141,13 +161,13 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
         try:
             result = container.wait(timeout=spec.timeout_s) if spec.timeout_s else container.wait()
             code = int(result.get("StatusCode", -1))
-            status = "succeeded" if code == 0 else "failed"
+            status = ContainerStatus.SUCCEEDED if code == 0 else ContainerStatus.FAILED
             oom = code != 0 and _oom_killed(container)
         except (requests.exceptions.ReadTimeout, requests.exceptions.ConnectionError):
-            status = "timed-out"
+            status = ContainerStatus.TIMED_OUT
             _stop(container)
         except KeyboardInterrupt:
-            status = "interrupted"
+            status = ContainerStatus.INTERRUPTED
             _stop(container)
         pump.join(timeout=10)
     finally:
@@ -168,19 +188,43 @@ def raise_for_status(result: RunResult, timeout_s: int | None) -> None:
     """Turn a failed, timed-out or interrupted run into the matching XrunError."""
     removed = ("removed" if not result.left_behind else
                f"handed to the watchdog for removal (the engine had not confirmed it after {REMOVAL_PATIENCE_S:g}s)")
-    if result.status == "interrupted":
+    if result.status == ContainerStatus.INTERRUPTED:
         raise Interrupted(f"interrupted: the container was stopped and {removed}; no attestation was written")
-    if result.status == "timed-out":
+    if result.status == ContainerStatus.TIMED_OUT:
         raise TrainingFailed(f"timed out after {timeout_s}s (run.timeout): the container was stopped and {removed}; "
                              "raise run.timeout or make the job faster", lines=list(result.log_tail))
-    if result.status != "succeeded" and result.oom_killed:
+    if result.status != ContainerStatus.SUCCEEDED and result.oom_killed:
         raise TrainingFailed(f"the training ran out of memory: it was killed at the hardware class's memory limit "
                              f"({result.memory_bytes / 2**30:g} GiB, exit code {result.exit_code}); choose a "
                              "class with more memory (hardware.class) or make the job use less; last log lines:",
                              lines=list(result.log_tail))
-    if result.status != "succeeded":
-        raise TrainingFailed(f"the training command exited with code {result.exit_code}; last log lines:",
-                             lines=list(result.log_tail))
+    if result.status != ContainerStatus.SUCCEEDED:
+        raise TrainingFailed(failure_message(result.exit_code, bool(result.log_tail)), lines=list(result.log_tail))
+
+
+def failure_message(exit_code: int | None, has_log: bool) -> str:
+    """Why the training container ended: its exit code, or the signal that killed it and who may have sent it."""
+    tail = "; last log lines:" if has_log else "; it wrote nothing to its log"
+    signal_no = exit_code - 128 if exit_code is not None and 128 < exit_code < 160 else None
+    if signal_no == 9:
+        # Not the engine's OOM kill at the class's limit (handled above): someone or something outside.
+        return ("the training container was killed (SIGKILL, exit code 137) from outside xrun: not at the "
+                "class's memory limit, so by `docker kill`/`docker rm -f`, the host's OOM killer or the "
+                "scheduler (scancel --signal=KILL, a node's memory enforcement)" + tail)
+    if signal_no is not None:
+        name = _signal_name(signal_no)
+        return (f"the training container was killed by {name} (exit code {exit_code}): a signal sent from outside "
+                "xrun (`docker stop`/`docker kill`) or raised by the command itself" + tail)
+    return f"the training command exited with code {exit_code}" + tail
+
+
+def _signal_name(number: int) -> str:
+    import signal
+
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
 
 
 def _pump_logs(container: Any, log: IO[bytes], tail: deque[str], stream: bool, prefix: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.engine.labels import RUNNER_LABEL, is_gone, runner_identity
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 
 KILLED = "the runner was killed"
 # A busy engine may take minutes to answer: the watchdog, which outlives the runner, keeps asking this long.
@@ -198,7 +198,7 @@ def mark_killed(run_dir: Path, identity: str) -> bool:
     if record is None or not _unfinished(run_dir, record):
         return False
     pid = identity.split(":")[1] if identity.count(":") >= 2 else "?"
-    record.status = "failed"
+    record.status = RunStatus.FAILED
     record.finished_on = record.finished_on or rfc3339(utc_now())
     record.error = f"{KILLED} (process {pid} ended before the run finished); its containers were removed"
     record.attestation = None
@@ -229,9 +229,10 @@ def reap_orphans(runs_dir: Path, client: Any = None) -> list[str]:
 
 def _unfinished(run_dir: Path, record: RunRecord) -> bool:
     """Still running, or succeeded with its attestation not yet written (killed while signing)."""
-    if record.status == "running":
+    if record.status == RunStatus.RUNNING:
         return True
-    return record.status == "succeeded" and bool(record.attestation) and not (run_dir / str(record.attestation)).exists()
+    written = bool(record.attestation) and (run_dir / str(record.attestation)).exists()
+    return record.status == RunStatus.SUCCEEDED and bool(record.attestation) and not written
 
 
 def main(argv: list[str]) -> int:

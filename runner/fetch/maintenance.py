@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from runner.fetch.archive import check_tree, remove_tree
 from runner.fetch.cache import Cache, CacheEntry, file_fingerprint, hash_file, walk_tree
 from runner.fetch.digests import normalize_digests, primary
+from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
     from runner.manifest import Manifest
@@ -46,8 +47,7 @@ class Removed:
 
     def to_json(self) -> dict[str, Any]:
         """Plain data for `--json`."""
-        return {"kind": self.kind, "path": str(self.path), "size": self.size, "digest": self.digest,
-                "lastUsed": self.last_used}
+        return fields_to_wire(self)
 
 
 def list_cache(cache: Cache) -> list[CacheEntry]:
@@ -137,7 +137,7 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
             continue
         if not gone and now - st.st_mtime < older_than_s:
             continue
-        size = sum(s.st_size for _, s in walk_tree(path) if stat.S_ISREG(s.st_mode)) if path.is_dir() else st.st_size
+        size = tree_size(path) if path.is_dir() else st.st_size
         if not dry_run:
             remove_tree(path)
         removed.append(Removed("partial", path, size, None, st.st_mtime))
@@ -147,15 +147,8 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
 
 
 def tree_size(path: Path) -> int:
-    """Bytes of the files under a folder (symlinks not followed)."""
-    total = 0
-    for folder, _, files in os.walk(path):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(folder, name)).st_size
-            except FileNotFoundError:
-                pass
-    return total
+    """Bytes of the regular files under a folder (symlinks not followed)."""
+    return sum(s.st_size for _, s in walk_tree(path) if stat.S_ISREG(s.st_mode))
 
 
 def _remove_entry(cache: Cache, entry: CacheEntry) -> None:

@@ -20,13 +20,15 @@ from typing import Any
 
 from runner import __version__
 from runner.errors import EnvironmentProblem, UsageError, XrunError
+from runner.report.views import seed_list
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 from runner.runs.store import RunInfo, find_run, list_runs
 from runner.wire import fields_to_wire
 
 MAX_WHEELS_SHOWN = 6  # a lock of hundreds of wheels would drown the graph: the rest are counted
+MAX_RUNS_DRAWN = 12  # more runs of one image are drawn as one node (a 200-member sweep), listed in the table
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,7 @@ class ReportRun:
     inputs: tuple[Input, ...]
     verified: bool | None  # None: no --key given
     checks: tuple[str, ...]  # `PASS  name: detail` lines
+    builder: str | None = None  # runDetails.builder.id of its attestation
 
     @property
     def record(self) -> RunRecord:
@@ -91,7 +94,8 @@ def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str], experiments:
             chosen += [find_run(runs_dir, str(path)) for path, _ in sweep_members(runs_dir, sweep)]
     everything = list_runs(runs_dir) if experiments else []
     for name in experiments:
-        members = [r for r in everything if r.record.name == name and r.record.status in ("succeeded", "failed")]
+        finished = (RunStatus.SUCCEEDED, RunStatus.FAILED)
+        members = [r for r in everything if r.record.name == name and r.record.status in finished]
         if not members:
             known = sorted({r.record.name for r in everything})
             raise UsageError(f"--experiment {name}: no finished run of experiment {name!r} under {runs_dir}"
@@ -117,7 +121,7 @@ def write_report(runs_dir: Path, refs: list[str], sweeps: list[str], out: Path, 
     except ImportError:
         raise EnvironmentProblem("xrun report draws its plots with plotly, which this installation lacks: "
                                  "pip install 'plotly>=5.20' (or reinstall xrun with its dependencies)") from None
-    runs = collect(select_runs(runs_dir, refs, sweeps, experiments), keys)
+    runs = natural_order(collect(select_runs(runs_dir, refs, sweeps, experiments), keys))
     data = render(runs, title=_title(runs, sweeps)).encode("utf-8")
     write_atomic(out, data)
     return WrittenReport(path=out, run_ids=tuple(r.info.run_id for r in runs), size_bytes=len(data),
@@ -147,7 +151,13 @@ def _report_run(info: RunInfo, keys: list[Path]) -> ReportRun:
         verified, checks = False, ("FAIL  attestation: the run has no attestation",)
     recorded = RecordedRun.from_statement(statement) if statement else None
     return ReportRun(info=info, inputs=_inputs(recorded.dependencies if recorded else {}), verified=verified,
-                     checks=checks)
+                     checks=checks, builder=recorded.builder_id if recorded else None)
+
+
+def natural_order(runs: list[ReportRun]) -> list[ReportRun]:
+    """By experiment, then seed as a number (1, 2, …, 10, 11, not 1, 10, 11, 2), then start time."""
+    return sorted(runs, key=lambda r: (r.record.name, r.seed is None, r.seed or 0, r.record.started_on or "",
+                                       r.info.run_id))
 
 
 def _unverified_statement(attestation: Path) -> dict[str, Any]:
@@ -187,9 +197,10 @@ def render(runs: list[ReportRun], *, title: str) -> str:
     figures = _figures(runs)
     body = "\n".join([
         _runs_table(runs),
+        _statistics(runs),
         _section("Metrics", _plots_html(figures) if figures else "<p class=muted>No run declared a metrics file.</p>"),
         _outputs_table(runs),
-        _section("Provenance", _provenance_svg(runs)),
+        _section("Provenance", _provenance(runs)),
         _verification(runs),
     ])
     template = string.Template((resource_dir("templates") / "report.html").read_text(encoding="utf-8"))
@@ -244,6 +255,10 @@ def _runs_table(runs: list[ReportRun]) -> str:
         row("started", [_e(r.record.started_on or "-") for r in runs]),
         row("duration", [_e(f"{r.info.duration_s:.0f} s" if r.info.duration_s is not None else "-") for r in runs]),
         row("hardware class", [_e(r.record.hardware_class or "-") for r in runs]),
+        row("builder", [f"<code>{_e(r.builder)}</code>" if r.builder else _e("-") for r in runs]),
+        row("job", [_e(_job(r.record)) for r in runs]),
+        row("node", [_e(r.record.scheduler.node if r.record.scheduler and r.record.scheduler.node else "-")
+                     for r in runs]),
         row("image", [_short(r.record.image_id) for r in runs]),
         row("plan digest", [_short(r.record.plan_digest) for r in runs]),
         row("manifest digest", [_short(r.record.manifest_sha256) for r in runs]),
@@ -255,6 +270,35 @@ def _runs_table(runs: list[ReportRun]) -> str:
         rows.append(row(f"{key}" if len({f for f, _ in _metric_keys(runs)}) == 1 else f"{file}: {key}",
                         [_num(r.record.metrics.get(file, {}).get(key)) for r in runs]))
     return _section("Runs", f'<div class=scroll><table id="runs">{head}{"".join(rows)}</table></div>')
+
+
+def _job(record: RunRecord) -> str:
+    sched = record.scheduler
+    if sched is None or sched.backend == "local" or not sched.job_ref:
+        return "-"
+    return f"{sched.backend} {sched.job_ref}" + (f" on {sched.cluster}" if sched.cluster else "") + f" ({sched.state})"
+
+
+def _statistics(runs: list[ReportRun]) -> str:
+    """Mean, sample std, min and max per metric across the runs that have it (a sweep's one-glance answer)."""
+    if len(runs) < 2:
+        return ""
+    rows = []
+    keys = _metric_keys(runs)
+    for file, key in keys:
+        values = [float(v) for r in runs for v in [r.record.metrics.get(file, {}).get(key)]
+                  if isinstance(v, (int, float)) and not isinstance(v, bool)]
+        if not values:
+            continue
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        name = key if len({f for f, _ in keys}) == 1 else f"{file}: {key}"
+        cells = [_num(len(values)), *(_num(x) for x in (statistics.fmean(values), std, min(values), max(values)))]
+        rows.append(f"<tr><th>{_e(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    if not rows:
+        return ""
+    head = "<tr><th>metric</th><th>n</th><th>mean</th><th>std</th><th>min</th><th>max</th></tr>"
+    return _section("Statistics", f'<table id="statistics">{head}{"".join(rows)}</table>'
+                                  "<p class=muted>std: the sample standard deviation (n−1).</p>")
 
 
 def _num(value: Any) -> str:
@@ -289,7 +333,7 @@ def _outputs_table(runs: list[ReportRun]) -> str:
 
 def _verification(runs: list[ReportRun]) -> str:
     if all(r.verified is None for r in runs):
-        return _section("Verification", "<p class=muted>Not checked: pass <code>--key PUB</code> to verify each "
+        return _section("Verification", "<p class=muted>Not checked: pass <code>--trust PUB</code> to verify each "
                                         "attestation.</p>")
     parts = []
     for r in runs:
@@ -308,17 +352,21 @@ def _figures(runs: list[ReportRun]) -> list[tuple[str, dict[str, Any]]]:
 
     out: list[tuple[str, dict[str, Any]]] = []
     labels = [r.label for r in runs]
+    # A large sweep on a numeric seed axis: 200 category labels would be an unreadable band of text.
+    by_seed = len(runs) > MAX_RUNS_DRAWN and all(r.seed is not None for r in runs)
     for file, key in _metric_keys(runs):
         values = [r.record.metrics.get(file, {}).get(key) for r in runs]
         present = [float(v) for v in values if isinstance(v, (int, float))]
-        fig = go.Figure(go.Scatter(x=labels, y=values, name=key, mode="markers",
-                                   marker={"color": "#2f5bd3", "size": 11}))
+        fig = go.Figure(go.Scatter(x=[r.seed for r in runs] if by_seed else labels, y=values, name=key,
+                                   mode="markers", text=labels if by_seed else None,
+                                   marker={"color": "#2f5bd3", "size": 6 if by_seed else 11}))
         if len(present) > 1:
             mean, spread = statistics.fmean(present), statistics.stdev(present)
             fig.add_hline(y=mean, line_dash="dash", line_color="#b42318",
                           annotation_text=f"mean {mean:.4g} ± {spread:.2g}")
             fig.add_hrect(y0=mean - spread, y1=mean + spread, fillcolor="#b42318", opacity=0.08, line_width=0)
-        _layout(fig, f"{key} (final, {len(present)} run{'s' if len(present) != 1 else ''})", "run", key)
+        _layout(fig, f"{key} (final, {len(present)} run{'s' if len(present) != 1 else ''})",
+                "seed" if by_seed else "run", key)
         out.append((f"fig-{len(out)}", fig.to_plotly_json()))
     series_keys: dict[tuple[str, str], None] = {}
     for r in runs:
@@ -328,10 +376,21 @@ def _figures(runs: list[ReportRun]) -> list[tuple[str, dict[str, Any]]]:
     for file, key in series_keys:
         fig = go.Figure()
         lines = [(r.label, r.record.metric_steps.get(file, {}).get(key) or []) for r in runs]
-        for label, pairs in lines:
-            if pairs:
-                fig.add_trace(go.Scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines",
-                                         name=label, opacity=0.55 if len(runs) > 1 else 1))
+        if len(runs) > MAX_RUNS_DRAWN:
+            # A trace (and a legend entry) per run costs the browser seconds at 200 runs: one trace, runs
+            # separated by gaps, drawn faintly under the mean band.
+            xs: list[float | None] = []
+            ys: list[float | None] = []
+            for _, pairs in lines:
+                xs += [p[0] for p in pairs] + [None]
+                ys += [p[1] for p in pairs] + [None]
+            fig.add_trace(go.Scatter(x=xs, y=ys, mode="lines", name=f"{len(runs)} runs", hoverinfo="skip",
+                                     line={"color": "rgba(47,91,211,0.25)", "width": 1}))
+        else:
+            for label, pairs in lines:
+                if pairs:
+                    fig.add_trace(go.Scatter(x=[p[0] for p in pairs], y=[p[1] for p in pairs], mode="lines",
+                                             name=label, opacity=0.55 if len(runs) > 1 else 1))
         band = _mean_band([dict((p[0], p[1]) for p in pairs) for _, pairs in lines if pairs])
         if band:
             steps, center, low, high = band
@@ -374,6 +433,30 @@ def _plots_html(figures: list[tuple[str, dict[str, Any]]]) -> str:
 # --- provenance graph ------------------------------------------------------------------------------
 
 
+def _provenance(runs: list[ReportRun]) -> str:
+    """The graph, and the Debian packages of the base image listed under it (folded away until opened)."""
+    debs = sorted({(i.name, i.digest) for r in runs for i in r.inputs if i.kind == "deb"})
+    listing = ""
+    if debs:
+        rows = "".join(f"<tr><td><code>{_e(name)}</code></td><td><code>{_e(ref)}</code></td></tr>" for name, ref in debs)
+        listing = (f'<details id="debs"><summary>{len(debs)} Debian packages of the base image</summary>'
+                   f'<div class=scroll><table><tr><th>package</th><th>recorded as</th></tr>{rows}</table></div>'
+                   "</details>")
+    return _provenance_svg(runs) + listing
+
+
+def _run_nodes(runs: list[ReportRun], images: list[str]) -> tuple[list[tuple[str, str, str]], list[int]]:
+    """The RUNS column and, per run, its node: each run, or one node per image past MAX_RUNS_DRAWN runs."""
+    if len(runs) <= MAX_RUNS_DRAWN:
+        return [("run", r.label, r.info.run_id) for r in runs], list(range(len(runs)))
+    nodes = []
+    for image in images:
+        members = [r for r in runs if (r.record.image_id or "?") == image]
+        seeds = [r.seed for r in members if r.seed is not None]
+        nodes.append(("run", f"{len(members)} runs" + (f" · seeds {seed_list(seeds)}" if seeds else ""), ""))
+    return nodes, [images.index(r.record.image_id or "?") for r in runs]
+
+
 def _provenance_svg(runs: list[ReportRun]) -> str:
     """Inputs → image → run → outputs, laid out in four columns as inline SVG."""
     inputs: dict[tuple[str, str, str], set[str]] = {}  # (kind, name, digest) → run ids using it
@@ -383,15 +466,20 @@ def _provenance_svg(runs: list[ReportRun]) -> str:
     order = {"base image": 0, "lockfile": 1, "wheel": 2, "deb": 3, "code": 4, "data": 5, "reproduced": 6}
     ordered = sorted(inputs, key=lambda k: (order.get(k[0], 9), k[1], k[2]))
     wheels = [k for k in ordered if k[0] == "wheel"]
-    shown = [k for k in ordered if k[0] != "wheel"] + wheels[:MAX_WHEELS_SHOWN]
+    debs = [k for k in ordered if k[0] == "deb"]
+    # A bootstrapped base is ~100 packages: one node, listed under the graph (_provenance).
+    shown = [k for k in ordered if k[0] not in ("wheel", "deb")] + wheels[:MAX_WHEELS_SHOWN]
+    if debs:
+        shown.append(("deb", f"{len(debs)} Debian packages", ""))
     shown.sort(key=lambda k: (order.get(k[0], 9), k[1], k[2]))
     images = sorted({r.record.image_id or "?" for r in runs})
     outputs = sorted({p for r in runs for p in r.record.outputs})
     hidden = len(wheels) - MAX_WHEELS_SHOWN
+    run_nodes, node_of = _run_nodes(runs, images)
     columns: list[list[tuple[str, str, str]]] = [
         [(k[0], k[1], k[2]) for k in shown] + ([("wheel", f"+{hidden} more wheels", "")] if hidden > 0 else []),
         [("image", "image", i) for i in images],
-        [("run", r.label, r.info.run_id) for r in runs],
+        run_nodes,
         [("output", p, "") for p in outputs],
     ]
     width, box_w, box_h, gap = 1180, 250, 38, 10
@@ -413,21 +501,21 @@ def _provenance_svg(runs: list[ReportRun]) -> str:
                          f'<text x="{x + 8}" y="{y + 15:.0f}">{_e(_clip(name, 34))}</text>'
                          f'<text class="kind" x="{x + 8}" y="{y + 30:.0f}">{_e(kind)}'
                          f'{" · " + _e(detail) if detail else ""}</text></g>')
-    edges = []
-    run_index = {r.info.run_id: i for i, r in enumerate(runs)}
+    edges: set[tuple[tuple[int, int], tuple[int, int]]] = set()
+    run_index = {r.info.run_id: node_of[i] for i, r in enumerate(runs)}
     image_index = {img: i for i, img in enumerate(images)}
     for ni, (kind, name, digest) in enumerate(columns[0]):
         users = inputs.get((kind, name, digest), set()) if digest or kind != "wheel" else set()
         if kind in ("data", "reproduced"):  # data is mounted into the run, not built into the image
-            edges += [((0, ni), (2, run_index[u])) for u in users]
+            edges |= {((0, ni), (2, run_index[u])) for u in users}
         else:
             targets = {image_index[r.record.image_id or "?"] for r in runs if r.info.run_id in users} \
                 if users else set(image_index.values())
-            edges += [((0, ni), (1, t)) for t in targets]
+            edges |= {((0, ni), (1, t)) for t in targets}
     for ri, r in enumerate(runs):
-        edges.append(((1, image_index[r.record.image_id or "?"]), (2, ri)))
-        edges += [((2, ri), (3, outputs.index(p))) for p in r.record.outputs]
-    for a, b in edges:
+        edges.add(((1, image_index[r.record.image_id or "?"]), (2, node_of[ri])))
+        edges |= {((2, node_of[ri]), (3, outputs.index(p))) for p in r.record.outputs}
+    for a, b in sorted(edges):
         (x1, y1), (x2, y2) = pos[a], pos[b]
         sx, sy, ex, ey = x1 + box_w, y1 + box_h / 2, x2, y2 + box_h / 2
         mid = (sx + ex) / 2

@@ -8,7 +8,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.report.views import seed_list
+
 if TYPE_CHECKING:
+    from runner.build.depslayer import DepsRecord
     from runner.build.export import Published
     from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry, FetchedData
@@ -130,11 +133,15 @@ def fetched(items: Sequence[FetchedData]) -> str:
     return table(rows, ["DATA", "DIGEST", "BYTES", "CACHE", "IN RUN"]) if rows else "no data items"
 
 
-def cache_entries(root: Path, entries: Sequence[CacheEntry]) -> str:
-    """`xrun cache ls`."""
+def cache_entries(root: Path, entries: Sequence[CacheEntry], layers: Sequence[DepsRecord] = ()) -> str:
+    """`xrun cache ls`: the entries, then the dependency layers built here (their bytes are in the engine)."""
     rows = [[e.kind, e.digest[:23], e.size, e.files if e.files is not None else "-", ago(e.last_used)]
             for e in entries]
-    return table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {root} is empty"
+    out = table(rows, ["KIND", "DIGEST", "BYTES", "FILES", "LAST USED"]) if rows else f"cache {root} is empty"
+    if layers:
+        out += "\n\n" + table([[r.diff_id[:23], r.size, len(r.images)] for r in layers],
+                               ["DEPENDENCY LAYER (in the engine)", "BYTES", "IMAGES"])
+    return out
 
 
 def cache_verified(results: Sequence[Any]) -> str:
@@ -179,6 +186,7 @@ def reproduction(report: Report) -> str:
             lines.append(f"  {c.name}{detail}")
     verdict = "REPRODUCED" if report.reproduced else "NOT REPRODUCED"
     lines.append(f"\n{verdict} (new run {report.run_id} in {report.run_dir})")
+    lines += [f"  {note}" for note in report.notes]
     return "\n".join(lines)
 
 
@@ -189,12 +197,23 @@ def runs_list(runs: Sequence[RunInfo], runs_dir: Path) -> str:
         rec = r.record
         metrics = "; ".join(f"{k}={v:.4g}" for values in rec.metrics.values() for k, v in list(values.items())[:2])
         digests = " ".join(f"{p}:{d[:8]}" for p, d in list(rec.outputs.items())[:2])
-        sched = rec.scheduler
-        status = rec.status if sched is None or sched.backend == "local" else f"{rec.status} ({sched.state})"
-        rows.append([r.run_id, rec.name or "-", status, rec.started_on or "-",
+        rows.append([r.run_id, rec.name or "-", run_status(rec), rec.started_on or "-",
                      f"{r.duration_s:.0f}s" if r.duration_s is not None else "-", metrics or "-", digests or "-"])
     return (table(rows, ["RUN", "NAME", "STATUS", "STARTED", "DURATION", "METRICS", "OUTPUTS"]) if rows
             else f"no runs under {runs_dir}")
+
+
+def run_status(rec: RunRecord) -> str:
+    """The STATUS cell: the run's status, and the scheduler's word where it adds to it."""
+    sched = rec.scheduler
+    if sched is None or sched.backend == "local":
+        return rec.status
+    if rec.status in ("submitted", "running"):
+        return f"{rec.status} ({sched.state})"
+    if not sched.final:
+        # The node has finished the run; a scheduler word older than that ("running") says nothing more.
+        return rec.status if rec.attestation else f"{rec.status} (not collected)"
+    return f"{rec.status} ({sched.state})"
 
 
 def run_details(run: RunInfo) -> str:
@@ -239,7 +258,7 @@ def submitted(result: SubmitResult) -> str:
     """`xrun submit`: the backend, job, image and one line per run."""
     head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
     if result.sweep:
-        head += f", sweep {result.sweep} ({len(result.runs)} seeds)"
+        head += f", sweep {result.sweep}" + (f" ({len(result.runs)} seeds)" if result.runs else "")
     lines = [head, f"  image  {result.image_reference or result.image_id}"]
     for path in result.rendered:
         lines.append(f"  wrote  {path}")
@@ -270,10 +289,13 @@ def cancelled(record: RunRecord) -> str:
 
 def sweep_summary(summary: SweepSummary) -> str:
     """`xrun runs summary`: members, one row per metric key, the failed members."""
+    failed = [f.seed for f in summary.failed if f.seed is not None]
     lines = [f"sweep {summary.sweep}: {summary.succeeded} of {summary.members} members succeeded"
+             + (f", {len(summary.failed)} failed (seeds {seed_list(failed)})" if failed else "")
              + (f", {summary.unfinished} still pending or running" if summary.unfinished else "")
-             + f" (seeds {', '.join(map(str, summary.seeds))})"]
+             + (f"; seeds {seed_list(summary.seeds)}" if summary.seeds else "")]
     rows = [[m.key, m.n, number(m.mean), number(m.std), number(m.min), number(m.max)] for m in summary.metrics]
     lines.append(table(rows, ["METRIC", "N", "MEAN", "STD", "MIN", "MAX"]))
     lines += [f"failed: {f.run_id} (seed {f.seed}, {f.state}): {f.error or '-'}" for f in summary.failed]
     return "\n".join(lines)
+

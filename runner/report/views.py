@@ -6,13 +6,15 @@ Each is a plain dataclass: `runner/report/json.py` maps its fields to camelCase 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.wire import fields_to_wire
 
 if TYPE_CHECKING:
+    from runner.build.depslayer import DepsRecord
     from runner.codetree import CodeSummary
     from runner.fetch import CacheEntry
     from runner.fetch.maintenance import Removed, VerifyResult
@@ -60,6 +62,7 @@ class CacheListing:
 
     root: Path
     entries: list[CacheEntry]
+    layers: list[DepsRecord] = field(default_factory=list)  # dependency layers built here (held by the engine)
 
 
 @dataclass(frozen=True)
@@ -96,3 +99,16 @@ class RunView:
     run_dir: Path
     record: RunRecord
     plan: dict[str, Any]
+
+
+def seed_list(seeds: Sequence[int]) -> str:
+    """'1-6, 9, 11, 12': runs of three or more consecutive seeds folded (200 members are one short line); the
+    text and HTML renderers both name a sweep's seeds this way."""
+    runs: list[list[int]] = []
+    for seed in sorted(set(seeds)):
+        if runs and seed == runs[-1][-1] + 1:
+            runs[-1].append(seed)
+        else:
+            runs.append([seed])
+    parts = [f"{r[0]}-{r[-1]}" if len(r) > 2 else ", ".join(map(str, r)) for r in runs]
+    return ", ".join(parts) or "none"

@@ -8,12 +8,48 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runner.wire import camel, fields_to_wire, snake
+from runner.wire import WireEnum, camel, fields_to_wire, snake
 
-STATUSES = ("submitted", "running", "succeeded", "failed", "interrupted")
-# What a cluster's scheduler says of a run's job (runner/backends/slurm.py maps Slurm's states to these).
-SCHEDULER_STATES = ("pending", "running", "completed", "failed", "cancelled", "timed-out")
-FINAL_SCHEDULER_STATES = ("completed", "failed", "cancelled", "timed-out")
+
+class RunStatus(WireEnum):
+    """run.json's `status`: where the run is (a cluster run is submitted before it runs)."""
+
+    SUBMITTED = "submitted"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    INTERRUPTED = "interrupted"
+
+    @property
+    def unfinished(self) -> bool:
+        """Submitted or running: the run has not ended yet."""
+        return self in (RunStatus.SUBMITTED, RunStatus.RUNNING)
+
+
+class SchedulerState(WireEnum):
+    """What a cluster's scheduler says of a run's job (runner/backends/slurm.py maps Slurm's states to these)."""
+
+    PENDING = "pending"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    TIMED_OUT = "timed-out"
+
+    @property
+    def final(self) -> bool:
+        """Whether the scheduler has finished with the job."""
+        return self in (SchedulerState.COMPLETED, SchedulerState.FAILED, SchedulerState.CANCELLED,
+                        SchedulerState.TIMED_OUT)
+
+
+class ContainerStatus(WireEnum):
+    """How the training container ended (run.json's `containerStatus`, runner/engine/execute.py)."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed-out"
+    INTERRUPTED = "interrupted"
 
 
 @dataclass
@@ -21,7 +57,7 @@ class SchedulerInfo:
     """Where a submitted run's job is: backend, cluster, job id, array index, its state, its sweep."""
 
     backend: str  # "slurm", "kubernetes", or "local" for a local seed sweep
-    state: str  # one of SCHEDULER_STATES
+    state: SchedulerState
     job_id: str | None = None  # the scheduler's id of the job (the array's id for a sweep member)
     array_index: int | None = None  # the member's index in a job array / seed sweep
     cluster: str | None = None
@@ -29,6 +65,9 @@ class SchedulerInfo:
     sweep: str | None = None  # the sweep id shared by every member of one seed sweep
     seed: int | None = None  # the seed this member runs with (overrides seeds.global)
     reason: str | None = None  # what the scheduler said about a pending or failed job
+
+    def __post_init__(self) -> None:
+        self.state = SchedulerState(str(self.state))  # a plain string from an untyped caller or the file
 
     @property
     def job_ref(self) -> str | None:
@@ -40,7 +79,7 @@ class SchedulerInfo:
     @property
     def final(self) -> bool:
         """Whether the scheduler has finished with the job."""
-        return self.state in FINAL_SCHEDULER_STATES
+        return self.state.final
 
     def to_json(self) -> dict[str, Any]:
         """camelCase, unset fields left out."""
@@ -64,7 +103,7 @@ class RunRecord:
 
     run_id: str
     name: str
-    status: str  # one of STATUSES
+    status: RunStatus
     manifest: str  # the manifest file as given (absolute)
     manifest_sha256: str
     plan_digest: str
@@ -78,7 +117,7 @@ class RunRecord:
     container_started_on: str | None = None
     finished_on: str | None = None
     log_sha256: str | None = None
-    container_status: str | None = None
+    container_status: ContainerStatus | None = None
     outputs: dict[str, str] = field(default_factory=dict)  # path under /outputs → sha256
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # metrics file → key → value
     metric_steps: dict[str, dict[str, list[list[float]]]] = field(default_factory=dict)  # file → key → [[step, v]…]
@@ -89,6 +128,12 @@ class RunRecord:
     tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
     scheduler: SchedulerInfo | None = None  # cluster runs and seed sweeps only
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer xrun, kept as they were
+
+    def __post_init__(self) -> None:
+        # The states as their types whatever the caller passed (the file, or an untyped caller's string).
+        self.status = RunStatus(str(self.status))
+        if self.container_status is not None:
+            self.container_status = ContainerStatus(str(self.container_status))
 
     def to_json(self) -> dict[str, Any]:
         """The run.json object (camelCase; unset fields left out)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import XrunError
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 from runner.wire import fields_to_wire
 
 SMALL_OUTPUT_BYTES = 1 << 20  # outputs up to this size are sent as artifacts; larger ones only by digest
@@ -42,7 +42,7 @@ class TrackedRun:
     run_id: str
     run_dir: Path
     name: str
-    status: str
+    status: RunStatus
     seed: int | None
     hardware_class: str
     manifest_sha256: str

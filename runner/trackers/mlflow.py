@@ -13,6 +13,7 @@ import re
 import time
 from typing import Any
 
+from runner.runs.record import RunStatus
 from runner.trackers.interface import SMALL_OUTPUT_BYTES, TrackedRun, Tracker, TrackerError
 
 RUN_ID_TAG, LOGGED_TAG = "xrun.runId", "xrun.logged"
@@ -60,7 +61,7 @@ class MlflowTracker(Tracker):
         self._log_values(client, mlflow_id, run)
         self._log_files(client, mlflow_id, run)
         client.set_tag(mlflow_id, LOGGED_TAG, "true")
-        client.set_terminated(mlflow_id, status="FINISHED" if run.status == "succeeded" else "FAILED",
+        client.set_terminated(mlflow_id, status="FINISHED" if run.status == RunStatus.SUCCEEDED else "FAILED",
                               end_time=run.finished_ms)
         return mlflow_id
 

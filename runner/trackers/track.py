@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import UsageError
 from runner.redact import REDACTED, redact
-from runner.runs.record import RunRecord
+from runner.runs.record import RunRecord, RunStatus
 from runner.trackers.interface import LOGGED, PENDING, Tracker, TrackerError, TrackingState, tracked_run
 from runner.wire import fields_to_wire
 
@@ -146,7 +146,7 @@ def sync_runs(run_dirs: list[Path], *, explicit: bool, flag_uri: str | None, key
         state = TrackingState.from_json(known) if isinstance(known, dict) else None
         if not explicit and (state is None or state.state != PENDING):
             continue
-        if record.status not in ("succeeded", "failed"):
+        if record.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             if explicit:
                 results.append(SyncResult(record.run_id, "skipped", None, None, None,
                                           f"the run is {record.status}; only finished runs are sent"))

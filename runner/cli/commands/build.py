@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runner.attest.recorded import NOT_VERIFIED
 from runner.build.export import parse_repository, publish
 from runner.build.image import build_image
 from runner.build.rebuild import rebuild as rebuild_image
 from runner.build.rebuild import render_text
+from runner.cli.messages import warn
 from runner.cli.options import fetch_options
 from runner.engine.client import docker_client
 from runner.errors import EXIT_INTEGRITY
@@ -38,6 +40,9 @@ def build(args: argparse.Namespace) -> int:
 
 def rebuild(args: argparse.Namespace) -> int:
     """Rebuild the image an attestation records and compare; exit 3 when it differs."""
-    report = rebuild_image(args.attestation, code=args.code, keys=args.keys, quiet=args.quiet or args.json)
+    if args.no_verify and not args.trust:
+        warn(NOT_VERIFIED)
+    report = rebuild_image(args.attestation, code=args.code, keys=args.trust, quiet=args.quiet or args.json,
+                           verify=not args.no_verify)
     print(render(report) if args.json else render_text(report))
     return 0 if report.identical else EXIT_INTEGRITY

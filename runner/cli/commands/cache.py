@@ -14,9 +14,13 @@ from runner.report.views import CacheCheck, CacheCollection, CacheListing
 
 def ls(args: argparse.Namespace) -> int:
     """List the entries, most recently used first."""
+    from runner.build.depslayer import list_records
+
     cache = Cache.default()
     entries = list_cache(cache)
-    print(render(CacheListing(cache.root, entries)) if args.json else text.cache_entries(cache.root, entries))
+    layers = list_records(cache)
+    print(render(CacheListing(cache.root, entries, layers)) if args.json
+          else text.cache_entries(cache.root, entries, layers))
     return 0
 
 

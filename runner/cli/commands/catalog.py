@@ -28,6 +28,7 @@ def hardware(args: argparse.Namespace) -> int:
     """The hardware catalog, this host, and which classes it fits."""
     host = hw.detect_host()
     classes = hw.catalog()
-    view = HardwareView(classes, host, {n: not hw.shortfalls(c, host) for n, c in classes.items()})
+    allocation = hw.allocated_gpus()  # inside a Slurm job: only the GPUs it was given count, as for a run
+    view = HardwareView(classes, host, {n: not hw.shortfalls(c, host, allocation) for n, c in classes.items()})
     print(render(view) if args.json else text.hardware_catalog(view))
     return 0

@@ -6,8 +6,9 @@ import argparse
 import sys
 from pathlib import Path
 
+from runner.attest.keys import key_password
 from runner.backends.node import node_run as run_on_node
-from runner.cli.options import key_password, run_options, runs_dir
+from runner.cli.options import run_options, runs_dir
 from runner.report import text
 from runner.report.json import render
 from runner.runs.store import find_run

@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.attest import Verdict, generate_keypair, load_policy, load_signer, load_verifier, verify_attestation
+from runner.attest.keys import key_password
 from runner.attest.timestamp import load_trusted_root, load_tsa_chain, rfc3339
 from runner.attest.vsa import read_summary, summarize
-from runner.cli.options import key_password
+from runner.cli.options import split_keys
 from runner.errors import UsageError
 from runner.report import text
 from runner.report.json import render
@@ -29,15 +30,16 @@ def keygen(args: argparse.Namespace) -> int:
 
 def verify(args: argparse.Namespace) -> int:
     """Verify an attestation or a VSA; optionally write a VSA and register the model; exit 3 when a check fails."""
-    if not args.keys and not args.allow_unsigned:
-        raise UsageError("give at least one trusted public key with --key xrun.pub (or --allow-unsigned)")
-    _check_gate_args(args)
+    trust, vsa_key = split_keys(args, "the verification summary", "--vsa-key", args.vsa_key)
+    if not trust and not args.allow_unsigned:
+        raise UsageError("give at least one trusted public key with --trust xrun.pub (or --allow-unsigned)")
+    _check_gate_args(args, vsa_key)
     # The verifier's own key is loaded first: a wrong password must not cost a verification.
-    signer = load_signer(args.vsa_key, key_password()) if args.vsa_out or args.register else None
+    signer = load_signer(vsa_key, key_password()) if vsa_key and (args.vsa_out or args.register) else None
     policy = load_policy(args.policy) if args.policy else None
     tsas = [load_tsa_chain(p) for p in args.tsa_certs]
     tsas += load_trusted_root(args.trusted_root) if args.trusted_root else []
-    verdict = verify_attestation(args.attestation, args.keys, args.artifacts, policy,
+    verdict = verify_attestation(args.attestation, trust, args.artifacts, policy,
                                  allow_unsigned=args.allow_unsigned, tsas=tsas)
     out: dict[str, Any] = verdict.to_json()
     lines = verdict.lines()
@@ -57,10 +59,11 @@ def verify(args: argparse.Namespace) -> int:
     return verdict.exit_code
 
 
-def _check_gate_args(args: argparse.Namespace) -> None:
+def _check_gate_args(args: argparse.Namespace, vsa_key: Path | None) -> None:
     """The VSA and registry flags' requirements, checked before any work."""
-    if (args.vsa_out or args.register) and not args.vsa_key:
-        raise UsageError("--vsa-out/--register sign a verification summary: give the verifier's key with --vsa-key KEY")
+    if (args.vsa_out or args.register) and not vsa_key:
+        raise UsageError("--vsa-out/--register sign a verification summary: give the verifier's private key with "
+                         "--key KEY")
     if args.register and not args.mlflow:
         raise UsageError("--register NAME needs the MLflow server: --mlflow URI")
     if args.register and not args.artifacts:

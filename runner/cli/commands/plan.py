@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from runner.cli import print_error
+from runner.cli.messages import print_error
 from runner.errors import XrunError
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan

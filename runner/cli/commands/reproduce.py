@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 
-from runner.cli.options import run_options
+from runner.attest.recorded import NOT_VERIFIED
+from runner.cli.messages import warn
+from runner.cli.options import run_options, split_keys
 from runner.errors import EXIT_MISMATCH
 from runner.report import text
 from runner.report.json import render
@@ -13,7 +15,10 @@ from runner.reproduce import reproduce as reproduce_run
 
 def reproduce(args: argparse.Namespace) -> int:
     """Verify, re-run and compare; exit 5 when the outputs differ beyond the tolerances."""
-    report = reproduce_run(args.attestation, manifest=args.manifest, keys=args.keys, rtol=args.rtol, atol=args.atol,
-                           options=run_options(args, args.signing_key), code=args.code)
+    trust, signing_key = split_keys(args, "the new run", "--signing-key", args.signing_key)
+    if args.no_verify and not trust:
+        warn(NOT_VERIFIED)
+    report = reproduce_run(args.attestation, manifest=args.manifest, keys=trust, rtol=args.rtol, atol=args.atol,
+                           options=run_options(args, signing_key), code=args.code, verify=not args.no_verify)
     print(render(report) if args.json else text.reproduction(report))
     return 0 if report.reproduced else EXIT_MISMATCH

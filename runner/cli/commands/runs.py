@@ -42,7 +42,7 @@ def sync(args: argparse.Namespace) -> int:
     """Send the given runs (default: the pending ones) to MLflow; exit 4 when one is still pending."""
     folder = runs_dir(args)
     runs = [find_run(folder, ref) for ref in args.run] if args.run else list_runs(folder)
-    results = sync_runs([r.path for r in runs], explicit=bool(args.run), flag_uri=args.mlflow, keys=args.keys,
+    results = sync_runs([r.path for r in runs], explicit=bool(args.run), flag_uri=args.mlflow, keys=args.trust,
                         progress=StderrProgress(args.json))
     print(render(results) if args.json else text.synced(results))
     return 0 if all(r.state != "pending" for r in results) else 4

@@ -116,7 +116,7 @@ def test_report_trusts_keys_given_with_trust_or_the_old_key_spelling(tmp_path, c
     _, pub = generate_keypair("ed25519", tmp_path / "keys")
     for flag in ("--trust", "--key"):
         page = tmp_path / f"{flag[2:]}.html"
-        assert main(["report", "--sweep", "fake", "--runs-dir", str(runs), flag, str(pub), "--out", str(page)]) == 0
+        assert main(["report", "--experiment", "fake", "--runs-dir", str(runs), flag, str(pub), "--out", str(page)]) == 0
         assert "the run has no attestation" in page.read_text()  # verified (and failed): the key was taken
         err = capsys.readouterr().err
         assert ("taken as --trust" in err) == (flag == "--key")
@@ -212,11 +212,11 @@ def test_report_of_a_200_member_slurm_sweep_stays_small_ordered_and_readable(tmp
     # Size and structure only; the time to open it is measured by bench/bench_report.py.
     import statistics
 
-    from sweepruns import BUILDER, NAME, SWEEP, write_sweep
+    from sweepruns import BUILDER, SWEEP, write_sweep
 
     write_sweep(tmp_path / "runs", 200)
     page = tmp_path / "r.html"
-    assert main(["report", "--sweep", NAME, "--runs-dir", str(tmp_path / "runs"), "--out", str(page)]) == 0
+    assert main(["report", "--sweep", SWEEP, "--runs-dir", str(tmp_path / "runs"), "--out", str(page)]) == 0
     assert page.stat().st_size < 6_000_000
     dom = browse(page)
     assert 'data-ready="1"' in re.search(r"<body([^>]*)>", dom).group(1)

@@ -8,7 +8,6 @@ This is the seam every backend plugs into.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from runner import hardware
 from runner.codetree import OwnPaths, signing_key_path
 from runner.fetch import Cache, FetchOptions
-from runner.manifest import Manifest, load_manifest
+from runner.manifest import load_manifest
 from runner.plan import Plan, resolve_plan
 from runner.progress import ProgressSink, StderrProgress
 from runner.rundir import default_runs_dir
@@ -39,7 +38,6 @@ class RunOptions:
     quiet: bool = False
     fetch: FetchOptions = field(default_factory=FetchOptions)
     reproduces: ResourceDescriptor | None = None  # the attestation this run reproduces
-    backend: str = "local"
     mlflow: str | None = None  # --mlflow URI (runner/trackers/track.py resolves the rest)
     seed: int | None = None  # overrides the manifest's seeds.global (seed sweeps; recorded as externalParameters.seed)
     cache_dir: Path | None = None  # the cache root (a shared directory for cluster runs); default Cache.default()
@@ -81,13 +79,6 @@ def timestamp_authority(given: str | None, signed: bool, environ: Mapping[str, s
     return url
 
 
-def with_seed(manifest: Manifest, seed: int | None) -> Manifest:
-    """The manifest with seeds.global replaced (raw text and digest unchanged: the override is recorded apart)."""
-    if seed is None:
-        return manifest
-    return dataclasses.replace(manifest, seeds=dataclasses.replace(manifest.seeds, global_seed=seed))
-
-
 @dataclass(frozen=True)
 class RunContext:
     """Plan, host, signer, engine client, cache and options of one run, resolved before it starts."""
@@ -110,8 +101,8 @@ class RunContext:
         from runner.attest import load_signer
         from runner.engine.client import docker_client
 
-        manifest = with_seed(load_manifest(manifest_path), options.seed)
-        plan = resolve_plan(manifest, options.own_paths(manifest.root))
+        manifest = load_manifest(manifest_path)
+        plan = resolve_plan(manifest, options.own_paths(manifest.root)).with_seed(options.seed)
         sink = progress or StderrProgress(options.quiet)
         warning = plan.code.summary().warning()
         if warning:

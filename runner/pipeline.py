@@ -11,9 +11,9 @@ import dataclasses
 import hashlib
 from pathlib import Path
 
-from runner.backends.interface import Execution, get_backend
 from runner.context import RunContext, RunOptions, signing_key_path
-from runner.engine.execute import raise_for_status
+from runner.build.image import BuiltImage
+from runner.engine.execute import Execution, container_spec, raise_for_status, run_container
 from runner.engine.labels import NAME_LABEL, RUN_ID_LABEL, RUNNER_LABEL, runner_identity
 from runner.engine.watchdog import Watchdog, reap_orphans
 from runner.errors import IntegrityError, Interrupted, XrunError
@@ -25,9 +25,6 @@ from runner.runs.record import RunRecord, RunStatus
 from runner.stages import CompletedRun, RunSummary, StageHooks
 
 __all__ = ["RunOptions", "new_record", "run_experiment", "run_in", "signing_key_path"]
-
-
-NODE_STATEMENT = "node.intoto.jsonl"  # a cluster node's unsigned statement, signed by the submitter (runner/submit.py)
 
 
 def run_experiment(manifest_path: Path, options: RunOptions) -> RunSummary:
@@ -92,7 +89,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks,
              else build_image(plan, ctx.cache, ctx.client, fetch=ctx.options.fetch, progress=ctx.progress))
     record.image_id = image.id
     labels = {RUN_ID_LABEL: run.run_id, NAME_LABEL: plan.manifest.name, RUNNER_LABEL: str(record.runner)}
-    execution = get_backend(ctx.options.backend).execute(ctx, run, image, fetched, labels)
+    execution = _run_container(ctx, run, image, fetched, labels)
     _record_result(record, execution)
     if execution.result.left_behind:
         # The engine did not confirm the removal in time: the watchdog goes on with it after we exit.
@@ -125,6 +122,19 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks,
     )
 
 
+def _run_container(ctx: RunContext, run: RunDir, image: BuiltImage, fetched: tuple[FetchedData, ...],
+                   labels: dict[str, str]) -> Execution:
+    """The run stage on this host's engine (a cluster node runs it too: runner/node.py)."""
+    plan = ctx.plan
+    spec = container_spec(
+        image_id=image.id, command=plan.command, env=plan.env, workdir=plan.manifest.run.workdir,
+        hardware=plan.hardware, host=ctx.host, data_mounts=[(f.host_path, f.container_path) for f in fetched],
+        outputs_dir=run.outputs, timeout_s=plan.timeout_s, labels=labels, gpu_allocation=ctx.gpu_allocation,
+    )
+    result = run_container(ctx.client, spec, run.log, stream=not ctx.options.quiet, prefix=plan.manifest.name)
+    return Execution(spec=spec, result=result)
+
+
 def _check_inputs_unchanged(ctx: RunContext, fetched: tuple[FetchedData, ...]) -> None:
     """The data the training read must still be the verified bytes: a cache write during the run is exit 3."""
     changed = changed_since_fetch(ctx.cache, fetched)
@@ -148,7 +158,7 @@ def _finish(run: RunDir, record: RunRecord, status: RunStatus, reason: str) -> N
     record.attestation = None
     record.save(run.record)
     # A partly written attestation must never outlive a failed run.
-    for path in (run.attestation, run.bundle, run.path / NODE_STATEMENT):
+    for path in (run.attestation, run.bundle, run.node_statement):
         try:
             path.unlink()
         except FileNotFoundError:

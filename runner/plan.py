@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import json
@@ -103,12 +104,29 @@ class Plan:
     @functools.cached_property
     def build_digest(self) -> str:
         """sha256 hex over only what goes into the image (base, lock, code): keys the image cache."""
-        j = self.to_json()
-        # The image also depends on xrun's own templates, hence the version.
-        # Content only: the code tree's digest, not its git commit or folder name, so a checkout without
-        # .git or a commit that touches no built file gives the same image (the commit is attested).
-        keyed = {k: j[k] for k in ("image", "lockfile")} | {"code": j["code"]["digest"], "xrun": __version__}
-        return hashlib.sha256(canonical_json(keyed)).hexdigest()
+        return build_digest_of(self.to_json())
+
+    def with_seed(self, seed: int | None) -> "Plan":
+        """The plan with seeds.global replaced: same build digest (no rebuild per seed), the seed's environment.
+
+        The one way to make a sweep member's plan: `xrun run --seed` and `xrun submit --seeds` must agree,
+        or every node refuses its job (the node re-plans and compares digests).
+        """
+        if seed is None:
+            return self
+        # Raw text and manifest digest unchanged: the override is recorded apart (externalParameters.seed).
+        manifest = dataclasses.replace(self.manifest, seeds=dataclasses.replace(self.manifest.seeds, global_seed=seed))
+        return dataclasses.replace(self, manifest=manifest, seed=seed, env=run_env(manifest))
+
+
+def build_digest_of(plan_json: dict[str, Any]) -> str:
+    """The build digest of a plan as plan.json holds it (what `Plan.build_digest` is; a submitter re-derives it)."""
+    # The image also depends on xrun's own templates, hence the version.
+    # Content only: the code tree's digest, not its git commit or folder name, so a checkout without
+    # .git or a commit that touches no built file gives the same image (the commit is attested).
+    keyed = {k: plan_json[k] for k in ("image", "lockfile")} | {"code": plan_json["code"]["digest"],
+                                                                   "xrun": __version__}
+    return hashlib.sha256(canonical_json(keyed)).hexdigest()
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from typing import Any
 from runner.errors import UsageError
 
 PLAN_FILE = "plan.json"  # Plan.to_json() as the run was planned; read back by plan.PlanRecord
+NODE_STATEMENT = "node.intoto.jsonl"  # a cluster node's unsigned statement, signed by `xrun collect`
 
 
 @dataclass(frozen=True)
@@ -48,6 +49,11 @@ class RunDir:
     @property
     def bundle(self) -> Path:
         return self.path / "provenance.sigstore.json"
+
+    @property
+    def node_statement(self) -> Path:
+        """A cluster node's unsigned statement, checked and signed by the submitter (`xrun collect`)."""
+        return self.path / NODE_STATEMENT
 
 
 def new_run_id(now: datetime | None = None) -> str:

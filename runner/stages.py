@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from runner.attest.statement import ProvenanceFacts
-from runner.backends.interface import Execution
 from runner.build.image import BuiltImage
 from runner.context import RunContext
+from runner.engine.execute import Execution
 from runner.fetch.interface import FetchedData
 from runner.outputs import Outputs
 from runner.rundir import RunDir

@@ -175,8 +175,8 @@ def test_sweep_means_the_seed_sweep_id_as_in_runs_summary(tmp_path, capsys):
 @pytest.mark.parametrize("args, words", [
     ([], "--sweep SWEEP_ID or --experiment NAME"),
     (["--experiment", "nope"], "no finished run of experiment 'nope'"),
-    (["--sweep", "nope"], "no seed sweep 'nope'"),
-    (["nosuchrun"], "no run 'nosuchrun'"),
+    (["--sweep", "nope"], "no run or sweep 'nope'"),
+    (["nosuchrun"], "no run or sweep 'nosuchrun'"),
     (["--experiment", "fake", "--out", "missing/dir/r.html"], "does not exist"),
 ])
 def test_report_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, args, words):

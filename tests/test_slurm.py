@@ -23,7 +23,9 @@ from runner.context import RunOptions
 from runner.engine.execute import managed_containers
 from runner.pipeline import run_experiment
 from runner.runs.record import RunRecord
-from runner.submit import SubmitOptions, cancel_run, refresh, submit, summarize_sweep, wait_run
+from runner.backends import refresh
+from runner.runs.sweep import summarize_sweep
+from runner.submit import SubmitOptions, cancel_run, submit, wait_run
 from experiments import probe_experiment
 from statementcheck import assert_strictly_valid
 from servers import PATIENCE_S, wait_for
@@ -123,9 +125,15 @@ def test_registry_image_is_pulled_by_digest_on_the_node(tmp_path, base_image, sl
     assert reference and reference.startswith(f"{registry.host}/xrun-slurm@sha256:")
     job = json.loads((member.run_dir / "job.json").read_text())
     assert job["image"]["reference"] == reference and job["image"]["archive"] is None
-    # The engine here does not know the pushed name (xrun drops its push tag): the node has to pull by digest.
+    # xrun pushes without the engine (the OCI layout over HTTP): the engine here does not know the pushed name,
+    # unless an earlier session's node pulled the same digest (the registry's port and the image are the same):
+    # that reference is forgotten first, so the node has to pull by digest.
     import docker.errors
 
+    try:
+        docker_client.images.remove(reference, noprune=True)
+    except docker.errors.ImageNotFound:
+        pass
     with pytest.raises(docker.errors.ImageNotFound):
         docker_client.images.get(reference)
     subprocess.run(["scontrol", "release", result.job_id], check=True)

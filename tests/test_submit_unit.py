@@ -66,8 +66,6 @@ def test_refresh_never_overwrites_the_nodes_record(tmp_path, monkeypatch):
     Before the fix, a refresh that read run.json while the node was running and heard 'COMPLETED' a moment
     later wrote its stale copy back: the node's outputs vanished from the record.
     """
-    import runner.submit as submit_mod
-
     answers = iter([slurm.JobState("7", "running", "RUNNING", "n1", None),
                     slurm.JobState("7", "completed", "COMPLETED", "n1", None)])
     record_path = tmp_path / "run.json"
@@ -84,9 +82,9 @@ def test_refresh_never_overwrites_the_nodes_record(tmp_path, monkeypatch):
         return {"7": state}
 
     monkeypatch.setattr(slurm, "job_states", states)
-    monkeypatch.setattr(submit_mod.shutil, "which", lambda name: "/usr/bin/" + name)
-    seen = submit_mod.refresh(tmp_path)
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/" + name)
+    seen = slurm.SlurmHandle(tmp_path).state()
     assert seen.scheduler.state == "running" and record_path.read_bytes() == before  # reported, not written
-    done = submit_mod.refresh(tmp_path)
+    done = slurm.SlurmHandle(tmp_path).state()
     assert done.status == "succeeded" and done.outputs == {"a.txt": "ab" * 32} and done.scheduler.state == "completed"
     assert RunRecord.load(record_path).outputs == {"a.txt": "ab" * 32}

@@ -13,7 +13,8 @@ from runner.attest import generate_keypair
 from runner.context import RunOptions
 from runner.reproduce import reproduce
 from runner.runs.record import RunRecord
-from runner.submit import SubmitOptions, submit, summarize_sweep
+from runner.runs.sweep import summarize_sweep
+from runner.submit import SubmitOptions, submit
 from experiments import probe_experiment
 
 pytestmark = pytest.mark.docker

@@ -12,27 +12,19 @@ Submitting to an API server and signing from Kubernetes are not implemented (REA
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
-from collections.abc import Sequence
 from pathlib import Path
 from string import Template
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import yaml
 
-from runner.backends.interface import Backend, Execution
+from runner.backends.interface import Backend, Distribution, Handle, Prepared, SubmitOptions, SubmitResult
+from runner.build.distribute import check_registry
 from runner.errors import UsageError
 from runner.resources import resource_dir
 from runner.rundir import new_run_id, write_atomic
-
-if TYPE_CHECKING:
-    from runner.build.image import BuiltImage
-    from runner.context import RunContext
-    from runner.fetch import FetchedData
-    from runner.rundir import RunDir
-    from runner.submit import SubmitOptions, SubmitResult
 
 NOBODY = 65534
 DEADLINE_MARGIN_S = 300
@@ -81,17 +73,6 @@ while True:
     last = waiting
     time.sleep(10)
 '''
-
-
-class KubernetesBackend(Backend):
-    """Kubernetes runs go through `xrun submit --backend kubernetes --render DIR`."""
-
-    name = "kubernetes"
-
-    def execute(self, ctx: RunContext, run: RunDir, image: BuiltImage, fetched: Sequence[FetchedData],
-                labels: dict[str, str]) -> Execution:
-        """Not a synchronous stage: say how to use it."""
-        raise UsageError("the kubernetes backend renders Jobs: `xrun submit MANIFEST --backend kubernetes --render DIR`")
 
 
 def _dns_name(text: str) -> str:
@@ -158,32 +139,42 @@ def render_objects(plan: Any, image_ref: str, seeds: tuple[int, ...], run_id: st
     return objects
 
 
-def submit_kubernetes(manifest: Path, options: SubmitOptions) -> SubmitResult:
-    """Plan, build, push by digest and render (--render DIR); submitting to a cluster is not implemented."""
-    from runner.build.image import build_image
-    from runner.context import RunContext
-    from runner.submit import SubmitResult, _push, check_registry
+class KubernetesBackend(Backend):
+    """Rendered Jobs (`--render DIR`); submitting through the Kubernetes API is not implemented yet."""
 
-    if options.render is None:
-        raise UsageError("--backend kubernetes needs --render DIR: xrun writes the manifests for `kubectl apply -f "
-                         "DIR`; submitting through the Kubernetes API is not implemented yet")
-    if not options.registry:
-        raise UsageError("--backend kubernetes needs --registry HOST[:PORT]/REPO: pods pull the image by digest")
-    check_registry(options.registry)
-    ctx = RunContext.create(manifest, dataclasses.replace(options.run, allow_hardware_mismatch=True))
-    built = build_image(ctx.plan, ctx.cache, ctx.client, quiet=ctx.options.quiet)
-    reference = _push(ctx.client, built, options.registry)
-    run_id = new_run_id()
-    objects = render_objects(ctx.plan, reference, options.seeds, run_id)
-    out = options.render
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UsageError(f"--render {out}: cannot create it ({exc.strerror})") from None
-    written = []
-    for index, obj in enumerate(objects):
-        path = out / f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
-        write_atomic(path, yaml.safe_dump(obj, sort_keys=False).encode())
-        written.append(path)
-    return SubmitResult(backend="kubernetes", sweep=run_id if options.seeds else None, job_id=None,
-                        image_id=built.id, image_reference=reference, script=None, runs=(), rendered=tuple(written))
+    name = "kubernetes"
+    distribution = Distribution.REGISTRY
+
+    def check(self, options: SubmitOptions) -> None:
+        """--render and --registry are required: the manifests go to a folder, pods pull the image by digest."""
+        if options.render is None:
+            raise UsageError("--backend kubernetes needs --render DIR: xrun writes the manifests for `kubectl apply -f "
+                             "DIR`; submitting through the Kubernetes API is not implemented yet")
+        if not options.registry:
+            raise UsageError("--backend kubernetes needs --registry HOST[:PORT]/REPO: pods pull the image by digest")
+        check_registry(options.registry)
+
+    def submit(self, prepared: Prepared) -> SubmitResult:
+        """Render the objects for the pushed image into --render DIR."""
+        ctx, image, options = prepared.ctx, prepared.image, prepared.options
+        assert ctx is not None and image is not None and image.reference and options.render is not None
+        run_id = new_run_id()
+        objects = render_objects(ctx.plan, image.reference, options.seeds, run_id)
+        out = options.render
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--render {out}: cannot create it ({exc.strerror})") from None
+        written = []
+        for index, obj in enumerate(objects):
+            path = out / f"{index:02d}-{obj['kind'].lower()}-{obj['metadata']['name']}.yaml"
+            write_atomic(path, yaml.safe_dump(obj, sort_keys=False).encode())
+            written.append(path)
+        return SubmitResult(backend=self.name, sweep=run_id if options.seeds else None, job_id=None,
+                            image_id=image.id, image_reference=image.reference, script=None, runs=(),
+                            rendered=tuple(written))
+
+    def attach(self, run_dir: Path) -> Handle:
+        """Rendered Jobs make no run directory xrun follows."""
+        raise UsageError(f"{run_dir}: Kubernetes Jobs rendered by xrun are followed with kubectl "
+                         "(`kubectl get jobs -l app.kubernetes.io/managed-by=xrun`)")

@@ -131,12 +131,15 @@ def export_oci(client: Any, image_id: str, out: Path, ref_name: str | None = Non
 # --- pushing ---------------------------------------------------------------------------------------
 
 
-def parse_repository(target: str) -> tuple[str, str]:
-    """REGISTRY/REPO → (registry host, repository); UsageError when no registry host is named."""
+def parse_repository(target: str, flag: str = "--push") -> tuple[str, str]:
+    """REGISTRY/REPO → (registry host, repository); UsageError naming the flag when no registry host is named.
+
+    The one parser of a registry argument (`build --push`, `submit --registry`).
+    """
     host, _, repo = target.partition("/")
     if not repo or not ("." in host or ":" in host or host == "localhost") or "@" in target or \
             ":" in repo.rsplit("/", 1)[-1]:
-        raise UsageError(f"--push {target}: give REGISTRY/REPO without tag or digest (for example "
+        raise UsageError(f"{flag} {target}: give REGISTRY/REPO without tag or digest (for example "
                          "127.0.0.1:5000/team/experiment); the image is pushed by digest")
     return host, repo
 

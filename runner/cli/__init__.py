@@ -258,18 +258,21 @@ def _cluster_commands(command: Command) -> None:
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
 
     for name, help_text, example, handler in (
-        ("collect", "check a finished cluster run's outputs against the node's statement and sign it here",
-         "xrun collect latest --key xrun.key", "cluster:collect"),
-        ("wait", "wait until a cluster run's job ends, then collect it (sign with --key)",
+        ("collect", "check a finished cluster run's (or every sweep member's) outputs and dependencies against the "
+         "node's statement and sign it here; exit 3 when a statement is refused",
+         "xrun collect 20261129T171800Z-ab12cd --key xrun.key   # a run, or a whole sweep", "cluster:collect"),
+        ("wait", "wait until a cluster run's job (or every sweep member) ends, then collect it (sign with --key)",
          "xrun wait 20261129T171800Z-ab12cd --key xrun.key", "cluster:wait"),
-        ("cancel", "cancel a cluster run's job (scancel)", "xrun cancel 20261129T171800Z-ab12cd", "cluster:cancel"),
-        ("logs", "print a cluster run's job log (-f: follow until the job ends)", "xrun logs latest -f",
-         "cluster:logs"),
+        ("cancel", "cancel a cluster run's job, or every member of a sweep (scancel)",
+         "xrun cancel 20261129T171800Z-ab12cd", "cluster:cancel"),
+        ("logs", "print a cluster run's job log, or each sweep member's (-f: follow until the job ends)",
+         "xrun logs latest -f", "cluster:logs"),
     ):
         signs = name in ("collect", "wait")
         q = command(name, help_text, example, handler,
                     [shared.runs_selection(), *((shared.signing_key(), shared.json_flag()) if signs else ())])
-        q.add_argument("run", metavar="RUN", help="run id, id prefix, run directory or 'latest'")
+        q.add_argument("run", metavar="RUN|SWEEP", help="run id, sweep id (every member), id prefix, run directory "
+                       "or 'latest'; an exact id wins over a prefix")
         if name == "logs":
             q.add_argument("-f", "--follow", action="store_true", help="follow the log until the job ends")
 
@@ -309,7 +312,8 @@ def _runs_commands(command: Command) -> None:
                 "report:report",
                 [shared.runs_selection(), shared.json_flag(),
                  shared.trusted_keys("show each run's verification result"), shared.trust_alias()])
-    p.add_argument("run", nargs="*", metavar="RUN", help="run ids, id prefixes, paths or 'latest'")
+    p.add_argument("run", nargs="*", metavar="RUN|SWEEP", help="run ids, seed sweep ids (every member), id prefixes, "
+                   "paths or 'latest'")
     p.add_argument("--sweep", action="append", default=[], metavar="SWEEP",
                    help="the members of a seed sweep, by its id as `xrun runs summary SWEEP` takes it (`xrun runs "
                         "ls` shows sweep ids; repeatable)")

@@ -83,6 +83,14 @@ class RunResult:
     left_behind: tuple[str, ...] = ()
 
 
+@dataclass(frozen=True)
+class Execution:
+    """What the run stage did: the container as specified, and how it ended."""
+
+    spec: ContainerSpec
+    result: RunResult
+
+
 def container_user(uid: int | None = None, gid: int | None = None) -> str:
     """The invoking user's uid:gid, or nobody when xrun itself runs as root (the run is never root)."""
     uid = os.getuid() if uid is None else uid

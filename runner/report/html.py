@@ -24,7 +24,7 @@ from runner.report.views import seed_list
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
 from runner.runs.record import RunRecord, RunStatus
-from runner.runs.store import RunInfo, find_run, list_runs
+from runner.runs.store import RunInfo, find_runs, list_runs
 from runner.wire import fields_to_wire
 
 MAX_WHEELS_SHOWN = 6  # a lock of hundreds of wheels would drown the graph: the rest are counted
@@ -81,17 +81,17 @@ class WrittenReport:
 
 
 def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str], experiments: tuple[str, ...] = ()) -> list[RunInfo]:
-    """The runs named (id, prefix, path, 'latest'), the members of each seed sweep (by its id, as `runs summary`
-    takes it) and every finished run of each experiment (by name)."""
+    """The runs named (id, sweep id, prefix, path, 'latest'), the members of each seed sweep (by its id, as
+    `runs summary` takes it) and every finished run of each experiment (by name)."""
     if not refs and not sweeps and not experiments:
         raise UsageError("name the runs to report: run ids (`xrun runs ls` lists them), --sweep SWEEP_ID or "
                          "--experiment NAME")
-    chosen = [find_run(runs_dir, ref) for ref in refs]
+    chosen = [run for ref in refs for run in find_runs(runs_dir, ref)]
     if sweeps:
-        from runner.submit import sweep_members
+        from runner.runs.sweep import sweep_members
 
         for sweep in sweeps:
-            chosen += [find_run(runs_dir, str(path)) for path, _ in sweep_members(runs_dir, sweep)]
+            chosen += [run for path, _ in sweep_members(runs_dir, sweep) for run in find_runs(runs_dir, str(path))]
     everything = list_runs(runs_dir) if experiments else []
     for name in experiments:
         finished = (RunStatus.SUCCEEDED, RunStatus.FAILED)

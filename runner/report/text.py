@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from runner.runs.record import RunRecord
     from runner.runs.store import RunInfo
     from runner.stages import RunSummary
-    from runner.submit import SubmitResult, SubmittedRun, SweepSummary
+    from runner.backends.interface import SubmitResult, SubmittedRun
+    from runner.runs.sweep import SweepSummary
     from runner.trackers.track import SyncResult
 
 
@@ -207,12 +208,12 @@ def run_status(rec: RunRecord) -> str:
     """The STATUS cell: the run's status, and the scheduler's word where it adds to it."""
     sched = rec.scheduler
     if sched is None or sched.backend == "local":
-        return rec.status
-    if rec.status in ("submitted", "running"):
+        return str(rec.status)
+    if rec.status.unfinished:
         return f"{rec.status} ({sched.state})"
     if not sched.final:
         # The node has finished the run; a scheduler word older than that ("running") says nothing more.
-        return rec.status if rec.attestation else f"{rec.status} (not collected)"
+        return str(rec.status) if rec.attestation else f"{rec.status} (not collected)"
     return f"{rec.status} ({sched.state})"
 
 
@@ -277,8 +278,9 @@ def node_ran(summary: RunSummary) -> str:
 
 def collected(result: SubmittedRun) -> str:
     """`xrun collect` / `xrun wait`: the run's state and its attestation (or error)."""
-    return f"run {result.run_id}: {result.state}" + (f", attestation {result.attestation}" if result.attestation
-                                                     else f" ({result.error})" if result.error else "")
+    return f"run {result.run_id}: {result.state}" + (
+        f", attestation {result.attestation}" if result.attestation
+        else f", REFUSED: {result.error}" if result.refused else f" ({result.error})" if result.error else "")
 
 
 def cancelled(record: RunRecord) -> str:

@@ -65,6 +65,8 @@ class SchedulerInfo:
     sweep: str | None = None  # the sweep id shared by every member of one seed sweep
     seed: int | None = None  # the seed this member runs with (overrides seeds.global)
     reason: str | None = None  # what the scheduler said about a pending or failed job
+    # Where the scheduler's word and the node's statement differ (a ghost task, another node): named, then signed.
+    disagreement: str | None = None
 
     def __post_init__(self) -> None:
         self.state = SchedulerState(str(self.state))  # a plain string from an untyped caller or the file
@@ -74,7 +76,7 @@ class SchedulerInfo:
         """The id Slurm's tools accept for this one member: JOB or JOB_INDEX."""
         if self.job_id is None:
             return None
-        return self.job_id if self.array_index is None or self.backend != "slurm" else f"{self.job_id}_{self.array_index}"
+        return self.job_id if self.array_index is None else f"{self.job_id}_{self.array_index}"
 
     @property
     def final(self) -> bool:
@@ -127,6 +129,9 @@ class RunRecord:
     # tracker name → its state (runner/trackers TrackingState); written after the attestation, never attested
     tracking: dict[str, dict[str, Any]] = field(default_factory=dict)
     scheduler: SchedulerInfo | None = None  # cluster runs and seed sweeps only
+    # Earlier attempts of a requeued cluster job, oldest first ({attempt, status, startedOn, finishedOn, node, …});
+    # only the last attempt's outputs and attestation remain.
+    attempts: list[dict[str, Any]] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)  # keys of a newer xrun, kept as they were
 
     def __post_init__(self) -> None:
@@ -138,7 +143,7 @@ class RunRecord:
     def to_json(self) -> dict[str, Any]:
         """The run.json object (camelCase; unset fields left out)."""
         data = fields_to_wire(self, omit_none=True)
-        for optional in ("metricSteps", "tracking"):  # absent unless used: older readers see what they knew
+        for optional in ("metricSteps", "tracking", "attempts"):  # absent unless used: older readers see what they knew
             if not data.get(optional):
                 data.pop(optional, None)
         if self.scheduler is not None:

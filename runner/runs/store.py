@@ -66,19 +66,54 @@ def list_runs(runs_dir: Path) -> list[RunInfo]:
 
 
 def find_run(runs_dir: Path, ref: str) -> RunInfo:
-    """A run by id, unique id prefix, path, or 'latest'."""
+    """A run by id (an exact id before any prefix: `<sweep>-1` is not `<sweep>-10`), unique id prefix, path, or
+    'latest'."""
     direct = load_run(Path(ref)) if (Path(ref) / "run.json").is_file() else None
     if direct is not None:
         return direct
     runs = list_runs(runs_dir)
     if ref == "latest" and runs:
         return runs[-1]
-    matches = [r for r in runs if r.run_id.startswith(ref)]
+    matches = [r for r in runs if r.run_id == ref] or [r for r in runs if r.run_id.startswith(ref)]
     if len(matches) == 1:
         return matches[0]
     if not matches:
         raise UsageError(f"no run {ref!r} under {runs_dir}; `xrun runs ls` lists them")
     raise UsageError(f"{ref!r} matches {len(matches)} runs under {runs_dir}; give more of the run id")
+
+
+def find_runs(runs_dir: Path, ref: str) -> list[RunInfo]:
+    """One run, or every member of a seed sweep (by array index), named by id, sweep id, unique prefix of either,
+    path or 'latest'; exact ids match before prefixes."""
+    direct = load_run(Path(ref)) if (Path(ref) / "run.json").is_file() else None
+    if direct is not None:
+        return [direct]
+    runs = list_runs(runs_dir)
+    if ref == "latest" and runs:
+        return [runs[-1]]
+    exact = [r for r in runs if r.run_id == ref]
+    if exact:
+        return exact
+    sweeps: dict[str, list[RunInfo]] = {}
+    for run in runs:
+        if run.record.scheduler is not None and run.record.scheduler.sweep:
+            sweeps.setdefault(run.record.scheduler.sweep, []).append(run)
+    if ref in sweeps:
+        return _by_index(sweeps[ref])
+    matches = [r for r in runs if r.run_id.startswith(ref)]
+    named = [s for s in sweeps if s.startswith(ref)]
+    if len(named) == 1 and all(r in sweeps[named[0]] for r in matches):
+        return _by_index(sweeps[named[0]])  # a prefix of one sweep's id: the sweep
+    if len(matches) == 1 and not named:
+        return matches
+    if not matches and not named:
+        raise UsageError(f"no run or sweep {ref!r} under {runs_dir}; `xrun runs ls` lists them")
+    raise UsageError(f"{ref!r} matches {len(matches)} runs and {len(named)} sweeps under {runs_dir}; give more of "
+                     "the id")
+
+
+def _by_index(members: list[RunInfo]) -> list[RunInfo]:
+    return sorted(members, key=lambda r: r.record.scheduler.array_index or 0 if r.record.scheduler else 0)
 
 
 def diff_runs(a: RunInfo, b: RunInfo) -> dict[str, Any]:

@@ -9,7 +9,7 @@ the same code. A run never fails because a tracker did: every failure becomes on
 from __future__ import annotations
 
 import abc
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,13 @@ class TrackedRun:
     attestation: Path | None
     manifest: Path | None
     outputs: tuple[OutputFile, ...]
+    scheduler: dict[str, Any] = field(default_factory=dict)  # run.json's scheduler (cluster runs, seed sweeps)
+
+    @property
+    def sweep(self) -> str | None:
+        """The seed sweep this run is a member of (its tracker groups the members under one parent run)."""
+        value = self.scheduler.get("sweep")
+        return value if isinstance(value, str) and value else None
 
     def params(self) -> dict[str, str]:
         """Flat string parameters (what every tracker can store)."""
@@ -78,6 +85,9 @@ class TrackedRun:
             "xrun.signed": str(self.signed).lower(),
             "xrun.verified": None if self.verified is None else str(self.verified).lower(),
             "xrun.reproducedFrom": self.reproduces, "xrun.reproducedFromRun": self.reproduces_run,
+            # Where it ran: the sweep, the seed, the scheduler's job and member, the node.
+            "xrun.sweep": self.sweep, "xrun.seed": self.seed if self.sweep else None,
+            **{f"xrun.{key}": self.scheduler.get(key) for key in ("backend", "jobId", "arrayIndex", "cluster", "node")},
         }
         return {k: str(v) for k, v in values.items() if v is not None}
 
@@ -161,6 +171,7 @@ def tracked_run(run_dir: Path, *, verified: bool | None = None) -> TrackedRun:
         reproduces=f"sha256:{reproduces}" if reproduces else None,
         reproduces_run=_run_with_attestation(run_dir.parent, reproduces) if reproduces else None,
         attestation=attestation, manifest=manifest if manifest.is_file() else None, outputs=tuple(outputs),
+        scheduler=record.scheduler.to_json() if record.scheduler is not None else {},
     )
 
 

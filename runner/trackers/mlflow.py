@@ -1,5 +1,8 @@
 """The MLflow tracker: one xrun run → one MLflow run (params, metrics per step, tags, artifacts).
 
+The members of a seed sweep are children (MLflow's `mlflow.parentRunId`) of one parent run per sweep,
+tagged `xrun.sweep` and `xrun.role=sweep`, found by those tags before one is created.
+
 It talks to the server through the MLflow client library (MlflowClient, from `pip install
 'xrun[mlflow]'`). Exactly once: the MLflow run carries the tag `xrun.runId`; a run is looked up by
 it before one is created, and it is marked `xrun.logged=true` only after everything was sent, so a
@@ -17,6 +20,7 @@ from runner.runs.record import RunStatus
 from runner.trackers.interface import SMALL_OUTPUT_BYTES, TrackedRun, Tracker, TrackerError
 
 RUN_ID_TAG, LOGGED_TAG = "xrun.runId", "xrun.logged"
+SWEEP_TAG, ROLE_TAG, PARENT_TAG = "xrun.sweep", "xrun.role", "mlflow.parentRunId"  # MLflow's own nesting tag
 # The client retries a refused connection with exponential backoff for minutes by default; a run
 # waiting on a tracker that is down would be worse than the warning it gets instead.
 CLIENT_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
@@ -55,8 +59,11 @@ class MlflowTracker(Tracker):
             return str(existing.info.run_id)
         if existing is not None:  # cut off half-way last time: replace it rather than log twice
             client.delete_run(existing.info.run_id)
-        created = client.create_run(experiment_id, start_time=run.started_ms,
-                                    tags=run.tags(), run_name=f"{run.name}-{run.run_id}")
+        tags = run.tags()
+        if run.sweep:
+            tags[PARENT_TAG] = self._sweep_parent(client, experiment_id, run.sweep, run.name)
+        created = client.create_run(experiment_id, start_time=run.started_ms, tags=tags,
+                                    run_name=f"{run.name}-{run.run_id}")
         mlflow_id = str(created.info.run_id)
         self._log_values(client, mlflow_id, run)
         self._log_files(client, mlflow_id, run)
@@ -79,6 +86,27 @@ class MlflowTracker(Tracker):
             if again is None:
                 raise
             return str(again.experiment_id)
+
+    @staticmethod
+    def _sweep_parent(client: Any, experiment_id: str, sweep: str, name: str) -> str:
+        """The MLflow run that groups a sweep's members (tags xrun.sweep, xrun.role=sweep); created once."""
+        quoted = sweep.replace("\\", "\\\\").replace("'", "\\'")
+        query = f"tags.`{SWEEP_TAG}` = '{quoted}' and tags.`{ROLE_TAG}` = 'sweep'"
+
+        def oldest() -> Any:
+            found = client.search_runs([experiment_id], filter_string=query, max_results=10,
+                                       order_by=["attributes.start_time ASC"])
+            return found[0] if found else None
+
+        parent = oldest()
+        if parent is None:
+            created = client.create_run(experiment_id, tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep", "xrun.name": name},
+                                        run_name=f"{name}-sweep-{sweep}")
+            client.set_terminated(created.info.run_id, status="FINISHED")
+            parent = oldest()  # two members that created one at once agree on the first
+            if parent.info.run_id != created.info.run_id:
+                client.delete_run(created.info.run_id)
+        return str(parent.info.run_id)
 
     @staticmethod
     def _find(client: Any, experiment_id: str, run_id: str) -> Any:

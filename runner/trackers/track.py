@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from runner.errors import UsageError
 from runner.redact import REDACTED, redact
+from runner.rundir import NODE_STATEMENT
 from runner.runs.record import RunRecord, RunStatus
 from runner.trackers.interface import LOGGED, PENDING, Tracker, TrackerError, TrackingState, tracked_run
 from runner.wire import fields_to_wire
@@ -92,6 +93,30 @@ def after_run(ctx: RunContext, run_dir: Path) -> dict[str, Any]:
     return {MLFLOW: track_run(run_dir, destination, ctx.progress, verified=verified).to_json()}
 
 
+def submitted_tracking(flag_uri: str | None, spec: TrackingSpec | None, name: str,
+                       progress: ProgressSink) -> dict[str, Any]:
+    """run.json's `tracking` for a run submitted to a cluster: where it goes once collected (pending until then)."""
+    destination = resolve_destination(flag_uri, spec, name)
+    if destination is None:
+        if spec is not None:
+            progress.warn(f"tracking.mlflow names no server: pass --mlflow URI or set {ENV_URI} (the runs will not "
+                          "be logged)")
+        return {}
+    return {MLFLOW: TrackingState(state=PENDING, uri=destination.uri, experiment=destination.experiment).to_json()}
+
+
+def track_collected(run_dir: Path, progress: ProgressSink, *, verified: bool) -> TrackingState | None:
+    """Log a cluster run just signed by `xrun collect` where its submission asked; once (a logged run is left)."""
+    record = RunRecord.load(run_dir / "run.json")
+    known = record.tracking.get(MLFLOW) if record is not None else None
+    if not isinstance(known, dict):
+        return None
+    state = TrackingState.from_json(known)
+    if state.state != PENDING or not state.uri:
+        return state
+    return track_run(run_dir, Destination(state.uri, state.experiment), progress, verified=verified)
+
+
 def _self_verified(run_dir: Path, ctx: RunContext) -> bool:
     """Whether the attestation on disk verifies with the key that signed it (its bytes are intact)."""
     from datetime import datetime, timezone
@@ -145,6 +170,12 @@ def sync_runs(run_dirs: list[Path], *, explicit: bool, flag_uri: str | None, key
         known = record.tracking.get(MLFLOW)
         state = TrackingState.from_json(known) if isinstance(known, dict) else None
         if not explicit and (state is None or state.state != PENDING):
+            continue
+        if record.attestation == NODE_STATEMENT:  # a cluster run not collected yet: signed (and logged) by collect
+            if explicit:
+                results.append(SyncResult(record.run_id, "skipped", None, None, None,
+                                          f"the run is not collected yet; `xrun collect {record.run_id}` signs and "
+                                          "logs it"))
             continue
         if record.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED):
             if explicit:

@@ -1,4 +1,7 @@
-"""Cluster runs: `xrun submit`, `node-run`, `collect`, `wait`, `cancel`, `logs` and `runs summary`."""
+"""Cluster runs: `xrun submit`, `node-run`, `collect`, `wait`, `cancel`, `logs` and `runs summary`.
+
+Every command after `submit` takes RUN or SWEEP: one run, or every member of a seed sweep, in one process.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +10,20 @@ import sys
 from pathlib import Path
 
 from runner.attest.keys import key_password
-from runner.backends.node import node_run as run_on_node
+from runner.backends import attach
 from runner.cli.options import run_options, runs_dir
+from runner.errors import EXIT_INTEGRITY
+from runner.node import node_run as run_on_node
 from runner.report import text
 from runner.report.json import render
-from runner.runs.store import find_run
-from runner.submit import (SubmitOptions, SubmittedRun, cancel_run, collect as collect_run, parse_seeds, stream_log,
-                           submit as submit_runs, summarize_sweep, wait_run)
+from runner.runs.store import find_runs
+from runner.runs.sweep import summarize_sweep
+from runner.submit import (SubmitOptions, SubmittedRun, cancel_runs, collect_runs, parse_seeds, submit as submit_runs,
+                           wait_runs)
 
 
 def submit(args: argparse.Namespace) -> int:
-    """Submit the experiment (or a seed sweep) to the backend; exit 1 when a run that was waited for failed."""
+    """Submit the experiment (or a seed sweep) to the backend; exit 1 when a run that ended failed."""
     options = SubmitOptions(
         run=run_options(args, args.key), backend=args.backend, seeds=parse_seeds(args.seeds) if args.seeds else (),
         shared_dir=args.shared_dir, registry=args.registry, partition=args.partition, account=args.account,
@@ -25,8 +31,9 @@ def submit(args: argparse.Namespace) -> int:
         render=args.render)
     result = submit_runs(Path(args.manifest), options)
     print(render(result) if args.json else text.submitted(result))
+    # Without --wait a cluster's runs are pending: only runs that ended can have failed.
     failed = [r for r in result.runs if r.state not in ("pending", "succeeded", "completed")]
-    return 1 if failed and (args.wait or args.backend == "local") else 0
+    return 1 if failed else 0
 
 
 def node_run(args: argparse.Namespace) -> int:
@@ -36,34 +43,44 @@ def node_run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cluster_run(args: argparse.Namespace) -> Path:
-    return find_run(runs_dir(args), args.run).path
+def _cluster_runs(args: argparse.Namespace) -> list[Path]:
+    """RUN or SWEEP: one run directory, or every member of the sweep by array index (exact ids before prefixes)."""
+    return [r.path for r in find_runs(runs_dir(args), args.run)]
 
 
-def _print_collected(args: argparse.Namespace, result: SubmittedRun) -> int:
-    print(render(result) if args.json else text.collected(result))
-    return 0 if result.attestation else 1
+def _print_collected(args: argparse.Namespace, results: list[SubmittedRun]) -> int:
+    if args.json:
+        print(render(results[0]) if len(results) == 1 else render(results))
+    else:
+        print("\n".join(text.collected(r) for r in results))
+    if any(r.refused for r in results):
+        return EXIT_INTEGRITY
+    return 0 if all(r.attestation for r in results) else 1
 
 
 def collect(args: argparse.Namespace) -> int:
-    """Check a finished cluster run's outputs against the node's statement and sign it here."""
-    return _print_collected(args, collect_run(_cluster_run(args), key=args.key, key_password=key_password()))
+    """Check finished cluster runs' outputs and dependencies against the nodes' statements and sign them here."""
+    return _print_collected(args, collect_runs(_cluster_runs(args), key=args.key, key_password=key_password()))
 
 
 def wait(args: argparse.Namespace) -> int:
-    """Wait for the job to end, then collect it."""
-    return _print_collected(args, wait_run(_cluster_run(args), key=args.key, key_password=key_password()))
+    """Wait for the jobs to end, then collect them."""
+    return _print_collected(args, wait_runs(_cluster_runs(args), key=args.key, key_password=key_password()))
 
 
 def cancel(args: argparse.Namespace) -> int:
-    """Ask the scheduler to cancel the run's job."""
-    print(text.cancelled(cancel_run(_cluster_run(args))))
+    """Ask the scheduler to cancel the runs' jobs."""
+    print("\n".join(text.cancelled(record) for record in cancel_runs(_cluster_runs(args))))
     return 0
 
 
 def logs(args: argparse.Namespace) -> int:
-    """Print (or follow, -f) the run's job log."""
-    stream_log(_cluster_run(args), sys.stdout, follow=args.follow)
+    """Print (or follow, -f) each run's job log."""
+    run_dirs = _cluster_runs(args)
+    for run_dir in run_dirs:
+        if len(run_dirs) > 1:
+            print(f"==> {run_dir.name} <==", flush=True)
+        attach(run_dir).logs(sys.stdout, follow=args.follow)
     return 0
 
 

@@ -11,7 +11,7 @@ from runner.report import text
 from runner.report.json import render
 from runner.report.views import RunView
 from runner.runs.store import diff_runs, find_run, list_runs
-from runner.submit import refresh
+from runner.backends import refresh
 from runner.trackers.track import sync_runs
 
 

@@ -1,81 +1,39 @@
-"""The node side of a cluster run: `xrun node-run RUN_DIR`, the local run on the submitted, frozen plan.
+"""The node side of a cluster run: `xrun node-run RUN_DIR`, the pipeline on the submitted, frozen plan.
 
-The submitter (runner/submit.py) prepared RUN_DIR on shared storage: the manifest copy, plan.json,
-run.json and job.json (the manifest's path, the seed, the plan digest, the image by ID and where to
-get it, the shared cache). Here xrun re-plans the manifest and refuses a different plan, gets the
+A caller of the pipeline, not a backend. The submitter (runner/submit.py, runner/backends/slurm.py)
+prepared RUN_DIR on shared storage: the manifest copy, plan.json, run.json and job.json (the
+manifest's path, the seed, the plan digest, the image by ID and where to get it, the shared cache). Here xrun re-plans the manifest and refuses a different plan, gets the
 image (pull by digest, or `docker load` from the shared directory) and refuses a different image
-ID (exit 3), then runs the very stages of `xrun run` (runner/pipeline.py run_in) with the local
-backend. The statement it writes is unsigned (node.intoto.jsonl): no key reaches a compute node;
+ID (exit 3), then runs the very stages of `xrun run` (runner/pipeline.py run_in) on this node's
+engine. The statement it writes is unsigned (node.intoto.jsonl): no key reaches a compute node;
 the submitter re-hashes the outputs and signs.
 """
 
 from __future__ import annotations
 
-import json
+import fcntl
 import os
-from dataclasses import dataclass
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
+from runner.backends.interface import JOB_FILE, NodeJob
+from runner.backends.slurm import job_from_env, with_slurm_builder
+from runner.build.distribute import ImageSource
+from runner.build.image import BuiltImage, cached_image
+from runner.context import RunContext, RunOptions
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
-from runner.rundir import RunDir, rfc3339, utc_now, write_json
+from runner.fetch import FetchOptions
+from runner.engine.labels import runner_identity
+from runner.pipeline import run_in
+from runner.rundir import RunDir, rfc3339, utc_now
 from runner.runs.record import RunRecord, RunStatus, SchedulerState
-from runner.wire import fields_to_wire, snake
-
-JOB_FILE = "job.json"
+from runner.stages import RunSummary, StageHooks
 
 
-@dataclass(frozen=True)
-class ImageSource:
-    """The image the node must run: its ID, its tag, and where to get it."""
-
-    id: str  # sha256:… image ID: the node refuses any other
-    tag: str  # xrun/<name>:<build digest prefix>
-    reference: str | None = None  # REGISTRY/REPO@sha256:… when pushed (--registry)
-    archive: str | None = None  # a `docker save` archive in the shared directory otherwise
-
-
-@dataclass(frozen=True)
-class NodeJob:
-    """What the submitter hands to the node in job.json."""
-
-    manifest: str  # absolute path on shared storage
-    plan_digest: str
-    image: ImageSource
-    cache_dir: str
-    seed: int | None = None
-    allow_hardware_mismatch: bool = False
-    signing_key: str | None = None  # the submitter's key path: left out of the code tree here too, never read
-
-    def to_json(self) -> dict[str, Any]:
-        """job.json (camelCase)."""
-        return fields_to_wire(self)
-
-    @classmethod
-    def load(cls, path: Path) -> "NodeJob":
-        """Read job.json; a usage error naming it when it is missing or malformed."""
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-            values = {snake(k): v for k, v in data.items()}
-            values["image"] = ImageSource(**{snake(k): v for k, v in values["image"].items()})
-            return cls(**values)
-        except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
-            raise UsageError(f"{path}: not a job file written by `xrun submit` ({exc})") from None
-
-    def save(self, path: Path) -> None:
-        """Write atomically."""
-        write_json(path, self.to_json())
-
-
-def node_run(run_dir: Path) -> Any:
+def node_run(run_dir: Path) -> RunSummary:
     """Run the prepared run in run_dir on this node; the RunSummary (raises XrunError, recorded in run.json)."""
-    from runner.backends.slurm import job_from_env, with_slurm_builder
-    from runner.context import RunContext, RunOptions
-    from runner.fetch import FetchOptions
-    from runner.pipeline import NODE_STATEMENT, run_in
-    from runner.stages import StageHooks
-    from runner.engine.labels import runner_identity
-
     run_dir = run_dir.absolute()
     run = RunDir(run_dir.name, run_dir)
     record = RunRecord.load(run.record)
@@ -83,6 +41,8 @@ def node_run(run_dir: Path) -> Any:
         raise UsageError(f"{run.record}: no run record; `xrun node-run` runs a directory prepared by `xrun submit`")
     job = NodeJob.load(run_dir / JOB_FILE)
     slurm = job_from_env()
+    if record.status != RunStatus.SUBMITTED:  # the scheduler requeued the job: this directory saw an attempt already
+        _new_attempt(run, record)
     record.status, record.runner, record.error = RunStatus.RUNNING, runner_identity(), None
     record.started_on = rfc3339(utc_now())
     if record.scheduler is not None:
@@ -107,8 +67,23 @@ def node_run(run_dir: Path) -> Any:
     record.host, record.hardware_mismatch = ctx.host.to_json(), list(ctx.hardware_mismatch)
     record.save(run.record)
     facts = (lambda f: with_slurm_builder(f, slurm, run.run_id, job.image.reference)) if slurm else None
-    hooks = StageHooks(image=lambda c: ensure_image(c, job.image), facts=facts, attestation=NODE_STATEMENT)
+    hooks = StageHooks(image=lambda c: ensure_image(c, job.image), facts=facts, attestation=run.node_statement.name)
     return run_in(ctx, run, record, hooks)
+
+
+def _new_attempt(run: RunDir, record: RunRecord) -> None:
+    """Keep the earlier attempt in the record and start clean: its outputs and statement never mix with this one's."""
+    node = record.scheduler.node if record.scheduler is not None else None
+    record.attempts.append({"attempt": len(record.attempts) + 1, "status": record.status, "node": node,
+                            "startedOn": record.started_on, "finishedOn": record.finished_on,
+                            "exitCode": record.exit_code, "error": record.error})
+    for path in (run.node_statement, run.attestation, run.bundle):
+        path.unlink(missing_ok=True)
+    shutil.rmtree(run.outputs, ignore_errors=True)
+    run.outputs.mkdir()
+    record.outputs, record.metrics, record.metric_steps, record.attestation = {}, {}, {}, None
+    record.exit_code = record.finished_on = record.container_started_on = record.container_status = None
+    record.log_sha256 = None
 
 
 def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: RunStatus = RunStatus.FAILED) -> None:
@@ -117,11 +92,9 @@ def _failed(run: RunDir, record: RunRecord, exc: XrunError, status: RunStatus = 
     record.save(run.record)
 
 
-def ensure_image(ctx: Any, source: ImageSource) -> Any:
+def ensure_image(ctx: RunContext, source: ImageSource) -> BuiltImage:
     """The submitted image on this node's engine, by ID: pulled by digest or loaded; any other image is refused."""
     import docker.errors
-
-    from runner.build.image import cached_image
 
     client = ctx.client
     where = source.reference or source.tag
@@ -133,11 +106,7 @@ def ensure_image(ctx: Any, source: ImageSource) -> Any:
                 repo, _, tag = source.tag.rpartition(":")
                 client.api.tag(image.id, repo, tag, force=False)
         else:
-            try:
-                image = client.images.get(source.tag)
-            except docker.errors.ImageNotFound:
-                _load(client, Path(str(source.archive)))
-                image = client.images.get(source.tag)
+            image = _loaded_once(client, source)
     except docker.errors.ImageNotFound:
         raise EnvironmentProblem(f"the image {where} is not on this node and could not be loaded") from None
     if image.id != source.id:
@@ -161,6 +130,25 @@ def _pull(client: Any, reference: str) -> None:
         client.images.pull(reference)
     except docker.errors.APIError as exc:
         raise EnvironmentProblem(f"cannot pull {reference} on this node: {exc.explanation or exc}") from None
+
+
+def _loaded_once(client: Any, source: ImageSource) -> Any:
+    """The image from the shared archive, loaded once per node: the members a node starts at once wait for the
+    first one's `docker load` (a lock in this node's temporary folder) instead of each loading it again."""
+    import docker.errors
+
+    try:
+        return client.images.get(source.tag)
+    except docker.errors.ImageNotFound:
+        pass
+    lock = Path(tempfile.gettempdir()) / f"xrun-load-{source.id.split(':', 1)[-1][:32]}.lock"
+    with open(lock, "a+b") as f:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+        try:
+            return client.images.get(source.tag)  # another member of this node loaded it meanwhile
+        except docker.errors.ImageNotFound:
+            _load(client, Path(str(source.archive)))
+            return client.images.get(source.tag)
 
 
 def _load(client: Any, archive: Path) -> None:

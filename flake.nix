@@ -19,6 +19,9 @@
           cryptography
           packaging
           installer
+          rich
+          packageurl-python
+          plotly
         ] ++ pkgs.lib.optional (ps.pythonOlder "3.11") ps.tomli;
         xrun = py.pkgs.buildPythonApplication {
           pname = "xrun";

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 from bench.common import machine, markdown, row  # noqa: E402
 from runner.report.html import write_report  # noqa: E402
-from sweepruns import NAME, write_sweep  # noqa: E402
+from sweepruns import SWEEP, write_sweep  # noqa: E402
 
 GOAL_OPEN_S = 3.0
 GOAL_BYTES = 6_000_000
@@ -50,7 +50,7 @@ def run(quick: bool = False) -> list[dict[str, Any]]:
         root = Path(work)
         write_sweep(root / "runs", members)
         page = root / "report.html"
-        written = write_report(root / "runs", [], [NAME], page, keys=[])
+        written = write_report(root / "runs", [], [SWEEP], page, keys=[])
         blank = root / "blank.html"
         blank.write_text("<!DOCTYPE html><html><body>blank</body></html>")
         opened = [_open(page) for _ in range(tries)]

@@ -212,6 +212,24 @@ def git_state(folder: Path, *, untracked: bool = True) -> tuple[str | None, bool
     return head.stdout.strip() or None, bool(status.stdout.strip()) if status.returncode == 0 else None
 
 
+def repo_path(file: Path) -> str | None:
+    """file's path relative to the top of its git work tree (posix), or None outside one."""
+    git = shutil.which("git")
+    if not git:
+        return None
+    try:
+        top = subprocess.run([git, "-C", str(file.resolve().parent), "rev-parse", "--show-toplevel"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if top.returncode != 0 or not top.stdout.strip():
+        return None
+    try:
+        return file.resolve().relative_to(Path(top.stdout.strip()).resolve()).as_posix()
+    except ValueError:
+        return None
+
+
 def _git(root: Path, *args: str) -> str:
     """git's stdout in root; exit 2 when root is not in a work tree, exit 4 when git cannot run."""
     git = shutil.which("git")

@@ -59,7 +59,7 @@ def run_in(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks = 
     # From here on, a runner killed in any phase leaves the clean-up to the watchdog.
     watchdog = Watchdog.start(run.path)
     try:
-        summary = _execute(ctx, run, record, hooks)
+        summary = _execute(ctx, run, record, hooks, watchdog)
     except KeyboardInterrupt:
         _finish(run, record, RunStatus.INTERRUPTED, "interrupted by the user")
         raise Interrupted("interrupted: the run was stopped; no attestation was written") from None
@@ -78,7 +78,7 @@ def run_in(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks = 
     return dataclasses.replace(summary, tracking=after_run(ctx, run.path))
 
 
-def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks) -> RunSummary:
+def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks, watchdog: Watchdog) -> RunSummary:
     from runner.attest import write_attestation
     from runner.attest.statement import build_statement, prepare_check
     from runner.build.image import build_image
@@ -96,6 +96,12 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks)
     threading.Thread(target=prepare_check, name="xrun-prepare-check", daemon=True).start()
     execution = _run_container(ctx, run, image, fetched, labels)
     _record_result(record, execution)
+    if execution.result.left_behind:
+        # The engine did not confirm the removal in time: the watchdog goes on with it after we exit.
+        watchdog.hand_over(execution.result.left_behind)
+        if execution.result.status == "succeeded":
+            ctx.progress.warn(f"the engine has not confirmed the removal of {', '.join(execution.result.left_behind)}; "
+                              "the watchdog goes on removing it")
     raise_for_status(execution.result, plan.timeout_s)
     _check_inputs_unchanged(ctx, fetched)
     outputs = collect_outputs(plan.outputs, run.outputs, ctx.progress)

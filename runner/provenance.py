@@ -18,6 +18,7 @@ from packageurl import PackageURL
 
 from runner import __version__
 from runner.attest.statement import ProvenanceFacts, ResourceDescriptor, Subject, builder_id_for_host
+from runner.codetree import repo_path
 from runner.engine.execute import ContainerSpec
 from runner.hashing import hash_tree, ignore_rules, tree_digest
 from runner.lockfiles.interface import is_local
@@ -140,7 +141,8 @@ def dependencies(plan: Plan, fetched: list[Any], image: Any, reproduced: Resourc
     deps.append(ResourceDescriptor(name="image", uri=purl("docker", plan.manifest.name, image.id, "xrun"),
                                    digest={"sha256": image.id.split(":", 1)[1]}, annotations=image_notes))
     for deb in image.debs:
-        deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl))
+        deps.append(ResourceDescriptor(name=f"deb/{deb.name}", uri=deb.purl,
+                                       digest={"sha256": deb.sha256} if deb.sha256 else {}))
     for wheel in image.wheels:
         deps.append(wheel_dependency(wheel))
     sources = {p.item.name: p.source for p in plan.data if p.source is not None}
@@ -255,6 +257,7 @@ def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str,
         ),
         invocation_id=f"{run_id}/{uuid.uuid4()}",
         seed=ctx.options.seed,
+        manifest_path=repo_path(plan.manifest.file),
         started_on=result.started_on,
         finished_on=result.finished_on,
         byproducts=tuple(d for d in (

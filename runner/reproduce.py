@@ -16,6 +16,7 @@ import yaml
 from runner.attest.recorded import NOT_VERIFIED, RecordedRun, read_statement, verified_statement
 from runner.errors import IntegrityError, UsageError
 from runner.manifest import MAX_MANIFEST_BYTES
+from runner.rundir import reproduce_runs_dir
 from runner.runs.record import RunRecord
 
 if TYPE_CHECKING:
@@ -100,12 +101,15 @@ class Report:
 # --- choosing the manifest -------------------------------------------------------------------------
 
 
-def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | None, code: Path | None) -> Path:
+def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | None, code: Path | None,
+                 manifest_hint: str = "; or pass --manifest FILE to re-run a changed one") -> Path:
     """The manifest to re-run: the given one, else the recorded one found (or, outside the code tree, written).
 
     A given manifest whose digest differs from the record is still run: the report then names the
     manifest fields that changed, and the outputs decide the verdict. Otherwise the code tree comes
-    from a stated place (`code`, else the recorded run's own folder) and nothing is written into it.
+    from a stated place (`code`: the code folder, or the repository's root when the attestation records
+    the manifest's path in it; else the recorded run's own folder) and nothing is written into it.
+    `manifest_hint` ends the error when no manifest is found (a command without --manifest drops it).
     """
     params = statement["predicate"]["buildDefinition"]["externalParameters"]
     recorded_digest = _digest_value(params.get("manifestDigest"))
@@ -125,6 +129,10 @@ def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | Non
     if not code.is_dir():
         raise UsageError(f"{code}: the code folder is not there; pass --code DIR (the code folder the attestation "
                          "was made from)")
+    # A repository root: the attestation records where the manifest sits in its repository.
+    in_repo = _in_repository(code, RecordedRun.from_statement(statement).manifest_path, recorded_digest)
+    if in_repo is not None:
+        return in_repo
     # Relative paths of the manifest resolve against its folder, code.path levels above the code tree.
     root = code.resolve()
     for _ in code_rel.parts if str(code_rel) != "." else ():
@@ -133,13 +141,29 @@ def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | Non
     if found is not None:
         return found
     if str(code_rel) == ".":
+        where = RecordedRun.from_statement(statement).manifest_path
         raise UsageError(f"{root}: no file there is the recorded manifest (sha256 {recorded_digest[:12]}…), and a "
-                         "copy written there would change the code tree; put the manifest back, or pass --manifest "
-                         "FILE to re-run a changed one")
+                         "copy written there would change the code tree; pass --code with the repository's root"
+                         + (f" (the attestation records the manifest at {where})" if where else "")
+                         + " or the experiment's folder, or put the manifest back" + manifest_hint)
     fd, tmp = tempfile.mkstemp(prefix=".xrun-reproduce-", suffix=".yaml", dir=root)  # root is outside the code tree
     with os.fdopen(fd, "w", encoding="utf-8") as f:
         yaml.safe_dump(raw, f, sort_keys=False)
     return Path(tmp)
+
+
+def _in_repository(root: Path, manifest_path: str | None, digest: str) -> Path | None:
+    """The recorded manifest at its recorded path under a repository root, when it is there with its digest."""
+    if not manifest_path or Path(manifest_path).is_absolute() or ".." in Path(manifest_path).parts:
+        return None
+    path = root / manifest_path
+    try:
+        if path.is_file() and path.stat().st_size <= MAX_MANIFEST_BYTES \
+                and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            return path
+    except OSError:
+        return None
+    return None
 
 
 def _recorded_manifest_path(attestation: Path) -> Path | None:
@@ -314,6 +338,8 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
     from runner.pipeline import run_experiment
 
     statement = verified_statement(attestation, keys, verify=verify, action="re-run")
+    # The re-run goes outside the code folder (xrun run's default, <manifest folder>/.xrun/runs, is inside it).
+    options = dataclasses.replace(options, runs_dir=options.runs_dir or reproduce_runs_dir())
     path = manifest_for(statement, attestation, manifest, code)
     temporary = manifest is None and path.name.startswith(".xrun-reproduce-")
     if manifest is None:

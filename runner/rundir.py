@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -64,6 +65,12 @@ def new_run_id(now: datetime | None = None) -> str:
 def default_runs_dir(manifest_root: Path) -> Path:
     """<manifest folder>/.xrun/runs."""
     return manifest_root / ".xrun" / "runs"
+
+
+def reproduce_runs_dir(environ: Mapping[str, str] = os.environ) -> Path:
+    """Where `xrun reproduce` puts its runs by default: $XDG_STATE_HOME/xrun/runs (~/.local/state/…), never the code."""
+    state = environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(state) / "xrun" / "runs"
 
 
 def create_run_dir(runs_dir: Path, manifest_text: bytes, plan_json: dict[str, Any]) -> RunDir:

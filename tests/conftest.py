@@ -80,7 +80,7 @@ def registry(tmp_path_factory) -> Iterator[Registry]:
     log = open(root / "registry.log", "wb")
     proc = subprocess.Popen([exe, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT)
     host = f"127.0.0.1:{port}"
-    wait_until_serving(f"http://{host}/v2/", proc, root / "registry.log", name="docker-registry", timeout=30,
+    wait_until_serving(f"http://{host}/v2/", proc, root / "registry.log", name="docker-registry",
                        stop=proc.kill)
     try:
         yield Registry(host, root)

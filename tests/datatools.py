@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 
 from runner.fetch.sources.listing import ListedFile, tree_digest
+from servers import PATIENCE_S
 
 REPO = Path(__file__).resolve().parent.parent
 TOOLS = Path(os.environ.get("XRUN_TEST_CACHE") or Path.home() / ".cache" / "xrun-test")
@@ -139,7 +140,7 @@ def giftless(tmp_path_factory) -> Iterator[tuple[str, Path]]:
                             cwd=root, env={**os.environ, "GIFTLESS_CONFIG_FILE": str(config)}, stdout=log,
                             stderr=subprocess.STDOUT)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + PATIENCE_S
         while True:
             try:
                 socket.create_connection(("127.0.0.1", port), timeout=1).close()

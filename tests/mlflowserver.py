@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import requests
 
-from servers import wait_until_serving
+from servers import PATIENCE_S, wait_until_serving
 
 
 def mlflow_exe() -> Path:
@@ -44,7 +44,7 @@ class MlflowServer:
         """The tracking URI."""
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 90) -> None:
+    def start(self, timeout: float = PATIENCE_S) -> None:
         """Start it and wait until /health answers."""
         log = open(self.root / "server.log", "ab")
         self.proc = subprocess.Popen(

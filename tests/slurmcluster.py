@@ -19,6 +19,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from servers import PATIENCE_S
+
 MUNGE_SOCKET_DIR = Path("/run/munge")
 FAKE_GPUS = 2
 
@@ -63,7 +65,7 @@ def _munged() -> int | None:
         subprocess.run(["runuser", "-u", "munge", "--", keygen], check=True)
     proc = subprocess.Popen(["runuser", "-u", "munge", "--", exe, "-F", "--force"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + PATIENCE_S
     while subprocess.run(["sh", "-c", "munge -n | unmunge"], capture_output=True).returncode != 0:
         if proc.poll() is not None or time.monotonic() > deadline:
             raise SlurmUnavailable("munged did not start")
@@ -131,7 +133,7 @@ PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
         pids.append(proc.pid)
         time.sleep(0.5)
     cluster = SlurmCluster(conf=conf, root=root, node=node, partition=partition, name=name, pids=tuple(pids))
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + PATIENCE_S
     while True:
         out = subprocess.run(["sinfo", "-h", "-N", "-o", "%T"], env=env, capture_output=True, text=True)
         if out.returncode == 0 and out.stdout.strip().rstrip("*") in ("idle", "mixed", "allocated"):

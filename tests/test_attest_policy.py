@@ -32,6 +32,7 @@ from runner.attest.policy import (
 )
 from runner.attest.samples import BASE_DIGEST, DATA_DIGEST, MANIFEST_SHA256, sample_facts, sample_subjects
 from runner.errors import EXIT_USAGE, ManifestError, UsageError
+from runner.hardware import catalog
 
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=timezone.utc)
 FINISHED = NOW - timedelta(days=2)
@@ -169,6 +170,19 @@ def test_example_policy_loads() -> None:
     assert policy.allowed_builders == ("https://xrun.dev/builders/host/v1/ci-runner-*",)
     assert policy.required_data[0][0] == "iris" and policy.max_age == "30d"
     assert policy.allow_hardware_mismatch is False
+    assert set(policy.allowed_hardware_classes) <= set(catalog())
+
+
+def test_verify_refuses_a_policy_naming_an_unknown_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runner.cli import main
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(HEAD + "allowedHardwareClasses: [gpu-1xa100]\n")
+    attestation = tmp_path / "provenance.intoto.jsonl"
+    attestation.write_text("{}\n")
+    assert main(["verify", str(attestation), "--policy", str(policy), "--allow-unsigned"]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "gpu-1xa100" in err and "gpu-1x-a100-80gb" in err and "Traceback" not in err
 
 
 def test_json_policy_loads(tmp_path: Path) -> None:
@@ -199,6 +213,8 @@ HEAD = "apiVersion: xrun/v1\nkind: Policy\n"
     ("maxAge: 0d\n", ":3: maxAge: the duration '0d' is zero"),
     ("allowedHardwareClasses: []\n", ":3: allowedHardwareClasses: [] should be non-empty"),
     ("allowHardwareMismatch: maybe\n", ":3: allowHardwareMismatch: 'maybe' is not of type 'boolean'"),
+    ("allowedHardwareClasses: [cpu-2, gpu-1xa100]\n",
+     ":3: allowedHardwareClasses[1]: unknown hardware class 'gpu-1xa100'; did you mean gpu-1x-a100-80gb?"),
 ])
 def test_policy_errors_name_file_line_and_field(tmp_path: Path, body: str, expected: str) -> None:
     problems = _problems(tmp_path, HEAD + body)
@@ -268,7 +284,7 @@ def test_policy_passes_within_verify(tmp_path: Path) -> None:
     ({"allowedBaseImages": ["sha256:" + "0" * 64]}, "policy: base image"),
     ({"requiredData": {"iris": "sha256:" + "0" * 64}}, "policy: data iris"),
     ({"manifestDigest": "sha256:" + "0" * 64}, "policy: manifest digest"),
-    ({"allowedHardwareClasses": ["gpu-8"]}, "policy: hardware class"),
+    ({"allowedHardwareClasses": ["gpu-8x-h100-80gb"]}, "policy: hardware class"),
     ({"maxAge": "1d"}, "policy: max age"),
 ])
 def test_each_policy_rule_can_fail_verify(tmp_path: Path, rules: dict, failing: str) -> None:

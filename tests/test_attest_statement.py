@@ -7,6 +7,7 @@ import dataclasses
 import datetime as dt
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -79,7 +80,7 @@ def test_no_vendor_fields_xrun_values_in_internal_parameters() -> None:
 def test_resolved_dependency_names_and_uris() -> None:
     deps = {d["name"]: d for d in _statement()["predicate"]["buildDefinition"]["resolvedDependencies"]}
     base_uri = deps["base-image"]["uri"]
-    assert base_uri.startswith("pkg:docker/") and base_uri.endswith("?platform=linux%2Famd64")
+    assert base_uri.startswith("pkg:docker/") and base_uri.endswith("?platform=linux/amd64")
     assert deps["wheel/package0"]["uri"] == "pkg:pypi/package0@1.0.0"
     assert deps["wheel/package0"]["downloadLocation"].startswith("https://")
     assert set(deps["code"]["digest"]) == {"sha256", "gitCommit"}
@@ -254,3 +255,12 @@ def test_fast_subject_path_gives_the_schemas_verdict(subject) -> None:
     problems = statement_problems(st)
     assert bool(problems) == bool(reference)
     assert all(p.startswith("subject[1]") for p in problems)
+
+
+def test_buildtype_doc_shows_the_base_image_purl_as_xrun_writes_it() -> None:
+    from runner.provenance import purl
+
+    written = purl("docker", "python", "sha256:" + "a" * 64, "library", {"platform": "linux/amd64"})
+    doc = (Path(__file__).resolve().parent.parent / "docs" / "buildtype.md").read_text()
+    assert "?platform=linux/amd64" in written and "?platform=linux/amd64&repository_url=" in doc
+    assert "%2F" not in doc

@@ -218,8 +218,8 @@ def test_tampered_envelopes_are_rejected(tmp_path: Path, tamper, kind: str) -> N
     verdict = run.verify(_write_envelope(tmp_path / "tampered.jsonl", envelope))
     assert not verdict.ok and verdict.exit_code == EXIT_INTEGRITY
     assert "signature" in _failed(verdict)
-    # Nothing of an unauthenticated payload is reported as passing.
-    assert {"statement", f"artifact {run.model}"} <= _failed(verdict)
+    # Nothing of an unauthenticated payload is reported as passing, its (signed) type included.
+    assert {"payloadType", "statement", f"artifact {run.model}"} <= _failed(verdict)
 
 
 @pytest.mark.parametrize("tamper", [_flip_payload_byte, _flip_signature_bit, _change_subject_digest])
@@ -238,6 +238,9 @@ def test_another_key_is_rejected(tmp_path: Path) -> None:
     verdict = run.verify(keys=[other_pub])
     assert not verdict.ok
     assert "no signature verifies with a trusted key" in verdict.checks[1].detail
+    # Every check after the failed signature is reported failed, not run: no PASS after it.
+    assert [c.ok for c in verdict.checks[1:]] == [False] * (len(verdict.checks) - 1), verdict.checks
+    assert verdict.checks[2].name == "payloadType" and "not checked" in verdict.checks[2].detail
 
 
 def test_key_with_the_same_keyid_hint_but_other_material_is_rejected(tmp_path: Path) -> None:
@@ -330,7 +333,7 @@ def test_jsonl_with_two_envelopes_checks_each(tmp_path: Path) -> None:
     assert verdict.ok, verdict.lines()
     assert {"envelope 1: signature", "envelope 2: signature"} <= {c.name for c in verdict.checks}
     verdict = verify_attestation(path, [run.pub], [run.model], None, NOW)
-    assert _failed(verdict) == {"envelope 2: signature", "envelope 2: statement"}
+    assert _failed(verdict) == {"envelope 2: signature", "envelope 2: payloadType", "envelope 2: statement"}
 
 
 def test_unknown_artifact_names_the_subject_count(tmp_path: Path) -> None:

@@ -32,6 +32,7 @@ from runner.fetch import BlobRequest, Cache, FetchOptions, fetch_blob, fetch_blo
 from runner.fetch.interface import verify_requested
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
+from servers import PATIENCE_S
 
 HERE = Path(__file__).parent / "manifests"
 FAST = FetchOptions(retries=1, backoff_s=0.01, timeout_s=5, progress=False, verify=False)
@@ -504,7 +505,7 @@ def test_a_cache_write_while_the_training_runs_is_exit_3_and_not_attested(tmp_pa
     runs = tmp_path / "runs"
 
     def tamper_once_running() -> None:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + PATIENCE_S
         while time.monotonic() < deadline:
             if any((p / "logs" / "run.log").exists() for p in runs.glob("*")) and path.exists():
                 time.sleep(1)

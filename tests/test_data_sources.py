@@ -199,6 +199,8 @@ def test_dvc_local_remote_then_tampered_object(tmp_path, capsys):
     obj.write_bytes(b"TWO\n")
     rc, err = fetch(path, capsys)
     assert rc == 3 and "images/sub/b.txt" in err and "md5 mismatch" in err, err
+    # The md5 lives in the .dvc file, not the manifest: the message says where, and how DVC updates it.
+    assert ".dvc (DVC writes it: `dvc add` or `dvc commit`" in err and "in the manifest" not in err, err
     assert not (tmp_path / "cache2" / "trees").exists() or not list((tmp_path / "cache2" / "trees").rglob("*.json"))
 
 
@@ -283,6 +285,11 @@ def test_lfs_by_oid_and_by_pointer_unknown_and_wrong_bytes(tmp_path, capsys, gif
     rc, items = fetch(path, capsys)
     assert rc == 0, items
     assert Path(items[0]["hostPath"]).read_bytes() == content and items[1]["digest"] == {"sha256": oid}
+    # A normal git-lfs checkout: the path holds the object itself; the pointer is read from git's index.
+    assert (repo / "weights.bin").read_bytes() == content
+    rc, items = fetch(manifest(repo, [{"name": "c", "lfs": {"pointer": "weights.bin"}}]), capsys)
+    assert rc == 0, items
+    assert items[0]["digest"] == {"sha256": oid}
     # An oid the server does not have: exit 4 naming it.
     missing = hashlib.sha256(b"nothing").hexdigest()
     path = manifest(tmp_path / "m2", [{"name": "gone", "lfs": {"oid": missing, "size": 7, "url": url}}])
@@ -296,6 +303,13 @@ def test_lfs_by_oid_and_by_pointer_unknown_and_wrong_bytes(tmp_path, capsys, gif
     path = manifest(tmp_path / "m3", [{"name": "w", "lfs": {"oid": oid, "size": len(content), "url": url}}])
     rc, err = fetch(path, capsys)
     assert rc == 3 and "sha256 mismatch" in err, err
+    assert "update the digest in the manifest (lfs.oid and lfs.size)" in err, err
+    # By a pointer: the pointer file holds the pin.
+    os.environ["XRUN_CACHE_DIR"] = str(tmp_path / "cache3")
+    path = manifest(tmp_path / "m4", [{"name": "p", "lfs": {"pointer": "weights.bin", "url": url}}])
+    (tmp_path / "m4" / "weights.bin").write_text(pointer)
+    rc, err = fetch(path, capsys)
+    assert rc == 3 and "the LFS pointer weights.bin" in err and "in the manifest" not in err, err
 
 
 # --- the manifest -------------------------------------------------------------------------------------

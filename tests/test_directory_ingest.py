@@ -14,6 +14,7 @@ from datatools import digest_of, manifest, write_files
 from runner.cli import main
 from runner.fetch.cache import Cache
 from runner.fetch.sources import tree as tree_mod
+from servers import PATIENCE_S
 
 FILES = {"a.txt": b"same\n", "sub/b.txt": b"same\n", "sub/deep/c.bin": os.urandom(3000),
          "big.bin": os.urandom((1 << 20) + 4097)}  # larger than one read: the streaming copy
@@ -171,6 +172,6 @@ def test_materialize_rechecks_an_untrusted_tree_without_locking_itself_out(tmp_p
     worker = threading.Thread(target=lambda: result.append(tree_mod.materialize(cache, digest, blobs,
                                                                                 {"uri": str(src)})), daemon=True)
     worker.start()
-    worker.join(timeout=60)
+    worker.join(timeout=PATIENCE_S)
     assert not worker.is_alive(), "materialize hung on its own lock"
     assert result == [(path, False)] and cache.tree_trusted("sha256", digest)

@@ -19,6 +19,7 @@ from faultserver import Fault, FaultServer
 from runner.errors import FetchError, IntegrityError, UsageError
 from runner.fetch import Cache, FetchOptions, fetch_blob
 from runner.fetch.cache import HAS_OFD_LOCKS
+from servers import PATIENCE_S
 
 FAST = FetchOptions(retries=3, backoff_s=0.01, timeout_s=5, progress=False)
 PAYLOAD = os.urandom(1_500_000)  # more than one 1 MiB chunk
@@ -135,7 +136,7 @@ def test_processes_fetching_one_blob_download_it_once(server: FaultServer, cache
         p.start()
     start.set()
     for p in procs:
-        p.join(timeout=60)
+        p.join(timeout=PATIENCE_S)
         assert p.exitcode == 0
     results = [out.get(timeout=5) for _ in procs]
     assert sorted(f for f, _ in results) == [False, False, True]

@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import docker.errors
 import pytest
 
 from conftest import TEST_BASE, base_archive, push_image
-from runner.build.bootstrap import bootstrap_archive, bootstrap_tag, ensure_bootstrap_image, installed_debs
+from runner.build.bootstrap import (bootstrap_archive, bootstrap_tag, deb_key, ensure_bootstrap_image, installed_debs,
+                                    save_deb_digests)
 from runner.build.layers import read_archive_id
 from runner.errors import FetchError, IntegrityError, ManifestError
 from runner.fetch import Cache
@@ -113,12 +117,24 @@ def test_installed_debs_are_recorded_as_purls(base_image_id, docker_client, tmp_
     assert purl.startswith("pkg:deb/debian/python3@3.11") and purl.endswith("?arch=amd64")
     # The second call is answered from the cache (no container): same answer.
     assert installed_debs(docker_client, base_image_id, Cache(tmp_path / "cache")) == debs
+    # A cache that bootstrapped the image kept apt's .deb digests: each package carries its own.
+    python3 = by_name["python3"]
+    save_deb_digests(Cache(tmp_path / "cache"), base_image_id, {deb_key(python3.name, python3.version, python3.arch): "e" * 64})
+    again = {d.name: d for d in installed_debs(docker_client, base_image_id, Cache(tmp_path / "cache"))}
+    assert again["python3"].sha256 == "e" * 64 and again["dpkg"].sha256 is None
+    assert again["python3"].to_json()["sha256"] == "e" * 64 and again["python3"].purl == purl
 
 
 @pytest.mark.slow
-def test_bootstrap_gives_the_same_image_id_twice_in_a_row(tmp_path, docker_client):
+def test_bootstrap_gives_the_same_image_id_twice_in_a_row(tmp_path, docker_client, base_image_id):
     """Two mmdebstraps from scratch: identical bytes, hence identical IDs; a wrong pin is exit 3, nothing loaded."""
     first = bootstrap_archive(TEST_BASE, tmp_path / "first.tar", quiet=True)
+    # apt's SHA256 of every installed .deb was recorded while the chroot had its lists (the rootfs is unchanged).
+    listed = installed_debs(docker_client, base_image_id, Cache(tmp_path / "probe"))
+    if first.image_id == base_image_id:  # the mirror has not moved since the test base was made
+        assert {deb_key(d.name, d.version, d.arch) for d in listed} <= set(first.deb_sha256)
+    assert all(re.fullmatch("[0-9a-f]{64}", v) for v in first.deb_sha256.values()) and len(first.deb_sha256) > 50
+    _check_against_host_apt(first.deb_sha256)
     wrong = "sha256:" + "0" * 64
     tag = bootstrap_tag(TEST_BASE)
     tagged_before = _tagged(docker_client, tag)
@@ -131,6 +147,22 @@ def test_bootstrap_gives_the_same_image_id_twice_in_a_row(tmp_path, docker_clien
     # Refused before `docker load`: the cache tag is as it was (other sessions share this engine, so
     # the engine's whole image list is not a stable witness).
     assert _tagged(docker_client, tag) == tagged_before
+
+
+def _check_against_host_apt(digests: dict[str, str]) -> None:
+    """apt-cache on the host (a tool we did not write) gives the same SHA256 for a package it knows."""
+    apt_cache = shutil.which("apt-cache")
+    if apt_cache is None:
+        return
+    for key, sha in digests.items():
+        name, version, arch = key.split(" ")
+        if name != "python3":
+            continue
+        shown = subprocess.run([apt_cache, "show", f"{name}:{arch}={version}"], capture_output=True, text=True,
+                               timeout=60).stdout
+        host = re.findall(r"^SHA256: ([0-9a-f]{64})$", shown, re.MULTILINE)
+        if host:  # the host's lists may not hold that version
+            assert sha in host
 
 
 def _tagged(client, tag: str) -> str | None:

@@ -25,6 +25,7 @@ from runner.build.image import ResolvedBase, ResolvedWheel, assemble_image, buil
     load_assembly
 from runner.build.layers import image_exists
 from runner.fetch import Cache
+from servers import PATIENCE_S
 
 pytestmark = pytest.mark.docker
 
@@ -152,7 +153,7 @@ def test_sigterm_during_the_build_leaves_no_image_and_no_temp_files(tmp_path, ba
         if "assembling" in line:
             break
     proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 130, err
     assert "interrupted" in err and "Traceback" not in err
     assert list((cache / "tmp").glob("xrun-build-*")) == []

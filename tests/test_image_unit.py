@@ -144,6 +144,23 @@ def test_mmdebstrap_recipe_is_reproducible_and_host_independent(tmp_path):
     assert bootstrap.spec_digest(spec) != digest  # other sources, other packages possibly: another cache key
 
 
+def test_mmdebstrap_records_apt_index_of_the_installed_debs(tmp_path):
+    spec = BootstrapSpec(suite="bookworm", packages=("python3",))
+    cmd = bootstrap.mmdebstrap_command(spec, tmp_path / "out.tar", tmp_path / "apt index.txt")
+    (hook,) = [c for c in cmd if "apt-cache show" in c]
+    assert hook.startswith("--customize-hook=chroot ") and hook.endswith("> '" + str(tmp_path / "apt index.txt") + "'")
+    assert not any("apt-cache" in c for c in bootstrap.mmdebstrap_command(spec, tmp_path / "out.tar"))
+
+
+def test_apt_index_records_give_each_deb_its_sha256():
+    text = ("Package: adduser\nVersion: 3.134\nArchitecture: all\nFilename: pool/main/a/adduser/adduser_3.134_all.deb\n"
+            "SHA256: " + "c" * 64 + "\nDescription: add users\n and groups\n\n"
+            "Package: apt\nVersion: 2.6.2\nArchitecture: amd64\nStatus: install ok installed\n\n"
+            "Package: libc6\nVersion: 2.36-9+deb12u14\nArchitecture: amd64\nSHA256: " + "d" * 64 + "\n")
+    assert bootstrap.parse_apt_index(text) == {bootstrap.deb_key("adduser", "3.134", "all"): "c" * 64,
+                                               bootstrap.deb_key("libc6", "2.36-9+deb12u14", "amd64"): "d" * 64}
+
+
 def test_bootstrap_needs_linux(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     with pytest.raises(EnvironmentProblem) as info:

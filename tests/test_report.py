@@ -74,7 +74,7 @@ def test_report_of_a_sweep_renders_in_chromium_with_runs_values_provenance_and_v
     summaries = [run_experiment(reported_experiment(tmp_path / f"exp{s}", base_image, s),
                                 RunOptions(runs_dir=runs_dir, quiet=True, key=key)) for s in (1, 2, 3)]
     page = tmp_path / "report.html"
-    assert main(["report", "--sweep", "reported", "--runs-dir", str(runs_dir), "--key", str(pub),
+    assert main(["report", "--experiment", "reported", "--runs-dir", str(runs_dir), "--key", str(pub),
                  "--out", str(page), "--json"]) == 0
     written = json.loads(capsys.readouterr().out)
     assert written["runIds"] == [s.run_id for s in summaries] and written["sizeBytes"] == page.stat().st_size
@@ -116,7 +116,7 @@ def test_report_trusts_keys_given_with_trust_or_the_old_key_spelling(tmp_path, c
     _, pub = generate_keypair("ed25519", tmp_path / "keys")
     for flag in ("--trust", "--key"):
         page = tmp_path / f"{flag[2:]}.html"
-        assert main(["report", "--sweep", "fake", "--runs-dir", str(runs), flag, str(pub), "--out", str(page)]) == 0
+        assert main(["report", "--experiment", "fake", "--runs-dir", str(runs), flag, str(pub), "--out", str(page)]) == 0
         assert "the run has no attestation" in page.read_text()  # verified (and failed): the key was taken
         err = capsys.readouterr().err
         assert ("taken as --trust" in err) == (flag == "--key")
@@ -137,7 +137,7 @@ def test_report_escapes_user_text_and_draws_steps_without_engine(tmp_path, capsy
     for i in range(3):
         fake_run(runs, i)
     page = tmp_path / "r.html"
-    assert main(["report", "--sweep", "fake", "--runs-dir", str(runs), "--out", str(page)]) == 0
+    assert main(["report", "--experiment", "fake", "--runs-dir", str(runs), "--out", str(page)]) == 0
     assert "3 run(s)" in capsys.readouterr().out
     text = page.read_text()
     assert EVIL_KEY not in text and EVIL_SCRIPT not in text  # neither raw in HTML nor in the figures' JSON
@@ -149,11 +149,35 @@ def test_report_escapes_user_text_and_draws_steps_without_engine(tmp_path, capsy
     assert "Not checked" in dom
 
 
+def test_sweep_means_the_seed_sweep_id_as_in_runs_summary(tmp_path, capsys):
+    """--sweep takes what `xrun runs summary SWEEP` takes (the sweep id); --experiment takes a manifest name."""
+    from runner.runs.record import RunRecord, SchedulerInfo
+
+    runs = tmp_path / "runs"
+    for i in range(3):
+        fake_run(runs, i)
+    for i in (0, 1):  # two of them are the members of one local seed sweep
+        path = next(p for p in runs.iterdir() if p.name.endswith(f"abc{i:03d}"))
+        record = RunRecord.load(path / "run.json")
+        record.scheduler = SchedulerInfo(backend="local", state="completed", array_index=i, sweep="sw-1234abcd",
+                                         seed=i)
+        record.save(path / "run.json")
+    assert main(["runs", "summary", "sw-1234", "--runs-dir", str(runs), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["members"] == 2
+    assert main(["report", "--sweep", "sw-1234", "--runs-dir", str(runs), "--out", str(tmp_path / "s.html"),
+                 "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runIds"]) == 2
+    assert main(["report", "--experiment", "fake", "--runs-dir", str(runs), "--out", str(tmp_path / "e.html"),
+                 "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)["runIds"]) == 3
+
+
 @pytest.mark.parametrize("args, words", [
-    ([], "--sweep"),
-    (["--sweep", "nope"], "no finished run of experiment 'nope'"),
-    (["nosuchrun"], "no run 'nosuchrun'"),
-    (["--sweep", "fake", "--out", "missing/dir/r.html"], "does not exist"),
+    ([], "--sweep SWEEP_ID or --experiment NAME"),
+    (["--experiment", "nope"], "no finished run of experiment 'nope'"),
+    (["--sweep", "nope"], "no run or sweep 'nope'"),
+    (["nosuchrun"], "no run or sweep 'nosuchrun'"),
+    (["--experiment", "fake", "--out", "missing/dir/r.html"], "does not exist"),
 ])
 def test_report_usage_errors_are_one_line_exit_2_and_write_nothing(tmp_path, capsys, monkeypatch, args, words):
     runs = tmp_path / "runs"
@@ -188,11 +212,11 @@ def test_report_of_a_200_member_slurm_sweep_stays_small_ordered_and_readable(tmp
     # Size and structure only; the time to open it is measured by bench/bench_report.py.
     import statistics
 
-    from sweepruns import BUILDER, NAME, SWEEP, write_sweep
+    from sweepruns import BUILDER, SWEEP, write_sweep
 
     write_sweep(tmp_path / "runs", 200)
     page = tmp_path / "r.html"
-    assert main(["report", "--sweep", NAME, "--runs-dir", str(tmp_path / "runs"), "--out", str(page)]) == 0
+    assert main(["report", "--sweep", SWEEP, "--runs-dir", str(tmp_path / "runs"), "--out", str(page)]) == 0
     assert page.stat().st_size < 6_000_000
     dom = browse(page)
     assert 'data-ready="1"' in re.search(r"<body([^>]*)>", dom).group(1)

@@ -100,3 +100,43 @@ def test_read_statement_accepts_both_base64_alphabets(tmp_path: Path):
     (tmp_path / "b.jsonl").write_text("not json\n")
     with pytest.raises(IntegrityError):
         read_statement(tmp_path / "b.jsonl")
+
+
+def _statement_for(manifest_text: bytes, manifest_path: str | None) -> dict:
+    import hashlib
+
+    params: dict = {"manifest": {"code": {"path": "."}}, "manifestDigest": {"sha256": hashlib.sha256(manifest_text).hexdigest()}}
+    if manifest_path:
+        params["manifestPath"] = manifest_path
+    return {"predicate": {"buildDefinition": {"externalParameters": params}}}
+
+
+def test_a_repository_root_finds_the_manifest_at_its_recorded_path(tmp_path: Path) -> None:
+    from runner.reproduce import manifest_for
+
+    text = b"name: x\n"
+    (tmp_path / "repo" / "examples" / "exp").mkdir(parents=True)
+    (tmp_path / "repo" / "examples" / "exp" / "experiment.yaml").write_bytes(text)
+    statement = _statement_for(text, "examples/exp/experiment.yaml")
+    found = manifest_for(statement, tmp_path / "att.jsonl", None, tmp_path / "repo")
+    assert found == tmp_path / "repo" / "examples" / "exp" / "experiment.yaml"
+    # The experiment's own folder still works.
+    assert manifest_for(statement, tmp_path / "att.jsonl", None, found.parent) == found
+    # A recorded path that climbs out of the root is never followed.
+    assert manifest_for(_statement_for(text, "../repo/examples/exp/experiment.yaml"), tmp_path / "att.jsonl", None,
+                        found.parent) == found
+
+
+def test_hints_name_flags_the_command_has(tmp_path: Path) -> None:
+    from runner.errors import UsageError
+    from runner.reproduce import manifest_for
+
+    (tmp_path / "repo").mkdir()
+    statement = _statement_for(b"name: x\n", "examples/exp/experiment.yaml")
+    with pytest.raises(UsageError) as rebuild:  # rebuild has no --manifest: its hint does not offer one
+        manifest_for(statement, tmp_path / "att.jsonl", None, tmp_path / "repo", manifest_hint="")
+    assert "--manifest" not in rebuild.value.message
+    assert "examples/exp/experiment.yaml" in rebuild.value.message and "--code" in rebuild.value.message
+    with pytest.raises(UsageError) as reproduce:
+        manifest_for(statement, tmp_path / "att.jsonl", None, tmp_path / "repo")
+    assert "--manifest FILE" in reproduce.value.message

@@ -16,6 +16,7 @@ from experiments import probe_experiment
 from runner.errors import EnvironmentProblem, TrainingFailed
 from runner.engine.execute import managed_containers
 from runner.pipeline import RunOptions, run_experiment
+from servers import PATIENCE_S, wait_for
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -66,15 +67,16 @@ def test_same_seed_same_outputs_different_seed_differs(tmp_path, base_image, cac
 
 
 def test_timeout_stops_and_removes_the_container(tmp_path, base_image, cache_env, docker_client):
-    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "60"], timeout="3s")
-    start = time.monotonic()
+    # The container would sleep for 10 minutes: only the timeout ends it early. (No wall-clock bound on the
+    # whole run: a busy engine may take long to build, start and remove, which is not the subject here.)
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "600"], timeout="3s")
     with pytest.raises(TrainingFailed, match="timed out after 3s") as info:
         run_experiment(manifest, _options(tmp_path))
     assert info.value.exit_code == 1
-    assert time.monotonic() - start < 40
     (run_dir,) = (tmp_path / "runs").iterdir()
     assert not list(managed_containers(docker_client, run_dir.name))
-    assert json.loads((run_dir / "run.json").read_text())["status"] == "failed"
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["status"] == "failed" and record["containerStatus"] == "timed-out"
     assert not (run_dir / "provenance.intoto.jsonl").exists()
 
 
@@ -117,16 +119,15 @@ def test_ctrl_c_removes_container_and_writes_no_attestation(tmp_path, base_image
                              "--runs-dir", str(tmp_path / "runs")], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     runs = tmp_path / "runs"
-    deadline = time.monotonic() + 120
-    run_id = ""
-    while time.monotonic() < deadline:
+
+    def started() -> str:
         run_id = next((p.name for p in runs.glob("*") if p.is_dir()), "") if runs.is_dir() else ""
-        if run_id and list(managed_containers(docker_client, run_id)):
-            break
-        time.sleep(0.2)
-    assert run_id and list(managed_containers(docker_client, run_id)), "container never started"
+        return run_id if run_id and list(managed_containers(docker_client, run_id)) else ""
+
+    wait_for(started, "the training container's start")
+    run_id = started()
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=60)
+    _, err = proc.communicate(timeout=PATIENCE_S)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert not list(managed_containers(docker_client, run_id))

@@ -13,6 +13,7 @@ import pytest
 from experiments import make_run
 from runner.errors import UsageError
 from runner.runs.store import diff_runs, find_run, list_runs
+from servers import PATIENCE_S
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -45,7 +46,7 @@ def test_cli(runs: Path):
 
     def xrun(*args):
         return subprocess.run([sys.executable, "-m", "runner.cli", "runs", *args, "--manifest", str(manifest)],
-                              capture_output=True, text=True, env=env, timeout=60)
+                              capture_output=True, text=True, env=env, timeout=PATIENCE_S)
 
     ls = xrun("ls")
     assert ls.returncode == 0 and "bbbbbb" in ls.stdout and "loss=0.4" in ls.stdout

@@ -28,6 +28,7 @@ from runner.runs.sweep import summarize_sweep
 from runner.submit import SubmitOptions, cancel_run, submit, wait_run
 from experiments import probe_experiment
 from statementcheck import assert_strictly_valid
+from servers import PATIENCE_S, wait_for
 
 pytestmark = pytest.mark.docker
 REPO = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def _options(tmp_path: Path, shared: Path, key: Path | None = None, **kw) -> Sub
     return SubmitOptions(run=run, backend="slurm", shared_dir=shared, **kw)
 
 
-def _wait_state(run_dir: Path, states: tuple[str, ...], timeout: float = 120) -> RunRecord:
+def _wait_state(run_dir: Path, states: tuple[str, ...], timeout: float = PATIENCE_S) -> RunRecord:
     deadline = time.monotonic() + timeout
     while True:
         record = refresh(run_dir)
@@ -217,10 +218,8 @@ def test_cancel_of_a_running_job(tmp_path, base_image, slurm_cluster, shared, do
     manifest = probe_experiment(tmp_path / "exp", base_image, command=["sleep", "300"])
     result = submit(manifest, _options(tmp_path, shared))
     run_dir = result.runs[0].run_dir
-    deadline = time.monotonic() + 120
-    while not any(c.labels.get("org.xrun.run-id") == run_dir.name for c in managed_containers(docker_client)):
-        assert time.monotonic() < deadline, "the container never started"
-        time.sleep(0.5)
+    wait_for(lambda: any(c.labels.get("org.xrun.run-id") == run_dir.name for c in managed_containers(docker_client)),
+             "the container's start")
     cancel_run(run_dir)
     done = wait_run(run_dir, key=None)
     assert done.state == "cancelled" and done.attestation is None

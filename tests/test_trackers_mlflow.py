@@ -24,6 +24,7 @@ from runner.pipeline import RunOptions, run_experiment
 from runner.plan import resolve_plan
 from runner.runs.record import RunRecord
 from runner.trackers.track import Destination, resolve_destination
+from servers import PATIENCE_S
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -177,12 +178,12 @@ def test_server_down_mid_run_the_run_succeeds_and_sync_sends_it_once(tmp_path, b
         proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "run", str(manifest), "--quiet",
                                  "--runs-dir", str(runs_dir), "--mlflow", server.uri],
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-        deadline = time.monotonic() + 240
+        deadline = time.monotonic() + PATIENCE_S
         while not list(runs_dir.glob("*/logs/run.log")):  # the container is running: stop the server now
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
             time.sleep(0.1)
         server.stop()
-        out, err = proc.communicate(timeout=300)
+        out, err = proc.communicate(timeout=PATIENCE_S)
         assert proc.returncode == 0, err.decode()
         warnings = [line for line in err.decode().splitlines() if "MLflow" in line]
         assert len(warnings) == 1 and "cannot reach the MLflow server" in warnings[0] and "xrun runs sync" in warnings[0]

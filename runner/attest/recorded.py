@@ -112,6 +112,7 @@ class RecordedRun:
     listings: dict[str, dict[str, str]] = field(default_factory=dict)  # dataset name → {relpath: sha256}
     seed: int | None = None  # externalParameters.seed: the seed given on the command line, when one was
     builder_id: str | None = None  # runDetails.builder.id: who ran it (a host, a Slurm cluster)
+    manifest_path: str | None = None  # externalParameters.manifestPath: the manifest's path in its git repository
 
     @classmethod
     def from_statement(cls, statement: dict[str, Any]) -> "RecordedRun":
@@ -144,6 +145,7 @@ class RecordedRun:
             listings=_listings(byproducts),
             seed=external.get("seed") if isinstance(external.get("seed"), int) else None,
             builder_id=_str(_dict(details.get("builder")).get("id")),
+            manifest_path=_str(external.get("manifestPath")),
         )
 
 

@@ -39,7 +39,7 @@ def sample_dependencies(wheels: int = 40) -> tuple[ResourceDescriptor, ...]:
     """Base image, built image, lockfile, code, one data item, `wheels` wheels."""
     deps = [
         ResourceDescriptor(name="base-image",
-                           uri=f"pkg:docker/library/python@sha256:{BASE_DIGEST}?platform=linux%2Famd64",
+                           uri=f"pkg:docker/library/python@sha256:{BASE_DIGEST}?platform=linux/amd64",
                            digest={"sha256": BASE_DIGEST}, annotations={"reference": MANIFEST["image"]["base"]}),
         ResourceDescriptor(name="image", uri="docker-image:xrun/iris:plan-0123456789ab",
                            digest={"sha256": _hex("image")},

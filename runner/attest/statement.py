@@ -92,6 +92,7 @@ class ProvenanceFacts:
     finished_on: datetime  # aware
     byproducts: tuple[ResourceDescriptor, ...] = ()
     seed: int | None = None  # a seed given on the command line (seed sweeps): overrides the manifest's seeds.global
+    manifest_path: str | None = None  # the manifest's path in its git repository (from the top-level), when in one
 
 
 def builder_id_for_host(hostname: str) -> str:
@@ -156,6 +157,7 @@ def build_statement(subjects: list[Subject], facts: ProvenanceFacts) -> dict[str
                     "manifest": facts.manifest,
                     "manifestDigest": {"sha256": facts.manifest_sha256},
                     **({"seed": facts.seed} if facts.seed is not None else {}),
+                    **({"manifestPath": facts.manifest_path} if facts.manifest_path else {}),
                 },
                 "internalParameters": facts.internal,
                 "resolvedDependencies": [d.to_json() for d in facts.dependencies],
@@ -193,7 +195,7 @@ def fact_problems(subjects: list[Subject], facts: ProvenanceFacts) -> list[str]:
         problems.append("manifest_sha256 must be 64 lowercase hex digits")
     if not isinstance(facts.manifest, dict):
         problems.append("the manifest must be a mapping")
-    shared = {"manifest", "manifestDigest"} & set(facts.internal)
+    shared = {"manifest", "manifestDigest", "manifestPath", "seed"} & set(facts.internal)
     if shared:
         problems.append(f"internalParameters repeat external keys: {', '.join(sorted(shared))}")
     if not _URI.fullmatch(facts.builder_id or ""):

@@ -125,9 +125,11 @@ def verify_envelope(envelope: Envelope, verifiers: list[Verifier], policy: Polic
                     allow_unsigned: bool = False, hint: str = "", time: TimeEvidence = TimeEvidence()) -> EnvelopeResult:
     """The checks of one envelope, in DSSE order: signature, timestamp, payload type, then the parsed statement."""
     signature = signature_check(envelope, verifiers, allow_unsigned, hint)
-    payload_type = Check("payloadType", envelope.payload_type == PAYLOAD_TYPE,
-                         f"{envelope.payload_type!r}" + ("" if envelope.payload_type == PAYLOAD_TYPE
-                                                         else f", expected {PAYLOAD_TYPE!r}"))
+    # The payload type is signed (it is part of the PAE): without a verified signature it says nothing.
+    payload_type = (Check("payloadType", envelope.payload_type == PAYLOAD_TYPE,
+                          f"{envelope.payload_type!r}" + ("" if envelope.payload_type == PAYLOAD_TYPE
+                                                          else f", expected {PAYLOAD_TYPE!r}"))
+                    if signature.ok else Check("payloadType", False, NOT_AUTHENTICATED))
     timestamp, time_checks = timestamp_checks(envelope, signature.ok and bool(envelope.signatures), time, now)
     checks = [signature, *time_checks, payload_type]
     rules = policy.rules(now) if policy is not None else []

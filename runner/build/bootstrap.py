@@ -9,11 +9,13 @@ is a function of the packages alone. `docker import` would stamp the current tim
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
 import platform
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -22,7 +24,7 @@ import tempfile
 import threading
 from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +34,7 @@ from runner.engine.client import cached_probe, run_offline
 from runner.errors import BuildError, EnvironmentProblem, IntegrityError, ManifestError
 from runner.manifest import BootstrapSpec
 from runner.progress import ProgressSink, StderrProgress
+from runner.rundir import write_json
 from runner.wire import fields_to_wire
 
 RECIPE_VERSION = 1  # bump when the mmdebstrap options or the archive layout change
@@ -58,6 +61,7 @@ class DebPackage:
     name: str
     version: str
     arch: str
+    sha256: str | None = None  # of the .deb, from apt's index at bootstrap time (None: not known to this cache)
 
     @property
     def purl(self) -> str:
@@ -69,7 +73,7 @@ class DebPackage:
 
     def to_json(self) -> dict[str, str]:
         """Plain data (labels, attestation)."""
-        return fields_to_wire(self)
+        return fields_to_wire(self, omit_none=True)
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,7 @@ class BootstrapArchive:
     image_id: str  # "sha256:…" = sha256 of the config inside
     diff_id: str  # "sha256:…" of the uncompressed layer
     size: int
+    deb_sha256: dict[str, str] = field(default_factory=dict)  # deb_key(name, version, arch) → sha256 of the .deb
 
 
 @dataclass(frozen=True)
@@ -135,13 +140,18 @@ def spec_digest(spec: BootstrapSpec) -> str:
     return hashlib.sha256(json.dumps(recipe, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def mmdebstrap_command(spec: BootstrapSpec, output: Path) -> list[str]:
-    """The mmdebstrap argv writing the root filesystem tarball to `output`."""
+def mmdebstrap_command(spec: BootstrapSpec, output: Path, index: Path | None = None) -> list[str]:
+    """The mmdebstrap argv writing the root filesystem tarball to `output` (and apt's index records to `index`)."""
     cmd = ["mmdebstrap", f"--variant={spec.variant}", f"--architectures={debian_arch(spec)}", "--format=tar",
            # Docker supplies /dev, /etc/hostname and /etc/resolv.conf; the host's copies would make the
            # tarball differ from one machine to the next.
            "--skip=output/dev",
            "--customize-hook=rm -f \"$1/etc/hostname\" \"$1/etc/resolv.conf\""]
+    if index is not None:
+        # apt's own record (with SHA256:) of every installed package's .deb, read while the chroot still
+        # has its package lists (mmdebstrap's clean-up removes them, and apt's caches, afterwards).
+        cmd.append("--customize-hook=chroot \"$1\" sh -c 'dpkg-query -W -f=\"\\${Package}:\\${Architecture}="
+                   "\\${Version}\\n\" | xargs apt-cache show --no-all-versions' > " + shlex.quote(str(index)))
     if spec.packages:
         cmd.append("--include=" + ",".join(spec.packages))
     cmd += [spec.suite, str(output)]
@@ -162,14 +172,15 @@ def check_host() -> None:
 
 
 def run_mmdebstrap(spec: BootstrapSpec, output: Path, *, quiet: bool = False, progress: ProgressSink | None = None,
-                   timeout_s: float = MMDEBSTRAP_TIMEOUT_S) -> None:
-    """Write the root filesystem tarball; BuildError (exit 1) with mmdebstrap's log tail when it fails.
+                   timeout_s: float = MMDEBSTRAP_TIMEOUT_S, index: Path | None = None) -> None:
+    """Write the root filesystem tarball (and apt's index records to `index`); BuildError (exit 1) with
+    mmdebstrap's log tail when it fails.
 
     EnvironmentProblem (exit 4) when it has not finished within timeout_s: it and its children are stopped.
     """
     check_host()
     env = {**os.environ, "SOURCE_DATE_EPOCH": str(SOURCE_DATE_EPOCH), "LC_ALL": "C.UTF-8"}
-    cmd = mmdebstrap_command(spec, output)
+    cmd = mmdebstrap_command(spec, output, index)
     tail: deque[str] = deque(maxlen=LOG_TAIL)
     progress = progress or StderrProgress(quiet)
     progress.info(f"bootstrapping {spec.suite} ({', '.join(spec.packages) or 'no extra packages'}) with "
@@ -235,11 +246,28 @@ def image_config(diff_id: str, deb_arch: str) -> bytes:
                        container={"Env": [IMAGE_PATH], "Cmd": ["bash"]}).to_bytes()
 
 
-def write_docker_archive(rootfs: Path, out: Path, deb_arch: str) -> BootstrapArchive:
+def write_docker_archive(rootfs: Path, out: Path, deb_arch: str,
+                         deb_sha256: dict[str, str] | None = None) -> BootstrapArchive:
     """Wrap a root filesystem tarball as a one-layer `docker load` archive, deterministically."""
     layer = layer_from_file(rootfs)
     image_id = write_load_archive(out, image_config(layer.diff_id, deb_arch), [(layer.diff_id, rootfs)])
-    return BootstrapArchive(out, image_id, layer.diff_id, out.stat().st_size)
+    return BootstrapArchive(out, image_id, layer.diff_id, out.stat().st_size, dict(deb_sha256 or {}))
+
+
+def deb_key(name: str, version: str, arch: str) -> str:
+    """The key of one package in a digest record."""
+    return f"{name} {version} {arch}"
+
+
+def parse_apt_index(text: str) -> dict[str, str]:
+    """deb_key → SHA256 from `apt-cache show` records (records without a SHA256 field are skipped)."""
+    out: dict[str, str] = {}
+    for block in re.split(r"\n\s*\n", text):
+        fields = {m[1]: m[2] for m in re.finditer(r"^([A-Za-z0-9-]+):[ \t]*(.*)$", block, re.MULTILINE)}
+        sha = fields.get("SHA256", "")
+        if re.fullmatch(r"[0-9a-f]{64}", sha) and fields.get("Package") and fields.get("Version"):
+            out.setdefault(deb_key(fields["Package"], fields["Version"], fields.get("Architecture", "")), sha)
+    return out
 
 
 def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False, progress: ProgressSink | None = None,
@@ -247,9 +275,13 @@ def bootstrap_archive(spec: BootstrapSpec, out: Path, *, quiet: bool = False, pr
     """mmdebstrap → `docker load` archive at `out` (written atomically)."""
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="xrun-bootstrap-", dir=workdir or out.parent) as tmp:
-        rootfs = Path(tmp) / "rootfs.tar"
-        run_mmdebstrap(spec, rootfs, quiet=quiet, progress=progress)
-        return write_docker_archive(rootfs, out, debian_arch(spec))
+        rootfs, index = Path(tmp) / "rootfs.tar", Path(tmp) / "apt-index.txt"
+        run_mmdebstrap(spec, rootfs, quiet=quiet, progress=progress, index=index)
+        try:
+            digests = parse_apt_index(index.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            digests = {}
+        return write_docker_archive(rootfs, out, debian_arch(spec), digests)
 
 
 # --- in the engine ---------------------------------------------------------------------------------
@@ -288,8 +320,32 @@ def ensure_bootstrap_image(spec: BootstrapSpec, client: Any, cache: Any, *, quie
                     f"imageId {spec.image_id}; the mirror's packages changed (a security update?): pin exact "
                     "versions (python3=3.11.2-1+b1) or, if you trust the new packages, update imageId")
             image_id = load_archive(client, archive.path, archive.image_id)
+            save_deb_digests(cache, image_id, archive.deb_sha256)
         client.api.tag(image_id, *tag.split(":", 1))
     return BootstrapImage(image_id, plat, built=True)
+
+
+def _digests_path(cache: Any, image_id: str) -> Path:
+    hexdigest = image_id.split(":", 1)[-1]
+    return cache.root / "images" / hexdigest[:2] / f"{hexdigest}.debsha256.json"
+
+
+def save_deb_digests(cache: Any, image_id: str, digests: dict[str, str]) -> None:
+    """Keep the .deb digests of a bootstrapped image by its ID (written atomically; an image never changes)."""
+    if digests:
+        path = _digests_path(cache, image_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, {"imageId": image_id, "debSha256": digests})
+
+
+def deb_digests(cache: Any, image_id: str) -> dict[str, str]:
+    """The .deb digests recorded when this cache bootstrapped the image; {} when it did not."""
+    try:
+        record = json.loads(_digests_path(cache, image_id).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    value = record.get("debSha256") if isinstance(record, dict) else None
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
 def _exists(client: Any, image_id: str) -> bool:
@@ -305,7 +361,9 @@ def installed_debs(client: Any, image_id: str, cache: Any) -> tuple[DebPackage, 
         return run_offline(client, image_id, DPKG_QUERY)
 
     output = cached_probe(cache, image_id, "dpkg", probe)
-    return tuple(sorted(_parse_dpkg(output), key=lambda d: (d.name, d.arch)))
+    digests = deb_digests(cache, image_id)
+    debs = (dataclasses.replace(d, sha256=digests.get(deb_key(d.name, d.version, d.arch))) for d in _parse_dpkg(output))
+    return tuple(sorted(debs, key=lambda d: (d.name, d.arch)))
 
 
 def _parse_dpkg(output: str) -> Iterator[DebPackage]:

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner import __version__
-from runner.build.bootstrap import DebPackage, ensure_bootstrap_image, installed_debs
+from runner.build.bootstrap import DebPackage, bootstrap_tag, ensure_bootstrap_image, installed_debs
 from runner.build.layers import ImageConfig, Layer, LayerBuilder, LayerWriter, history_entry, image_exists, \
     load_image, load_stream, remove_untagged, write_layer
 from runner.build.wheels import VENV, PythonTarget, ResolvedWheel, check_overlaps, choose_wheels, fetch_wheels, \
@@ -156,11 +156,17 @@ def bootstrap_base(spec: BootstrapSpec, client: Any, cache: Any, *, quiet: bool 
                    progress: ProgressSink | None = None) -> ResolvedBase:
     """A base bootstrapped from Debian packages: the engine's (pinned ID or cached tag), else built now."""
     cache = cache if cache is not None else _default_cache()
-    boot = ensure_bootstrap_image(spec, client, cache, progress=progress or StderrProgress(quiet))
+    progress = progress or StderrProgress(quiet)
+    boot = ensure_bootstrap_image(spec, client, cache, progress=progress)
     image = client.images.get(boot.image_id)
+    debs = installed_debs(client, boot.image_id, cache)
+    if any(d.sha256 is None for d in debs):
+        # The engine had the image from another cache: apt's record of the .debs was kept there, not here.
+        progress.warn(f"the Debian packages of the base {boot.image_id[:19]}… are recorded without their .deb "
+                      f"sha256 (this cache did not bootstrap it); to record them: docker rmi {bootstrap_tag(spec)}, "
+                      "then run again")
     return ResolvedBase(ref=boot.image_id, image_id=boot.image_id, repo_digest=None, platform=_platform(image.attrs),
-                        layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()),
-                        debs=installed_debs(client, boot.image_id, cache))
+                        layers=tuple(image.attrs.get("RootFS", {}).get("Layers") or ()), debs=debs)
 
 
 def _default_cache() -> Any:

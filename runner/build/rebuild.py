@@ -103,7 +103,7 @@ def locate_code(statement: dict[str, Any], attestation: Path, code: Path | None)
     from runner.plan import resolve_code
     from runner.reproduce import manifest_for
 
-    path = manifest_for(statement, attestation, None, code)
+    path = manifest_for(statement, attestation, None, code, manifest_hint="")
     temporary = path.name.startswith(".xrun-reproduce-")
     try:
         manifest = load_manifest(path)

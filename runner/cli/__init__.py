@@ -213,7 +213,8 @@ def _attestation_commands(command: Command) -> None:
                 "xrun reproduce .xrun/runs/RUN/provenance.intoto.jsonl --trust xrun.pub --key xrun.key --rtol 1e-6",
                 "reproduce:reproduce",
                 [shared.attestation("verify the attestation before re-running"), shared.json_flag(),
-                 shared.quiet_flag(), shared.runs_dir("where the new run directory goes"),
+                 shared.quiet_flag(), shared.runs_dir("where the new run directory goes (default: $XDG_STATE_HOME/xrun/runs, "
+                                                      "~/.local/state/xrun/runs: never inside the code folder)"),
                  shared.hardware_mismatch(), shared.mlflow(), shared.verify_data(),
                  shared.key_files("the new run's attestation (default: $XRUN_SIGNING_KEY)")])
     p.add_argument("--manifest", type=Path, help="the manifest to re-run (its digest must match the recorded one)")
@@ -307,11 +308,15 @@ def _runs_commands(command: Command) -> None:
                                                    "go, else $MLFLOW_TRACKING_URI)")
 
     p = command("report", "write one self-contained HTML page about runs: metrics plots, outputs, provenance",
-                "xrun report --sweep mnist --trust xrun.pub --out report.html", "report:report",
+                "xrun report --experiment mnist --trust xrun.pub --out report.html   (or --sweep SWEEP_ID, RUN…)",
+                "report:report",
                 [shared.runs_selection(), shared.json_flag(),
                  shared.trusted_keys("show each run's verification result"), shared.trust_alias()])
     p.add_argument("run", nargs="*", metavar="RUN|SWEEP", help="run ids, seed sweep ids (every member), id prefixes, "
                    "paths or 'latest'")
-    p.add_argument("--sweep", action="append", default=[], metavar="NAME",
-                   help="every finished run of the experiment NAME (e.g. one per seed; repeatable)")
+    p.add_argument("--sweep", action="append", default=[], metavar="SWEEP",
+                   help="the members of a seed sweep, by its id as `xrun runs summary SWEEP` takes it (`xrun runs "
+                        "ls` shows sweep ids; repeatable)")
+    p.add_argument("--experiment", action="append", default=[], metavar="NAME",
+                   help="every finished run of the experiment NAME (its manifest's name; repeatable)")
     p.add_argument("--out", type=Path, default=Path("report.html"), help="the HTML file (default: report.html)")

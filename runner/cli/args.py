@@ -169,8 +169,9 @@ def attestation(key_use: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False, parents=[trusted_keys(key_use)])
     p.add_argument("attestation", type=Path, help="provenance.intoto.jsonl or provenance.sigstore.json")
     p.add_argument("--code", type=Path, metavar="DIR",
-                   help="the code folder (checked against the recorded code digest; default: the recorded run's "
-                        "folder, from run.json beside the attestation), e.g. --code ./")
+                   help="the code folder, or the root of the repository the run was made from (the attestation "
+                        "records where the manifest sits in it); checked against the recorded code digest; default: "
+                        "the recorded run's folder, from run.json beside the attestation; e.g. --code .")
     p.add_argument("--no-verify", action="store_true",
                    help="use the attestation without verifying it (said and recorded as 'attestation NOT verified'); "
                         "without --trust or --no-verify nothing is done")

@@ -5,14 +5,19 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import time
 from collections.abc import Mapping
 from typing import Any
 
 from runner.engine.labels import PROBE_LABEL, RUNNER_LABEL, runner_identity
 from runner.errors import EnvironmentProblem
+from runner.interrupts import deferred
 
 DEFAULT_SOCKET = "unix:///var/run/docker.sock"
 API_TIMEOUT_S = 120  # builds and loads stream for long; the SDK's default of 60 s cuts them off
+# How long a clean-up keeps asking a busy engine to remove a container before it hands the removal on
+# (to the watchdog) and says so: a bound on patience, not an expected duration.
+REMOVAL_PATIENCE_S = 300.0
 
 
 def docker_client(environ: Mapping[str, str] = os.environ, *, timeout: int = API_TIMEOUT_S) -> Any:
@@ -29,6 +34,35 @@ def docker_client(environ: Mapping[str, str] = os.environ, *, timeout: int = API
     except Exception as exc:  # noqa: BLE001 - requests/urllib3 errors surface raw on some SDK paths
         raise EnvironmentProblem(_explain(where, exc)) from None
     return client
+
+
+def remove_confirmed(client: Any, container_id: str, *, patience_s: float = REMOVAL_PATIENCE_S,
+                     sleep: Any = time.sleep) -> bool:
+    """Force-remove a container and wait until the engine confirms it is gone; False if not within patience_s.
+
+    A busy engine answers late, times out, or fails a removal half-way (409 "removal in progress", a
+    500 from the storage driver): each is asked again, with backoff, until the engine says NotFound."""
+    import docker.errors
+
+    give_up = time.monotonic() + patience_s
+    delay = 0.2
+    while True:
+        try:
+            client.api.remove_container(container_id, force=True)
+        except docker.errors.NotFound:
+            return True
+        except Exception:  # noqa: BLE001 - busy or half-way: ask again below
+            pass
+        try:
+            client.api.inspect_container(container_id)
+        except docker.errors.NotFound:
+            return True
+        except Exception:  # noqa: BLE001 - no answer is no confirmation
+            pass
+        if time.monotonic() >= give_up:
+            return False
+        sleep(delay)
+        delay = min(delay * 2, 5.0)
 
 
 def _explain(where: str, exc: BaseException) -> str:
@@ -59,9 +93,10 @@ def run_offline(client: Any, image: str, argv: list[str], *, timeout_s: int = 12
 
     container = None
     try:
-        container = client.containers.create(image, command=argv[1:], entrypoint=[argv[0]], network_mode="none",
-                                             user="0:0", labels={PROBE_LABEL: "true", RUNNER_LABEL: runner_identity()},
-                                             detach=True)
+        with deferred():  # a create interrupted half-way would leave a container we hold no id of
+            container = client.containers.create(image, command=argv[1:], entrypoint=[argv[0]],
+                                                 network_mode="none", user="0:0", detach=True,
+                                                 labels={PROBE_LABEL: "true", RUNNER_LABEL: runner_identity()})
         container.start()
         status = container.wait(timeout=timeout_s)
         out = container.logs(stdout=True, stderr=False).decode("utf-8", "replace")
@@ -78,10 +113,7 @@ def run_offline(client: Any, image: str, argv: list[str], *, timeout_s: int = 12
         raise EnvironmentProblem(f"`{argv[0]}` in image {image} did not finish within {timeout_s}s: {exc}") from None
     finally:
         if container is not None:
-            try:
-                container.remove(force=True)
-            except docker.errors.APIError:
-                pass
+            remove_confirmed(client, container.id)
 
 
 def cached_probe(cache: Any, image_id: str, kind: str, compute: Any) -> Any:

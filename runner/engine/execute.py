@@ -11,9 +11,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import IO, Any, Iterator
 
+from runner.engine.client import REMOVAL_PATIENCE_S, remove_confirmed
 from runner.engine.labels import MANAGED_LABEL, RUN_ID_LABEL
 from runner.errors import Interrupted, TrainingFailed
 from runner.hardware import GpuAllocation, HardwareClass, Host, allocated
+from runner.interrupts import deferred
 from runner.hashing import sha256_file
 from runner.rundir import utc_now
 from runner.runs.record import ContainerStatus
@@ -76,6 +78,9 @@ class RunResult:
     log_tail: tuple[str, ...]
     oom_killed: bool = False  # the kernel killed it at the memory limit (Docker's State.OOMKilled)
     memory_bytes: int = 0  # the limit it ran under
+    # What the engine had not confirmed removed, for the watchdog: container ids, or `label=value` when
+    # the engine did not even list the run's containers.
+    left_behind: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -150,7 +155,8 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
     started = utc_now()
     status, code, oom = ContainerStatus.FAILED, None, False
     try:
-        container = client.containers.create(**kwargs)
+        with deferred():  # a create interrupted half-way would leave a container we hold no id of
+            container = client.containers.create(**kwargs)
         log = open(log_path, "wb")
         # The pump owns the log file and closes it: the main thread never closes it under the pump.
         pump = threading.Thread(target=_pump_logs, args=(container, log, tail, stream, prefix), daemon=True)
@@ -173,27 +179,27 @@ def run_container(client: Any, spec: ContainerSpec, log_path: Path, *, stream: b
             _stop(container)
         pump.join(timeout=10)
     finally:
-        if container is not None:
-            _remove(container)
-        else:
-            # Interrupted between the engine creating the container and the SDK handing it back:
-            # find it by the run's label, so that it cannot outlive the run.
-            _remove_labelled(client, spec.labels)
+        # Interrupted between the engine creating the container and the SDK handing it back: find it by
+        # the run's label, so that it cannot outlive the run.
+        left = (_remove_all(client, [container.id]) if container is not None
+                else _remove_labelled(client, spec.labels))
         if os.getuid() == 0 and spec.user == NOBODY:
             _chown_tree(Path(outputs), 0, 0)
     finished = utc_now()
     result = RunResult(status=status, exit_code=code, started_on=started, finished_on=finished,
                        log_sha256=sha256_file(log_path), log_tail=tuple(tail), oom_killed=oom,
-                       memory_bytes=spec.mem_limit_bytes)
+                       memory_bytes=spec.mem_limit_bytes, left_behind=left)
     return result
 
 
 def raise_for_status(result: RunResult, timeout_s: int | None) -> None:
     """Turn a failed, timed-out or interrupted run into the matching XrunError."""
+    removed = ("removed" if not result.left_behind else
+               f"handed to the watchdog for removal (the engine had not confirmed it after {REMOVAL_PATIENCE_S:g}s)")
     if result.status == ContainerStatus.INTERRUPTED:
-        raise Interrupted("interrupted: the container was stopped and removed; no attestation was written")
+        raise Interrupted(f"interrupted: the container was stopped and {removed}; no attestation was written")
     if result.status == ContainerStatus.TIMED_OUT:
-        raise TrainingFailed(f"timed out after {timeout_s}s (run.timeout): the container was stopped and removed; "
+        raise TrainingFailed(f"timed out after {timeout_s}s (run.timeout): the container was stopped and {removed}; "
                              "raise run.timeout or make the job faster", lines=list(result.log_tail))
     if result.status != ContainerStatus.SUCCEEDED and result.oom_killed:
         raise TrainingFailed(f"the training ran out of memory: it was killed at the hardware class's memory limit "
@@ -271,22 +277,22 @@ def _stop(container: Any) -> None:
         pass
 
 
-def _remove(container: Any) -> None:
-    try:
-        container.remove(force=True)
-    except Exception:  # already removed (e.g. by a concurrent clean-up)
-        pass
+def _remove_all(client: Any, ids: list[str]) -> tuple[str, ...]:
+    """Remove the run's containers, waiting for the engine to confirm each; the ones it did not confirm."""
+    return tuple(i for i in ids if not remove_confirmed(client, i))
 
 
-def _remove_labelled(client: Any, labels: dict[str, str]) -> None:
+def _remove_labelled(client: Any, labels: dict[str, str]) -> tuple[str, ...]:
+    """Remove the run's containers found by its run label; the label itself when the engine did not list them."""
     run_id = labels.get(RUN_ID_LABEL)
     if not run_id:
-        return
-    try:
-        for found in managed_containers(client, run_id):
-            _remove(found)
-    except Exception:  # noqa: BLE001 - the engine is gone: the watchdog or the next run's sweep removes it
-        pass
+        return ()
+    for _ in range(3):
+        try:
+            return _remove_all(client, [c.id for c in managed_containers(client, run_id)])
+        except Exception:  # noqa: BLE001 - no answer yet: ask again, then hand the label on
+            continue
+    return (f"{RUN_ID_LABEL}={run_id}",)
 
 
 def _chown_tree(root: Path, uid: int, gid: int) -> None:

@@ -26,7 +26,9 @@ from runner.engine.labels import RUNNER_LABEL, is_gone, runner_identity
 from runner.runs.record import RunRecord, RunStatus
 
 KILLED = "the runner was killed"
-RECHECK_S = 1.0  # a create call in flight when xrun died lands on the engine a moment later
+# A busy engine may take minutes to answer: the watchdog, which outlives the runner, keeps asking this long.
+HANDED_PATIENCE_S = 1800.0
+LATE_CREATE_S = 120  # how long after a runner died its in-flight create calls are watched for
 
 
 @dataclass
@@ -34,6 +36,7 @@ class Watchdog:
     """The spawned watchdog of one run; `close()` ends it once the run is over."""
 
     process: subprocess.Popen[bytes] | None
+    handed: bool = False  # it was given removals to finish: do not wait for it
 
     @classmethod
     def start(cls, run_dir: Path) -> "Watchdog":
@@ -47,6 +50,17 @@ class Watchdog:
             return cls(None)
         return cls(process)
 
+    def hand_over(self, items: tuple[str, ...]) -> None:
+        """Give the watchdog removals to finish after the run: container ids, or `label=value` filters."""
+        if self.process is None or self.process.stdin is None:
+            return
+        try:
+            self.process.stdin.write("".join(f"remove {item}\n" for item in items).encode())
+            self.process.stdin.flush()
+            self.handed = True
+        except OSError:
+            pass  # it is gone: the next run's sweep removes containers of dead runners
+
     def close(self) -> None:
         """Tell the watchdog the run has ended (its record is final) and let it exit."""
         if self.process is None:
@@ -54,7 +68,8 @@ class Watchdog:
         try:
             if self.process.stdin is not None:
                 self.process.stdin.close()
-            self.process.wait(timeout=5)
+            if not self.handed:
+                self.process.wait(timeout=5)
         except (OSError, subprocess.TimeoutExpired):
             pass  # it exits by itself once it has read the record
         self.process = None
@@ -62,33 +77,97 @@ class Watchdog:
 
 def watch(run_dir: Path, identity: str) -> None:
     """Block until the runner's pipe closes, then clean up if the run did not end properly."""
+    received = b""
     try:
-        while sys.stdin.buffer.read(65536):
-            pass
+        while chunk := sys.stdin.buffer.read(65536):
+            received += chunk
     except OSError:
         pass
+    handed = [line.split(" ", 1)[1] for line in received.decode(errors="replace").splitlines()
+              if line.startswith("remove ")]
     record = RunRecord.load(run_dir / "run.json")
     if record is None or not _unfinished(run_dir, record):
+        if handed:
+            _finish_removals(handed)
         return
     try:
         remove_containers(identity)
-        time.sleep(RECHECK_S)
-        remove_containers(identity)
     finally:
         mark_killed(run_dir, identity)
+    # A create call in flight when the runner died lands on the engine later (a busy engine: much later):
+    # remove whatever container of that runner the engine reports created from now on, for a while.
+    _remove_late_arrivals(identity)
 
 
-def remove_containers(identity: str, client: Any = None) -> int:
-    """Force-remove every container the runner created; how many were removed."""
+def remove_containers(identity: str, client: Any = None, *, patience_s: float = HANDED_PATIENCE_S) -> int:
+    """Force-remove every container the runner created, waiting for the engine to confirm; how many went."""
+    client = client if client is not None else _patient_client()
     if client is None:
-        from runner.engine.client import docker_client
-        from runner.errors import EnvironmentProblem
+        return 0
+    return len(_remove_listed(client, f"{RUNNER_LABEL}={identity}", patience_s))
 
+
+def _patient_client() -> Any:
+    """A client of the engine, asked a few times (each ping waits up to the client's timeout for a busy one)."""
+    from runner.engine.client import docker_client
+    from runner.errors import EnvironmentProblem
+
+    for attempt in range(3):
         try:
-            client = docker_client(timeout=30)
+            return docker_client()
         except EnvironmentProblem:
-            return 0
-    return _remove_where(client, f"{RUNNER_LABEL}={identity}", lambda _: True)
+            if attempt < 2:
+                time.sleep(2.0)
+    return None  # no engine: the next run's sweep removes containers of dead runners
+
+
+def _remove_listed(client: Any, label: str, patience_s: float) -> list[str]:
+    """Remove every container carrying `label` (listed until the engine answers), each confirmed."""
+    from runner.engine.client import remove_confirmed
+
+    give_up = time.monotonic() + patience_s
+    while True:
+        try:
+            found = client.containers.list(all=True, filters={"label": label}, ignore_removed=True)
+            break
+        except Exception:  # noqa: BLE001 - a busy engine: ask again
+            if time.monotonic() >= give_up:
+                return []
+            time.sleep(2.0)
+    return [c.id for c in found if remove_confirmed(client, c.id, patience_s=patience_s)]
+
+
+def _finish_removals(items: list[str]) -> None:
+    """The removals the runner handed over: container ids, or label filters."""
+    from runner.engine.client import remove_confirmed
+
+    client = _patient_client()
+    if client is None:
+        return
+    for item in items:
+        if "=" in item:
+            _remove_listed(client, item, HANDED_PATIENCE_S)
+        else:
+            remove_confirmed(client, item, patience_s=HANDED_PATIENCE_S)
+
+
+def _remove_late_arrivals(identity: str) -> None:
+    """For LATE_CREATE_S, remove each container of the dead runner that the engine reports created."""
+    from runner.engine.client import remove_confirmed
+
+    client = _patient_client()
+    if client is None:
+        return
+    since = time.time() - 1
+    label = f"{RUNNER_LABEL}={identity}"
+    try:
+        events = client.events(since=int(since), until=int(since + LATE_CREATE_S), decode=True,
+                               filters={"type": "container", "event": "create", "label": label})
+        for event in events:
+            remove_confirmed(client, str(event.get("id") or event.get("Actor", {}).get("ID", "")))
+    except Exception:  # noqa: BLE001 - the engine went away: the next run's sweep removes containers of dead runners
+        pass
+    _remove_listed(client, label, HANDED_PATIENCE_S)
 
 
 def _remove_where(client: Any, label: str, dead: Callable[[str], bool]) -> int:

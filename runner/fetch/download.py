@@ -130,12 +130,14 @@ class _Partial:
 def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, base_dir: Path | None = None,
                options: FetchOptions = FetchOptions(), fetchers: Fetchers | None = None,
                reporter: Reporter | None = None, cancel: threading.Event | None = None,
-               kind: str = "data item", headers: tuple[tuple[str, str], ...] = (), size: int | None = None) -> Blob:
+               kind: str = "data item", headers: tuple[tuple[str, str], ...] = (), size: int | None = None,
+               pin: str = "the manifest") -> Blob:
     """Return the verified cache entry for `digests`, downloading `uri` only on a miss.
 
     `kind` names what the blob is in messages ("data item", "wheel"); `headers` go with an HTTP request;
     `size`, when a listing, pointer or lock declares it, is the exact byte count the object must have
     (a download stops there). Without it a download stops at Content-Length or XRUN_MAX_DOWNLOAD.
+    `pin` says where the expected digest lives, for the mismatch message (a .dvc file, an LFS pointer).
     """
     expected, source = check_request(uri, digests, name=name, base_dir=base_dir)
     if headers:
@@ -153,8 +155,9 @@ def fetch_blob(cache: Cache, uri: str, digests: dict[str, str], *, name: str, ba
     try:
         if own_reporter:
             with reporter:
-                return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel, size)
-        return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel, size)
+                return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel, size,
+                                     pin)
+        return _fetch_locked(cache, source, expected, name, kind, options, fetchers, reporter, cancel, size, pin)
     finally:
         if own_fetchers:
             fetchers.close()
@@ -176,7 +179,7 @@ def check_request(uri: str, digests: dict[str, str], *, name: str,
 
 def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: str, kind: str,
                   options: FetchOptions, fetchers: Fetchers, reporter: Reporter,
-                  cancel: threading.Event | None, size: int | None) -> Blob:
+                  cancel: threading.Event | None, size: int | None, pin: str = "the manifest") -> Blob:
     algorithm, hexdigest = primary(expected)
     fetcher: Fetcher | FetchError  # the error is raised only when a download is needed: an entry may do
     try:
@@ -205,7 +208,7 @@ def _fetch_locked(cache: Cache, source: Source, expected: dict[str, str], name: 
             if isinstance(fetcher, FetchError):
                 raise fetcher
             limit = _Limit(size, options.max_download or max_download(os.environ), options.max_download is None)
-            got = _download(cache, fetcher, source, expected, name, options, task, reporter, cancel, limit)
+            got = _download(cache, fetcher, source, expected, name, options, task, reporter, cancel, limit, pin)
         except FetchError as exc:
             if tampered is None:
                 raise
@@ -240,7 +243,7 @@ def _still_verified(cache: Cache, hit: Probe, name: str, reporter: Reporter) -> 
 
 def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str, str], name: str,
               options: FetchOptions, task: Task, reporter: Reporter, cancel: threading.Event | None,
-              limit: _Limit) -> int:
+              limit: _Limit, pin: str = "the manifest") -> int:
     """Stream into the partial file until every digest matches; commit it; return the size."""
     algorithm, hexdigest = primary(expected)
     hasher = MultiHasher(expected)
@@ -317,7 +320,7 @@ def _download(cache: Cache, fetcher: Fetcher, source: Source, expected: dict[str
             raise IntegrityError(
                 f"{name}: {source.uri}: {mismatch.algorithm} mismatch: expected {mismatch.expected}, "
                 f"got {mismatch.actual} ({size} bytes received); nothing was cached. The source changed or is "
-                "corrupt: check it, and update the digest in the manifest only if you trust the new content")
+                f"corrupt: check it, and update the digest in {pin} only if you trust the new content")
         size = partial.size
         if limit.declared not in (None, size):
             partial.discard()

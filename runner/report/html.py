@@ -80,18 +80,25 @@ class WrittenReport:
         return fields_to_wire(self)
 
 
-def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str]) -> list[RunInfo]:
-    """The runs named (id, sweep id, prefix, path, 'latest') and the finished runs of each --sweep EXPERIMENT."""
-    if not refs and not sweeps:
-        raise UsageError("name the runs to report: run ids (`xrun runs ls` lists them) or --sweep EXPERIMENT")
+def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str], experiments: tuple[str, ...] = ()) -> list[RunInfo]:
+    """The runs named (id, sweep id, prefix, path, 'latest'), the members of each seed sweep (by its id, as
+    `runs summary` takes it) and every finished run of each experiment (by name)."""
+    if not refs and not sweeps and not experiments:
+        raise UsageError("name the runs to report: run ids (`xrun runs ls` lists them), --sweep SWEEP_ID or "
+                         "--experiment NAME")
     chosen = [run for ref in refs for run in find_runs(runs_dir, ref)]
-    everything = list_runs(runs_dir) if sweeps else []
-    for name in sweeps:
+    if sweeps:
+        from runner.runs.sweep import sweep_members
+
+        for sweep in sweeps:
+            chosen += [run for path, _ in sweep_members(runs_dir, sweep) for run in find_runs(runs_dir, str(path))]
+    everything = list_runs(runs_dir) if experiments else []
+    for name in experiments:
         finished = (RunStatus.SUCCEEDED, RunStatus.FAILED)
         members = [r for r in everything if r.record.name == name and r.record.status in finished]
         if not members:
             known = sorted({r.record.name for r in everything})
-            raise UsageError(f"--sweep {name}: no finished run of experiment {name!r} under {runs_dir}"
+            raise UsageError(f"--experiment {name}: no finished run of experiment {name!r} under {runs_dir}"
                              + (f"; experiments there: {', '.join(known)}" if known else ""))
         chosen += members
     seen: set[str] = set()
@@ -103,16 +110,18 @@ def collect(runs: list[RunInfo], keys: list[Path]) -> list[ReportRun]:
     return [_report_run(info, keys) for info in runs]
 
 
-def write_report(runs_dir: Path, refs: list[str], sweeps: list[str], out: Path, *, keys: list[Path]) -> WrittenReport:
+def write_report(runs_dir: Path, refs: list[str], sweeps: list[str], out: Path, *, keys: list[Path],
+                 experiments: tuple[str, ...] = ()) -> WrittenReport:
     """Select, collect, render and write the report atomically (a failed write leaves nothing)."""
     started = time.monotonic()
     if not out.parent.absolute().is_dir():
         raise UsageError(f"--out {out}: the folder {out.parent} does not exist; create it or write elsewhere")
     try:
-        import plotly  # noqa: F401 - an optional extra: say so before any work
+        import plotly  # noqa: F401 - a dependency of xrun; an installation without it says so before any work
     except ImportError:
-        raise EnvironmentProblem("xrun report draws its plots with plotly: pip install 'xrun[report]'") from None
-    runs = natural_order(collect(select_runs(runs_dir, refs, sweeps), keys))
+        raise EnvironmentProblem("xrun report draws its plots with plotly, which this installation lacks: "
+                                 "pip install 'plotly>=5.20' (or reinstall xrun with its dependencies)") from None
+    runs = natural_order(collect(select_runs(runs_dir, refs, sweeps, experiments), keys))
     data = render(runs, title=_title(runs, sweeps)).encode("utf-8")
     write_atomic(out, data)
     return WrittenReport(path=out, run_ids=tuple(r.info.run_id for r in runs), size_bytes=len(data),

@@ -12,6 +12,7 @@ from runner.report.json import render
 
 def report(args: argparse.Namespace) -> int:
     """Write the page; print what was written."""
-    written = write_report(runs_dir(args), args.run, args.sweep, args.out, keys=args.trust)
+    written = write_report(runs_dir(args), args.run, args.sweep, args.out, keys=args.trust,
+                           experiments=tuple(args.experiment))
     print(render(written) if args.json else text.report_written(written))
     return 0

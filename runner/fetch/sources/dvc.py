@@ -63,6 +63,11 @@ class DvcSource(DataSource):
         """The .dvc file or the dvc.lock entry, as the manifest names it."""
         return str(self.spec.file or self.spec.lock)
 
+    @property
+    def pin(self) -> str:
+        """Where the md5 lives, and how DVC updates it (messages)."""
+        return f"{self.where} (DVC writes it: `dvc add` or `dvc commit`, then `dvc push`)"
+
     def out(self) -> DvcOut:
         """The out the manifest names (read once per source)."""
         if self._out is None:
@@ -96,7 +101,7 @@ class DvcSource(DataSource):
             raise UsageError(f"{self.name}: {self.where}: a file out with a file list; is this a DVC file?")
         if not out.is_dir:
             uri = _versioned(f"{remote}/{quote(out.path)}", out.version_id) if out.version_id else _object(remote, out.md5, out.legacy)
-            return Resolved(uri=shown, single_file=True, alias=("md5", out.md5),
+            return Resolved(uri=shown, single_file=True, alias=("md5", out.md5), pin=self.pin,
                             requests=(FileRequest(path="", uri=uri, digests={"md5": out.md5}, size=out.size),))
         if out.files:
             entries = [{"md5": str(f.get("md5", "")), "relpath": str(f.get("relpath", ""))} for f in out.files]
@@ -112,12 +117,13 @@ class DvcSource(DataSource):
             # A .dir object is a listing read whole into memory: bounded like a directory's listing.
             blob = fetch_blob(env.cache, dir_uri, {"md5": out.md5}, name=f"{self.name} (.dir object)",
                               base_dir=env.root, options=replace(env.options, max_download=MAX_LISTING_BYTES),
-                              fetchers=env.fetchers, reporter=env.reporter, cancel=env.cancel, kind="DVC .dir object")
+                              fetchers=env.fetchers, reporter=env.reporter, cancel=env.cancel, kind="DVC .dir object",
+                              pin=self.pin)
             entries = _read_dir_object(self.name, blob, dir_uri)
             requests = tuple(FileRequest(path=e["relpath"], uri=_object(remote, e["md5"], out.legacy),
                                          digests={"md5": e["md5"]}) for e in entries)
         check_paths([ListedFile(r.path, 0, "") for r in requests], f"{self.name}: {shown}")
-        return Resolved(uri=shown, single_file=False, requests=requests, alias=("md5", out.md5))
+        return Resolved(uri=shown, single_file=False, requests=requests, alias=("md5", out.md5), pin=self.pin)
 
     # --- reading DVC's files ----------------------------------------------------------------------
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
+import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -67,22 +69,48 @@ class LfsSource(DataSource):
         """Ask the batch API for the download action of the object."""
         oid, size, url = self.object()
         href, headers = batch_download(self.name, url, oid, size, env.options.timeout_s, self.environ)
-        return Resolved(uri=f"{url}/objects/{oid}", single_file=True, tree_digest=oid,
+        pin = (f"the LFS pointer {self.spec.pointer} (git-lfs writes it when the new object is committed)"
+               if self.spec.pointer else "the manifest (lfs.oid and lfs.size)")
+        return Resolved(uri=f"{url}/objects/{oid}", single_file=True, tree_digest=oid, pin=pin,
                         requests=(FileRequest(path="", uri=href, digests={"sha256": oid}, size=size,
                                               headers=tuple(sorted(headers.items()))),))
 
 
 def read_pointer(name: str, path: Path) -> tuple[str, int]:
-    """(oid, size) of a Git LFS pointer file."""
+    """(oid, size) of a Git LFS pointer file; in a git-lfs checkout (the path holds the object), git's index's."""
     try:
         data = path.read_bytes()[:1024]
     except OSError as exc:
         raise UsageError(f"{name}: {path}: cannot read: {exc.strerror or exc}; fix lfs.pointer") from None
+    parsed = _parse_pointer(data)
+    if parsed is None:
+        # git-lfs's smudge filter put the object itself at the path; the pointer is what git stores.
+        parsed = _parse_pointer(_indexed_blob(path))
+    if parsed is None:
+        raise UsageError(f"{name}: {path}: not a Git LFS pointer file, and git's index holds none for it; point "
+                         "lfs.pointer at a pointer file (`git show HEAD:PATH > PATH.pointer` writes one) or give "
+                         "lfs.oid and lfs.size")
+    return parsed
+
+
+def _parse_pointer(data: bytes) -> tuple[str, int] | None:
     oid, size = _POINTER_OID.search(data), _POINTER_SIZE.search(data)
     if not data.startswith(b"version https://git-lfs.github.com/spec/v1") or oid is None or size is None:
-        raise UsageError(f"{name}: {path}: not a Git LFS pointer file (was it checked out with `git lfs pull`? "
-                         "point lfs.pointer at the pointer, as `git show HEAD:PATH` prints it)")
+        return None
     return oid.group(1).decode(), int(size.group(1))
+
+
+def _indexed_blob(path: Path) -> bytes:
+    """The blob git's index holds for path (what `git show :PATH` prints: no smudge filter); b"" when none."""
+    git = shutil.which("git")
+    if git is None:
+        return b""
+    try:
+        done = subprocess.run([git, "-C", str(path.parent), "cat-file", "blob", f":./{path.name}"],
+                              capture_output=True, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return b""
+    return done.stdout[:1024] if done.returncode == 0 else b""
 
 
 def lfs_url_from_config(name: str, pointer: Path, root: Path) -> str:

@@ -46,6 +46,7 @@ class Resolved:
     tree_digest: str | None = None  # the sha256 the tree (or the single file) must have, when pinned
     expected: tuple[ListedFile, ...] = ()  # the listing the result must match, to name a changed file
     alias: tuple[str, str] | None = None  # (algo, hex) that names the content before sha256 is known (DVC md5)
+    pin: str = "the manifest"  # where the user updates the pin when the data changed (in messages)
 
 
 @dataclass(frozen=True)

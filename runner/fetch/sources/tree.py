@@ -74,7 +74,7 @@ def fetch_dataset(planned: PlannedData, source: DataSource, root: Path, cache: C
         if scanned is not None:
             staged = _stage_folder(cache, scanned, item.name, resolved.tree_digest, progress, ctx.cancel)
         else:
-            blobs = _fetch_requests(cache, resolved.requests, item.name, root, options, progress, ctx)
+            blobs = _fetch_requests(cache, resolved.requests, item.name, root, options, progress, ctx, resolved.pin)
     finally:
         progress.close()
     if scanned is not None:
@@ -192,15 +192,16 @@ def _check_pin(name: str, resolved: Resolved, actual: str, files: list[ListedFil
         if parts:
             detail = f" ({'; '.join(parts[:5])}{f'; {len(parts) - 5} more' if len(parts) > 5 else ''})"
     raise IntegrityError(f"{name}: {resolved.uri}: {what} digest mismatch: expected sha256:{resolved.tree_digest}, "
-                         f"got sha256:{actual}{detail}; the data changed: check it, and update the pin in the "
-                         "manifest only if you trust the new content (`xrun data digest DIR` prints it)")
+                         f"got sha256:{actual}{detail}; the data changed: check it, and update the pin in {resolved.pin} "
+                         "only if you trust the new content"
+                         + (" (`xrun data digest DIR` prints it)" if resolved.pin == "the manifest" else ""))
 
 
 # --- fetching the files -----------------------------------------------------------------------------
 
 
 def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, root: Path, options: FetchOptions,
-                    progress: DatasetProgress, ctx: JobContext) -> list[tuple[str, Blob]]:
+                    progress: DatasetProgress, ctx: JobContext, pin: str) -> list[tuple[str, Blob]]:
     """Every request through the transports, in a bounded pool of its own (one Session per thread)."""
     fetchers = ThreadFetchers(options)
 
@@ -211,9 +212,9 @@ def _fetch_requests(cache: Cache, requests: Sequence[FileRequest], name: str, ro
         if "sha256" in request.digests:
             blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                               fetchers=fetchers.get(), reporter=progress, cancel=ctx.cancel, kind="data file",
-                              headers=request.headers, size=request.size)
+                              headers=request.headers, size=request.size, pin=pin)
         else:
-            blob = _fetch_by_alias(cache, request, shown, root, options, fetchers.get(), progress, ctx.cancel)
+            blob = _fetch_by_alias(cache, request, shown, root, options, fetchers.get(), progress, ctx.cancel, pin)
         return request.path, blob
 
     try:
@@ -236,7 +237,7 @@ def _map(fn: Callable[[FileRequest], T], items: list[FileRequest], parallel: int
 
 
 def _fetch_by_alias(cache: Cache, request: FileRequest, shown: str, root: Path, options: FetchOptions,
-                    fetchers: object, progress: DatasetProgress, cancel: threading.Event) -> Blob:
+                    fetchers: object, progress: DatasetProgress, cancel: threading.Event, pin: str) -> Blob:
     """A file pinned by md5 only (DVC): verified by md5, stored by sha256, remembered by an alias."""
     algorithm, hexdigest = next(iter(request.digests.items()))
     known = cache.read_fingerprint(algorithm, hexdigest, ALIAS_KIND)
@@ -248,7 +249,7 @@ def _fetch_by_alias(cache: Cache, request: FileRequest, shown: str, root: Path, 
             return probe.blob
     blob = fetch_blob(cache, request.uri, request.digests, name=shown, base_dir=root, options=options,
                       fetchers=fetchers, reporter=progress, cancel=cancel, kind="data file",  # type: ignore[arg-type]
-                      headers=request.headers, size=request.size)
+                      headers=request.headers, size=request.size, pin=pin)
     sha = hash_file(blob.path, "sha256")
     adopted = _adopt(cache, blob, sha)
     cache.write_fingerprint(algorithm, hexdigest, ALIAS_KIND, sha)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import IO, Any, Protocol
 
 from runner.fetch.interface import FetchOptions
@@ -202,7 +203,7 @@ class DatasetProgress:
 
     def task(self, name: str) -> Task:
         """A per-file task that feeds the dataset's bar."""
-        return _FileShare(self)
+        return _Share(self, self.file_done)
 
     def advance(self, n: int) -> None:
         """Bytes arrived (or were taken back by a restart, n < 0)."""
@@ -237,9 +238,11 @@ class DatasetProgress:
         pass
 
 
-class _FileShare:
-    def __init__(self, owner: DatasetProgress) -> None:
-        self._owner, self._done = owner, 0
+class _Share:
+    """A per-file task that feeds an owner's byte counter and tells it when the file is done."""
+
+    def __init__(self, owner: DatasetProgress | PeriodicReporter, on_finish: Callable[[], None]) -> None:
+        self._owner, self._on_finish, self._done = owner, on_finish, 0
 
     def update(self, *, total: int | None = None, completed: int | None = None) -> None:
         if completed is not None:
@@ -251,7 +254,7 @@ class _FileShare:
         self._owner.advance(n)
 
     def finish(self) -> None:
-        self._owner.file_done()
+        self._on_finish()
 
     def rename(self, name: str) -> None:
         pass
@@ -290,7 +293,7 @@ class PeriodicReporter:
 
     def task(self, name: str) -> Task:
         """A task that feeds the batch's counters."""
-        return _BatchShare(self)
+        return _Share(self, self.finished)
 
     def note(self, message: str) -> None:
         """One line on stderr."""
@@ -308,26 +311,6 @@ class PeriodicReporter:
         self._ticker.__exit__()
         if self._bytes:
             print(f"xrun: fetched {self._what} ({self._progress()})", file=self._stream, flush=True)
-
-
-class _BatchShare:
-    def __init__(self, owner: PeriodicReporter) -> None:
-        self._owner, self._done = owner, 0
-
-    def update(self, *, total: int | None = None, completed: int | None = None) -> None:
-        if completed is not None:
-            self._owner.advance(completed - self._done)
-            self._done = completed
-
-    def advance(self, n: int) -> None:
-        self._done += n
-        self._owner.advance(n)
-
-    def finish(self) -> None:
-        self._owner.finished()
-
-    def rename(self, name: str) -> None:
-        pass
 
 
 def wants_progress(options: FetchOptions, stream: IO[str] | None = None) -> bool:

@@ -88,3 +88,30 @@ def test_refresh_never_overwrites_the_nodes_record(tmp_path, monkeypatch):
     done = slurm.SlurmHandle(tmp_path).state()
     assert done.status == "succeeded" and done.outputs == {"a.txt": "ab" * 32} and done.scheduler.state == "completed"
     assert RunRecord.load(record_path).outputs == {"a.txt": "ab" * 32}
+
+
+def test_a_member_of_an_array_cancelled_before_slurm_split_it_takes_the_arrays_state(tmp_path, monkeypatch):
+    """scancel of a whole pending array leaves one record, '33 CANCELLED', and no '33_0': the member is cancelled.
+
+    Before the fix, `xrun wait SWEEP` after `xrun cancel SWEEP` of a pending sweep waited for ever (seen in CI:
+    `scontrol show job 33_0` says 'Job 33_0 not found', which was not taken as 'forgotten' either).
+    """
+    record_path = tmp_path / "run.json"
+    RunRecord(run_id="r", name="n", status="submitted", manifest="m", manifest_sha256="s", plan_digest="p",
+              started_on="t", scheduler=SchedulerInfo(backend="slurm", state="pending", job_id="33",
+                                                      array_index=0)).save(record_path)
+    monkeypatch.setattr(slurm, "job_states", lambda ids: {"33": slurm.JobState("33", "cancelled", "CANCELLED", None,
+                                                                                 None)})
+    monkeypatch.setattr(slurm.shutil, "which", lambda name: "/usr/bin/" + name)
+    record = slurm.SlurmHandle(tmp_path).state()
+    assert record.scheduler.state == "cancelled" and record.scheduler.final
+    assert RunRecord.load(record_path).scheduler.state == "cancelled"
+
+
+def test_scontrol_not_found_is_a_forgotten_job(monkeypatch):
+    """'Job 33_0 not found' (exit 1) and 'Invalid job id specified' both mean the controller does not know it."""
+    import subprocess
+
+    for said in ("Job 33_0 not found", "slurm_load_jobs error: Invalid job id specified"):
+        monkeypatch.setattr(slurm, "_tool", lambda argv, said=said: subprocess.CompletedProcess(argv, 1, "", said))
+        assert slurm.job_detail("33_0") is None

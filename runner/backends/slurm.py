@@ -319,7 +319,8 @@ def job_detail(ref: str) -> JobDetail | None:
     """`scontrol show job -o REF`; None when the controller no longer knows the job (MinJobAge passed)."""
     out = _tool(["scontrol", "show", "job", "-o", ref])
     if out.returncode != 0:
-        if "invalid job id" in (out.stderr + out.stdout).lower():
+        said = (out.stderr + out.stdout).lower()
+        if "invalid job id" in said or "not found" in said:  # 'Job 33_0 not found': an array member it never split
             return None
         raise EnvironmentProblem(f"scontrol show job {ref}: {_first_line(out.stderr) or 'no answer'}")
     fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
@@ -500,7 +501,8 @@ class SlurmHandle(Handle):
         sched = record.scheduler
         if sched is None or sched.final or not sched.job_id:
             return record
-        state = states.get(sched.job_ref or "")
+        # A whole array cancelled before Slurm split it into tasks is one record under the array's id (no JOB_INDEX).
+        state = states.get(sched.job_ref or "") or states.get(sched.job_id)
         if state is None:
             return self._forgotten(record)
         if not state.state.final:

@@ -8,7 +8,6 @@ never touched) and unpacked with `dpkg-deb -x` into the test cache, once per mac
 from __future__ import annotations
 
 import base64
-import hashlib
 import json
 import shutil
 import subprocess
@@ -17,10 +16,8 @@ from pathlib import Path
 import pytest
 
 from cosignbin import cosign_from_debian
-from runner.attest import generate_keypair, load_signer
-from runner.attest.samples import sample_facts
-from runner.attest.sign import write_attestation
-from runner.attest.statement import Subject, build_statement
+from signedmodel import signed_model
+from runner.attest import generate_keypair
 
 # An empty trusted root: cosign 2.x wants one with --bundle even when only a key is trusted.
 EMPTY_TRUSTED_ROOT = {"mediaType": "application/vnd.dev.sigstore.trustedroot+json;version=0.1"}
@@ -35,14 +32,10 @@ def cosign() -> str:
 @pytest.fixture()
 def signed(tmp_path: Path) -> dict[str, Path]:
     """An ECDSA-signed attestation of model.pkl: key, .jsonl, bundle and an empty trusted root."""
-    key, pub = generate_keypair("ecdsa-p256", tmp_path / "keys")
-    model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
-    statement = build_statement([Subject("model.pkl", hashlib.sha256(b"weights").hexdigest())], sample_facts())
-    write_attestation(statement, load_signer(key), tmp_path / "p.intoto.jsonl", tmp_path / "p.sigstore.json")
+    signed = signed_model(tmp_path)
     root = tmp_path / "trusted_root.json"
     root.write_text(json.dumps(EMPTY_TRUSTED_ROOT))
-    return {"pub": pub, "model": model, "jsonl": tmp_path / "p.intoto.jsonl", "bundle": tmp_path / "p.sigstore.json",
+    return {"pub": signed.pub, "model": signed.model, "jsonl": signed.jsonl, "bundle": signed.bundle,
             "root": root, "dir": tmp_path}
 
 

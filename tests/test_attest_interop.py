@@ -8,7 +8,6 @@ Loaded with our keyid (`SSlibKey.from_crypto(public_key, keyid=...)`), they veri
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,18 +15,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.serialization import load_pem_private_key, load_pem_public_key
 
-from runner.attest import (
-    build_statement,
-    generate_keypair,
-    load_signer,
-    load_verifier,
-    verify_attestation,
-    write_attestation,
-)
+from runner.attest import generate_keypair, load_verifier, verify_attestation
 from runner.attest.dsse import pae
 from runner.attest.keys import KEY_KINDS
-from runner.attest.samples import sample_facts
-from runner.attest.statement import Subject
+from signedmodel import signed_model
 
 sslib_dsse = pytest.importorskip("securesystemslib.dsse")
 sslib_signer = pytest.importorskip("securesystemslib.signer")
@@ -37,14 +28,10 @@ intoto_exceptions = pytest.importorskip("in_toto.exceptions")
 
 
 def _run(tmp_path: Path, kind: str) -> tuple[dict, dict, Path, Path, Path]:
-    key, pub = generate_keypair(kind, tmp_path / "keys")
-    model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
-    statement = build_statement([Subject("model.pkl", hashlib.sha256(b"weights").hexdigest())], sample_facts())
-    write_attestation(statement, load_signer(key), tmp_path / "a.jsonl", tmp_path / "a.sigstore.json")
-    envelope = json.loads((tmp_path / "a.jsonl").read_text())
-    bundle = json.loads((tmp_path / "a.sigstore.json").read_text())
-    return envelope, bundle, key, pub, model
+    signed = signed_model(tmp_path, kind, stem="a")
+    envelope = json.loads(signed.jsonl.read_text())
+    bundle = json.loads(signed.bundle.read_text())
+    return envelope, bundle, signed.key, signed.pub, signed.model
 
 
 def _sslib_key(pub: Path, keyid: str | None):

@@ -12,11 +12,9 @@ import pytest
 
 from runner.attest import generate_keypair, load_signer
 from runner.attest.policy import load_policy
-from runner.attest.samples import sample_facts
-from runner.attest.sign import write_attestation
-from runner.attest.statement import Subject, build_statement
 from runner.attest.verify import verify_attestation
 from runner.attest.vsa import VSA_PREDICATE_TYPE, summarize, write_vsa
+from signedmodel import signed_model
 
 json_format = pytest.importorskip("google.protobuf.json_format")
 statement_pb2 = pytest.importorskip("in_toto_attestation.v1.statement_pb2")
@@ -27,18 +25,15 @@ from in_toto_attestation.v1.statement import Statement  # noqa: E402
 @pytest.fixture()
 def world(tmp_path: Path) -> dict[str, Path]:
     """A signed provenance of model.pkl, the producer's key, an auditor's VSA key, and a policy."""
-    key, pub = generate_keypair("ecdsa-p256", tmp_path / "producer")
+    signed = signed_model(tmp_path)
     vsa_key, vsa_pub = generate_keypair("ed25519", tmp_path / "auditor")
-    model = tmp_path / "model.pkl"
-    model.write_bytes(b"weights")
-    statement = build_statement([Subject("model.pkl", hashlib.sha256(b"weights").hexdigest())], sample_facts())
-    write_attestation(statement, load_signer(key), tmp_path / "p.intoto.jsonl", tmp_path / "p.sigstore.json")
+    statement = signed.statement
     policy = tmp_path / "policy.yaml"
     builder = statement["predicate"]["runDetails"]["builder"]["id"]
     policy.write_text(f"apiVersion: xrun/v1\nkind: Policy\nallowedBuilders: ['{builder}']\n")
     other = tmp_path / "other-policy.yaml"
     other.write_text("apiVersion: xrun/v1\nkind: Policy\nallowedBuilders: ['https://elsewhere/*']\n")
-    return {"pub": pub, "vsa_key": vsa_key, "vsa_pub": vsa_pub, "model": model, "att": tmp_path / "p.intoto.jsonl",
+    return {"pub": signed.pub, "vsa_key": vsa_key, "vsa_pub": vsa_pub, "model": signed.model, "att": signed.jsonl,
             "policy": policy, "other": other, "dir": tmp_path}
 
 

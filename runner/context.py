@@ -18,7 +18,7 @@ from runner import hardware
 from runner.codetree import OwnPaths, signing_key_path
 from runner.fetch import Cache, FetchOptions
 from runner.manifest import load_manifest
-from runner.plan import Plan, resolve_plan
+from runner.plan import CodeTree, Plan, resolve_plan
 from runner.progress import ProgressSink, StderrProgress
 from runner.rundir import default_runs_dir
 
@@ -45,6 +45,7 @@ class RunOptions:
     tsa: str | None = None  # --tsa URL: an RFC 3161 timestamp over the signature (default $XRUN_TSA_URL)
     # A compute node never reads the submitter's key, but keeps it out of the code tree as the submitter did.
     submitter_key: Path | None = None
+    code: CodeTree | None = None  # the code folder already hashed on this node (runner/node.py); else hashed here
 
     def open_cache(self) -> Cache:
         """--cache-dir, else Cache.default()."""
@@ -101,7 +102,7 @@ class RunContext:
         from runner.engine.client import docker_client
 
         manifest = load_manifest(manifest_path, verdicts=options.open_cache().root / "verdicts" / "manifest")
-        plan = resolve_plan(manifest, options.own_paths(manifest.root)).with_seed(options.seed)
+        plan = resolve_plan(manifest, options.own_paths(manifest.root), options.code).with_seed(options.seed)
         sink = progress or StderrProgress(options.quiet)
         warning = plan.code.summary().warning()
         if warning:

@@ -12,8 +12,11 @@ the submitter re-hashes the outputs and signs.
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import shutil
+import stat
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -26,8 +29,10 @@ from runner.context import RunContext, RunOptions
 from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunError
 from runner.fetch import FetchOptions
 from runner.engine.labels import runner_identity
+from runner.hashing import FileDigest
 from runner.pipeline import run_in
-from runner.rundir import RunDir, rfc3339, utc_now
+from runner.plan import CodeTree, PlanRecord
+from runner.rundir import RunDir, rfc3339, utc_now, write_json
 from runner.runs.record import RunRecord, RunStatus, SchedulerState
 from runner.stages import RunSummary, StageHooks
 
@@ -49,15 +54,19 @@ def node_run(run_dir: Path) -> RunSummary:
         record.scheduler.state = SchedulerState.RUNNING
         record.scheduler.node = slurm.node if slurm else os.uname().nodename
     record.save(run.record)
+    code_file = _code_file(job, run)
     try:
         options = RunOptions(runs_dir=run_dir.parent, allow_hardware_mismatch=job.allow_hardware_mismatch,
                              seed=job.seed, cache_dir=Path(job.cache_dir), fetch=FetchOptions(quiet=True),
-                             submitter_key=Path(job.signing_key) if job.signing_key else None)
+                             submitter_key=Path(job.signing_key) if job.signing_key else None,
+                             code=_known_code(code_file))
         ctx = RunContext.create(Path(job.manifest), options)
         if ctx.plan.digest != job.plan_digest:
             raise IntegrityError(f"{job.manifest}: its plan is now {ctx.plan.digest[:12]}, not the submitted "
                                  f"{job.plan_digest[:12]} (the manifest, code or lockfile changed after `xrun "
                                  "submit`); submit again")
+        if options.code is None:
+            _remember_code(code_file, ctx.plan.code)
     except XrunError as exc:
         _failed(run, record, exc)
         raise
@@ -69,6 +78,52 @@ def node_run(run_dir: Path) -> RunSummary:
     facts = (lambda f: with_slurm_builder(f, slurm, run.run_id, job.image.reference)) if slurm else None
     hooks = StageHooks(image=lambda c: ensure_image(c, job.image), facts=facts, attestation=run.node_statement.name)
     return run_in(ctx, run, record, hooks)
+
+
+def _code_file(job: NodeJob, run: RunDir) -> Path | None:
+    """Where this node keeps the code tree of the submitted plan, hashed by the first member that ran here.
+
+    The image holds the code and its ID is checked, so the code folder is hashed once per node (to refuse
+    a checkout changed after `xrun submit` early), not once per member: a 200-member sweep of a large
+    repository on shared storage would read it 200 times. In the user's own folder of the node's
+    temporary directory; None (hash here) when that folder is not safely ours.
+    """
+    folder = Path(tempfile.gettempdir()) / f"xrun-{os.getuid()}"
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        code = PlanRecord.read(run.path / "plan.json").raw["code"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        return None
+    key = hashlib.sha256(f"{job.manifest}\0{code.get('digest')}".encode()).hexdigest()[:32]
+    return folder / f"code-{key}.json"
+
+
+def _known_code(path: Path | None) -> CodeTree | None:
+    """The code tree an earlier member of this node hashed; None when there is none or it does not read."""
+    if path is None:
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        return CodeTree(root=Path(data["root"]), digest=data["digest"],
+                        files=tuple(FileDigest(str(p), str(h), int(n), int(m)) for p, h, n, m in data["files"]),
+                        git_commit=data["gitCommit"], git_dirty=data["gitDirty"], source=data["source"],
+                        left_out=tuple(data["leftOut"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _remember_code(path: Path | None, code: CodeTree) -> None:
+    if path is None:
+        return
+    try:
+        write_json(path, {"root": str(code.root), "digest": code.digest, "gitCommit": code.git_commit,
+                          "gitDirty": code.git_dirty, "source": code.source, "leftOut": list(code.left_out),
+                          "files": [[f.path, f.sha256, f.size, f.mode] for f in code.files]})
+    except OSError:
+        pass  # the next member hashes the folder itself
 
 
 def _new_attempt(run: RunDir, record: RunRecord) -> None:

@@ -236,11 +236,12 @@ def run_env(manifest: Manifest) -> dict[str, str]:
     return dict(sorted(env.items()))
 
 
-def resolve_plan(manifest: Manifest, own: OwnPaths | None = None) -> Plan:
+def resolve_plan(manifest: Manifest, own: OwnPaths | None = None, code: CodeTree | None = None) -> Plan:
     """Pin everything the manifest names (reads files, runs git); executes nothing.
 
     `own`: this invocation's cache, runs folder and signing key, kept out of the code tree (default:
-    OwnPaths.default, what a command without --cache-dir/--runs-dir/--key uses).
+    OwnPaths.default, what a command without --cache-dir/--runs-dir/--key uses). `code`: the code
+    folder already hashed by this process's caller (a compute node's earlier member), used when its root matches.
     """
     lockfile = None
     if manifest.image.lockfile is not None:
@@ -252,7 +253,8 @@ def resolve_plan(manifest: Manifest, own: OwnPaths | None = None) -> Plan:
         else parse_image_ref(manifest.image.base),
         lockfile=lockfile,
         data=tuple(_planned_data(item, manifest.root) for item in manifest.data),
-        code=resolve_code(manifest.code, manifest.file, own),
+        code=code if code is not None and code.root == manifest.code.path else resolve_code(manifest.code,
+                                                                                            manifest.file, own),
         hardware=lookup_class(manifest.hardware_class),
         seed=manifest.seeds.global_seed,
         apply_seeds=manifest.seeds.apply,

@@ -46,11 +46,15 @@ def test_sweep_summary_header_names_the_failed_seeds():
     assert head == "sweep s1: 4 of 6 members succeeded, 2 failed (seeds 5, 6); seeds 1-6", head
 
 
-def test_kubernetes_render_does_not_say_zero_seeds():
+def test_kubernetes_render_counts_its_members():
+    # Rendered Jobs are no runs xrun follows (runs is empty): the count once read "(0 seeds)".
     result = SimpleNamespace(backend="kubernetes", sweep="abc", job_id=None, image_id="sha256:1",
-                             image_reference="r@d", script=None, runs=(), rendered=(Path("out/04-job-x.yaml"),))
+                             image_reference="r@d", script=None, runs=(), rendered=(Path("out/04-job-x.yaml"),),
+                             seeds=(1, 2, 3, 4))
     head = submitted(result).splitlines()[0]
-    assert "0 seeds" not in head and head == "submitted to kubernetes, sweep abc", head
+    assert head == "submitted to kubernetes, sweep abc (4 members: seeds 1-4)", head
+    single = submitted(SimpleNamespace(**{**vars(result), "sweep": None, "seeds": ()})).splitlines()[0]
+    assert single == "submitted to kubernetes", single
 
 
 def test_a_killed_container_says_it_was_killed():

@@ -259,7 +259,9 @@ def submitted(result: SubmitResult) -> str:
     """`xrun submit`: the backend, job, image and one line per run."""
     head = f"submitted to {result.backend}" + (f" as job {result.job_id}" if result.job_id else "")
     if result.sweep:
-        head += f", sweep {result.sweep}" + (f" ({len(result.runs)} seeds)" if result.runs else "")
+        # Rendered Jobs are no runs xrun follows: their seeds come with the result, not with result.runs.
+        seeds = result.seeds or tuple(r.seed for r in result.runs if r.seed is not None)
+        head += f", sweep {result.sweep}" + (f" ({len(seeds)} members: seeds {seed_list(seeds)})" if seeds else "")
     lines = [head, f"  image  {result.image_reference or result.image_id}"]
     for path in result.rendered:
         lines.append(f"  wrote  {path}")

@@ -103,37 +103,65 @@ def collect_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: by
 
     signer = signer or load_signer_for(key, key_password)
     tsa_url = timestamp_authority(tsa, signer is not None)
-    done = []
-    for run_dir in run_dirs:
-        handle = attach(run_dir)
-        try:
-            done.append(handle.collect(signer, tsa_url))
-        except IntegrityError as exc:
-            if len(run_dirs) == 1:
-                raise
-            record = handle.record()
-            sched = record.scheduler
-            done.append(SubmittedRun(record.run_id, run_dir, sched.seed if sched else None,
-                                     sched.job_ref if sched else None, run_state(record), error=exc.message,
-                                     refused=True))
-    return done
+    return [_collect_one(attach(d), signer, tsa_url, alone=len(run_dirs) == 1) for d in run_dirs]
+
+
+def _collect_one(handle: Handle, signer: Signer | None, tsa_url: str | None, *, alone: bool) -> SubmittedRun:
+    """handle.collect(); a refusal is reported as the run's result, or raised when the run is collected alone."""
+    try:
+        return handle.collect(signer, tsa_url)
+    except IntegrityError as exc:
+        if alone:
+            raise
+        record = handle.record()
+        sched = record.scheduler
+        return SubmittedRun(record.run_id, handle.run_dir, sched.seed if sched else None,
+                            sched.job_ref if sched else None, run_state(record), error=exc.message, refused=True)
 
 
 def wait_runs(run_dirs: Sequence[Path], *, key: Path | None, key_password: bytes | None = None,
               poll_s: float = POLL_S, tsa: str | None = None) -> list[SubmittedRun]:
-    """Block until the scheduler is done with every run, then collect them all (`xrun wait RUN|SWEEP`)."""
+    """Block until the scheduler is done with every run, collecting each as it ends (`xrun wait RUN|SWEEP`)."""
+    from runner.context import timestamp_authority
+
     signer = load_signer_for(key, key_password)  # a wrong password fails now, not after the jobs
+    tsa_url = timestamp_authority(tsa, signer is not None)
+    done: dict[Path, SubmittedRun] = {}
     pending = [attach(d) for d in run_dirs]
-    # Short jobs are seen finished soon; long ones do not poll the controller more than every POLL_MAX_S.
+    first_poll = poll_s
     while pending:
         kinds: dict[type[Handle], list[Handle]] = {}
         for handle in pending:
             kinds.setdefault(type(handle), []).append(handle)
-        pending = [h for kind, group in kinds.items() for h, r in zip(group, kind.states(group)) if not h.finished(r)]
+        ended = [h for kind, group in kinds.items() for h, r in zip(group, kind.states(group)) if h.finished(r)]
+        # Collected while the other members still run: a 200-member sweep is not signed all at the end.
+        for handle in ended:
+            done[handle.run_dir] = _collect_one(handle, signer, tsa_url, alone=len(run_dirs) == 1)
+        pending = [h for h in pending if h.run_dir not in done]
         if pending:
-            time.sleep(poll_s)
-            poll_s = min(poll_s * 1.5, POLL_MAX_S)
-    return collect_runs(run_dirs, key=None, signer=signer, tsa=tsa)
+            # Short jobs are seen finished soon; long ones do not poll the controller more than every POLL_MAX_S,
+            # but a member whose node wrote its record is asked about at once.
+            _sleep_until_changed(pending, poll_s)
+            poll_s = first_poll if ended else min(poll_s * 1.5, POLL_MAX_S)
+    return [done[d] for d in run_dirs]
+
+
+def _sleep_until_changed(handles: Sequence[Handle], limit_s: float, step_s: float = POLL_S) -> None:
+    """Sleep up to limit_s, waking early when one of the runs' records (run.json) is written."""
+    def stamps() -> list[int]:
+        out = []
+        for handle in handles:
+            try:
+                out.append((handle.run_dir / "run.json").stat().st_mtime_ns)
+            except OSError:
+                out.append(0)
+        return out
+
+    before, deadline = stamps(), time.monotonic() + limit_s
+    while (left := deadline - time.monotonic()) > 0:
+        time.sleep(min(step_s, left))
+        if stamps() != before:
+            return
 
 
 def cancel_runs(run_dirs: Sequence[Path]) -> list[RunRecord]:

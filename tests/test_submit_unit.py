@@ -115,3 +115,58 @@ def test_scontrol_not_found_is_a_forgotten_job(monkeypatch):
     for said in ("Job 33_0 not found", "slurm_load_jobs error: Invalid job id specified"):
         monkeypatch.setattr(slurm, "_tool", lambda argv, said=said: subprocess.CompletedProcess(argv, 1, "", said))
         assert slurm.job_detail("33_0") is None
+
+
+def test_job_script_compiles_xrun_once_per_node(tmp_path):
+    spec = slurm.ScriptSpec(job_name="xrun-probe", log=str(tmp_path / "log"), hardware=lookup("cpu-1"), timeout_s=60,
+                            run_dirs=(tmp_path / "a", tmp_path / "b"), xrun=("/usr/bin/python3", "-m", "runner.cli"),
+                            array=True)
+    script = slurm.render_script(spec)
+    assert 'export PYTHONPYCACHEPREFIX="${XDG_CACHE_HOME:-${HOME:-/tmp}/.cache}/xrun/pycache"' in script
+    assert "unset PYTHONDONTWRITEBYTECODE" in script
+
+
+def test_a_plan_given_the_hashed_code_tree_does_not_read_the_folder(tmp_path, monkeypatch):
+    from runner import plan as plan_module
+    from runner.manifest import load_manifest
+    from experiments import probe_experiment
+
+    manifest = load_manifest(probe_experiment(tmp_path / "exp", "127.0.0.1:5000/b@sha256:" + "ab" * 32))
+    hashed = plan_module.resolve_plan(manifest)
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the code folder was read again")
+
+    monkeypatch.setattr(plan_module, "resolve_code", no_reading)
+    again = plan_module.resolve_plan(manifest, code=hashed.code)
+    assert again.digest == hashed.digest
+    other = plan_module.CodeTree(tmp_path / "elsewhere", hashed.code.digest, hashed.code.files, None, None)
+    with pytest.raises(AssertionError, match="read again"):  # a tree of another folder is not used
+        plan_module.resolve_plan(manifest, code=other)
+
+
+def test_the_nodes_code_tree_round_trips_and_only_from_a_private_folder(tmp_path, monkeypatch):
+    import os
+
+    from runner import node
+    from runner.backends.interface import NodeJob
+    from runner.build.distribute import ImageSource
+    from runner.plan import CodeTree
+    from runner.hashing import FileDigest
+    from runner.rundir import RunDir
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    run = RunDir("r", tmp_path / "r")
+    run.path.mkdir()
+    (run.path / "plan.json").write_text('{"code": {"digest": "sha256:' + "ab" * 32 + '"}}')
+    job = NodeJob(manifest=str(tmp_path / "experiment.yaml"), plan_digest="", image=ImageSource("sha256:x", "t:1"),
+                  cache_dir=str(tmp_path))
+    path = node._code_file(job, run)
+    assert path is not None and path.parent == tmp_path / f"xrun-{os.getuid()}"
+    tree = CodeTree(tmp_path, "sha256:" + "ab" * 32, (FileDigest("a.py", "cd" * 32, 3, 0o644),), "abc", False)
+    node._remember_code(path, tree)
+    assert node._known_code(path) == tree
+    path.write_text("{not json")
+    assert node._known_code(path) is None
+    os.chmod(path.parent, 0o777)  # a folder others may write is not trusted with it
+    assert node._code_file(job, run) is None

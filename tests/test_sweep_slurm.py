@@ -141,3 +141,40 @@ def test_cancel_a_whole_sweep(tmp_path, base_image, slurm_cluster, docker_client
     wait_for(lambda: not any(c.labels.get("org.xrun.run-id", "").startswith(result.sweep)
                              for c in managed_containers(docker_client)),
              "the removal of every cancelled member's container")
+
+
+def test_wait_collects_each_member_as_it_ends_and_the_node_hashes_the_code_once(tmp_path, base_image, slurm_cluster,
+                                                                               monkeypatch):
+    # Member 2 holds until the test drops /outputs/go into its outputs folder (the container's bind mount): a
+    # condition, not a clock. Member 1 must be collected and signed while member 2 still runs.
+    hold = ('if [ "$XRUN_SEED" = 2 ]; then while [ ! -e /outputs/go ]; do sleep 0.1; done; rm /outputs/go; fi; '
+            'echo "{\\"seed\\": $XRUN_SEED}" > /outputs/probe.json')
+    manifest = probe_experiment(tmp_path / "exp", base_image, command=["sh", "-c", hold],
+                                outputs=[{"path": "probe.json"}])
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "nodetmp"))  # the job inherits it: the node's temporary folder
+    (tmp_path / "nodetmp").mkdir()
+    key, pub = generate_keypair("ed25519", tmp_path / "keys", None)
+    result = submit(manifest, SubmitOptions(run=RunOptions(runs_dir=tmp_path / "runs", quiet=True), backend="slurm",
+                                            shared_dir=tmp_path / "shared", seeds=(1, 2)))
+    first, second = (m.run_dir for m in result.runs)
+    waiting = subprocess.Popen([sys.executable, "-m", "runner.cli", "wait", result.sweep, "--runs-dir",
+                                str(tmp_path / "runs"), "--key", str(key), "--json"], stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
+    try:
+        wait_for(lambda: (first / "provenance.intoto.jsonl").exists() or waiting.poll() is not None,
+                 "member 1's attestation while member 2 still runs")
+        assert waiting.poll() is None, waiting.communicate()
+        assert RunRecord.load(second / "run.json").status == "running"
+        (second / "outputs" / "go").touch()
+        out, err = waiting.communicate(timeout=PATIENCE_S)
+    finally:
+        if waiting.poll() is None:
+            waiting.kill()
+    assert waiting.returncode == 0, out + err
+    assert [bool(r["attestation"]) for r in json.loads(out)] == [True, True]
+    assert verify_attestation(str(second / "provenance.intoto.jsonl"), [pub], []).ok
+    # The node kept the code tree its first member hashed, under the plan's code digest, in the user's own folder.
+    kept = list((tmp_path / "nodetmp" / f"xrun-{os.getuid()}").glob("code-*.json"))
+    assert len(kept) == 1 and (kept[0].parent.stat().st_mode & 0o777) == 0o700
+    code = json.loads((first / "plan.json").read_text())["code"]
+    assert json.loads(kept[0].read_text())["digest"] == code["digest"]

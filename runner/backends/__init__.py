@@ -7,25 +7,29 @@ Nothing outside this package chooses code by a backend's name: it asks the regis
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 from runner.backends.interface import Backend, Handle
-from runner.backends.kubernetes import KubernetesBackend
-from runner.backends.local import LocalBackend
-from runner.backends.slurm import SlurmBackend
 from runner.errors import UsageError
 from runner.runs.record import RunRecord
 
 __all__ = ["BACKENDS", "attach", "get_backend", "refresh"]
 
-BACKENDS: dict[str, type[Backend]] = {b.name: b for b in (SlurmBackend, KubernetesBackend, LocalBackend)}
+# name → the module and class: a backend's module is imported when it is used, so a compute node's
+# `xrun node-run` does not load the Kubernetes renderer (YAML) or the local runner.
+BACKENDS: dict[str, tuple[str, str]] = {"slurm": ("runner.backends.slurm", "SlurmBackend"),
+                                        "kubernetes": ("runner.backends.kubernetes", "KubernetesBackend"),
+                                        "local": ("runner.backends.local", "LocalBackend")}
 
 
 def get_backend(name: str) -> Backend:
     """The backend called `name`; a usage error listing the known ones otherwise."""
     if name not in BACKENDS:
         raise UsageError(f"--backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    return BACKENDS[name]()
+    module, cls = BACKENDS[name]
+    backend: type[Backend] = getattr(importlib.import_module(module), cls)
+    return backend()
 
 
 def attach(run_dir: Path) -> Handle:

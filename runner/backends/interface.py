@@ -97,7 +97,7 @@ class SubmitResult:
     script: Path | None
     runs: tuple[SubmittedRun, ...]
     rendered: tuple[Path, ...] = ()
-    seeds: tuple[int, ...] = ()  # a sweep's seeds, where its members are not runs xrun follows (rendered Jobs)
+    seeds: tuple[int, ...] = ()  # a sweep's seeds (for rendered Jobs, the only word on its members)
 
     def to_json(self) -> dict[str, Any]:
         """The `--json` object."""

@@ -54,7 +54,7 @@ class LocalBackend(Backend):
             record = RunRecord.load(r.run_dir / "run.json") if r.run_id else None
             image_id = image_id or (record.image_id if record and record.image_id else "")
         return SubmitResult(backend=self.name, sweep=sweep, job_id=None, image_id=image_id, image_reference=None,
-                            script=None, runs=tuple(done))
+                            script=None, runs=tuple(done), seeds=options.seeds)
 
     def attach(self, run_dir: Path) -> Handle:
         """A local run: finished when its xrun process is."""

@@ -423,7 +423,7 @@ class SlurmBackend(Backend):
         members = tuple(SubmittedRun(run_id=r.run_id, run_dir=r.path, seed=s, job=f"{job_id}_{i}" if sweep else job_id,
                                      state=SchedulerState.PENDING) for i, (r, s) in enumerate(zip(runs, seeds)))
         return SubmitResult(backend=self.name, sweep=sweep_id, job_id=job_id, image_id=image.id,
-                            image_reference=image.reference, script=script, runs=members)
+                            image_reference=image.reference, script=script, runs=members, seeds=options.seeds)
 
     def attach(self, run_dir: Path) -> Handle:
         """A run of a Slurm job: the scheduler's word on it, scancel, collect."""

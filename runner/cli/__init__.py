@@ -254,7 +254,7 @@ def _cluster_commands(command: Command) -> None:
     p.add_argument("--render", type=Path, metavar="DIR", help="kubernetes: write the manifests to DIR, submit nothing")
 
     p = command("node-run", "(run by the job script on a compute node) run a directory prepared by xrun submit",
-                "xrun node-run /shared/runs/20261129T171800Z-ab12cd", "cluster:node_run")
+                "xrun node-run /shared/runs/20261129T171800Z-ab12cd", "node:node_run")
     p.add_argument("run_dir", type=Path, metavar="RUN_DIR")
 
     for name, help_text, example, handler in (

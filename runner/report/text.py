@@ -272,12 +272,6 @@ def submitted(result: SubmitResult) -> str:
     return "\n".join(lines)
 
 
-def node_ran(summary: RunSummary) -> str:
-    """`xrun node-run` (stderr): the run succeeded here; the submitter signs."""
-    return (f"xrun: run {summary.run_id} succeeded on this node; the statement awaits signing by the submitter "
-            "(xrun collect)")
-
-
 def collected(result: SubmittedRun) -> str:
     """`xrun collect` / `xrun wait`: the run's state and its attestation (or error)."""
     return f"run {result.run_id}: {result.state}" + (

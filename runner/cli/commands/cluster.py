@@ -1,4 +1,4 @@
-"""Cluster runs: `xrun submit`, `node-run`, `collect`, `wait`, `cancel`, `logs` and `runs summary`.
+"""Cluster runs: `xrun submit`, `collect`, `wait`, `cancel`, `logs` and `runs summary` (`node-run`: node.py).
 
 Every command after `submit` takes RUN or SWEEP: one run, or every member of a seed sweep, in one process.
 """
@@ -13,7 +13,6 @@ from runner.attest.keys import key_password
 from runner.backends import attach
 from runner.cli.options import run_options, runs_dir
 from runner.errors import EXIT_INTEGRITY
-from runner.node import node_run as run_on_node
 from runner.report import text
 from runner.report.json import render
 from runner.runs.record import RunStatus, SchedulerState
@@ -36,13 +35,6 @@ def submit(args: argparse.Namespace) -> int:
     fine = (SchedulerState.PENDING, RunStatus.SUCCEEDED, SchedulerState.COMPLETED)
     failed = [r for r in result.runs if r.state not in fine]
     return 1 if failed else 0
-
-
-def node_run(args: argparse.Namespace) -> int:
-    """Run a directory prepared by `xrun submit` (on a compute node); the submitter signs."""
-    summary = run_on_node(args.run_dir)
-    print(text.node_ran(summary), file=sys.stderr)
-    return 0
 
 
 def _cluster_runs(args: argparse.Namespace) -> list[Path]:

@@ -2,8 +2,10 @@
 
 A caller of the pipeline, not a backend. The submitter (runner/submit.py, runner/backends/slurm.py)
 prepared RUN_DIR on shared storage: the manifest copy, plan.json, run.json and job.json (the
-manifest's path, the seed, the plan digest, the image by ID and where to get it, the shared cache). Here xrun re-plans the manifest and refuses a different plan, gets the
-image (pull by digest, or `docker load` from the shared directory) and refuses a different image
+manifest's path, the seed, the plan digest, the image by ID and where to get it, the shared cache).
+Here xrun re-plans the manifest and refuses a different plan (the code folder is hashed by the first
+member that runs on this node; the next ones reuse its tree: _code_file), gets the image (pull by
+digest, or `docker load` from the shared directory, once per node) and refuses a different image
 ID (exit 3), then runs the very stages of `xrun run` (runner/pipeline.py run_in) on this node's
 engine. The statement it writes is unsigned (node.intoto.jsonl): no key reaches a compute node;
 the submitter re-hashes the outputs and signs.

@@ -42,11 +42,6 @@ def credential_params(url: str) -> list[str]:
     return sorted(n for n in names if is_credential_param(n))
 
 
-def has_userinfo(url: str) -> bool:
-    """Whether `url` embeds `user[:password]@` before its host."""
-    return _USERINFO.match(url.strip()) is not None
-
-
 def redact(text: str) -> str:
     """`text` with every URL's userinfo, credential query values and Authorization values replaced by REDACTED."""
     if not text:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # loaded where a certificate is read: a run without --tsa nee
     from cryptography import x509
 
 TSA_ENV = "XRUN_TSA_URL"
-QUERY_TYPE, REPLY_TYPE = "application/timestamp-query", "application/timestamp-reply"
+QUERY_TYPE = "application/timestamp-query"  # RFC 3161 §3.4
 REQUEST_TIMEOUT = 20.0
 ATTEMPTS = 3  # a TSA that hiccups once is retried; one that is down fails the run after a few seconds
 MAX_TSA_FILE = 1 << 20

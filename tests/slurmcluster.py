@@ -23,6 +23,7 @@ from servers import PATIENCE_S
 
 MUNGE_SOCKET_DIR = Path("/run/munge")
 FAKE_GPUS = 2
+DRAIN_S = 60  # how long teardown waits for the cancelled jobs to leave the queue
 
 
 @dataclass(frozen=True)
@@ -147,8 +148,24 @@ PartitionName={partition} Nodes={node} Default=YES MaxTime=INFINITE State=UP
         time.sleep(0.5)
 
 
+def _drain(cluster: SlurmCluster) -> None:
+    """Cancel what is left in the queue and wait until it is gone: a job step still ending when slurmd stops
+    (a `docker run --rm` cleaning up) leaves its slurmstepd behind for good. Best effort: a job whose
+    slurmstepd a test killed (the ghost task) never leaves, and the daemons are stopped after DRAIN_S anyway."""
+    env = cluster.env()
+    subprocess.run(["scancel", f"--partition={cluster.partition}"], env=env, capture_output=True)
+    deadline = time.monotonic() + DRAIN_S
+    while time.monotonic() < deadline:
+        out = subprocess.run(["squeue", "-h", f"--partition={cluster.partition}", "-o", "%i"], env=env,
+                             capture_output=True, text=True)
+        if out.returncode != 0 or not out.stdout.strip():
+            return
+        time.sleep(0.2)
+
+
 def stop_cluster(cluster: SlurmCluster) -> None:
-    """Stop the daemons we started, by PID (munged last)."""
+    """Cancel the jobs left, then stop the daemons we started, by PID (munged last)."""
+    _drain(cluster)
     for pid in reversed(cluster.pids):
         try:
             os.kill(pid, 15)

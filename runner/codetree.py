@@ -24,6 +24,7 @@ from runner import secretscan
 from runner.errors import EnvironmentProblem, UsageError
 from runner.hashing import FileDigest, hash_files, ignore_rules, list_tree
 from runner.manifest import CodeSpec
+from runner.progress import human_bytes
 from runner.wire import fields_to_wire
 
 BIG_TREE = 100 << 20  # a code tree over this holds data, which belongs in `data:` (fetched, verified, mounted)
@@ -98,8 +99,6 @@ class CodeSummary:
         """One line when the tree is over BIG_TREE, naming its biggest files; else None."""
         if self.size <= BIG_TREE:
             return None
-        from runner.fetch.progress import human_bytes
-
         top = ", ".join(f"{f.path} {human_bytes(f.size)}" for f in self.biggest[:3])
         return (f"the code tree is {human_bytes(self.size)} (over {human_bytes(BIG_TREE)}; biggest: {top}): data "
                 "belongs in data: (pinned by digest, mounted read-only), not in the image; list it in .xrunignore")
@@ -169,9 +168,16 @@ def git_files(root: Path, left_out: Callable[[str, bool], bool]) -> list[tuple[s
     """The files git tracks under root (committed or staged), as they are in the work tree, rules applied."""
     out = _git(root, "ls-files", "-z", "--cached", "--recurse-submodules")
     found: list[tuple[str, str]] = []
+    folders: dict[str, bool] = {}  # each parent folder judged once, not once per file under it
+
+    def folder_left_out(prefix: str) -> bool:
+        if prefix not in folders:
+            folders[prefix] = left_out(prefix, True)
+        return folders[prefix]
+
     for rel in sorted(set(filter(None, out.split("\0")))):
         parts = rel.split("/")
-        if any(left_out("/".join(parts[:i]), True) for i in range(1, len(parts))) or left_out(rel, False):
+        if any(folder_left_out("/".join(parts[:i])) for i in range(1, len(parts))) or left_out(rel, False):
             continue
         path = root / rel
         if path.is_symlink() and root not in path.resolve().parents:

@@ -107,6 +107,14 @@ def catalog() -> dict[str, HardwareClass]:
     return {name: HardwareClass(name=name, **spec) for name, spec in data["classes"].items()}
 
 
+def closest_class(name: str) -> str | None:
+    """The catalog's class name nearest to a mistyped `name` (None when none is close): the hint after a typo."""
+    import difflib  # only after a typo: not on every run's path
+
+    close = difflib.get_close_matches(name, list(catalog()), n=1, cutoff=0.5)
+    return close[0] if close else None
+
+
 def lookup(name: str) -> HardwareClass:
     """The class called `name`; callers validate the name first (see manifest validation)."""
     return catalog()[name]

@@ -194,13 +194,14 @@ def load_manifest(path: str | Path, *, verdicts: Path | None = None) -> Manifest
     shown = str(Path(path))
     raw, lines = parse_yaml(text, shown)
     verdict = SchemaVerdict.of(verdicts, text) if verdicts is not None else None
-    problems = validate_document(raw, lines, file.parent, schema_passed=verdict is not None and verdict.passed())
+    known = verdict is not None and verdict.passed()  # read once: a warm run only reads the verdict file
+    problems = validate_document(raw, lines, file.parent, schema_passed=known)
     if problems:
         raise ManifestError(
             f"{shown}: {len(problems)} problem{'s' if len(problems) > 1 else ''} found",
             lines=[p.render(shown) for p in problems],
         )
-    if verdict is not None:
+    if verdict is not None and not known:
         verdict.remember()
     return _to_manifest(file, text, raw)
 
@@ -231,8 +232,6 @@ class SchemaVerdict:
 
     def remember(self) -> None:
         """Record a pass, atomically; a cache that cannot be written only costs the check next time."""
-        if self.passed():
-            return
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
             write_atomic(self.file, self.key.encode())
@@ -416,9 +415,9 @@ def _semantic_problems(raw: dict[str, Any], lines: dict[str, int], root: Path) -
     hw = _mapping(raw.get("hardware"))
     cls = hw.get("class")
     if isinstance(cls, str) and cls not in hardware.catalog():
-        close = difflib.get_close_matches(cls, list(hardware.catalog()), n=1, cutoff=0.5)
+        close = hardware.closest_class(cls)
         add("hardware.class", f"unknown hardware class {cls!r}; "
-            + (f"did you mean {close[0]!r}? " if close else "") + "`xrun hardware` lists the classes")
+            + (f"did you mean {close!r}? " if close else "") + "`xrun hardware` lists the classes")
 
     run = _mapping(raw.get("run"))
     env = _mapping(run.get("env"))

@@ -21,7 +21,7 @@ import shutil
 import stat
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from runner.backends.interface import JOB_FILE, NodeJob
 from runner.backends.slurm import job_from_env, with_slurm_builder
@@ -90,17 +90,29 @@ def _code_file(job: NodeJob, run: RunDir) -> Path | None:
     repository on shared storage would read it 200 times. In the user's own folder of the node's
     temporary directory; None (hash here) when that folder is not safely ours.
     """
+    folder = _user_tmp()
+    if folder is None:
+        return None
+    try:
+        code = PlanRecord.read(run.path / "plan.json").raw["code"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    key = hashlib.sha256(f"{job.manifest}\0{code.get('digest')}".encode()).hexdigest()[:32]
+    return folder / f"code-{key}.json"
+
+
+def _user_tmp() -> Path | None:
+    """This user's private folder in the node's temporary directory (made 0700); None when it is not safely ours."""
+    # Shared by every user of the node: a folder another user made (or may write) is never trusted.
     folder = Path(tempfile.gettempdir()) / f"xrun-{os.getuid()}"
     try:
         folder.mkdir(mode=0o700, exist_ok=True)
         info = folder.lstat()
-        code = PlanRecord.read(run.path / "plan.json").raw["code"]
-    except (OSError, ValueError, KeyError, TypeError):
+    except OSError:
         return None
     if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
         return None
-    key = hashlib.sha256(f"{job.manifest}\0{code.get('digest')}".encode()).hexdigest()[:32]
-    return folder / f"code-{key}.json"
+    return folder
 
 
 def _known_code(path: Path | None) -> CodeTree | None:
@@ -191,27 +203,52 @@ def _pull(client: Any, reference: str) -> None:
 
 def _loaded_once(client: Any, source: ImageSource) -> Any:
     """The image from the shared archive, loaded once per node: the members a node starts at once wait for the
-    first one's `docker load` (a lock in this node's temporary folder) instead of each loading it again."""
+    first one's `docker load` (a lock in the user's private temporary folder) instead of each loading it again."""
     import docker.errors
 
     try:
         return client.images.get(source.tag)
     except docker.errors.ImageNotFound:
         pass
-    lock = Path(tempfile.gettempdir()) / f"xrun-load-{source.id.split(':', 1)[-1][:32]}.lock"
-    with open(lock, "a+b") as f:
-        fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+    archive = Path(str(source.archive))
+    lock = _open_load_lock(source.id)
+    if lock is None:  # no private folder: loaded without the lock (at worst, members of this node load it twice)
+        _load(client, archive)
+        return client.images.get(source.tag)
+    with lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
         try:
             return client.images.get(source.tag)  # another member of this node loaded it meanwhile
         except docker.errors.ImageNotFound:
-            _load(client, Path(str(source.archive)))
+            _load(client, archive)
             return client.images.get(source.tag)
 
 
+def _open_load_lock(image_id: str) -> BinaryIO | None:
+    """The lock file of loading image_id, in this user's private folder; None when there is none to use."""
+    # Not in the shared temporary directory itself: another user's lock file there cannot be opened.
+    folder = _user_tmp()
+    if folder is None:
+        return None
+    try:
+        return open(folder / f"load-{image_id.split(':', 1)[-1][:32]}.lock", "a+b")
+    except OSError:
+        return None
+
+
 def _load(client: Any, archive: Path) -> None:
+    """`docker load` of the shared archive; EnvironmentProblem naming it when it cannot be read or loaded."""
+    import docker.errors
+
     try:
         with open(archive, "rb") as f:
             client.images.load(f)
     except FileNotFoundError:
         raise EnvironmentProblem(f"{archive}: the image archive is not on this node; is the shared directory "
                                  "mounted here?") from None
+    except docker.errors.APIError as exc:  # before OSError: it is one (requests' HTTPError)
+        raise EnvironmentProblem(f"{archive}: the engine refused to load the image archive "
+                                 f"({exc.explanation or exc}); check the node's disk space, or submit again") from None
+    except OSError as exc:
+        raise EnvironmentProblem(f"{archive}: cannot read the image archive on this node ({exc.strerror or exc}); "
+                                 "check the shared directory's permissions, or submit again") from None

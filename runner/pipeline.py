@@ -22,7 +22,7 @@ from runner.fetch import FetchedData, changed_since_fetch, fetch_data
 from runner.outputs import collect_outputs
 from runner.redact import redact
 from runner.rundir import RunDir, create_run_dir, discard_run_dir, rfc3339, utc_now
-from runner.runs.record import RunRecord, RunStatus
+from runner.runs.record import ContainerStatus, RunRecord, RunStatus
 from runner.stages import CompletedRun, RunSummary, StageHooks
 
 __all__ = ["RunOptions", "new_record", "run_experiment", "run_in", "signing_key_path"]
@@ -99,7 +99,7 @@ def _execute(ctx: RunContext, run: RunDir, record: RunRecord, hooks: StageHooks,
     if execution.result.left_behind:
         # The engine did not confirm the removal in time: the watchdog goes on with it after we exit.
         watchdog.hand_over(execution.result.left_behind)
-        if execution.result.status == "succeeded":
+        if execution.result.status == ContainerStatus.SUCCEEDED:
             ctx.progress.warn(f"the engine has not confirmed the removal of {', '.join(execution.result.left_behind)}; "
                               "the watchdog goes on removing it")
     raise_for_status(execution.result, plan.timeout_s)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import heapq
 import json
 import os
 import re
@@ -56,7 +57,8 @@ class CodeTree:
 
     def summary(self, biggest: int = 5) -> CodeSummary:
         """File count, total size, the `biggest` biggest files, and what of xrun's own was left out."""
-        top = sorted(self.files, key=lambda f: (-f.size, f.path))[:biggest]
+        # Not a full sort: every run asks for the summary (for its size warning) of trees of any size.
+        top = heapq.nsmallest(biggest, self.files, key=lambda f: (-f.size, f.path))
         return CodeSummary(files=len(self.files), size=sum(f.size for f in self.files),
                            biggest=tuple(SizedFile(f.path, f.size) for f in top), left_out=self.left_out)
 

@@ -232,10 +232,9 @@ def dataset_byproducts(cache: Any, fetched: list[Any]) -> list[ResourceDescripto
 
 
 def describe(ctx: RunContext, done: CompletedRun, *, record_sha256: str,
-             engine: EngineInfo | None = None) -> tuple[list[Subject], ProvenanceFacts]:
+             engine: EngineInfo) -> tuple[list[Subject], ProvenanceFacts]:
     """The statement's subjects and the facts of its predicate, from the context and the stages' results."""
     plan, host, outputs, result = ctx.plan, ctx.host, done.outputs, done.execution.result
-    engine = engine or engine_info(ctx.client)
     settings = {"allowHardwareMismatch": ctx.options.allow_hardware_mismatch, "signed": ctx.signer is not None,
                 "fetch": {"retries": ctx.options.fetch.retries, "parallel": ctx.options.fetch.parallel,
                           "verify": ctx.options.fetch.verify}}

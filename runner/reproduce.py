@@ -21,6 +21,7 @@ from runner.runs.record import RunRecord
 
 if TYPE_CHECKING:
     from runner.context import RunOptions
+    from runner.plan import CodeTree
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ class Report:
 
 
 def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | None, code: Path | None,
-                 manifest_hint: str = "; or pass --manifest FILE to re-run a changed one") -> Path:
+                 manifest_hint: str = "; or pass --manifest FILE to re-run a changed one", *,
+                 recorded: RecordedRun | None = None) -> Path:
     """The manifest to re-run: the given one, else the recorded one found (or, outside the code tree, written).
 
     A given manifest whose digest differs from the record is still run: the report then names the
@@ -110,6 +112,7 @@ def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | Non
     from a stated place (`code`: the code folder, or the repository's root when the attestation records
     the manifest's path in it; else the recorded run's own folder) and nothing is written into it.
     `manifest_hint` ends the error when no manifest is found (a command without --manifest drops it).
+    `recorded`: the statement already read as a RecordedRun, when the caller has it.
     """
     params = statement["predicate"]["buildDefinition"]["externalParameters"]
     recorded_digest = _digest_value(params.get("manifestDigest"))
@@ -130,7 +133,8 @@ def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | Non
         raise UsageError(f"{code}: the code folder is not there; pass --code DIR (the code folder the attestation "
                          "was made from)")
     # A repository root: the attestation records where the manifest sits in its repository.
-    in_repo = _in_repository(code, RecordedRun.from_statement(statement).manifest_path, recorded_digest)
+    where = (recorded or RecordedRun.from_statement(statement)).manifest_path
+    in_repo = _in_repository(code, where, recorded_digest)
     if in_repo is not None:
         return in_repo
     # Relative paths of the manifest resolve against its folder, code.path levels above the code tree.
@@ -141,7 +145,6 @@ def manifest_for(statement: dict[str, Any], attestation: Path, given: Path | Non
     if found is not None:
         return found
     if str(code_rel) == ".":
-        where = RecordedRun.from_statement(statement).manifest_path
         raise UsageError(f"{root}: no file there is the recorded manifest (sha256 {recorded_digest[:12]}…), and a "
                          "copy written there would change the code tree; pass --code with the repository's root"
                          + (f" (the attestation records the manifest at {where})" if where else "")
@@ -157,13 +160,16 @@ def _in_repository(root: Path, manifest_path: str | None, digest: str) -> Path |
     if not manifest_path or Path(manifest_path).is_absolute() or ".." in Path(manifest_path).parts:
         return None
     path = root / manifest_path
+    return path if _is_recorded(path, digest) else None
+
+
+def _is_recorded(path: Path, digest: str) -> bool:
+    """Whether path is a file of manifest size whose sha256 is digest; one that cannot be read is not."""
     try:
-        if path.is_file() and path.stat().st_size <= MAX_MANIFEST_BYTES \
-                and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-            return path
+        return path.is_file() and path.stat().st_size <= MAX_MANIFEST_BYTES \
+            and hashlib.sha256(path.read_bytes()).hexdigest() == digest
     except OSError:
-        return None
-    return None
+        return False
 
 
 def _recorded_manifest_path(attestation: Path) -> Path | None:
@@ -182,28 +188,27 @@ def _find_manifest(root: Path, digest: str, name: str | None) -> Path | None:
     if name in names:
         names.remove(name)
         names.insert(0, name)
-    for candidate in names:
-        path = root / candidate
-        if path.stat().st_size <= MAX_MANIFEST_BYTES and hashlib.sha256(path.read_bytes()).hexdigest() == digest:
-            return path
-    return None
+    return next((root / n for n in names if _is_recorded(root / n, digest)), None)
 
 
-def check_code(manifest: Path, statement: dict[str, Any], options: RunOptions | None = None) -> None:
-    """IntegrityError unless the manifest's code tree has the digest the attestation records.
+def check_code(manifest: Path, recorded: RecordedRun, options: RunOptions | None = None) -> CodeTree:
+    """The manifest's code tree, hashed; IntegrityError unless it has the digest the attestation records.
 
-    The tree is chosen as the re-run will choose it: its cache, runs folder and signing key left out.
+    The tree is chosen as the re-run will choose it (its cache, runs folder and signing key left out),
+    so the re-run takes this very tree as RunOptions.code instead of hashing the folder again.
     """
     from runner.manifest import load_manifest
     from runner.plan import resolve_code
 
-    recorded = (RecordedRun.from_statement(statement).dependencies.get("code") or {}).get("digest", {}).get("sha256")
+    expected = (recorded.code_digest or "").removeprefix("sha256:")
     loaded = load_manifest(manifest)
     own = options.own_paths(loaded.root) if options is not None else None
-    now = resolve_code(loaded.code, loaded.file, own).digest.removeprefix("sha256:")
-    if recorded and now != recorded:
+    tree = resolve_code(loaded.code, loaded.file, own)
+    now = tree.digest.removeprefix("sha256:")
+    if expected and now != expected:
         raise IntegrityError(f"{loaded.code.path}: the code tree's digest is sha256:{now} but the attestation "
-                             f"records sha256:{recorded}; pass --code DIR with the code the attestation was made from")
+                             f"records sha256:{expected}; pass --code DIR with the code the attestation was made from")
+    return tree
 
 
 def _digest_value(value: Any) -> str:
@@ -338,13 +343,15 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
     from runner.pipeline import run_experiment
 
     statement = verified_statement(attestation, keys, verify=verify, action="re-run")
+    recorded = RecordedRun.from_statement(statement)
     # The re-run goes outside the code folder (xrun run's default, <manifest folder>/.xrun/runs, is inside it).
     options = dataclasses.replace(options, runs_dir=options.runs_dir or reproduce_runs_dir())
-    path = manifest_for(statement, attestation, manifest, code)
+    path = manifest_for(statement, attestation, manifest, code, recorded=recorded)
     temporary = manifest is None and path.name.startswith(".xrun-reproduce-")
     if manifest is None:
         try:
-            check_code(path, statement, options)
+            # Hashed once: the re-run plans with this tree (same own paths, so the very tree it would hash).
+            options = dataclasses.replace(options, code=check_code(path, recorded, options))
         except BaseException:
             if temporary:
                 path.unlink(missing_ok=True)
@@ -355,13 +362,12 @@ def reproduce(attestation: Path, *, manifest: Path | None, keys: list[Path], rto
                               annotations={"verified": verify})
     try:
         # A seed sweep member was run with a seed from the command line: re-run with that seed.
-        seed = RecordedRun.from_statement(statement).seed
-        summary = run_experiment(path, dataclasses.replace(options, reproduces=link, seed=seed))
+        summary = run_experiment(path, dataclasses.replace(options, reproduces=link, seed=recorded.seed))
     finally:
         if temporary:
             path.unlink(missing_ok=True)
     assert summary.attestation is not None  # a run that returns has written its attestation
-    recorded, fresh = RecordedRun.from_statement(statement), RecordedRun.from_statement(read_statement(summary.attestation))
+    fresh = RecordedRun.from_statement(read_statement(summary.attestation))
     tolerances = {o["path"]: o["tolerance"] for o in (fresh.manifest or {}).get("outputs", []) if o.get("tolerance")}
     rows = compare_outputs(
         recorded.subjects, summary.outputs,

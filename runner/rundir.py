@@ -87,6 +87,10 @@ def create_run_dir(runs_dir: Path, manifest_text: bytes, plan_json: dict[str, An
     try:
         write_atomic(path / "manifest.yaml", manifest_text)
         write_json(run.plan, plan_json)
+    except OSError as exc:
+        discard_run_dir(run)
+        raise UsageError(f"{runs_dir}: cannot write the run directory ({exc.strerror}); free space or "
+                         "choose another with --runs-dir") from None
     except BaseException:
         discard_run_dir(run)
         raise

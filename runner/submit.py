@@ -61,9 +61,11 @@ def submit(manifest: Path, options: SubmitOptions) -> SubmitResult:
     backend = get_backend(options.backend)
     backend.check(options)
     result = backend.submit(prepare(manifest, options, backend.distribution))
-    if not options.wait:
+    # A backend that runs here (local) returns its runs finished and signed: nothing to wait for or collect, and
+    # the key is not loaded (nor its password asked for) a second time.
+    if not options.wait or backend.distribution is Distribution.NONE:
         return result
-    followed = [r for r in result.runs if r.run_id]  # not a local member that failed before its run directory
+    followed = [r for r in result.runs if r.run_id]  # a member without a run directory has nothing to collect
     done = {r.run_dir: r for r in wait_runs([r.run_dir for r in followed], key=options.run.key,
                                             key_password=options.run.key_password, tsa=options.run.tsa)}
     return dataclasses.replace(result, runs=tuple(done.get(r.run_dir, r) if r.run_id else r for r in result.runs))

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from runner.attest import generate_keypair, load_signer, load_verifier
-from runner.attest.keys import KEY_KINDS, key_password, keyid
+from runner.attest.keys import KEY_KINDS, keyid
+from runner.attest.password import key_password
 from runner.errors import EXIT_USAGE, UsageError
 
 KEYID = re.compile(r"^SHA256:[A-Za-z0-9+/]{43}$")  # 32 bytes → 43 unpadded base64 characters

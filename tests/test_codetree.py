@@ -298,3 +298,23 @@ def test_bad_code_settings_are_one_line_each_with_the_fix(tmp_path, capsys):
     assert "code.from: \"svn\" is not allowed; use one of: folder, git" in err
     assert "code.notSecret: expected a list" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
+def test_code_from_git_judges_each_parent_folder_once(tmp_path):
+    from runner.codetree import git_files
+
+    root = tmp_path / "repo"
+    (root / "a" / "b").mkdir(parents=True)
+    for name in ("1.txt", "2.txt", "3.txt"):
+        (root / "a" / "b" / name).write_text(name)
+    git(root, "init", "-q")
+    git(root, "add", "-A")
+    asked: list[tuple[str, bool]] = []
+
+    def left_out(rel: str, is_dir: bool) -> bool:
+        asked.append((rel, is_dir))
+        return False
+
+    assert [rel for rel, _ in git_files(root, left_out)] == ["a/b/1.txt", "a/b/2.txt", "a/b/3.txt"]
+    assert [q for q in asked if q[1]] == [("a", True), ("a/b", True)]

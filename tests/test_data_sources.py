@@ -408,3 +408,20 @@ def test_the_dvc_example_trains_as_its_readme_says(tmp_path: Path, base_image: s
     summary = run_experiment(manifest, RunOptions(runs_dir=tmp_path / "runs", quiet=True))
     assert summary.metrics["metrics.json"] == {"files": 40, "classes": 2}
     assert set(json.loads((summary.run_dir / "outputs" / "model.json").read_text())) == {"cats", "dogs"}
+
+
+@pytest.mark.skipif(not shutil.which("git"), reason="git is not installed")
+def test_lfs_pointer_reads_only_the_first_kib_of_a_large_object(tmp_path):
+    import subprocess
+
+    from runner.errors import UsageError
+    from runner.fetch.sources.gitlfs import _indexed_blob, read_pointer
+
+    big = tmp_path / "weights.bin"
+    big.write_bytes(b"x" * (4 << 20))  # neither the work tree's file nor the indexed blob is a pointer
+    subprocess.run(["git", "-C", str(tmp_path), "init", "-q"], check=True)
+    subprocess.run(["git", "-C", str(tmp_path), "add", "weights.bin"], check=True)
+    assert _indexed_blob(big) == b"x" * 1024
+    assert _indexed_blob(tmp_path / "untracked.bin") == b""
+    with pytest.raises(UsageError, match="not a Git LFS pointer file"):
+        read_pointer("w", big)

@@ -302,3 +302,20 @@ def test_a_killed_builds_folder_is_seen_and_removed(cache: Cache, tmp_path: Path
     # The next build sweeps them too (before it makes its own folder).
     dead = killed_build()
     assert cache.remove_stale_work_dirs() == [dead] and not dead.exists() and live.is_dir()
+
+
+def test_gc_skips_a_stale_folder_it_cannot_walk_or_that_went(cache: Cache, monkeypatch):
+    import runner.fetch.maintenance as maintenance
+
+    other_user = cache.root / "tmp" / "xrun-build-elsewhere-1-abc"  # another user's 0700 folder in a shared cache
+    other_user.mkdir(parents=True)
+    stale = partial(cache, "ee" * 32, b"abandoned")
+    for path in (other_user, stale):
+        os.utime(path, (time.time() - 30 * DAY,) * 2)
+
+    def denied(path: Path) -> None:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(maintenance, "remove_tree", denied)
+    assert gc_cache(cache, keep=set(), older_than_s=7 * DAY) == []  # no "internal error"
+    assert other_user.is_dir() and stale.exists()

@@ -236,3 +236,12 @@ def test_a_dvc_dir_object_that_never_ends_stops_at_the_listing_bound(tmp_path, c
         rc, err = fetch(path, capsys)
     assert rc == 3 and ".dir object" in err and "1.0 MiB" in err and "XRUN_MAX_DOWNLOAD" not in err, err
     assert cache_files(tmp_path) == []
+
+
+def test_an_lfs_batch_answer_that_breaks_off_is_one_line(tmp_path, capsys):
+    oid = hashlib.sha256(b"x").hexdigest()
+    with FaultServer() as server:
+        url = lfs_server(server, oid, 1, "http://127.0.0.1:9/x")
+        server.fault("/repo.git/info/lfs/objects/batch", Fault("reset_after", after=10, times=-1))
+        rc, err = fetch(manifest(tmp_path, [{"name": "w", "lfs": {"oid": oid, "size": 1, "url": url}}]), capsys)
+    assert rc == 4 and "cannot reach the LFS server" in err and "internal error" not in err, err

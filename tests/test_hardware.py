@@ -9,6 +9,11 @@ def test_catalog_has_the_documented_classes():
     assert {"cpu-1", "cpu-2", "cpu-8", "gpu-1x-any", "gpu-1x-a100-80gb", "gpu-1x-h100-80gb", "gpu-8x-h100-80gb"} <= names
 
 
+def test_closest_class_names_the_likely_typo_or_nothing():
+    assert hardware.closest_class("gpu-1xa100") == "gpu-1x-a100-80gb"
+    assert hardware.closest_class("zzzzzzzz") is None
+
+
 def test_detect_host_reads_proc():
     host = hardware.detect_host()
     assert host.cpu_count >= 1 and host.memory_bytes > 0 and host.cpu_model

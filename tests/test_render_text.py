@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from runner.engine.execute import failure_message
 from runner.report.text import run_status, submitted, sweep_summary
 from runner.report.views import seed_list
+from runner.rundir import NODE_STATEMENT
 from runner.runs.record import RunRecord, SchedulerInfo
 
 
@@ -25,6 +26,11 @@ def test_runs_ls_never_says_succeeded_running():
     assert run_status(_record("succeeded", "completed")) == "succeeded (completed)"
     assert run_status(_record("submitted", "pending")) == "submitted (pending)"
     assert run_status(_record("failed", "cancelled")) == "failed (cancelled)"
+
+
+def test_runs_ls_says_not_collected_while_only_the_nodes_statement_is_recorded():
+    # The node writes its unsigned statement and names it in run.json; only `xrun collect` signs it.
+    assert run_status(_record("succeeded", "running", attestation=NODE_STATEMENT)) == "succeeded (not collected)"
 
 
 def test_seed_list_folds_runs_of_seeds():

@@ -140,3 +140,52 @@ def test_hints_name_flags_the_command_has(tmp_path: Path) -> None:
     with pytest.raises(UsageError) as reproduce:
         manifest_for(statement, tmp_path / "att.jsonl", None, tmp_path / "repo")
     assert "--manifest FILE" in reproduce.value.message
+
+
+def test_an_unreadable_file_beside_the_manifest_is_passed_over(tmp_path: Path, monkeypatch) -> None:
+    import hashlib
+
+    from runner.reproduce import _find_manifest
+
+    text = b"name: x\n"
+    (tmp_path / "a.yaml").write_bytes(b"other\n")
+    (tmp_path / "b.yaml").write_bytes(text)
+    real = Path.read_bytes
+
+    def read_bytes(self: Path) -> bytes:
+        if self.name == "a.yaml":  # root reads any mode: the refusal is simulated
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", read_bytes)
+    assert _find_manifest(tmp_path, hashlib.sha256(text).hexdigest(), None) == tmp_path / "b.yaml"
+
+
+def test_the_checked_code_tree_is_the_one_the_rerun_plans_with(tmp_path: Path, monkeypatch) -> None:
+    import runner.plan
+    from runner.context import RunOptions
+    from runner.manifest import load_manifest
+    from runner.reproduce import check_code
+
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    (folder / "train.py").write_text("print('hi')\n")
+    manifest = folder / "experiment.yaml"
+    manifest.write_text((Path(__file__).resolve().parent.parent / "examples/quickstart/experiment.yaml").read_text())
+    options = RunOptions(runs_dir=tmp_path / "runs", cache_dir=tmp_path / "cache")
+    unrecorded = RecordedRun.from_statement({})
+    tree = check_code(manifest, unrecorded, options)
+    recorded = RecordedRun.from_statement({"predicate": {"buildDefinition": {"resolvedDependencies": [
+        {"name": "code", "digest": {"sha256": tree.digest.removeprefix("sha256:")}}]}}})
+    assert check_code(manifest, recorded, options) == tree
+    loaded = load_manifest(manifest)
+
+    def hashed_again(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the code tree was hashed a second time")
+
+    monkeypatch.setattr(runner.plan, "resolve_code", hashed_again)
+    assert runner.plan.resolve_plan(loaded, options.own_paths(loaded.root), tree).code is tree
+    (folder / "train.py").write_text("print('changed')\n")
+    monkeypatch.undo()
+    with pytest.raises(IntegrityError):
+        check_code(manifest, recorded, options)

@@ -88,3 +88,17 @@ def test_the_states_xrun_knows():
     assert RunStatus("succeeded") is RunStatus.SUCCEEDED and RunStatus.SUBMITTED.unfinished
     assert not RunStatus.FAILED.unfinished and SchedulerState.TIMED_OUT.final and not SchedulerState.PENDING.final
     assert json.dumps({"s": SchedulerState.TIMED_OUT}) == '{"s": "timed-out"}'
+
+
+def test_a_run_directory_that_cannot_be_written_is_exit_2_and_left_no_folder(tmp_path: Path, monkeypatch):
+    import errno
+
+    import runner.rundir as rundir
+
+    def full(path: Path, data: bytes, mode: int = 0o644) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(rundir, "write_atomic", full)
+    with pytest.raises(UsageError, match="cannot write the run directory .No space left on device.; free space"):
+        rundir.create_run_dir(tmp_path / "runs", b"name: x\n", {})
+    assert list((tmp_path / "runs").iterdir()) == []

@@ -170,3 +170,133 @@ def test_the_nodes_code_tree_round_trips_and_only_from_a_private_folder(tmp_path
     assert node._known_code(path) is None
     os.chmod(path.parent, 0o777)  # a folder others may write is not trusted with it
     assert node._code_file(job, run) is None
+
+
+class _FakeImages:
+    """client.images of an engine that has the image once the archive was loaded."""
+
+    def __init__(self, fail=None):
+        self.loaded, self.fail = 0, fail
+
+    def get(self, tag):
+        import docker.errors
+
+        if not self.loaded:
+            raise docker.errors.ImageNotFound(tag)
+        return tag
+
+    def load(self, f):
+        if self.fail is not None:
+            raise self.fail
+        self.loaded += 1
+
+
+def test_the_image_load_lock_is_in_the_users_own_folder(tmp_path, monkeypatch):
+    """Before the fix the lock was /tmp/xrun-load-<id>.lock for every user: a second user's open() failed."""
+    import os
+    import types
+
+    from runner import node
+    from runner.build.distribute import ImageSource
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(b"tar")
+    source = ImageSource("sha256:" + "ab" * 32, "t:1", archive=str(archive))
+    client = types.SimpleNamespace(images=_FakeImages())
+    assert node._loaded_once(client, source) == "t:1" and client.images.loaded == 1
+    assert [p.name for p in (tmp_path / f"xrun-{os.getuid()}").iterdir()] == ["load-" + "ab" * 16 + ".lock"]
+    os.chmod(tmp_path / f"xrun-{os.getuid()}", 0o777)  # not safely ours: loaded without a lock
+    client = types.SimpleNamespace(images=_FakeImages())
+    assert node._open_load_lock(source.id) is None
+    assert node._loaded_once(client, source) == "t:1" and client.images.loaded == 1
+
+
+def test_an_archive_that_cannot_be_loaded_is_an_environment_problem(tmp_path):
+    import types
+
+    import docker.errors
+
+    from runner import node
+    from runner.errors import EnvironmentProblem
+
+    with pytest.raises(EnvironmentProblem, match="cannot read the image archive"):
+        node._load(types.SimpleNamespace(images=_FakeImages()), tmp_path)  # a folder: IsADirectoryError
+    archive = tmp_path / "image.tar"
+    archive.write_bytes(b"tar")
+    client = types.SimpleNamespace(images=_FakeImages(fail=docker.errors.APIError("no space left on device")))
+    with pytest.raises(EnvironmentProblem, match=f"{archive}: the engine refused"):
+        node._load(client, archive)
+
+
+def test_submit_wait_exits_as_xrun_wait_does(tmp_path):
+    from runner.cli.commands.cluster import _exit_code
+    from runner.submit import SubmittedRun
+
+    signed = SubmittedRun("a", tmp_path, 1, "7_0", "completed", attestation=tmp_path / "a.jsonl")
+    failed = SubmittedRun("b", tmp_path, 2, "7_1", "failed", error="x")
+    refused = SubmittedRun("c", tmp_path, 3, "7_2", "completed", error="differ", refused=True)
+    assert _exit_code([signed]) == 0 and _exit_code([signed, failed]) == 1
+    assert _exit_code([signed, failed, refused]) == 3
+
+
+def test_an_unreadable_end_time_is_not_taken_for_a_ghost_job(tmp_path):
+    """Before the fix a finishedOn not in the one strptime format (e.g. with an offset) was a traceback."""
+    record = RunRecord(run_id="r", name="n", status="succeeded", manifest="m", manifest_sha256="s", plan_digest="p",
+                       started_on="t", finished_on="yesterday",
+                       scheduler=SchedulerInfo(backend="slurm", state="running", job_id="7"))
+    handle = slurm.SlurmHandle(tmp_path)
+    assert not handle.finished(record)
+    record.finished_on = "2020-01-01T10:00:00+02:00"
+    assert handle.finished(record)
+
+
+def test_a_shared_folder_that_cannot_take_the_archive_is_an_environment_problem(tmp_path, monkeypatch):
+    import errno
+    import os
+    from types import SimpleNamespace
+
+    from runner.build.distribute import save_to_shared
+    from runner.errors import EnvironmentProblem
+
+    image = SimpleNamespace(id="sha256:" + "ab" * 32, tag="xrun/x:1")
+
+    def client(chunks):
+        return SimpleNamespace(images=SimpleNamespace(get=lambda _id: SimpleNamespace(save=lambda named: chunks)))
+
+    (tmp_path / "file").write_text("")
+    with pytest.raises(EnvironmentProblem, match="cannot save the image archive"):  # mkdir under a file
+        save_to_shared(image, client([b"x"]), tmp_path / "file" / "images")
+    folder = tmp_path / "images"
+    monkeypatch.setattr(os, "fsync", lambda fd: (_ for _ in ()).throw(OSError(errno.ENOSPC, "No space left")))
+    with pytest.raises(EnvironmentProblem, match="No space left"):
+        save_to_shared(image, client([b"x"]), folder)
+    assert list(folder.iterdir()) == []  # the partial file went
+
+    def broken_stream():  # docker's APIError is an OSError too: it is not taken for the disk's
+        yield b"x"
+        raise ConnectionResetError("engine gone")
+
+    with pytest.raises(ConnectionResetError):
+        save_to_shared(image, client(broken_stream()), folder)
+    assert list(folder.iterdir()) == []
+
+
+def test_submit_wait_on_the_local_backend_does_not_collect_again(tmp_path, monkeypatch):
+    """Local runs come back finished and signed: --wait loads no key a second time and re-collects nothing."""
+    from runner import submit as submit_module
+    from runner.backends.local import LocalBackend
+    from runner.context import RunOptions
+    from runner.submit import SubmitOptions, SubmitResult, SubmittedRun
+
+    done = SubmitResult(backend="local", sweep=None, job_id=None, image_id="sha256:x", image_reference=None,
+                        script=None, runs=(SubmittedRun("r", tmp_path, None, None, "succeeded",
+                                                        attestation=tmp_path / "provenance.intoto.jsonl"),))
+    monkeypatch.setattr(LocalBackend, "submit", lambda self, prepared: done)
+
+    def no_waiting(*args, **kwargs):
+        raise AssertionError("the local runs were collected again")
+
+    monkeypatch.setattr(submit_module, "wait_runs", no_waiting)
+    options = SubmitOptions(run=RunOptions(runs_dir=tmp_path), backend="local", wait=True)
+    assert submit_module.submit(tmp_path / "experiment.yaml", options) is done

@@ -121,6 +121,59 @@ def test_sync_without_a_server_to_send_to_is_a_usage_error(tmp_path, capsys, mon
     assert len(err) == 1 and "--mlflow URI" in err[0] and "MLFLOW_TRACKING_URI" in err[0]
 
 
+def _submitted_run(tmp_path: Path, tracking: dict) -> Path:
+    """A cluster run as `xrun collect` leaves it just before logging: finished, signed, tracking pending."""
+    run = tmp_path / "runs" / "20250101T000000Z-cccccc"
+    run.mkdir(parents=True)
+    RunRecord(run_id=run.name, name="x", status="succeeded", manifest="/m", manifest_sha256="a", plan_digest="b",
+              started_on="2025-01-01T00:00:00Z", tracking=tracking).save(run / "run.json")
+    return run
+
+
+def test_a_submitted_runs_record_never_holds_the_trackers_password(tmp_path, monkeypatch):
+    from runner.progress import RecordingProgress
+    from runner.trackers import track
+
+    secret_uri = "http://alice:s3cret@mlflow.example:5000"
+    tracking = track.submitted_tracking(secret_uri, None, "x", RecordingProgress())
+    assert "s3cret" not in json.dumps(tracking) and "mlflow.example" in json.dumps(tracking)
+    run = _submitted_run(tmp_path, tracking)
+    sent: list[str] = []
+
+    class Fake:
+        def log_run(self, tracked):
+            return "mlflow-run-1"
+
+    def fake_tracker(destination):
+        sent.append(destination.uri)
+        return Fake()
+
+    monkeypatch.setattr(track, "make_tracker", fake_tracker)
+    # collect takes the whole URL from the environment, never from the redacted record
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    progress = RecordingProgress()
+    state = track.track_collected(run, progress, verified=True)
+    assert state is not None and state.state == "pending" and sent == []
+    assert progress.messages and "MLFLOW_TRACKING_URI" in progress.messages[0][1]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", secret_uri)
+    state = track.track_collected(run, RecordingProgress(), verified=True)
+    assert state is not None and state.state == "logged" and sent == [secret_uri]
+    saved = (run / "run.json").read_text()
+    assert "s3cret" not in saved and "mlflow-run-1" in saved
+
+
+def test_a_sweep_parent_the_search_does_not_list_yet_is_the_one_just_created():
+    from types import SimpleNamespace
+
+    from runner.trackers.mlflow import MlflowTracker
+
+    created = SimpleNamespace(info=SimpleNamespace(run_id="p1"))
+    client = SimpleNamespace(search_runs=lambda *a, **k: [], create_run=lambda *a, **k: created,
+                             set_terminated=lambda *a, **k: None,
+                             delete_run=lambda *a: pytest.fail("the only parent was deleted"))
+    assert MlflowTracker._sweep_parent(client, "0", "sweep-it's", "x") == "p1"
+
+
 # --- the real server ------------------------------------------------------------------------------
 
 

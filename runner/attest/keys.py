@@ -14,7 +14,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from runner.attest.files import create_exclusive
-from runner.attest.password import PASSWORD_ENV as PASSWORD_ENV, key_password as key_password  # their old home
+from runner.attest.password import PASSWORD_ENV
 from runner.errors import UsageError
 from runner.userfiles import read_user_file
 

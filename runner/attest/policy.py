@@ -400,7 +400,7 @@ def policy_problems(data: Any, lines: dict[str, int] | None = None) -> list[str]
 
 def _unknown_classes(names: Any, lines: dict[str, int]) -> list[str]:
     """A class the catalog lacks would silently allow nothing: name it, with the closest known one."""
-    from runner.hardware import catalog
+    from runner.hardware import catalog, closest_class
 
     known = sorted(catalog())
     problems = []
@@ -408,8 +408,8 @@ def _unknown_classes(names: Any, lines: dict[str, int]) -> list[str]:
         if name in known:
             continue
         path = f"allowedHardwareClasses[{i}]"
-        close = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-        fix = f"did you mean {close[0]}?" if close else f"known classes: {', '.join(known)}"
+        close = closest_class(name)
+        fix = f"did you mean {close}?" if close else f"known classes: {', '.join(known)}"
         where = _where(lines, path) or _where(lines, "allowedHardwareClasses")
         problems.append(f"{where}: {path}: unknown hardware class {name!r}; {fix} (`xrun hardware` lists them)")
     return problems

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 from runner.backends.interface import Backend, Distribution, Handle, Prepared, SubmitResult, SubmittedRun, run_state
 from runner.errors import UsageError, XrunError
-from runner.rundir import new_run_id
+from runner.rundir import RunDir, new_run_id
 from runner.runs.record import RunRecord, RunStatus, SchedulerInfo, SchedulerState
 
 if TYPE_CHECKING:
@@ -72,7 +72,7 @@ class LocalHandle(Handle):
         """The attestation the run wrote (or how it ended)."""
         record = self.record()
         sched = record.scheduler
-        attestation = self.run_dir / "provenance.intoto.jsonl"
+        attestation = RunDir(self.run_dir.name, self.run_dir).attestation
         return SubmittedRun(record.run_id, self.run_dir, sched.seed if sched else None, None, run_state(record),
                             attestation=attestation if attestation.exists() else None,
                             error=None if attestation.exists() else record.error)

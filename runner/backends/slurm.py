@@ -20,7 +20,6 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from string import Template
 from typing import TYPE_CHECKING, Any
@@ -33,7 +32,7 @@ from runner.errors import EnvironmentProblem, IntegrityError, UsageError, XrunEr
 from runner.hardware import HardwareClass
 from runner.resources import resource_dir
 from runner.progress import StderrProgress
-from runner.rundir import RunDir, new_run_id, rfc3339, utc_now, write_atomic, write_json
+from runner.rundir import RunDir, discard_run_dir, new_run_id, rfc3339, utc_now, write_atomic, write_json
 from runner.runs.record import RunRecord, RunStatus, SchedulerInfo, SchedulerState
 from runner.trackers.track import submitted_tracking, track_collected
 
@@ -312,7 +311,6 @@ class JobDetail:
 
     state: JobState
     exit_code: str | None  # "0:0": the batch script's exit status and the signal that ended it
-    restarts: int  # how often Slurm requeued it
 
 
 def job_detail(ref: str) -> JobDetail | None:
@@ -326,10 +324,9 @@ def job_detail(ref: str) -> JobDetail | None:
     fields = dict(f.split("=", 1) for f in out.stdout.split() if "=" in f)
     word = fields.get("JobState", "")
     node = fields.get("NodeList") or fields.get("BatchHost")
-    restarts = fields.get("Restarts", "0")
     return JobDetail(JobState(ref, STATE_MAP.get(word, SchedulerState.RUNNING), word, None if node in (None, "(null)") else node,
                               None if fields.get("Reason") in (None, "None") else fields.get("Reason")),
-                     exit_code=fields.get("ExitCode"), restarts=int(restarts) if restarts.isdigit() else 0)
+                     exit_code=fields.get("ExitCode"))
 
 
 def scheduler_disagreements(record: RunRecord, statement: Mapping[str, Any],
@@ -468,7 +465,7 @@ def prepare_runs(ctx: RunContext, seeds: Sequence[int | None], job: NodeJob, sch
 def remove_runs(runs: Sequence[RunDir]) -> None:
     """Nothing half-written: the run directories of a submission that did not happen go."""
     for run in runs:
-        shutil.rmtree(run.path, ignore_errors=True)
+        discard_run_dir(run)
 
 
 def _holds(sbatch_args: Sequence[str]) -> bool:
@@ -526,7 +523,12 @@ class SlurmHandle(Handle):
         running = record.scheduler is not None and record.scheduler.state == SchedulerState.RUNNING  # not requeued
         if not running or record.status not in (RunStatus.SUCCEEDED, RunStatus.FAILED) or not record.finished_on:
             return False
-        ended = datetime.strptime(record.finished_on, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=timezone.utc)
+        from runner.attest.statement import parse_rfc3339
+
+        try:
+            ended = parse_rfc3339(record.finished_on)
+        except ValueError:
+            return False  # an unreadable end time: not known to be a ghost, so Slurm's word is awaited
         return (utc_now() - ended).total_seconds() > GHOST_GRACE_S
 
     def _forgotten(self, record: RunRecord) -> RunRecord:

@@ -8,9 +8,11 @@ image is `docker save`d once per image ID into the shared directory, and nodes `
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import tempfile
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,18 +52,43 @@ def push(image: Any, client: Any, cache: Any, build_digest: str, registry: str) 
 
 def save_to_shared(image: Any, client: Any, folder: Path) -> ImageSource:
     """`docker save` the image once into folder/<image id hex>.tar (atomically; an existing archive is reused)."""
-    folder.mkdir(parents=True, exist_ok=True)
     archive = folder / f"{image.id.split(':', 1)[1]}.tar"
-    if not archive.exists():
-        fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".partial", dir=folder)
+    with _disk(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        present = archive.exists()
+    if not present:
+        with _disk(folder):
+            fd, tmp = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".partial", dir=folder)
         try:
-            with os.fdopen(fd, "wb") as f:
-                for chunk in client.images.get(image.id).save(named=image.tag):
-                    f.write(chunk)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, archive)
+            _write(client.images.get(image.id).save(named=image.tag), fd, folder)
+            with _disk(folder):
+                os.replace(tmp, archive)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
     return ImageSource(id=image.id, tag=image.tag, archive=str(archive))
+
+
+def _write(chunks: Iterable[bytes], fd: int, folder: Path) -> None:
+    """Write docker's stream to fd, synced; only the disk's errors are wrapped (docker's APIError is an OSError too)."""
+    f = os.fdopen(fd, "wb")
+    try:
+        for chunk in chunks:
+            with _disk(folder):
+                f.write(chunk)
+        with _disk(folder):
+            f.flush()
+            os.fsync(f.fileno())
+    finally:
+        with _disk(folder):
+            f.close()  # may still report a write the disk refused late (NFS)
+
+
+@contextlib.contextmanager
+def _disk(folder: Path) -> Iterator[None]:
+    """An OSError of the shared folder (full disk, no permission) as an EnvironmentProblem naming it."""
+    try:
+        yield
+    except OSError as exc:
+        raise EnvironmentProblem(f"{folder}: cannot save the image archive ({exc.strerror or exc}); free space or "
+                                 "check permissions") from None

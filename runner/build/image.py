@@ -17,6 +17,7 @@ xrun cache (`builds/`), keyed by the plan's build digest.
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import shutil
@@ -353,12 +354,13 @@ class Assembly:
 def assemble(code: CodeTree, base: BaseConfig, base_image_id: str, python: PythonTarget | None,
              wheels: list[tuple[ResolvedWheel, Path]], labels: dict[str, str], work: Path,
              code_root: Path | None = None, *, held: Sequence[Layer] = (),
-             progress: ProgressSink | None = None) -> Assembly:
+             progress: ProgressSink | None = None, groups: Sequence[DepsGroup] | None = None) -> Assembly:
     """Write the dependency layers above the held ones (the engine holds those) and the code layer under work,
-    compose the config: no engine needed."""
-    from runner.build.depslayer import plan_groups
+    compose the config: no engine needed. `groups`: the caller's plan_groups of these very inputs, if it has them."""
+    if groups is None:
+        from runner.build.depslayer import plan_groups
 
-    groups = plan_groups(base_image_id, len(base.diff_ids), python, wheels, sitecustomize())
+        groups = plan_groups(base_image_id, len(base.diff_ids), python, wheels, sitecustomize())
     check_overlaps(wheels)
     deps = write_deps_layers(python, groups, held, work, progress)
     code_tar = write_layer(code_layer(code, code_root), work / "code.tar")
@@ -369,11 +371,12 @@ def assemble(code: CodeTree, base: BaseConfig, base_image_id: str, python: Pytho
 
 def assemble_image(code: CodeTree, client: Any, base: ResolvedBase, python: PythonTarget | None,
                    wheels: list[tuple[ResolvedWheel, Path]], work: Path, code_root: Path | None = None, *,
-                   held: Sequence[Layer] = (), progress: ProgressSink | None = None) -> Assembly:
+                   held: Sequence[Layer] = (), progress: ProgressSink | None = None,
+                   groups: Sequence[DepsGroup] | None = None) -> Assembly:
     """The image of a code tree and wheels on a resolved base, written under work (build and rebuild share it)."""
     labels = image_labels(code.digest, base.image_id, [w for w, _ in wheels])
     return assemble(code, base_config(client, base.image_id), base.image_id, python, wheels, labels, work,
-                    code_root, held=held, progress=progress)
+                    code_root, held=held, progress=progress, groups=groups)
 
 
 def load_assembly(client: Any, assembly: Assembly, work: Path, tag: str | None = None,
@@ -482,8 +485,7 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
     labels = image_labels(plan.code.digest, base.image_id, [w for w, _ in wheels])
     groups = plan_groups(base.image_id, len(base.layers), python, wheels, sitecustomize())
     cache.remove_stale_work_dirs()  # a build killed with SIGKILL could not remove its own
-    work = cache.root / "tmp"
-    work.mkdir(parents=True, exist_ok=True)
+    work = cache.root / "tmp"  # check_disk's folder: cache.work_dir below creates it
     # --verify-data: every input checked again, the dependency layers laid out again too.
     held = [] if fetch.verify else held_prefix(client, cache, groups, base.layers)
     try:
@@ -494,9 +496,10 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
                 progress.info(f"assembling {tag} on {base.ref} ({len(wheels)} wheels, {len(plan.code.files)} code "
                               "files)")
                 assembly = None
+                engine_root = functools.cache(functools.partial(_engine_root, client))  # `docker info`: once, if at all
                 above = [item for group in groups[len(held):] for item in group.wheels]
                 if above:
-                    check_disk(work, _engine_root(client), installed_size(above))
+                    check_disk(work, engine_root(), installed_size(above))
                 if held:
                     size = human_bytes(sum(layer.size for layer in held))
                     progress.info(f"{len(held)} of {len(groups)} dependency layers ({size}) are in the engine "
@@ -504,14 +507,15 @@ def _build(plan: Plan, cache: Any, client: Any, tag: str, fetch: FetchOptions, p
                                                  else "writing and loading the ones above them and the code layer"))
                     try:
                         assembly = assemble_image(plan.code, client, base, python, wheels, tmp, held=held,
-                                                  progress=progress)
+                                                  progress=progress, groups=groups)
                         image_id = load_assembly(client, assembly, tmp, tag, progress)
                     except EnvironmentProblem:
                         assembly = None  # its images went between the check and the load: write them after all
                 if assembly is None:
                     if held and wheels:
-                        check_disk(work, _engine_root(client), installed_size(wheels))
-                    assembly = assemble_image(plan.code, client, base, python, wheels, tmp, progress=progress)
+                        check_disk(work, engine_root(), installed_size(wheels))
+                    assembly = assemble_image(plan.code, client, base, python, wheels, tmp, progress=progress,
+                                              groups=groups)
                     image_id = load_assembly(client, assembly, tmp, tag, progress)
             finally:
                 shutil.rmtree(tmp, ignore_errors=True)

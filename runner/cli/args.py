@@ -1,7 +1,8 @@
 """Shared parent parsers: an option that several commands take is defined here, once.
 
 Each function returns a fresh parent (`add_help=False`) for `add_parser(..., parents=[...])`; this
-module imports nothing of the library, so building the whole parser stays cheap.
+module imports of the library only the stderr messages (standard library underneath), so building the
+whole parser stays cheap.
 """
 
 from __future__ import annotations

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from runner.progress import StderrProgress
 from runner.redact import redact
 
 
@@ -16,5 +17,5 @@ def print_error(message: str, lines: Sequence[str] | None = None) -> None:
 
 
 def warn(message: str) -> None:
-    """`xrun: warning: MESSAGE` on stderr: the command goes on."""
-    print(f"xrun: warning: {redact(message)}", file=sys.stderr)
+    """`xrun: warning: MESSAGE` on stderr: the command goes on (the terminal sink's warning, one format)."""
+    StderrProgress().warn(message)

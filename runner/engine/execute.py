@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -287,11 +288,12 @@ def _remove_labelled(client: Any, labels: dict[str, str]) -> tuple[str, ...]:
     run_id = labels.get(RUN_ID_LABEL)
     if not run_id:
         return ()
-    for _ in range(3):
+    for attempt in range(3):
         try:
             return _remove_all(client, [c.id for c in managed_containers(client, run_id)])
         except Exception:  # noqa: BLE001 - no answer yet: ask again, then hand the label on
-            continue
+            if attempt < 2:
+                time.sleep(1.0)  # a busy engine: give it a moment (the watchdog pauses too), kept short: we are exiting
     return (f"{RUN_ID_LABEL}={run_id}",)
 
 

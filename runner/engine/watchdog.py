@@ -90,21 +90,22 @@ def watch(run_dir: Path, identity: str) -> None:
         if handed:
             _finish_removals(handed)
         return
+    client = None
     try:
-        remove_containers(identity)
+        client = _patient_client()  # one connection for the removals and the watch for late arrivals
+        if client is not None:
+            remove_containers(client, identity)
     finally:
         mark_killed(run_dir, identity)
-    # A create call in flight when the runner died lands on the engine later (a busy engine: much later):
-    # remove whatever container of that runner the engine reports created from now on, for a while.
-    _remove_late_arrivals(identity)
+    if client is not None:
+        # A create call in flight when the runner died lands on the engine later (a busy engine: much later):
+        # remove whatever container of that runner the engine reports created from now on, for a while.
+        _remove_late_arrivals(client, identity)
 
 
-def remove_containers(identity: str, client: Any = None, *, patience_s: float = HANDED_PATIENCE_S) -> int:
+def remove_containers(client: Any, identity: str) -> int:
     """Force-remove every container the runner created, waiting for the engine to confirm; how many went."""
-    client = client if client is not None else _patient_client()
-    if client is None:
-        return 0
-    return len(_remove_listed(client, f"{RUNNER_LABEL}={identity}", patience_s))
+    return len(_remove_listed(client, f"{RUNNER_LABEL}={identity}", HANDED_PATIENCE_S))
 
 
 def _patient_client() -> Any:
@@ -151,13 +152,10 @@ def _finish_removals(items: list[str]) -> None:
             remove_confirmed(client, item, patience_s=HANDED_PATIENCE_S)
 
 
-def _remove_late_arrivals(identity: str) -> None:
+def _remove_late_arrivals(client: Any, identity: str) -> None:
     """For LATE_CREATE_S, remove each container of the dead runner that the engine reports created."""
     from runner.engine.client import remove_confirmed
 
-    client = _patient_client()
-    if client is None:
-        return
     since = time.time() - 1
     label = f"{RUNNER_LABEL}={identity}"
     try:

@@ -23,7 +23,7 @@ _UNKNOWN_HOST = re.compile(r"Name or service not known|nodename nor servname pro
                            r"No address associated with hostname")
 _DENIED = {401, 403, 407}
 # What a stream can raise once the body is flowing: all worth a resume.
-_STREAM_ERRORS = (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError)
+STREAM_ERRORS = (urllib3.exceptions.HTTPError, requests.exceptions.RequestException, OSError)
 
 
 class HttpStream(Stream):
@@ -47,7 +47,7 @@ class HttpStream(Stream):
                 if not chunk:
                     return
                 yield chunk
-        except _STREAM_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             raise TransientError(_describe(exc)) from None
 
     def close(self) -> None:
@@ -89,7 +89,7 @@ class HttpFetcher(Fetcher):
             raise PermanentError(f"invalid URL: {exc}", "fix the URI in the manifest") from None
         except requests.exceptions.TooManyRedirects as exc:
             raise PermanentError(f"too many redirects: {exc}", "fix the URI or the server's redirects") from None
-        except _STREAM_ERRORS as exc:
+        except STREAM_ERRORS as exc:
             if _UNKNOWN_HOST.search(str(exc)):
                 raise PermanentError(f"cannot resolve the host name ({_describe(exc)})",
                                      "check the host in the URI (and the DNS settings)") from None

@@ -124,9 +124,13 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
             continue
         if now - st.st_mtime < older_than_s:
             continue
-        size = st.st_size if not path.is_dir() else tree_size(path)
-        if not dry_run:
-            remove_tree(path)
+        try:
+            size = st.st_size if not path.is_dir() else tree_size(path)
+            if not dry_run:
+                remove_tree(path)
+        except OSError:
+            # Another user's 0700 folder in a shared cache, or one removed while we walk it: not ours to mend.
+            continue
         removed.append(Removed("partial", path, size, None, st.st_mtime))
     for path, gone in cache.work_dirs():
         # A build killed with SIGKILL left its folder: gone now when its process on this host is;
@@ -137,9 +141,12 @@ def gc_cache(cache: Cache, *, keep: set[tuple[str, str]], older_than_s: float, d
             continue
         if not gone and now - st.st_mtime < older_than_s:
             continue
-        size = tree_size(path) if path.is_dir() else st.st_size
-        if not dry_run:
-            remove_tree(path)
+        try:
+            size = tree_size(path) if path.is_dir() else st.st_size
+            if not dry_run:
+                remove_tree(path)
+        except OSError:
+            continue  # as above: unreadable or already gone
         removed.append(Removed("partial", path, size, None, st.st_mtime))
     if not dry_run:
         _drop_orphan_markers(cache)

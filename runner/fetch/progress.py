@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from collections.abc import Callable
 from typing import IO, Any, Protocol
 
 from runner.fetch.interface import FetchOptions
-from runner.progress import Ticker, human_bytes, progress_interval_s
+from runner.progress import Meter, Ticker, human_bytes, progress_interval_s
 from runner.redact import redact
 
 
@@ -260,31 +259,26 @@ class _Share:
         pass
 
 
-class PeriodicReporter:
+class PeriodicReporter(LineReporter):
     """Not a terminal (a CI log): every interval one line for the whole batch, and its total at the end."""
 
     def __init__(self, stream: IO[str], what: str, count: int) -> None:
-        self._stream, self._what, self._count = stream, what, count
+        super().__init__(stream)
+        self._what, self._count = what, count
         self._lock = threading.Lock()
-        self._bytes = 0
+        self._meter = Meter()  # bytes of the whole batch; its line() is "1.2 GiB, 85.0 MiB/s, 14 s"
         self._done = 0
-        self._started = time.monotonic()
         self._ticker = Ticker(self._line, progress_interval_s())
-
-    def _progress(self) -> str:
-        elapsed = time.monotonic() - self._started
-        rate = self._bytes / elapsed if elapsed > 0 else 0.0
-        return f"{human_bytes(self._bytes)}, {human_bytes(rate)}/s, {elapsed:.0f} s"
 
     def _line(self) -> None:
         with self._lock:
-            print(f"xrun: fetching {self._what}: {self._done}/{self._count} done, {self._progress()}",
+            print(f"xrun: fetching {self._what}: {self._done}/{self._count} done, {self._meter.line()}",
                   file=self._stream, flush=True)
 
     def advance(self, n: int) -> None:
         """Bytes arrived for one of the batch."""
         with self._lock:
-            self._bytes += n
+            self._meter.advance(n)
 
     def finished(self) -> None:
         """One of the batch is done."""
@@ -295,22 +289,14 @@ class PeriodicReporter:
         """A task that feeds the batch's counters."""
         return _Share(self, self.finished)
 
-    def note(self, message: str) -> None:
-        """One line on stderr."""
-        print(f"xrun: {redact(message)}", file=self._stream, flush=True)
-
-    def warn(self, message: str) -> None:
-        """One line on stderr."""
-        print(f"xrun: warning: {redact(message)}", file=self._stream, flush=True)
-
     def __enter__(self) -> "PeriodicReporter":
         self._ticker.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._ticker.__exit__()
-        if self._bytes:
-            print(f"xrun: fetched {self._what} ({self._progress()})", file=self._stream, flush=True)
+        if self._meter.done:
+            print(f"xrun: fetched {self._what} ({self._meter.line()})", file=self._stream, flush=True)
 
 
 def wants_progress(options: FetchOptions, stream: IO[str] | None = None) -> bool:

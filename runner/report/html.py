@@ -24,7 +24,8 @@ from runner.report.views import seed_list
 from runner.resources import resource_dir
 from runner.rundir import write_atomic
 from runner.runs.record import RunRecord, RunStatus
-from runner.runs.store import RunInfo, find_runs, list_runs
+from runner.runs.store import RunInfo, find_runs, list_runs, load_run
+from runner.runs.sweep import MetricSummary, sweep_members
 from runner.wire import fields_to_wire
 
 MAX_WHEELS_SHOWN = 6  # a lock of hundreds of wheels would drown the graph: the rest are counted
@@ -87,11 +88,8 @@ def select_runs(runs_dir: Path, refs: list[str], sweeps: list[str], experiments:
         raise UsageError("name the runs to report: run ids (`xrun runs ls` lists them), --sweep SWEEP_ID or "
                          "--experiment NAME")
     chosen = [run for ref in refs for run in find_runs(runs_dir, ref)]
-    if sweeps:
-        from runner.runs.sweep import sweep_members
-
-        for sweep in sweeps:
-            chosen += [run for path, _ in sweep_members(runs_dir, sweep) for run in find_runs(runs_dir, str(path))]
+    for sweep in sweeps:
+        chosen += [run for path, _ in sweep_members(runs_dir, sweep) if (run := load_run(path)) is not None]
     everything = list_runs(runs_dir) if experiments else []
     for name in experiments:
         finished = (RunStatus.SUCCEEDED, RunStatus.FAILED)
@@ -290,9 +288,9 @@ def _statistics(runs: list[ReportRun]) -> str:
                   if isinstance(v, (int, float)) and not isinstance(v, bool)]
         if not values:
             continue
-        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        stats = MetricSummary.of(key, values)
         name = key if len({f for f, _ in keys}) == 1 else f"{file}: {key}"
-        cells = [_num(len(values)), *(_num(x) for x in (statistics.fmean(values), std, min(values), max(values)))]
+        cells = [_num(stats.n), *(_num(x) for x in (stats.mean, stats.std, stats.min, stats.max))]
         rows.append(f"<tr><th>{_e(name)}</th>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     if not rows:
         return ""

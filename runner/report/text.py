@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from runner.report.views import seed_list
+from runner.rundir import NODE_STATEMENT
 
 if TYPE_CHECKING:
     from runner.build.depslayer import DepsRecord
@@ -64,7 +65,7 @@ def run_summary(summary: RunSummary) -> str:
 
 def plan_summary(data: dict[str, Any], digest: str, code_tree: CodeSummary) -> str:
     """`xrun plan`: a human-readable summary of a plan's JSON, with the code tree's size and biggest files."""
-    from runner.fetch.progress import human_bytes
+    from runner.progress import human_bytes
 
     img = data["image"]
     base = img["base"]["reference"] if img["base"] else f"bootstrap {img['bootstrap']['suite']}: " + ", ".join(
@@ -213,7 +214,9 @@ def run_status(rec: RunRecord) -> str:
         return f"{rec.status} ({sched.state})"
     if not sched.final:
         # The node has finished the run; a scheduler word older than that ("running") says nothing more.
-        return str(rec.status) if rec.attestation else f"{rec.status} (not collected)"
+        # Until collected, the record names only the node's unsigned statement: no attestation yet.
+        collected = bool(rec.attestation) and rec.attestation != NODE_STATEMENT
+        return str(rec.status) if collected else f"{rec.status} (not collected)"
     return f"{rec.status} ({sched.state})"
 
 

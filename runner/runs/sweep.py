@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,12 @@ class MetricSummary:
     std: float  # sample standard deviation (n - 1); 0 for one value
     min: float
     max: float
+
+    @classmethod
+    def of(cls, key: str, values: Sequence[float]) -> MetricSummary:
+        """n, mean, sample std (0 for one value), min and max of one metric's values (at least one)."""
+        std = statistics.stdev(values) if len(values) > 1 else 0.0
+        return cls(key=key, n=len(values), mean=statistics.fmean(values), std=std, min=min(values), max=max(values))
 
 
 @dataclass(frozen=True)
@@ -90,8 +97,7 @@ def summarize_sweep(runs_dir: Path, sweep: str) -> SweepSummary:
             for key, value in metrics.items():
                 if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
                     values.setdefault(f"{file}:{key}", []).append(float(value))
-    rows = tuple(MetricSummary(key=k, n=len(v), mean=statistics.fmean(v), std=statistics.stdev(v) if len(v) > 1 else 0.0,
-                               min=min(v), max=max(v)) for k, v in sorted(values.items()))
+    rows = tuple(MetricSummary.of(k, v) for k, v in sorted(values.items()))
     sweep_id = members[0][1].scheduler.sweep  # type: ignore[union-attr]
     seeds = tuple(r.scheduler.seed for _, r in members if r.scheduler and r.scheduler.seed is not None)
     return SweepSummary(sweep=str(sweep_id), members=len(members), succeeded=succeeded, unfinished=unfinished,

@@ -90,8 +90,7 @@ class MlflowTracker(Tracker):
     @staticmethod
     def _sweep_parent(client: Any, experiment_id: str, sweep: str, name: str) -> str:
         """The MLflow run that groups a sweep's members (tags xrun.sweep, xrun.role=sweep); created once."""
-        quoted = sweep.replace("\\", "\\\\").replace("'", "\\'")
-        query = f"tags.`{SWEEP_TAG}` = '{quoted}' and tags.`{ROLE_TAG}` = 'sweep'"
+        query = f"tags.`{SWEEP_TAG}` = {_quoted(sweep)} and tags.`{ROLE_TAG}` = 'sweep'"
 
         def oldest() -> Any:
             found = client.search_runs([experiment_id], filter_string=query, max_results=10,
@@ -103,15 +102,17 @@ class MlflowTracker(Tracker):
             created = client.create_run(experiment_id, tags={SWEEP_TAG: sweep, ROLE_TAG: "sweep", "xrun.name": name},
                                         run_name=f"{name}-sweep-{sweep}")
             client.set_terminated(created.info.run_id, status="FINISHED")
-            parent = oldest()  # two members that created one at once agree on the first
+            # Two members that created one at once agree on the first; a search index that lags may not list
+            # even ours yet, and then ours is the parent.
+            parent = oldest() or created
             if parent.info.run_id != created.info.run_id:
                 client.delete_run(created.info.run_id)
         return str(parent.info.run_id)
 
     @staticmethod
     def _find(client: Any, experiment_id: str, run_id: str) -> Any:
-        quoted = run_id.replace("\\", "\\\\").replace("'", "\\'")
-        runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = '{quoted}'", max_results=5)
+        runs = client.search_runs([experiment_id], filter_string=f"tags.`{RUN_ID_TAG}` = {_quoted(run_id)}",
+                                  max_results=5)
         logged = [r for r in runs if r.data.tags.get(LOGGED_TAG) == "true"]
         return (logged or list(runs) or [None])[0]
 
@@ -144,6 +145,12 @@ class MlflowTracker(Tracker):
 def _key(name: str) -> str:
     """A metric or param name MLflow accepts (letters, digits, _ - . / and space)."""
     return _KEY_CHARS.sub("_", name)[:250] or "_"
+
+
+def _quoted(value: str) -> str:
+    """A value as a single-quoted string literal of MLflow's filter syntax (backslash and quote escaped)."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 _UNREACHABLE = ("Max retries exceeded", "NewConnectionError", "Connection refused", "ConnectTimeout", "ReadTimeout",

@@ -102,19 +102,27 @@ def submitted_tracking(flag_uri: str | None, spec: TrackingSpec | None, name: st
             progress.warn(f"tracking.mlflow names no server: pass --mlflow URI or set {ENV_URI} (the runs will not "
                           "be logged)")
         return {}
-    return {MLFLOW: TrackingState(state=PENDING, uri=destination.uri, experiment=destination.experiment).to_json()}
+    # run.json sits on shared storage and goes to MLflow as an artifact: never a password in that URL; collect
+    # takes the whole one from the environment or the manifest, as `runs sync` does.
+    return {MLFLOW: TrackingState(state=PENDING, uri=redact(destination.uri),
+                                  experiment=destination.experiment).to_json()}
 
 
 def track_collected(run_dir: Path, progress: ProgressSink, *, verified: bool) -> TrackingState | None:
     """Log a cluster run just signed by `xrun collect` where its submission asked; once (a logged run is left)."""
     record = RunRecord.load(run_dir / "run.json")
     known = record.tracking.get(MLFLOW) if record is not None else None
-    if not isinstance(known, dict):
+    if record is None or not isinstance(known, dict):
         return None
     state = TrackingState.from_json(known)
     if state.state != PENDING or not state.uri:
         return state
-    return track_run(run_dir, Destination(state.uri, state.experiment), progress, verified=verified)
+    destination = _destination_for(run_dir, record, state, None, os.environ)
+    if destination is None:  # the saved URL was redacted and nothing here says it whole
+        progress.warn(f"run {record.run_id} was not logged to MLflow: its server's URL needs credentials; set "
+                      f"{ENV_URI} and `xrun runs sync {record.run_id}` sends it")
+        return state
+    return track_run(run_dir, destination, progress, verified=verified)
 
 
 def _self_verified(run_dir: Path, ctx: RunContext) -> bool:

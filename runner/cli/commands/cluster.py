@@ -7,9 +7,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-from runner.attest.keys import key_password
+from runner.attest.password import key_password
 from runner.backends import attach
 from runner.cli.options import run_options, runs_dir
 from runner.errors import EXIT_INTEGRITY
@@ -23,7 +24,7 @@ from runner.submit import (SubmitOptions, SubmittedRun, cancel_runs, collect_run
 
 
 def submit(args: argparse.Namespace) -> int:
-    """Submit the experiment (or a seed sweep) to the backend; exit 1 when a run that ended failed."""
+    """Submit the experiment (or a seed sweep) to the backend; exit 1 when a run that ended failed (3: refused)."""
     options = SubmitOptions(
         run=run_options(args, args.key), backend=args.backend, seeds=parse_seeds(args.seeds) if args.seeds else (),
         shared_dir=args.shared_dir, registry=args.registry, partition=args.partition, account=args.account,
@@ -31,6 +32,8 @@ def submit(args: argparse.Namespace) -> int:
         render=args.render)
     result = submit_runs(Path(args.manifest), options)
     print(render(result) if args.json else text.submitted(result))
+    if args.wait:  # every run was collected: the exit code of `xrun wait`
+        return _exit_code(result.runs)
     # Without --wait a cluster's runs are pending: only runs that ended can have failed.
     fine = (SchedulerState.PENDING, RunStatus.SUCCEEDED, SchedulerState.COMPLETED)
     failed = [r for r in result.runs if r.state not in fine]
@@ -47,6 +50,11 @@ def _print_collected(args: argparse.Namespace, results: list[SubmittedRun]) -> i
         print(render(results[0]) if len(results) == 1 else render(results))
     else:
         print("\n".join(text.collected(r) for r in results))
+    return _exit_code(results)
+
+
+def _exit_code(results: Sequence[SubmittedRun]) -> int:
+    """3 when a member's statement was refused, 1 when a run has no attestation (it failed), else 0."""
     if any(r.refused for r in results):
         return EXIT_INTEGRITY
     return 0 if all(r.attestation for r in results) else 1

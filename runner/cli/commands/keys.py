@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.attest import Verdict, generate_keypair, load_policy, load_signer, load_verifier, verify_attestation
-from runner.attest.keys import key_password
+from runner.attest.password import key_password
 from runner.attest.timestamp import load_trusted_root, load_tsa_chain, rfc3339
 from runner.attest.vsa import read_summary, summarize
 from runner.cli.options import split_keys

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 
-from runner.cli.messages import print_error
+from runner.cli.messages import print_error, warn
 from runner.errors import XrunError
 from runner.manifest import load_manifest
 from runner.plan import resolve_plan
-from runner.progress import StderrProgress
 from runner.report import text
 from runner.report.json import render
 from runner.report.views import PlanView, Validation
@@ -40,7 +39,7 @@ def plan(args: argparse.Namespace) -> int:
     data, code_tree = resolved.to_json(), resolved.code.summary()
     warning = code_tree.warning()
     if warning:
-        StderrProgress().warn(warning)
+        warn(warning)
     if args.json:
         print(render(PlanView(resolved.digest, resolved.build_digest, data, code_tree)))
     else:

@@ -14,6 +14,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -79,7 +80,8 @@ class LfsSource(DataSource):
 def read_pointer(name: str, path: Path) -> tuple[str, int]:
     """(oid, size) of a Git LFS pointer file; in a git-lfs checkout (the path holds the object), git's index's."""
     try:
-        data = path.read_bytes()[:1024]
+        with path.open("rb") as f:
+            data = f.read(1024)  # a pointer is under 1 KiB; the path may hold the (large) object itself
     except OSError as exc:
         raise UsageError(f"{name}: {path}: cannot read: {exc.strerror or exc}; fix lfs.pointer") from None
     parsed = _parse_pointer(data)
@@ -106,11 +108,25 @@ def _indexed_blob(path: Path) -> bytes:
     if git is None:
         return b""
     try:
-        done = subprocess.run([git, "-C", str(path.parent), "cat-file", "blob", f":./{path.name}"],
-                              capture_output=True, timeout=60)
+        proc = subprocess.Popen([git, "-C", str(path.parent), "cat-file", "blob", f":./{path.name}"],
+                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     except (OSError, subprocess.SubprocessError):
         return b""
-    return done.stdout[:1024] if done.returncode == 0 else b""
+    # Only the first KiB is wanted: the index may hold the object itself (GBs), so read that much and stop git.
+    timer = threading.Timer(60, proc.kill)  # a hung git must not hang the plan
+    timer.start()
+    with proc:
+        try:
+            head = proc.stdout.read(1024) if proc.stdout is not None else b""
+            if len(head) == 1024:
+                proc.kill()  # a blob of at least 1 KiB was found; the rest is not needed
+            code = proc.wait()
+        except OSError:
+            proc.kill()  # so that leaving the block does not wait on a git still writing
+            return b""
+        finally:
+            timer.cancel()
+    return head if len(head) == 1024 or code == 0 else b""
 
 
 def lfs_url_from_config(name: str, pointer: Path, root: Path) -> str:
@@ -143,6 +159,8 @@ def batch_download(name: str, url: str, oid: str, size: int, timeout_s: float,
     """The href and headers of the object's download action; FetchError (exit 4) for an unknown oid."""
     import requests
 
+    from runner.fetch.http import STREAM_ERRORS
+
     headers, auth = _auth(environ)
     body = {"operation": "download", "transfers": ["basic"], "objects": [{"oid": oid, "size": size}],
             "hash_algo": "sha256"}
@@ -152,7 +170,7 @@ def batch_download(name: str, url: str, oid: str, size: int, timeout_s: float,
         with requests.post(endpoint, json=body, headers={**headers, "Accept": MEDIA, "Content-Type": MEDIA},
                            auth=auth, timeout=timeout_s, stream=True) as response:
             text = response.raw.read(MAX_BATCH_BYTES + 1, decode_content=True)
-    except requests.RequestException as exc:
+    except STREAM_ERRORS as exc:  # the request, or the body breaking off (urllib3's errors) while read
         raise FetchError(f"{name}: {endpoint}: {exc.__class__.__name__}: cannot reach the LFS server; check lfs.url "
                          "and the network") from None
     if len(text) > MAX_BATCH_BYTES:
